@@ -1,0 +1,289 @@
+//! The gRPC API: converts protobuf to domain calls and back, and validates requests.
+//!
+//! Every handler starts from the [`Identity`] the auth layer attached to the request;
+//! a tenant named in a request is only compared with it. Domain errors become
+//! statuses in [`status`].
+
+pub mod status;
+mod watch;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use crate::auth::Identity;
+use crate::hub::{Hub, ResumeToken};
+use crate::keys::{self, PrefixSet};
+use crate::model::Entry;
+use crate::proto;
+use crate::proto::config_service_server::ConfigService;
+use crate::store::{Router, Write};
+
+pub use watch::WatchStream;
+
+/// Request limits. Each refusal names the limit.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Prefixes in one Get or Watch.
+    pub max_prefixes: usize,
+    /// Keys in one Get.
+    pub max_keys: usize,
+    /// Entries in one Watch's `known_versions`.
+    pub max_known_versions: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_prefixes: 64,
+            max_keys: 1_000,
+            max_known_versions: 100_000,
+        }
+    }
+}
+
+/// How Watch streams behave.
+#[derive(Debug, Clone)]
+pub struct WatchSettings {
+    /// Mean idle time before a progress message (each stream jitters it by ±25%).
+    pub progress_interval: Duration,
+    /// Most entries in one message.
+    pub max_batch_entries: usize,
+    /// About the most value bytes in one message (a single larger entry still goes).
+    pub max_batch_bytes: usize,
+}
+
+impl Default for WatchSettings {
+    fn default() -> Self {
+        WatchSettings {
+            progress_interval: Duration::from_secs(5),
+            max_batch_entries: 1_000,
+            max_batch_bytes: 1 << 20,
+        }
+    }
+}
+
+/// The `configwatch.v1.ConfigService` implementation.
+pub struct ConfigApi {
+    hub: Arc<Hub>,
+    router: Arc<Router>,
+    limits: Limits,
+    watch: WatchSettings,
+    shutdown: CancellationToken,
+}
+
+impl ConfigApi {
+    pub fn new(
+        hub: Arc<Hub>,
+        router: Arc<Router>,
+        limits: Limits,
+        watch: WatchSettings,
+        shutdown: CancellationToken,
+    ) -> Self {
+        ConfigApi {
+            hub,
+            router,
+            limits,
+            watch,
+            shutdown,
+        }
+    }
+}
+
+/// The identity the auth layer attached, and the tenant check.
+fn identity<T>(request: &Request<T>, requested_tenant: &str) -> Result<Identity, Status> {
+    let id = request
+        .extensions()
+        .get::<Identity>()
+        .cloned()
+        .ok_or_else(|| Status::unauthenticated("request was not authenticated"))?;
+    if !requested_tenant.is_empty() && requested_tenant != id.scope.tenant_id() {
+        return Err(Status::permission_denied(format!(
+            "request names tenant '{requested_tenant}' but the token is for tenant '{}'; the tenant always comes from the token",
+            id.scope.tenant_id()
+        )));
+    }
+    Ok(id)
+}
+
+fn require_writer(id: &Identity) -> Result<(), Status> {
+    if id.role.can_write() {
+        Ok(())
+    } else {
+        Err(Status::permission_denied(format!(
+            "role '{}' may only read; Put and Delete need the writer role",
+            id.role.as_str()
+        )))
+    }
+}
+
+fn check_prefixes(prefixes: &[String], limits: &Limits) -> Result<(), Status> {
+    if prefixes.len() > limits.max_prefixes {
+        return Err(Status::invalid_argument(format!(
+            "{} prefixes given; the limit is {}",
+            prefixes.len(),
+            limits.max_prefixes
+        )));
+    }
+    for p in prefixes {
+        keys::validate_prefix(p)?;
+    }
+    Ok(())
+}
+
+pub(crate) fn to_proto(e: &Entry) -> proto::Entry {
+    proto::Entry {
+        key: e.key.to_string(),
+        version: e.version,
+        value: e.value.as_deref().unwrap_or("").to_owned(),
+        updated_at: Some(prost_types::Timestamp {
+            seconds: e.updated_at.div_euclid(1000),
+            nanos: (e.updated_at.rem_euclid(1000) * 1_000_000) as i32,
+        }),
+        secret: e.secret,
+        deleted: e.deleted,
+        revision: e.revision,
+    }
+}
+
+#[tonic::async_trait]
+impl ConfigService for ConfigApi {
+    async fn get(
+        &self,
+        request: Request<proto::GetRequest>,
+    ) -> Result<Response<proto::GetResponse>, Status> {
+        let id = identity(&request, &request.get_ref().tenant)?;
+        let req = request.into_inner();
+        if req.keys.len() > self.limits.max_keys {
+            return Err(Status::invalid_argument(format!(
+                "{} keys given; the limit is {}",
+                req.keys.len(),
+                self.limits.max_keys
+            )));
+        }
+        for key in &req.keys {
+            self.router.route(key)?;
+        }
+        check_prefixes(&req.prefixes, &self.limits)?;
+        let snap = self
+            .hub
+            .snapshot(&id.scope, &req.keys, &req.prefixes)
+            .await?;
+        let mut entries = Vec::with_capacity(snap.entries.len());
+        for e in &snap.entries {
+            if !e.secret {
+                entries.push(to_proto(e));
+                continue;
+            }
+            // Secrets are never cached: read on demand, for this scope only.
+            let (_, backend) = self.router.route(&e.key)?;
+            if let Some(mut read) = backend.read_secret(&id.scope, &e.key).await? {
+                read.revision = e.revision;
+                entries.push(to_proto(&read));
+            }
+        }
+        let found: BTreeSet<&str> = entries.iter().map(|e| e.key.as_str()).collect();
+        let missing_keys = req
+            .keys
+            .iter()
+            .filter(|k| !found.contains(k.as_str()))
+            .cloned()
+            .collect();
+        Ok(Response::new(proto::GetResponse {
+            entries,
+            missing_keys,
+            revision: snap.revision,
+            resume_token: snap.resume_token,
+        }))
+    }
+
+    type WatchStream = WatchStream;
+
+    async fn watch(
+        &self,
+        request: Request<proto::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let id = identity(&request, &request.get_ref().tenant)?;
+        let req = request.into_inner();
+        check_prefixes(&req.prefixes, &self.limits)?;
+        if req.known_versions.len() > self.limits.max_known_versions {
+            return Err(Status::invalid_argument(format!(
+                "known_versions has {} entries; the limit is {}",
+                req.known_versions.len(),
+                self.limits.max_known_versions
+            )));
+        }
+        let resume = if req.resume_token.is_empty() {
+            None
+        } else {
+            Some(ResumeToken::decode(&req.resume_token)?)
+        };
+        let known: HashMap<String, u64> = req.known_versions;
+        let sub = self
+            .hub
+            .subscribe(&id.scope, PrefixSet::new(req.prefixes), resume, &known)
+            .await?;
+        tracing::debug!(scope = %id.scope, subject = %id.subject, mode = ?sub.mode, "watch started");
+        Ok(Response::new(WatchStream::new(
+            sub,
+            &self.watch,
+            id.expires_at,
+            self.shutdown.clone(),
+        )))
+    }
+
+    async fn put(
+        &self,
+        request: Request<proto::PutRequest>,
+    ) -> Result<Response<proto::PutResponse>, Status> {
+        let id = identity(&request, &request.get_ref().tenant)?;
+        require_writer(&id)?;
+        let req = request.into_inner();
+        let (family, backend) = self.router.route(&req.key)?;
+        let value = keys::validate_value(family, &req.key, &req.value, req.secret)?;
+        let write = Write::Put {
+            value,
+            secret: req.secret,
+        };
+        let entry = backend
+            .write(&id.scope, &req.key, write, req.expected_version)
+            .await?;
+        let entry = self.apply(&id, entry);
+        Ok(Response::new(proto::PutResponse {
+            entry: Some(to_proto(&entry)),
+        }))
+    }
+
+    async fn delete(
+        &self,
+        request: Request<proto::DeleteRequest>,
+    ) -> Result<Response<proto::DeleteResponse>, Status> {
+        let id = identity(&request, &request.get_ref().tenant)?;
+        require_writer(&id)?;
+        let req = request.into_inner();
+        let (_, backend) = self.router.route(&req.key)?;
+        let entry = backend
+            .write(&id.scope, &req.key, Write::Delete, req.expected_version)
+            .await?;
+        let entry = self.apply(&id, entry);
+        Ok(Response::new(proto::DeleteResponse {
+            entry: Some(to_proto(&entry)),
+        }))
+    }
+}
+
+impl ConfigApi {
+    /// Hands a committed write to the hub; returns it with its revision when applied.
+    fn apply(&self, id: &Identity, entry: Entry) -> Entry {
+        match self.hub.apply(&id.scope, entry.clone()) {
+            Some(applied) => Entry {
+                value: entry.value,
+                ..(*applied).clone()
+            },
+            None => entry,
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! One Watch stream: the initial state in chunks, then deltas as the hub hands them
+//! over, progress when idle, and a final status on shutdown or token expiry.
+//!
+//! The stream is polled by the connection's own task; it spawns nothing. It wakes on
+//! a new change (the hub's waker), on its progress timer, on its token's expiry and
+//! on server shutdown.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use futures_util::Stream;
+use tokio::time::{Instant, Sleep};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tonic::Status;
+
+use super::{WatchSettings, to_proto};
+use crate::hub::{InitialMode, Subscription, WatchHandle};
+use crate::model::Entry;
+use crate::proto::{self, watch_response::InitialMode as ProtoMode, watch_response::Kind};
+
+pub struct WatchStream {
+    handle: WatchHandle,
+    mode: ProtoMode,
+    /// The initial state still to send; `None` once the complete marker went out.
+    initial: Option<std::vec::IntoIter<Arc<Entry>>>,
+    initial_revision: u64,
+    max_entries: usize,
+    max_bytes: usize,
+    progress_interval: Duration,
+    progress: Pin<Box<Sleep>>,
+    expiry: Option<Pin<Box<Sleep>>>,
+    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
+    done: bool,
+}
+
+fn jittered(mean: Duration) -> Duration {
+    mean.mul_f64(rand::random_range(0.75..1.25))
+}
+
+impl WatchStream {
+    pub fn new(
+        sub: Subscription,
+        settings: &WatchSettings,
+        expires_at: Option<SystemTime>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let mode = match sub.mode {
+            InitialMode::Full => ProtoMode::Full,
+            InitialMode::Diff => ProtoMode::Diff,
+            InitialMode::Resumed => ProtoMode::Resumed,
+        };
+        let expiry = expires_at.map(|at| {
+            let left = at
+                .duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO);
+            Box::pin(tokio::time::sleep(left))
+        });
+        WatchStream {
+            handle: sub.handle,
+            mode,
+            initial: Some(sub.initial.into_iter()),
+            initial_revision: sub.revision,
+            max_entries: settings.max_batch_entries.max(1),
+            max_bytes: settings.max_batch_bytes,
+            progress_interval: settings.progress_interval,
+            progress: Box::pin(tokio::time::sleep(jittered(settings.progress_interval))),
+            expiry,
+            shutdown: Box::pin(shutdown.cancelled_owned()),
+            done: false,
+        }
+    }
+
+    fn rearm_progress(&mut self) {
+        let next = Instant::now() + jittered(self.progress_interval);
+        self.progress.as_mut().reset(next);
+    }
+
+    /// The next chunk of the initial state; the last one carries the complete marker.
+    fn next_initial(&mut self) -> Option<proto::WatchResponse> {
+        let iter = self.initial.as_mut()?;
+        let mut changes = Vec::new();
+        let mut bytes = 0usize;
+        while changes.len() < self.max_entries && bytes < self.max_bytes {
+            let Some(e) = iter.next() else { break };
+            bytes += e.key.len() + e.value.as_deref().map_or(0, str::len);
+            changes.push(to_proto(&e));
+        }
+        let complete = iter.len() == 0;
+        let mut msg = proto::WatchResponse {
+            kind: Kind::Initial as i32,
+            initial_mode: self.mode as i32,
+            changes,
+            initial_complete: complete,
+            revision: 0,
+            resume_token: String::new(),
+        };
+        if complete {
+            self.initial = None;
+            msg.revision = self.initial_revision;
+            msg.resume_token = self.handle.token_at(self.initial_revision);
+        }
+        Some(msg)
+    }
+
+    fn delta(&self, batch: Vec<Arc<Entry>>) -> proto::WatchResponse {
+        let revision = batch.last().map_or(0, |e| e.revision);
+        proto::WatchResponse {
+            kind: Kind::Delta as i32,
+            initial_mode: ProtoMode::Unspecified as i32,
+            changes: batch.iter().map(|e| to_proto(e)).collect(),
+            initial_complete: false,
+            revision,
+            resume_token: self.handle.token_at(revision),
+        }
+    }
+
+    fn end(&mut self, status: Status) -> Poll<Option<Result<proto::WatchResponse, Status>>> {
+        self.done = true;
+        Poll::Ready(Some(Err(status)))
+    }
+}
+
+impl Stream for WatchStream {
+    type Item = Result<proto::WatchResponse, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        if this.done {
+            return Poll::Ready(None);
+        }
+        if this.shutdown.as_mut().poll(cx).is_ready() {
+            return this.end(Status::unavailable(
+                "server is shutting down; reconnect and resume with your last resume_token",
+            ));
+        }
+        if let Some(expiry) = this.expiry.as_mut()
+            && expiry.as_mut().poll(cx).is_ready()
+        {
+            return this.end(Status::unauthenticated(
+                "token expired; reconnect with a fresh token and resume with your last resume_token",
+            ));
+        }
+        if let Some(msg) = this.next_initial() {
+            this.rearm_progress();
+            return Poll::Ready(Some(Ok(msg)));
+        }
+        if let Poll::Ready(batch) = this
+            .handle
+            .poll_changes(cx, this.max_entries, this.max_bytes)
+        {
+            this.rearm_progress();
+            return Poll::Ready(Some(Ok(this.delta(batch))));
+        }
+        if this.progress.as_mut().poll(cx).is_ready() {
+            this.rearm_progress();
+            match this.handle.idle_revision() {
+                Some(revision) => {
+                    return Poll::Ready(Some(Ok(proto::WatchResponse {
+                        kind: Kind::Progress as i32,
+                        initial_mode: ProtoMode::Unspecified as i32,
+                        changes: Vec::new(),
+                        initial_complete: false,
+                        revision,
+                        resume_token: this.handle.token_at(revision),
+                    })));
+                }
+                None => {
+                    // A change arrived between the two looks: send it instead.
+                    if let Poll::Ready(batch) =
+                        this.handle
+                            .poll_changes(cx, this.max_entries, this.max_bytes)
+                    {
+                        return Poll::Ready(Some(Ok(this.delta(batch))));
+                    }
+                    // Register the re-armed timer with this task.
+                    let _ = this.progress.as_mut().poll(cx);
+                }
+            }
+        }
+        Poll::Pending
+    }
+}

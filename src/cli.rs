@@ -1,0 +1,512 @@
+//! The `configwatch` command line: `serve`, `token`, and the client commands `get`,
+//! `put`, `delete` and `watch`. Every flag can also be set by environment variable.
+//!
+//! Exit codes: 0 success; 1 an error from the server (printed as its gRPC status and
+//! message) or a key not found; 64 bad usage or configuration, detected before any
+//! port is bound.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use serde_json::{Value, json};
+use tonic::metadata::MetadataValue;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::api::{Limits, WatchSettings};
+use crate::auth::local::LocalKey;
+use crate::auth::{Authenticator, ClaimRules, Role};
+use crate::hub::{Hub, HubConfig};
+use crate::model::Scope;
+use crate::proto;
+use crate::proto::config_service_client::ConfigServiceClient;
+use crate::server::{App, serve};
+use crate::store::Router;
+use crate::store::embedded::EmbeddedStore;
+
+/// Exit code for bad usage or configuration (EX_USAGE).
+pub const EXIT_USAGE: i32 = 64;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "configwatch",
+    version,
+    about = "Multi-tenant configuration push server"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server.
+    Serve(ServeArgs),
+    /// Print a token signed with the server's key (for local use and testing).
+    Token(TokenArgs),
+    /// Read keys (or prefixes) and print one JSON object per entry.
+    Get(GetArgs),
+    /// Write a JSON value.
+    Put(PutArgs),
+    /// Delete a key.
+    Delete(DeleteArgs),
+    /// Print one JSON object per line for every change under the prefixes.
+    Watch(WatchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "CONFIGWATCH_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+    /// Directory for the embedded store and the signing key.
+    #[arg(long, env = "CONFIGWATCH_DATA_DIR", default_value = "configwatch-data")]
+    pub data_dir: PathBuf,
+    /// Changes kept per tenant for resume by token.
+    #[arg(long, env = "CONFIGWATCH_HISTORY", default_value_t = 4096)]
+    pub history: usize,
+    /// Mean idle time before a Watch gets a progress message (jittered ±25%).
+    #[arg(long, env = "CONFIGWATCH_PROGRESS_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub progress_interval: Duration,
+    /// Largest request message accepted, in bytes.
+    #[arg(long, env = "CONFIGWATCH_MAX_REQUEST_BYTES", default_value_t = 4 << 20)]
+    pub max_request_bytes: usize,
+    /// Most prefixes in one Get or Watch.
+    #[arg(long, env = "CONFIGWATCH_MAX_PREFIXES", default_value_t = 64)]
+    pub max_prefixes: usize,
+    /// How long shutdown waits for in-flight calls.
+    #[arg(long, env = "CONFIGWATCH_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+    /// Log filter (tracing syntax), e.g. `info` or `configwatch=debug`.
+    #[arg(long, env = "CONFIGWATCH_LOG", default_value = "info")]
+    pub log: String,
+}
+
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// The server's data directory (its signing key is created there if missing).
+    #[arg(long, env = "CONFIGWATCH_DATA_DIR", default_value = "configwatch-data")]
+    pub data_dir: PathBuf,
+    /// The tenant the token is for.
+    #[arg(long, env = "CONFIGWATCH_TENANT")]
+    pub tenant: String,
+    /// Narrow the token to one service of the tenant.
+    #[arg(long, env = "CONFIGWATCH_SERVICE")]
+    pub service: Option<String>,
+    /// reader (Get, Watch), writer (also Put, Delete) or admin.
+    #[arg(long, default_value = "reader", value_parser = parse_role)]
+    pub role: Role,
+    /// How long the token is valid, e.g. 30m, 1h, 7d.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub ttl: Duration,
+    /// The token's subject (sub), shown in server logs.
+    #[arg(long, default_value = "configwatch-cli")]
+    pub subject: String,
+}
+
+fn parse_role(s: &str) -> Result<Role, String> {
+    Role::parse(s).ok_or_else(|| format!("'{s}' is not a role; use reader, writer or admin"))
+}
+
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    /// Server URL.
+    #[arg(
+        long,
+        env = "CONFIGWATCH_SERVER",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub server: String,
+    /// Bearer token (see `configwatch token`).
+    #[arg(long, env = "CONFIGWATCH_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    /// Keys to read.
+    pub keys: Vec<String>,
+    /// Also read every key under this prefix (repeatable).
+    #[arg(long = "prefix")]
+    pub prefixes: Vec<String>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct PutArgs {
+    pub key: String,
+    /// The value as JSON text, e.g. '{"enabled":true}' or '"text"'.
+    pub value: String,
+    /// Write only if the key is at this version (0: only if it does not exist).
+    #[arg(long)]
+    pub expect_version: Option<u64>,
+    /// Store as a secret (param_config_ keys only).
+    #[arg(long)]
+    pub secret: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct DeleteArgs {
+    pub key: String,
+    /// Delete only if the key is at this version.
+    #[arg(long)]
+    pub expect_version: Option<u64>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// Prefixes to watch; none watches the whole tenant.
+    pub prefixes: Vec<String>,
+    /// Start after this resume token instead of from the full state.
+    #[arg(long)]
+    pub resume_token: Option<String>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// A command's failure: what to print and the exit code.
+#[derive(Debug)]
+pub struct Failure {
+    pub message: String,
+    pub code: i32,
+}
+
+impl Failure {
+    fn usage(message: impl Into<String>) -> Self {
+        Failure {
+            message: message.into(),
+            code: EXIT_USAGE,
+        }
+    }
+
+    fn error(message: impl Into<String>) -> Self {
+        Failure {
+            message: message.into(),
+            code: 1,
+        }
+    }
+}
+
+impl From<tonic::Status> for Failure {
+    fn from(s: tonic::Status) -> Self {
+        Failure::error(format!("{:?}: {}", s.code(), s.message()))
+    }
+}
+
+/// Runs a parsed command.
+pub async fn run(cli: Cli) -> Result<(), Failure> {
+    match cli.command {
+        Command::Serve(args) => run_serve(args).await,
+        Command::Token(args) => run_token(args),
+        Command::Get(args) => run_get(args).await,
+        Command::Put(args) => run_put(args).await,
+        Command::Delete(args) => run_delete(args).await,
+        Command::Watch(args) => run_watch(args).await,
+    }
+}
+
+fn open_key(data_dir: &Path) -> Result<LocalKey, Failure> {
+    let (key, created) =
+        LocalKey::load_or_create(data_dir).map_err(|e| Failure::usage(e.to_string()))?;
+    if created {
+        tracing::info!(path = %data_dir.display(), "created a new signing key");
+    }
+    Ok(key)
+}
+
+async fn run_serve(args: ServeArgs) -> Result<(), Failure> {
+    init_logging(&args.log)?;
+    if args.history == 0 {
+        return Err(Failure::usage("--history must be at least 1"));
+    }
+    if args.progress_interval < Duration::from_millis(100) {
+        return Err(Failure::usage("--progress-interval must be at least 100ms"));
+    }
+    if args.max_request_bytes < 64 * 1024 {
+        return Err(Failure::usage(
+            "--max-request-bytes must be at least 65536 (values alone may be 400,000 bytes)",
+        ));
+    }
+    if args.max_prefixes == 0 {
+        return Err(Failure::usage("--max-prefixes must be at least 1"));
+    }
+    let store = EmbeddedStore::open(&args.data_dir).map_err(|e| Failure::usage(e.to_string()))?;
+    let key = open_key(&args.data_dir)?;
+    let router = Arc::new(Router::single(Arc::new(store)));
+    let hub = Arc::new(Hub::new(
+        router.clone(),
+        HubConfig {
+            history_limit: args.history,
+        },
+    ));
+    let app = App {
+        hub,
+        router,
+        auth: Arc::new(Authenticator::new(Arc::new(key), ClaimRules::default())),
+        limits: Limits {
+            max_prefixes: args.max_prefixes,
+            ..Limits::default()
+        },
+        watch: WatchSettings {
+            progress_interval: args.progress_interval,
+            ..WatchSettings::default()
+        },
+        max_request_bytes: args.max_request_bytes,
+        grace: args.shutdown_grace,
+    };
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| Failure::error(format!("cannot listen on {}: {e}", args.listen)))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Failure::error(format!("cannot read the bound address: {e}")))?;
+    // One line on stdout, for scripts that start the server on port 0.
+    println!("listening on {addr}");
+    tracing::info!(%addr, data_dir = %args.data_dir.display(), "configwatch serving on the embedded store");
+    serve(listener, app, shutdown_signal())
+        .await
+        .map_err(|e| Failure::error(e.to_string()))
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
+
+fn init_logging(filter: &str) -> Result<(), Failure> {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .map_err(|e| Failure::usage(format!("--log '{filter}' is not a valid filter: {e}")))?;
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+    Ok(())
+}
+
+fn run_token(args: TokenArgs) -> Result<(), Failure> {
+    let scope = Scope::new(&args.tenant, args.service.as_deref())
+        .map_err(|e| Failure::usage(e.to_string()))?;
+    let key = open_key(&args.data_dir)?;
+    let token = key
+        .issue(&scope, args.role, args.ttl, &args.subject)
+        .map_err(|e| Failure::error(format!("cannot sign the token: {e}")))?;
+    println!("{token}");
+    Ok(())
+}
+
+/// Adds the bearer token to every call.
+type AuthInterceptor =
+    Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send>;
+type Client = ConfigServiceClient<InterceptedService<Channel, AuthInterceptor>>;
+
+async fn connect(args: &ClientArgs) -> Result<Client, Failure> {
+    let token = args.token.as_deref().filter(|t| !t.is_empty()).ok_or_else(|| {
+        Failure::usage(
+            "no token: pass --token or set CONFIGWATCH_TOKEN (`configwatch token --tenant T` prints one)",
+        )
+    })?;
+    let header: MetadataValue<_> = format!("Bearer {token}")
+        .parse()
+        .map_err(|_| Failure::usage("the token contains characters not allowed in a header"))?;
+    let endpoint = Endpoint::from_shared(args.server.clone())
+        .map_err(|e| Failure::usage(format!("--server '{}' is not a URL: {e}", args.server)))?
+        .connect_timeout(Duration::from_secs(5));
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| Failure::error(format!("cannot connect to {}: {e}", args.server)))?;
+    let interceptor: AuthInterceptor = Box::new(move |mut req: tonic::Request<()>| {
+        req.metadata_mut().insert("authorization", header.clone());
+        Ok(req)
+    });
+    Ok(ConfigServiceClient::with_interceptor(channel, interceptor)
+        .max_decoding_message_size(usize::MAX))
+}
+
+/// A value as JSON for output: the parsed value, or the raw text if it is not JSON.
+fn json_value(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_owned()))
+}
+
+/// The line printed for an entry: key, version, then value, deleted or secret.
+pub fn entry_json(e: &proto::Entry) -> Value {
+    let mut out = json!({ "key": e.key, "version": e.version });
+    if let Some(map) = out.as_object_mut() {
+        if e.deleted {
+            map.insert("deleted".into(), json!(true));
+        } else if e.secret && e.value.is_empty() {
+            map.insert("secret".into(), json!(true));
+        } else {
+            map.insert("value".into(), json_value(&e.value));
+            if e.secret {
+                map.insert("secret".into(), json!(true));
+            }
+        }
+    }
+    out
+}
+
+async fn run_get(args: GetArgs) -> Result<(), Failure> {
+    let mut client = connect(&args.client).await?;
+    let resp = client
+        .get(proto::GetRequest {
+            keys: args.keys,
+            prefixes: args.prefixes,
+            tenant: String::new(),
+        })
+        .await?
+        .into_inner();
+    for e in &resp.entries {
+        println!("{}", entry_json(e));
+    }
+    if resp.missing_keys.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure::error(format!(
+            "not found: {}",
+            resp.missing_keys.join(", ")
+        )))
+    }
+}
+
+async fn run_put(args: PutArgs) -> Result<(), Failure> {
+    let mut client = connect(&args.client).await?;
+    let resp = client
+        .put(proto::PutRequest {
+            key: args.key,
+            value: args.value,
+            expected_version: args.expect_version,
+            secret: args.secret,
+            tenant: String::new(),
+        })
+        .await?
+        .into_inner();
+    if let Some(e) = resp.entry {
+        println!("{}", json!({ "key": e.key, "version": e.version }));
+    }
+    Ok(())
+}
+
+async fn run_delete(args: DeleteArgs) -> Result<(), Failure> {
+    let mut client = connect(&args.client).await?;
+    let resp = client
+        .delete(proto::DeleteRequest {
+            key: args.key,
+            expected_version: args.expect_version,
+            tenant: String::new(),
+        })
+        .await?
+        .into_inner();
+    if let Some(e) = resp.entry {
+        println!(
+            "{}",
+            json!({ "key": e.key, "version": e.version, "deleted": true })
+        );
+    }
+    Ok(())
+}
+
+/// Watches and prints changes. When the server goes away (UNAVAILABLE, or the
+/// connection drops) it reconnects with backoff and resumes, so a server restart
+/// costs no lines; any other error ends the command.
+async fn run_watch(args: WatchArgs) -> Result<(), Failure> {
+    let mut resume = args.resume_token.clone().unwrap_or_default();
+    let mut known: HashMap<String, u64> = HashMap::new();
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let outcome = watch_once(&args, &mut resume, &mut known, &mut backoff).await;
+        match outcome {
+            Ok(()) => return Ok(()),
+            Err(Retry::No(f)) => return Err(f),
+            Err(Retry::After(why)) => {
+                eprintln!("watch interrupted ({why}); reconnecting in {backoff:?}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+enum Retry {
+    No(Failure),
+    After(String),
+}
+
+async fn watch_once(
+    args: &WatchArgs,
+    resume: &mut String,
+    known: &mut HashMap<String, u64>,
+    backoff: &mut Duration,
+) -> Result<(), Retry> {
+    let mut client = match connect(&args.client).await {
+        Ok(c) => c,
+        Err(f) if f.code == 1 => return Err(Retry::After(f.message)),
+        Err(f) => return Err(Retry::No(f)),
+    };
+    let request = proto::WatchRequest {
+        prefixes: args.prefixes.clone(),
+        tenant: String::new(),
+        resume_token: resume.clone(),
+        known_versions: known.clone(),
+    };
+    let retry_or_fail = |s: tonic::Status| match s.code() {
+        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled => {
+            Retry::After(format!("{:?}: {}", s.code(), s.message()))
+        }
+        _ => Retry::No(s.into()),
+    };
+    let mut stream = client
+        .watch(request)
+        .await
+        .map_err(retry_or_fail)?
+        .into_inner();
+    loop {
+        match stream.message().await {
+            Ok(Some(msg)) => {
+                *backoff = Duration::from_millis(200);
+                for c in &msg.changes {
+                    if c.deleted {
+                        known.remove(&c.key);
+                    } else {
+                        known.insert(c.key.clone(), c.version);
+                    }
+                    println!("{}", entry_json(c));
+                }
+                if !msg.resume_token.is_empty() {
+                    *resume = msg.resume_token;
+                }
+            }
+            Ok(None) => return Ok(()),
+            Err(s) => return Err(retry_or_fail(s)),
+        }
+    }
+}

@@ -1,0 +1,725 @@
+//! The hub: one materialized view per scope, and the fan-out of its changes.
+//!
+//! Each [`ScopeView`] holds the scope's entries (tombstones included), a revision that
+//! counts the changes applied to it, and a bounded history of the latest changes for
+//! resume. Changes are applied by version: one that is not newer than what the view
+//! holds is ignored, so duplicates and reordered deliveries from any source are
+//! harmless (invariant 2).
+//!
+//! Fan-out happens while the view is locked, in revision order. Every watcher has a
+//! pending set holding at most one change per key: a newer change for a key replaces
+//! the pending one and moves to the back. A watcher that does not read therefore
+//! costs at most one entry per distinct key and never delays anyone else (invariant 5),
+//! and it is never skipped past a change: it always gets the newest version of each key
+//! it has not yet taken. Resume tokens stay exact under coalescing: a token names the
+//! revision of the last change delivered, and any earlier change not delivered was
+//! replaced by a later one still pending.
+//!
+//! The hub knows nothing about gRPC: the API layer turns what [`WatchHandle`] yields
+//! into messages.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+
+use async_trait::async_trait;
+use base64::Engine as _;
+use dashmap::DashMap;
+
+use crate::keys::PrefixSet;
+use crate::model::{Entry, Millis, Scope, now_millis};
+use crate::store::{Router, StoreError};
+
+/// Loads a scope's whole state from the sources of truth.
+#[async_trait]
+pub trait ScopeLoader: Send + Sync + 'static {
+    async fn load_scope(&self, scope: &Scope) -> Result<Vec<Entry>, StoreError>;
+}
+
+#[async_trait]
+impl ScopeLoader for Router {
+    async fn load_scope(&self, scope: &Scope) -> Result<Vec<Entry>, StoreError> {
+        Router::load_scope(self, scope).await
+    }
+}
+
+/// Tuning of the hub.
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    /// Changes kept per scope for resume by token.
+    pub history_limit: usize,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        HubConfig {
+            history_limit: 4096,
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock leaves data that is still consistent (every
+    // critical section here updates its state before anything can panic).
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The hub: views by scope.
+pub struct Hub {
+    epoch: u64,
+    config: HubConfig,
+    loader: Arc<dyn ScopeLoader>,
+    views: DashMap<Scope, Arc<ScopeView>>,
+    next_watcher: AtomicU64,
+}
+
+/// One scope's materialized view.
+pub struct ScopeView {
+    scope: Scope,
+    loaded: tokio::sync::OnceCell<()>,
+    state: Mutex<ViewState>,
+    /// The revision whose fan-out is complete; read without the lock by idle
+    /// watchers to build progress messages.
+    published: AtomicU64,
+}
+
+struct ViewState {
+    entries: BTreeMap<Arc<str>, Arc<Entry>>,
+    revision: u64,
+    history: VecDeque<Arc<Entry>>,
+    /// The history holds every change with a revision above this.
+    history_floor: u64,
+    watchers: Vec<Arc<WatcherSlot>>,
+}
+
+struct WatcherSlot {
+    id: u64,
+    prefixes: PrefixSet,
+    pending: Mutex<Pending>,
+}
+
+#[derive(Default)]
+struct Pending {
+    by_revision: BTreeMap<u64, Arc<Entry>>,
+    revision_of_key: HashMap<Arc<str>, u64>,
+    waker: Option<Waker>,
+    high_water: usize,
+}
+
+impl Pending {
+    fn push(&mut self, entry: &Arc<Entry>) {
+        if let Some(old) = self
+            .revision_of_key
+            .insert(entry.key.clone(), entry.revision)
+        {
+            self.by_revision.remove(&old);
+        }
+        self.by_revision.insert(entry.revision, entry.clone());
+        self.high_water = self.high_water.max(self.by_revision.len());
+    }
+}
+
+/// How a watch's initial state was built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InitialMode {
+    /// The whole state under the prefixes.
+    Full,
+    /// What differs from the versions the caller holds, with removals.
+    Diff,
+    /// Exactly the changes after the resume token.
+    Resumed,
+}
+
+/// A snapshot for `Get`.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Live entries, by key; secrets without values.
+    pub entries: Vec<Arc<Entry>>,
+    pub revision: u64,
+    pub resume_token: String,
+}
+
+/// A new watch: its initial state and the handle that yields what follows.
+pub struct Subscription {
+    pub mode: InitialMode,
+    /// For `Full` live entries by key; for `Diff` changed entries by key followed by
+    /// removals; for `Resumed` the missed changes in revision order.
+    pub initial: Vec<Arc<Entry>>,
+    pub revision: u64,
+    pub handle: WatchHandle,
+}
+
+/// What a watcher reports about itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatcherStats {
+    pub scope: Scope,
+    pub id: u64,
+    pub prefixes: Vec<String>,
+    /// Changes waiting to be taken now.
+    pub pending: usize,
+    /// The most changes that ever waited at once.
+    pub high_water: usize,
+}
+
+/// Why a resume token was refused outright (as opposed to not reaching back).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "resume_token is not a token this server issues; omit it (and send known_versions) to start over"
+)]
+pub struct BadToken;
+
+/// A position in a scope's change order, valid for one filter on one server run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResumeToken {
+    epoch: u64,
+    revision: u64,
+    filter: u64,
+}
+
+const TOKEN_FORMAT: u8 = 1;
+
+impl ResumeToken {
+    pub fn encode(&self) -> String {
+        let mut bytes = Vec::with_capacity(25);
+        bytes.push(TOKEN_FORMAT);
+        bytes.extend_from_slice(&self.epoch.to_be_bytes());
+        bytes.extend_from_slice(&self.revision.to_be_bytes());
+        bytes.extend_from_slice(&self.filter.to_be_bytes());
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    }
+
+    pub fn decode(text: &str) -> Result<Self, BadToken> {
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(text)
+            .map_err(|_| BadToken)?;
+        if bytes.len() != 25 || bytes[0] != TOKEN_FORMAT {
+            return Err(BadToken);
+        }
+        let word = |i: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&bytes[i..i + 8]);
+            u64::from_be_bytes(w)
+        };
+        Ok(ResumeToken {
+            epoch: word(1),
+            revision: word(9),
+            filter: word(17),
+        })
+    }
+
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+}
+
+/// FNV-1a over the scope and the prefixes: a token resumes only the same watch.
+fn filter_hash(scope: &Scope, prefixes: &PrefixSet) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut feed = |bytes: &[u8]| {
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        h ^= 0xff;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    };
+    feed(scope.tenant_id().as_bytes());
+    feed(scope.service().unwrap_or("").as_bytes());
+    for p in prefixes.as_slice() {
+        feed(p.as_bytes());
+    }
+    h
+}
+
+impl Hub {
+    pub fn new(loader: Arc<dyn ScopeLoader>, config: HubConfig) -> Self {
+        Hub {
+            epoch: rand::random(),
+            config,
+            loader,
+            views: DashMap::new(),
+            next_watcher: AtomicU64::new(1),
+        }
+    }
+
+    /// The scope's view, loaded from the sources on first use.
+    pub async fn view(&self, scope: &Scope) -> Result<Arc<ScopeView>, StoreError> {
+        let view = self
+            .views
+            .entry(scope.clone())
+            .or_insert_with(|| {
+                Arc::new(ScopeView {
+                    scope: scope.clone(),
+                    loaded: tokio::sync::OnceCell::new(),
+                    state: Mutex::new(ViewState {
+                        entries: BTreeMap::new(),
+                        revision: 0,
+                        history: VecDeque::new(),
+                        history_floor: 0,
+                        watchers: Vec::new(),
+                    }),
+                    published: AtomicU64::new(0),
+                })
+            })
+            .clone();
+        view.loaded
+            .get_or_try_init(|| async {
+                let loaded = self.loader.load_scope(scope).await?;
+                let mut st = lock(&view.state);
+                // Changes applied while loading are kept: merge by version.
+                let revision = st.revision + 1;
+                let mut merged = false;
+                for mut entry in loaded {
+                    if st
+                        .entries
+                        .get(&entry.key)
+                        .is_some_and(|cur| cur.version >= entry.version)
+                    {
+                        continue;
+                    }
+                    entry.revision = revision;
+                    let entry = Arc::new(entry.without_secret());
+                    st.entries.insert(entry.key.clone(), entry);
+                    merged = true;
+                }
+                if merged {
+                    st.revision = revision;
+                }
+                // Nobody can hold a token from before the load.
+                st.history.clear();
+                st.history_floor = st.revision;
+                view.published.store(st.revision, Ordering::Release);
+                Ok::<(), StoreError>(())
+            })
+            .await?;
+        Ok(view)
+    }
+
+    /// Applies a change from any source. Returns the entry as applied, with its
+    /// revision, or `None` when the view already holds this version or a newer one, or
+    /// nobody has loaded the scope (the source of truth has it; a later load reads it).
+    pub fn apply(&self, scope: &Scope, entry: Entry) -> Option<Arc<Entry>> {
+        let view = self.views.get(scope)?.clone();
+        let mut st = lock(&view.state);
+        if st
+            .entries
+            .get(&entry.key)
+            .is_some_and(|cur| cur.version >= entry.version)
+        {
+            return None;
+        }
+        st.revision += 1;
+        let mut entry = entry.without_secret();
+        entry.revision = st.revision;
+        let entry = Arc::new(entry);
+        st.entries.insert(entry.key.clone(), entry.clone());
+        st.history.push_back(entry.clone());
+        while st.history.len() > self.config.history_limit {
+            if let Some(old) = st.history.pop_front() {
+                st.history_floor = old.revision;
+            }
+        }
+        for w in &st.watchers {
+            if w.prefixes.matches(&entry.key) {
+                let waker = {
+                    let mut p = lock(&w.pending);
+                    p.push(&entry);
+                    p.waker.take()
+                };
+                if let Some(waker) = waker {
+                    waker.wake();
+                }
+            }
+        }
+        view.published.store(st.revision, Ordering::Release);
+        Some(entry)
+    }
+
+    fn token(&self, scope: &Scope, prefixes: &PrefixSet, revision: u64) -> ResumeToken {
+        ResumeToken {
+            epoch: self.epoch,
+            revision,
+            filter: filter_hash(scope, prefixes),
+        }
+    }
+
+    /// Live entries with the given keys or under the given prefixes (neither: all),
+    /// and a token that resumes a watch on `prefixes` from exactly this state.
+    pub async fn snapshot(
+        &self,
+        scope: &Scope,
+        keys: &[String],
+        prefixes: &[String],
+    ) -> Result<Snapshot, StoreError> {
+        let view = self.view(scope).await?;
+        let st = lock(&view.state);
+        let mut out: BTreeMap<Arc<str>, Arc<Entry>> = BTreeMap::new();
+        for key in keys {
+            if let Some(e) = st.entries.get(key.as_str()).filter(|e| !e.deleted) {
+                out.insert(e.key.clone(), e.clone());
+            }
+        }
+        let set = if keys.is_empty() || !prefixes.is_empty() {
+            let set = PrefixSet::new(prefixes.iter().cloned());
+            for e in st.under(&set).filter(|e| !e.deleted) {
+                out.insert(e.key.clone(), e.clone());
+            }
+            set
+        } else {
+            PrefixSet::new(keys.iter().map(|k| format!("\u{0}{k}")))
+        };
+        Ok(Snapshot {
+            entries: out.into_values().collect(),
+            revision: st.revision,
+            resume_token: self.token(scope, &set, st.revision).encode(),
+        })
+    }
+
+    /// Starts a watch: computes the initial state and registers the watcher in one
+    /// step under the view's lock, so no change falls between the two.
+    pub async fn subscribe(
+        &self,
+        scope: &Scope,
+        prefixes: PrefixSet,
+        resume: Option<ResumeToken>,
+        known: &HashMap<String, u64>,
+    ) -> Result<Subscription, StoreError> {
+        let view = self.view(scope).await?;
+        let filter = filter_hash(scope, &prefixes);
+        let slot = Arc::new(WatcherSlot {
+            id: self.next_watcher.fetch_add(1, Ordering::Relaxed),
+            prefixes,
+            pending: Mutex::new(Pending::default()),
+        });
+        let mut st = lock(&view.state);
+        let resumable = resume.filter(|t| {
+            t.epoch == self.epoch
+                && t.filter == filter
+                && t.revision >= st.history_floor
+                && t.revision <= st.revision
+        });
+        let (mode, initial) = if let Some(token) = resumable {
+            let from = st.history.partition_point(|e| e.revision <= token.revision);
+            let missed = st
+                .history
+                .range(from..)
+                .filter(|e| slot.prefixes.matches(&e.key))
+                .cloned()
+                .collect();
+            (InitialMode::Resumed, missed)
+        } else if !known.is_empty() {
+            (InitialMode::Diff, st.diff(&slot.prefixes, known))
+        } else {
+            let all = st
+                .under(&slot.prefixes)
+                .filter(|e| !e.deleted)
+                .cloned()
+                .collect();
+            (InitialMode::Full, all)
+        };
+        let revision = st.revision;
+        st.watchers.push(slot.clone());
+        drop(st);
+        Ok(Subscription {
+            mode,
+            initial,
+            revision,
+            handle: WatchHandle {
+                token_base: self.token(scope, &slot.prefixes, 0),
+                view,
+                slot,
+                delivered: revision,
+            },
+        })
+    }
+
+    /// Every watcher's backlog, for operators and tests.
+    pub fn watcher_stats(&self) -> Vec<WatcherStats> {
+        let mut out = Vec::new();
+        for view in self.views.iter() {
+            let st = lock(&view.state);
+            for w in &st.watchers {
+                let p = lock(&w.pending);
+                out.push(WatcherStats {
+                    scope: view.scope.clone(),
+                    id: w.id,
+                    prefixes: w.prefixes.as_slice().to_vec(),
+                    pending: p.by_revision.len(),
+                    high_water: p.high_water,
+                });
+            }
+        }
+        out
+    }
+
+    /// How many scopes are loaded.
+    pub fn loaded_scopes(&self) -> usize {
+        self.views.len()
+    }
+}
+
+impl ViewState {
+    /// Entries (tombstones included) under a normalized prefix set, in key order.
+    fn under<'a>(&'a self, set: &'a PrefixSet) -> impl Iterator<Item = &'a Arc<Entry>> + 'a {
+        set.as_slice().iter().flat_map(move |p| {
+            self.entries
+                .range::<str, _>((
+                    std::ops::Bound::Included(p.as_str()),
+                    std::ops::Bound::Unbounded,
+                ))
+                .take_while(move |(k, _)| k.starts_with(p.as_str()))
+                .map(|(_, e)| e)
+        })
+    }
+
+    /// What a caller holding `known` lacks under `set`: entries at other versions,
+    /// and removals for keys it holds that are deleted or unknown here.
+    fn diff(&self, set: &PrefixSet, known: &HashMap<String, u64>) -> Vec<Arc<Entry>> {
+        let mut out: Vec<Arc<Entry>> = Vec::new();
+        for e in self.under(set) {
+            let held = known.get(&*e.key);
+            let send = if e.deleted {
+                held.is_some()
+            } else {
+                held != Some(&e.version)
+            };
+            if send {
+                out.push(e.clone());
+            }
+        }
+        let now: Millis = now_millis();
+        let mut unknown: Vec<&String> = known
+            .keys()
+            .filter(|k| set.matches(k) && !self.entries.contains_key(k.as_str()))
+            .collect();
+        unknown.sort();
+        for key in unknown {
+            out.push(Arc::new(Entry::tombstone(key, 0, now)));
+        }
+        out
+    }
+}
+
+/// A registered watcher. Dropping it unregisters it.
+pub struct WatchHandle {
+    view: Arc<ScopeView>,
+    slot: Arc<WatcherSlot>,
+    token_base: ResumeToken,
+    delivered: u64,
+}
+
+impl WatchHandle {
+    /// Takes up to `max_entries` pending changes (and at most about `max_bytes` of
+    /// values, but at least one change), in revision order. `Pending` means nothing
+    /// is waiting; the task is woken when something arrives.
+    pub fn poll_changes(
+        &mut self,
+        cx: &mut Context<'_>,
+        max_entries: usize,
+        max_bytes: usize,
+    ) -> Poll<Vec<Arc<Entry>>> {
+        let mut p = lock(&self.slot.pending);
+        if p.by_revision.is_empty() {
+            match &p.waker {
+                Some(w) if w.will_wake(cx.waker()) => {}
+                _ => p.waker = Some(cx.waker().clone()),
+            }
+            return Poll::Pending;
+        }
+        let mut batch = Vec::new();
+        let mut bytes = 0usize;
+        while batch.len() < max_entries {
+            let Some(first) = p.by_revision.first_entry() else {
+                break;
+            };
+            let size = first.get().value.as_deref().map_or(0, str::len) + first.get().key.len();
+            if !batch.is_empty() && bytes + size > max_bytes {
+                break;
+            }
+            bytes += size;
+            let entry = first.remove();
+            p.revision_of_key.remove(&entry.key);
+            batch.push(entry);
+        }
+        if let Some(last) = batch.last() {
+            self.delivered = last.revision;
+        }
+        Poll::Ready(batch)
+    }
+
+    /// When nothing is pending, the revision this watcher is current through (for a
+    /// progress message); `None` when changes are waiting to be taken.
+    pub fn idle_revision(&mut self) -> Option<u64> {
+        // Read the published revision before looking at the pending set: every change
+        // up to it has been fanned out, so if none is pending, all were delivered.
+        let published = self.view.published.load(Ordering::Acquire);
+        let p = lock(&self.slot.pending);
+        if !p.by_revision.is_empty() {
+            return None;
+        }
+        self.delivered = self.delivered.max(published);
+        Some(self.delivered)
+    }
+
+    /// The resume token for `revision` of this watch.
+    pub fn token_at(&self, revision: u64) -> String {
+        ResumeToken {
+            revision,
+            ..self.token_base
+        }
+        .encode()
+    }
+
+    pub fn scope(&self) -> &Scope {
+        &self.view.scope
+    }
+}
+
+impl Drop for WatchHandle {
+    fn drop(&mut self) {
+        let mut st = lock(&self.view.state);
+        if let Some(i) = st.watchers.iter().position(|w| w.id == self.slot.id) {
+            st.watchers.swap_remove(i);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::future::poll_fn;
+
+    struct Fixed(Vec<Entry>);
+
+    #[async_trait]
+    impl ScopeLoader for Fixed {
+        async fn load_scope(&self, _: &Scope) -> Result<Vec<Entry>, StoreError> {
+            Ok(self.0.clone())
+        }
+    }
+
+    fn hub(initial: Vec<Entry>) -> Hub {
+        Hub::new(Arc::new(Fixed(initial)), HubConfig { history_limit: 8 })
+    }
+
+    fn e(key: &str, version: u64, value: &str) -> Entry {
+        Entry::live(key, version, value, 0)
+    }
+
+    async fn next(h: &mut WatchHandle) -> Vec<Arc<Entry>> {
+        poll_fn(|cx| h.poll_changes(cx, 1000, usize::MAX)).await
+    }
+
+    fn summary(batch: &[Arc<Entry>]) -> Vec<(String, u64)> {
+        batch
+            .iter()
+            .map(|e| (e.key.to_string(), e.version))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn stale_and_duplicate_changes_are_ignored() -> Result<(), StoreError> {
+        let scope = Scope::tenant("t").map_err(|e| StoreError::Internal(e.to_string()))?;
+        let hub = hub(vec![e("tenant_config_a", 3, "1")]);
+        let mut sub = hub
+            .subscribe(&scope, PrefixSet::everything(), None, &HashMap::new())
+            .await?;
+        assert_eq!(sub.mode, InitialMode::Full);
+        assert_eq!(summary(&sub.initial), [("tenant_config_a".into(), 3)]);
+        assert!(hub.apply(&scope, e("tenant_config_a", 3, "dup")).is_none());
+        assert!(hub.apply(&scope, e("tenant_config_a", 2, "old")).is_none());
+        assert!(hub.apply(&scope, e("tenant_config_a", 4, "new")).is_some());
+        assert_eq!(
+            summary(&next(&mut sub.handle).await),
+            [("tenant_config_a".into(), 4)]
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_slow_watcher_holds_one_change_per_key_in_revision_order() -> Result<(), StoreError> {
+        let scope = Scope::tenant("t").map_err(|e| StoreError::Internal(e.to_string()))?;
+        let hub = hub(vec![]);
+        let mut sub = hub
+            .subscribe(&scope, PrefixSet::everything(), None, &HashMap::new())
+            .await?;
+        for v in 1..=100u64 {
+            for k in ["tenant_config_a", "tenant_config_b", "tenant_config_c"] {
+                hub.apply(&scope, e(k, v, "1"));
+            }
+        }
+        hub.apply(&scope, e("tenant_config_a", 101, "1"));
+        let stats = hub.watcher_stats();
+        assert_eq!(stats[0].pending, 3);
+        assert!(stats[0].high_water <= 3);
+        let batch = next(&mut sub.handle).await;
+        assert_eq!(
+            summary(&batch),
+            [
+                ("tenant_config_b".into(), 100),
+                ("tenant_config_c".into(), 100),
+                ("tenant_config_a".into(), 101)
+            ]
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn resume_replays_exactly_and_falls_back_when_history_is_gone() -> Result<(), StoreError>
+    {
+        let scope = Scope::tenant("t").map_err(|e| StoreError::Internal(e.to_string()))?;
+        let hub = hub(vec![]);
+        let snap = hub.snapshot(&scope, &[], &[]).await?;
+        let token = ResumeToken::decode(&snap.resume_token)
+            .map_err(|e| StoreError::Internal(e.to_string()))?;
+        for v in 1..=5u64 {
+            hub.apply(&scope, e("tenant_config_a", v, "1"));
+        }
+        let sub = hub
+            .subscribe(
+                &scope,
+                PrefixSet::everything(),
+                Some(token),
+                &HashMap::new(),
+            )
+            .await?;
+        assert_eq!(sub.mode, InitialMode::Resumed);
+        assert_eq!(sub.initial.len(), 5);
+        // Another prefix set cannot resume from this token.
+        let other = PrefixSet::new(vec!["param_config_".into()]);
+        let sub = hub
+            .subscribe(&scope, other, Some(token), &HashMap::new())
+            .await?;
+        assert_eq!(sub.mode, InitialMode::Full);
+        // Past the history limit (8), the token no longer reaches back.
+        for v in 6..=20u64 {
+            hub.apply(&scope, e("tenant_config_a", v, "1"));
+        }
+        let known: HashMap<String, u64> = [
+            ("tenant_config_a".to_owned(), 20),
+            ("tenant_config_gone".to_owned(), 1),
+        ]
+        .into();
+        let sub = hub
+            .subscribe(&scope, PrefixSet::everything(), Some(token), &known)
+            .await?;
+        assert_eq!(sub.mode, InitialMode::Diff);
+        assert_eq!(summary(&sub.initial), [("tenant_config_gone".into(), 0)]);
+        assert!(sub.initial[0].deleted);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn dropping_a_handle_unregisters_it() -> Result<(), StoreError> {
+        let scope = Scope::tenant("t").map_err(|e| StoreError::Internal(e.to_string()))?;
+        let hub = hub(vec![]);
+        let sub = hub
+            .subscribe(&scope, PrefixSet::everything(), None, &HashMap::new())
+            .await?;
+        assert_eq!(hub.watcher_stats().len(), 1);
+        drop(sub);
+        assert!(hub.watcher_stats().is_empty());
+        Ok(())
+    }
+}

@@ -1,0 +1,34 @@
+//! configwatch: a multi-tenant configuration push server.
+//!
+//! Services open one long-lived `Watch` and keep a tenant-scoped cache that the server
+//! keeps current with versioned deltas; `Get` serves bootstrap. The parts, from the
+//! outside in:
+//!
+//! - [`server`]: binds the gRPC service, health and reflection on a listener; the auth
+//!   layer validates the bearer token before any handler runs; graceful shutdown.
+//! - [`api`]: protobuf in and out; request validation; errors to statuses.
+//! - [`auth`]: JWT validation into an [`auth::Identity`] (tenant, service, role). The
+//!   tenant comes only from the token.
+//! - [`hub`]: per-scope materialized views with a revision counter and bounded history;
+//!   coalescing fan-out to watchers; resume tokens.
+//! - [`store`]: storage backends behind one trait, routed by key prefix
+//!   (`tenant_config_*`, `param_config_*`); the embedded redb store.
+//! - [`keys`] and [`model`]: keys, families, limits, scopes and entries.
+//!
+//! Nothing below `api` knows about protobuf; nothing outside `store` knows about a
+//! database.
+
+pub mod api;
+pub mod auth;
+pub mod cli;
+pub mod hub;
+pub mod keys;
+pub mod model;
+pub mod server;
+pub mod store;
+
+/// Code generated from `proto/configwatch/v1/config.proto`.
+#[allow(clippy::all, missing_docs)]
+pub mod proto {
+    tonic::include_proto!("configwatch.v1");
+}

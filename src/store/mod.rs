@@ -1,0 +1,120 @@
+//! Storage backends and the router that picks one by key prefix.
+//!
+//! A [`Backend`] is a strategy: it loads a scope's entries, writes with
+//! compare-and-set on the key's version, and reads secrets on demand. The [`Router`]
+//! holds one entry per key family (the tagged storage pattern): adding a backend is one
+//! more `(family, backend)` pair. The hub never calls a backend for writes; the API
+//! does, then hands the resulting entry to the hub.
+
+pub mod embedded;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::keys::{self, KeyError, KeyFamily};
+use crate::model::{Entry, Scope};
+
+/// What a backend reports when an operation fails.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// Compare-and-set failed. `current` is 0 when the key does not exist.
+    #[error(
+        "version conflict on '{key}': expected version {expected}, current version is {current}"
+    )]
+    Conflict {
+        key: String,
+        expected: u64,
+        current: u64,
+    },
+    #[error("key '{0}' does not exist")]
+    NotFound(String),
+    /// The backend cannot be reached or refused for a passing reason; try again.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    /// A bug or corrupt data: not the caller's fault, not fixed by retrying.
+    #[error("storage error: {0}")]
+    Internal(String),
+}
+
+/// A write to apply: a new value, or a delete.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Write {
+    Put { value: String, secret: bool },
+    Delete,
+}
+
+/// One storage backend (embedded store, DynamoDB, Parameter Store).
+#[async_trait]
+pub trait Backend: Send + Sync + 'static {
+    /// A short name for logs and errors.
+    fn name(&self) -> &'static str;
+
+    /// Every entry of `scope` whose key starts with `prefix`, tombstones included.
+    /// Secret entries come without their value.
+    async fn load(&self, scope: &Scope, prefix: &str) -> Result<Vec<Entry>, StoreError>;
+
+    /// Applies a write. With `expected` set, it succeeds only when the key's current
+    /// version equals it (0: the key must not exist or be deleted). Returns the new
+    /// entry (secret values withheld) with its new version.
+    async fn write(
+        &self,
+        scope: &Scope,
+        key: &str,
+        write: Write,
+        expected: Option<u64>,
+    ) -> Result<Entry, StoreError>;
+
+    /// Reads one secret entry with its value, on demand. `None` if it does not exist.
+    async fn read_secret(&self, scope: &Scope, key: &str) -> Result<Option<Entry>, StoreError>;
+}
+
+/// Picks the backend for a key by its family prefix.
+#[derive(Clone)]
+pub struct Router {
+    routes: Vec<(&'static KeyFamily, Arc<dyn Backend>)>,
+}
+
+impl Router {
+    /// A router sending every key family to one backend.
+    pub fn single(backend: Arc<dyn Backend>) -> Self {
+        Router {
+            routes: keys::FAMILIES
+                .iter()
+                .map(|f| (*f, backend.clone()))
+                .collect(),
+        }
+    }
+
+    /// A router from explicit `(family, backend)` pairs.
+    pub fn new(routes: Vec<(&'static KeyFamily, Arc<dyn Backend>)>) -> Self {
+        Router { routes }
+    }
+
+    /// Validates `key` and returns its family and backend.
+    pub fn route(&self, key: &str) -> Result<(&'static KeyFamily, &Arc<dyn Backend>), KeyError> {
+        let family = keys::validate_key(key)?;
+        self.routes
+            .iter()
+            .find(|(f, _)| f.prefix == family.prefix)
+            .map(|(f, b)| (*f, b))
+            .ok_or_else(|| KeyError::UnknownPrefix {
+                key: key.to_owned(),
+                accepted: self
+                    .routes
+                    .iter()
+                    .map(|(f, _)| format!("'{}'", f.prefix))
+                    .collect::<Vec<_>>()
+                    .join(" or "),
+            })
+    }
+
+    /// Loads a scope's whole configuration from every backend.
+    pub async fn load_scope(&self, scope: &Scope) -> Result<Vec<Entry>, StoreError> {
+        let mut all = Vec::new();
+        for (family, backend) in &self.routes {
+            all.extend(backend.load(scope, family.prefix).await?);
+        }
+        Ok(all)
+    }
+}
