@@ -13,8 +13,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
 use tower::{Layer, Service};
 
 use crate::api::{ConfigApi, Limits, WatchSettings};
@@ -94,8 +94,13 @@ pub async fn serve(
         stopping.cancel();
     });
 
+    // Options on accepted sockets must be set here: the builder's only apply to
+    // listeners it binds itself. Without TCP_NODELAY, every message larger than a
+    // segment waits ~40 ms for a delayed ACK.
+    let incoming = TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(Duration::from_secs(60)));
     let server = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .layer(AuthLayer {
@@ -105,10 +110,7 @@ pub async fn serve(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(config)
-        .serve_with_incoming_shutdown(
-            TcpListenerStream::new(listener),
-            stop.clone().cancelled_owned(),
-        );
+        .serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned());
 
     let drained = async {
         stop.cancelled().await;

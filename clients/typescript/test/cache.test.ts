@@ -1,0 +1,102 @@
+// The cache rules, the backoff and the change queue, without a server.
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+
+import { backoffDelay, DEFAULT_BACKOFF } from '../src/backoff';
+import { Cache, type Change } from '../src/cache';
+import { ChangeQueue } from '../src/changes';
+import type { WireEntry } from '../src/wire';
+
+function e(key: string, version: number, value: unknown, extra: Partial<WireEntry> = {}): WireEntry {
+  return { key, version, value: JSON.stringify(value), secret: false, deleted: false, revision: version, updatedAt: undefined, ...extra };
+}
+function del(key: string, version: number): WireEntry {
+  return { key, version, value: '', secret: false, deleted: true, revision: version, updatedAt: undefined };
+}
+const summary = (cs: Change[]): string[] => cs.map((c) => `${c.key}@${c.version}${c.type === 'delete' ? '-' : ''}`);
+
+test('deltas apply only when newer; tombstones keep an old message from resurrecting a key', () => {
+  const c = new Cache();
+  assert.deepEqual(summary(c.applyDeltas([e('k', 1, 'a'), e('k', 2, 'b')])), ['k@1', 'k@2']);
+  assert.deepEqual(summary(c.applyDeltas([e('k', 2, 'dup'), e('k', 1, 'old')])), []);
+  assert.equal(c.live('k')?.value, 'b');
+  assert.deepEqual(summary(c.applyDeltas([del('k', 3)])), ['k@3-']);
+  assert.deepEqual(summary(c.applyDeltas([e('k', 2, 'b')])), []);
+  assert.equal(c.live('k'), undefined);
+  assert.equal(c.versionOf('k'), 3);
+  assert.deepEqual(c.knownVersions(), {});
+  assert.deepEqual(summary(c.applyDeltas([e('k', 4, 'back')])), ['k@4']);
+  assert.deepEqual(c.knownVersions(), { k: '4' });
+  // A removal of a key never held is not a visible change.
+  assert.deepEqual(summary(c.applyDeltas([del('never', 1)])), []);
+});
+
+test('a FULL initial state replaces everything held', () => {
+  const c = new Cache();
+  c.applyDeltas([e('a', 1, 1), e('b', 1, 1)]);
+  const changes = c.applyInitial('full', [e('a', 1, 1), e('c', 1, 1)]);
+  assert.deepEqual(summary(changes), ['b@1-', 'c@1']);
+  assert.deepEqual(c.liveEntries().map((h) => h.key), ['a', 'c']);
+});
+
+test('a DIFF initial state is authoritative whatever the versions', () => {
+  const c = new Cache();
+  c.applyDeltas([e('a', 5, 'five'), e('b', 2, 'two')]);
+  // The server says a is at 3 (a restored store) and b is gone (version 0: unknown).
+  const changes = c.applyInitial('diff', [e('a', 3, 'three'), del('b', 0)]);
+  assert.deepEqual(summary(changes), ['a@3', 'b@0-']);
+  assert.equal(c.live('a')?.value, 'three');
+  assert.equal(c.live('b'), undefined);
+  // A RESUMED state is applied like deltas.
+  assert.deepEqual(summary(c.applyInitial('resumed', [e('a', 3, 'dup'), e('a', 4, 'four')])), ['a@4']);
+});
+
+test('secrets never hold a value, even if one arrives', () => {
+  const c = new Cache();
+  const changes = c.applyDeltas([e('s', 1, 'leaked', { secret: true })]);
+  assert.equal(changes[0]?.value, undefined);
+  assert.equal(c.live('s')?.raw, undefined);
+  assert.equal(c.live('s')?.value, undefined);
+  assert.equal(c.live('s')?.secret, true);
+});
+
+test('values that are not JSON are held as undecodable, not thrown', () => {
+  const c = new Cache();
+  c.applyDeltas([{ ...e('x', 1, 0), value: '{nope' }]);
+  assert.match(c.live('x')?.decodeError ?? '', /JSON/);
+});
+
+test('backoff grows exponentially, is jittered, and is capped', () => {
+  const p = { ...DEFAULT_BACKOFF, initialMs: 100, maxMs: 1000, multiplier: 2, jitter: 0.5 };
+  assert.equal(backoffDelay(0, p, () => 0), 100);
+  assert.equal(backoffDelay(0, p, () => 1), 50);
+  assert.equal(backoffDelay(3, p, () => 0), 800);
+  assert.equal(backoffDelay(10, p, () => 0), 1000);
+  const draws = new Set(Array.from({ length: 50 }, () => backoffDelay(2, p)));
+  assert.ok(draws.size > 1, 'jittered');
+  for (const d of draws) assert.ok(d >= 200 && d <= 400);
+});
+
+test('the change iterator holds at most one change per key, newest last', async () => {
+  const q = new ChangeQueue(() => true, () => undefined);
+  const change = (key: string, version: number): Change => ({
+    key,
+    type: 'set',
+    version,
+    value: version,
+    previous: undefined,
+    previousVersion: undefined,
+    secret: false,
+    revision: version,
+    cause: 'delta',
+  });
+  for (let v = 1; v <= 1000; v++) {
+    q.push(change('a', v));
+    q.push(change('b', v));
+  }
+  q.push(change('a', 1001));
+  q.end();
+  const got: string[] = [];
+  for await (const c of q) got.push(`${c.key}@${c.version}`);
+  assert.deepEqual(got, ['b@1000', 'a@1001']);
+});

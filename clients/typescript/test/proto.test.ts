@@ -1,0 +1,63 @@
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import * as path from 'node:path';
+import { test } from 'node:test';
+
+import * as protoLoader from '@grpc/proto-loader';
+
+import { PROTO_FILE, PROTO_ROOT, loaderOptionsFor } from '../src/wire';
+import loaderOptions from '../src/loader-options.json';
+const PKG_ROOT = path.resolve(__dirname, '..', '..');
+
+test("the package's copy of the proto is the repository's proto/", () => {
+  const repo = path.resolve(PKG_ROOT, '..', '..', 'proto', PROTO_FILE);
+  const copy = path.join(PROTO_ROOT, PROTO_FILE);
+  assert.equal(path.resolve(copy), path.resolve(PKG_ROOT, 'proto', PROTO_FILE));
+  assert.ok(
+    readFileSync(copy).equals(readFileSync(repo)),
+    `${copy} differs from ${repo}: run \`npm run build\` (it copies the proto and regenerates the types)`,
+  );
+});
+
+test('messages decode the way the generated types say (loader options in sync)', () => {
+  const definition = protoLoader.loadSync(PROTO_FILE, { ...loaderOptionsFor(loaderOptions), includeDirs: [PROTO_ROOT] });
+  const service = definition['configwatch.v1.ConfigService'] as protoLoader.ServiceDefinition | undefined;
+  assert.ok(service, 'configwatch.v1.ConfigService is defined');
+  const watch = service['Watch'];
+  const get = service['Get'];
+  assert.ok(watch && get);
+  assert.equal(watch.responseStream, true);
+  assert.equal(get.responseStream, false);
+
+  const bytes = watch.responseSerialize({
+    kind: 'KIND_DELTA',
+    changes: [{ key: 'tenant_config_a', version: '18446744073709551615', value: '1', secret: true }],
+    revision: 7,
+    resume_token: 'tok',
+  });
+  const msg = watch.responseDeserialize(bytes) as Record<string, unknown>;
+  // uint64 as decimal strings, enums as names, defaults filled in, snake_case names:
+  // what generated/configwatch/v1/WatchResponse.ts declares for WatchResponse__Output.
+  assert.deepEqual(msg, {
+    kind: 'KIND_DELTA',
+    initial_mode: 'INITIAL_MODE_UNSPECIFIED',
+    changes: [
+      {
+        key: 'tenant_config_a',
+        version: '18446744073709551615',
+        value: '1',
+        updated_at: null,
+        secret: true,
+        deleted: false,
+        revision: '0',
+      },
+    ],
+    initial_complete: false,
+    revision: '7',
+    resume_token: 'tok',
+  });
+  const req = watch.requestDeserialize(
+    watch.requestSerialize({ prefixes: ['p_'], tenant: 't', resume_token: '', known_versions: { k: '3' } }),
+  ) as Record<string, unknown>;
+  assert.deepEqual(req, { prefixes: ['p_'], tenant: 't', resume_token: '', known_versions: { k: '3' } });
+});

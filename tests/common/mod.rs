@@ -1,0 +1,257 @@
+//! Test support: a configwatch server on 127.0.0.1:0 in this process, clients with
+//! tokens, and helpers to read Watch streams with deadlines instead of sleeps.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use configwatch::api::{Limits, WatchSettings};
+use configwatch::auth::local::LocalKey;
+use configwatch::auth::{Authenticator, ClaimRules, Role};
+use configwatch::hub::{Hub, HubConfig};
+use configwatch::model::Scope;
+use configwatch::proto::config_service_client::ConfigServiceClient;
+use configwatch::proto::{self, WatchResponse};
+use configwatch::server::{App, ServeError, serve};
+use configwatch::store::Router;
+use configwatch::store::embedded::EmbeddedStore;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::codec::Streaming;
+use tonic::metadata::MetadataValue;
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+/// How long a test waits for something that should happen at once.
+pub const PATIENCE: Duration = Duration::from_secs(10);
+
+#[derive(Clone)]
+pub struct Bearer(Option<MetadataValue<tonic::metadata::Ascii>>);
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+pub type Client = ConfigServiceClient<InterceptedService<Channel, Bearer>>;
+
+/// Knobs for a test server.
+#[derive(Clone)]
+pub struct Options {
+    pub history: usize,
+    pub progress_interval: Duration,
+    pub max_request_bytes: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            history: 4096,
+            progress_interval: Duration::from_secs(5),
+            max_request_bytes: 4 << 20,
+        }
+    }
+}
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub hub: Arc<Hub>,
+    pub data_dir: PathBuf,
+    key: LocalKey,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), ServeError>>,
+}
+
+impl TestServer {
+    pub async fn start(data_dir: &Path) -> TestServer {
+        Self::start_with(data_dir, Options::default()).await
+    }
+
+    pub async fn start_with(data_dir: &Path, options: Options) -> TestServer {
+        let store = EmbeddedStore::open(data_dir).expect("open store");
+        let (key, _) = LocalKey::load_or_create(data_dir).expect("signing key");
+        let (verify, _) = LocalKey::load_or_create(data_dir).expect("signing key");
+        let router = Arc::new(Router::single(Arc::new(store)));
+        let hub = Arc::new(Hub::new(
+            router.clone(),
+            HubConfig {
+                history_limit: options.history,
+            },
+        ));
+        let app = App {
+            hub: hub.clone(),
+            router,
+            auth: Arc::new(Authenticator::new(Arc::new(verify), ClaimRules::default())),
+            limits: Limits::default(),
+            watch: WatchSettings {
+                progress_interval: options.progress_interval,
+                ..WatchSettings::default()
+            },
+            max_request_bytes: options.max_request_bytes,
+            grace: Duration::from_secs(2),
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(serve(listener, app, async move {
+            let _ = stopped.await;
+        }));
+        TestServer {
+            addr,
+            hub,
+            data_dir: data_dir.to_owned(),
+            key,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn token(&self, tenant: &str, role: Role) -> String {
+        let scope = Scope::tenant(tenant).expect("tenant");
+        self.key
+            .issue(&scope, role, Duration::from_secs(3600), "test")
+            .expect("token")
+    }
+
+    pub async fn client(&self, tenant: &str, role: Role) -> Client {
+        connect(self.addr, Some(&self.token(tenant, role))).await
+    }
+
+    /// Graceful stop: watches end, the store is closed when this returns.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let TestServer { hub, task, .. } = self;
+        drop(hub);
+        task.await.expect("server task").expect("server result");
+    }
+}
+
+pub async fn connect(addr: SocketAddr, token: Option<&str>) -> Client {
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    let bearer = Bearer(token.map(|t| format!("Bearer {t}").parse().expect("header")));
+    ConfigServiceClient::with_interceptor(channel, bearer).max_decoding_message_size(usize::MAX)
+}
+
+pub async fn put(client: &mut Client, key: &str, value: &str) -> proto::Entry {
+    client
+        .put(proto::PutRequest {
+            key: key.into(),
+            value: value.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|s| panic!("put {key}: {s:?}"))
+        .into_inner()
+        .entry
+        .expect("entry")
+}
+
+pub async fn delete(client: &mut Client, key: &str) -> proto::Entry {
+    client
+        .delete(proto::DeleteRequest {
+            key: key.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|s| panic!("delete {key}: {s:?}"))
+        .into_inner()
+        .entry
+        .expect("entry")
+}
+
+pub async fn watch(client: &mut Client, request: proto::WatchRequest) -> Streaming<WatchResponse> {
+    client
+        .watch(request)
+        .await
+        .unwrap_or_else(|s| panic!("watch: {s:?}"))
+        .into_inner()
+}
+
+pub fn watch_prefixes(prefixes: &[&str]) -> proto::WatchRequest {
+    proto::WatchRequest {
+        prefixes: prefixes.iter().map(|p| p.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+/// The next message, within PATIENCE.
+pub async fn next(stream: &mut Streaming<WatchResponse>) -> WatchResponse {
+    tokio::time::timeout(PATIENCE, stream.message())
+        .await
+        .expect("a watch message in time")
+        .expect("stream ok")
+        .expect("stream open")
+}
+
+/// Reads the initial state up to and including the complete marker.
+pub async fn initial(stream: &mut Streaming<WatchResponse>) -> (Vec<proto::Entry>, WatchResponse) {
+    let mut entries = Vec::new();
+    loop {
+        let msg = next(stream).await;
+        assert_eq!(
+            msg.kind,
+            proto::watch_response::Kind::Initial as i32,
+            "{msg:?}"
+        );
+        entries.extend(msg.changes.iter().cloned());
+        if msg.initial_complete {
+            return (entries, msg);
+        }
+    }
+}
+
+/// Reads delta messages until `count` changes arrived; progress messages are skipped.
+pub async fn changes(stream: &mut Streaming<WatchResponse>, count: usize) -> Vec<proto::Entry> {
+    let mut out = Vec::new();
+    while out.len() < count {
+        let msg = next(stream).await;
+        if msg.kind == proto::watch_response::Kind::Delta as i32 {
+            out.extend(msg.changes);
+        }
+    }
+    assert_eq!(out.len(), count, "more changes than expected: {out:?}");
+    out
+}
+
+/// (key, version, deleted) of each change, for compact assertions.
+pub fn summary(entries: &[proto::Entry]) -> Vec<(String, u64, bool)> {
+    entries
+        .iter()
+        .map(|e| (e.key.clone(), e.version, e.deleted))
+        .collect()
+}
+
+/// Applies watch changes to a key -> (version, value) cache, as a client would.
+pub fn apply(cache: &mut HashMap<String, (u64, String)>, changes: &[proto::Entry]) {
+    for c in changes {
+        let newer = cache.get(&c.key).is_none_or(|(v, _)| c.version > *v);
+        if !newer {
+            continue;
+        }
+        if c.deleted {
+            cache.remove(&c.key);
+        } else {
+            cache.insert(c.key.clone(), (c.version, c.value.clone()));
+        }
+    }
+}

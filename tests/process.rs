@@ -1,0 +1,233 @@
+//! The `configwatch` binary as users run it: durability across `kill -9`, and the
+//! command-line client.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use common::*;
+use configwatch::auth::Role;
+use configwatch::auth::local::LocalKey;
+use configwatch::model::Scope;
+use configwatch::proto;
+
+const BIN: &str = env!("CARGO_BIN_EXE_configwatch");
+
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Server {
+    fn start(dir: &Path) -> Server {
+        let mut child = Command::new(BIN)
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir)
+            .env("CONFIGWATCH_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start configwatch");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).expect("read");
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .parse()
+            .expect("address");
+        Server { child, addr }
+    }
+
+    fn kill9(mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reap");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn token(dir: &Path, tenant: &str, role: Role) -> String {
+    let (key, _) = LocalKey::load_or_create(dir).unwrap();
+    key.issue(
+        &Scope::tenant(tenant).unwrap(),
+        role,
+        std::time::Duration::from_secs(600),
+        "test",
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn acknowledged_writes_survive_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let t = token(dir.path(), "acme", Role::Writer);
+    let c = connect(server.addr, Some(&t)).await;
+    // Concurrent writers, so commits interleave; every acknowledged one must survive.
+    let mut tasks = Vec::new();
+    for w in 0..8 {
+        let mut c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            for i in 0..25 {
+                let key = format!("tenant_config_w{w}-{i}");
+                let e = put(&mut c, &key, &format!("{{\"w\":{w},\"i\":{i}}}")).await;
+                acked.push((e.key, e.version));
+            }
+            acked
+        }));
+    }
+    let mut acked = Vec::new();
+    for t in tasks {
+        acked.extend(t.await.unwrap());
+    }
+    let mut c2 = c.clone();
+    put(&mut c2, "tenant_config_w0-0", "\"second version\"").await;
+    delete(&mut c2, "tenant_config_w1-1").await;
+    server.kill9();
+
+    let server = Server::start(dir.path());
+    let mut c = connect(server.addr, Some(&t)).await;
+    let all = c
+        .get(proto::GetRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(all.entries.len(), acked.len() - 1);
+    for e in &all.entries {
+        let expected = match e.key.as_str() {
+            "tenant_config_w0-0" => 2,
+            _ => 1,
+        };
+        assert_eq!(e.version, expected, "{}", e.key);
+    }
+    assert!(!all.entries.iter().any(|e| e.key == "tenant_config_w1-1"));
+    // The version sequence continues after the restart, deletes included.
+    let e = put(&mut c, "tenant_config_w1-1", "\"back\"").await;
+    assert_eq!(e.version, 3);
+}
+
+fn cli(args: &[&str], server: &Server, token: &str) -> std::process::Output {
+    Command::new(BIN)
+        .args(args)
+        .env("CONFIGWATCH_SERVER", format!("http://{}", server.addr))
+        .env("CONFIGWATCH_TOKEN", token)
+        .output()
+        .expect("run configwatch")
+}
+
+#[tokio::test]
+async fn the_command_line_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let out = Command::new(BIN)
+        .args([
+            "token",
+            "--tenant",
+            "acme",
+            "--role",
+            "writer",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let t = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+
+    let mut watcher = Command::new(BIN)
+        .args(["watch", "tenant_config_"])
+        .env("CONFIGWATCH_SERVER", format!("http://{}", server.addr))
+        .env("CONFIGWATCH_TOKEN", &t)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(watcher.stdout.take().unwrap()).lines();
+
+    let out = cli(
+        &["put", "tenant_config_flags", "{\"dark\": true}"],
+        &server,
+        &t,
+    );
+    assert!(out.status.success(), "{out:?}");
+    let printed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(printed["version"], 1);
+
+    let out = cli(&["get", "tenant_config_flags"], &server, &t);
+    let printed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(printed["value"]["dark"], true);
+
+    let out = cli(
+        &["put", "tenant_config_flags", "{}", "--expect-version", "7"],
+        &server,
+        &t,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("FailedPrecondition") && err.contains("current version is 1"),
+        "{err}"
+    );
+
+    let out = cli(&["delete", "tenant_config_flags"], &server, &t);
+    assert!(out.status.success(), "{out:?}");
+    let out = cli(&["get", "tenant_config_flags"], &server, &t);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not found"));
+
+    let out = cli(&["put", "bogus", "1"], &server, &t);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("InvalidArgument"));
+
+    let out = cli(&["get", "tenant_config_x"], &server, "");
+    assert_eq!(out.status.code(), Some(64), "no token is a usage error");
+
+    // The watcher printed each change as one JSON object per line.
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let line = lines.next().unwrap().unwrap();
+        seen.push(serde_json::from_str::<serde_json::Value>(&line).unwrap());
+    }
+    assert_eq!(seen[0]["key"], "tenant_config_flags");
+    assert_eq!(seen[0]["value"]["dark"], true);
+    assert_eq!(seen[1]["deleted"], true);
+    assert_eq!(seen[1]["version"], 2);
+    let _ = watcher.kill();
+    let _ = watcher.wait();
+}
+
+#[test]
+fn bad_configuration_exits_64_before_binding() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--history",
+            "0",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--history"));
+    let out = Command::new(BIN)
+        .args(["serve", "--listen", "not-an-address"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+}
