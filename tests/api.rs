@@ -478,6 +478,29 @@ async fn health_and_reflection_answer_without_a_token() {
         resp.status,
         tonic_health::pb::health_check_response::ServingStatus::Serving as i32
     );
+    // Reflection lists the service, as `grpcurl list` asks it to.
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let mut reflection = ServerReflectionClient::new(channel.clone());
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut answers = reflection
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let answer = answers.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = answer.message_response else {
+        panic!("unexpected reflection answer {answer:?}");
+    };
+    let names: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
+    assert!(names.contains(&"configwatch.v1.ConfigService"), "{names:?}");
+    assert!(names.contains(&"grpc.health.v1.Health"), "{names:?}");
+
     let mut plain = configwatch::proto::config_service_client::ConfigServiceClient::new(channel);
     let err = plain.get(proto::GetRequest::default()).await.unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);

@@ -120,7 +120,7 @@ export interface ClientStatus {
   entries: number;
   /** The last error of the watch, if any (cleared by a successful sync). */
   lastError: ConfigWatchError | undefined;
-  /** Connection attempts since the last successful sync. */
+  /** Connection attempts since the last successful sync (0 while connected). */
   attempts: number;
   /** When the next attempt is due, while `reconnecting`. */
   nextAttemptAt: Date | undefined;
@@ -289,6 +289,9 @@ export class ConfigWatchClient extends EventEmitter<ClientEvents> implements Asy
   private abortCall: (() => void) | undefined;
   private wake: (() => void) | undefined;
   private readyWaiters: ReadyWaiter[] = [];
+  /** Settles when close() is called, to cut short a wait on the token source. */
+  private readonly closedSignal: Promise<'closed'>;
+  private signalClosed: () => void = () => undefined;
   private readonly queues = new Set<ChangeQueue>();
 
   /**
@@ -299,6 +302,9 @@ export class ConfigWatchClient extends EventEmitter<ClientEvents> implements Asy
    */
   constructor(options: ClientOptions) {
     super();
+    this.closedSignal = new Promise((resolve) => {
+      this.signalClosed = () => resolve('closed');
+    });
     if (typeof options !== 'object' || options === null) throw new InvalidOptionsError('options are required');
     if (typeof options.tenant !== 'string' || options.tenant === '') {
       throw new InvalidOptionsError('tenant must be a non-empty string');
@@ -583,6 +589,7 @@ export class ConfigWatchClient extends EventEmitter<ClientEvents> implements Asy
 
   private async shutdown(): Promise<void> {
     this.setState('closed');
+    this.signalClosed();
     this.abortCall?.();
     this.wake?.();
     const closed = new ClosedError();
@@ -605,6 +612,9 @@ export class ConfigWatchClient extends EventEmitter<ClientEvents> implements Asy
   }
 
   private async run(): Promise<void> {
+    // Failed attempts in a row (the backoff exponent) and refused tokens in a row,
+    // both counted since the last stream that reached its initial state.
+    let failures = 0;
     let authRefusals = 0;
     try {
       while (!this.isClosed()) {
@@ -615,7 +625,7 @@ export class ConfigWatchClient extends EventEmitter<ClientEvents> implements Asy
         const { error, synced } = outcome;
         this.lastError = error;
         if (synced) {
-          this.attempts = 0;
+          failures = 0;
           authRefusals = 0;
         }
         let delay: number;
@@ -626,7 +636,7 @@ export class ConfigWatchClient extends EventEmitter<ClientEvents> implements Asy
           if (authRefusals === 1) {
             delay = 0;
           } else {
-            delay = backoffDelay(this.attempts - 1, this.backoff);
+            delay = backoffDelay(failures++, this.backoff);
             this.emitError(error);
           }
         } else if (error.code === 'INVALID_ARGUMENT' && outcome.sentResumeToken && !synced) {
@@ -638,7 +648,7 @@ export class ConfigWatchClient extends EventEmitter<ClientEvents> implements Asy
           this.fail(error);
           return;
         } else {
-          delay = backoffDelay(this.attempts - 1, this.backoff);
+          delay = backoffDelay(failures++, this.backoff);
           if (error.code === 'TOKEN_SOURCE' || error.code === 'PROTOCOL') this.emitError(error);
         }
         this.setState('reconnecting');
@@ -697,13 +707,16 @@ export class ConfigWatchClient extends EventEmitter<ClientEvents> implements Asy
 
   /** One Watch, from request to end. Resolves (never rejects) with why it ended. */
   private async watchOnce(): Promise<Outcome> {
-    let metadata: grpc.Metadata;
+    let metadata: grpc.Metadata | 'closed';
     try {
-      metadata = await this.metadata();
+      // A token source that never answers must not hold close() up.
+      metadata = await Promise.race([this.metadata(), this.closedSignal]);
     } catch (e) {
       return { error: e instanceof ConfigWatchError ? e : fromGrpcError(e), synced: false, sentResumeToken: false };
     }
-    if (this.isClosed()) return { error: new ClosedError(), synced: false, sentResumeToken: false };
+    if (metadata === 'closed' || this.isClosed()) {
+      return { error: new ClosedError(), synced: false, sentResumeToken: false };
+    }
     const request: WatchRequest = {
       prefixes: [...this.prefixes],
       tenant: this.tenant,
@@ -758,6 +771,7 @@ export class ConfigWatchClient extends EventEmitter<ClientEvents> implements Asy
             this.advance(msg);
             synced = true;
             this.everSynced = true;
+            this.attempts = 0;
             this.source = 'server';
             this.lastSyncAt = new Date();
             this.lastError = undefined;

@@ -3,7 +3,7 @@ import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { test } from 'node:test';
 
-import { ConfigWatchClient, ConfigWatchError, DecodeError, InvalidOptionsError, ServerError } from '../src';
+import { ClosedError, ConfigWatchClient, ConfigWatchError, DecodeError, InvalidOptionsError, ServerError } from '../src';
 import { SNAPSHOT_FORMAT } from '../src/snapshot';
 import { Harness, waitFor } from './helpers';
 
@@ -122,4 +122,23 @@ test('a resume token the server cannot read (an old snapshot) is dropped, not fa
   await client.ready({ timeoutMs: 10_000 });
   await waitFor(() => client.get('tenant_config_flag')?.value === 'new', 10_000, () => 'the current value');
   assert.deepEqual(modes, ['diff']);
+});
+
+test('close() settles a pending ready() with ClosedError, even while the token source hangs', async (t) => {
+  const h = new Harness(t);
+  let asked = false;
+  const client = await h.client({
+    address: '127.0.0.1:9',
+    tenant: TENANT,
+    token: () => {
+      asked = true;
+      return new Promise<string>(() => undefined);
+    },
+  });
+  const pending = client.ready();
+  await waitFor(() => asked, 5_000, () => 'the token source to be asked');
+  await client.close();
+  await assert.rejects(pending, ClosedError);
+  assert.equal(client.status().state, 'closed');
+  await assert.rejects(client.readSecret('tenant_config_x'), ClosedError);
 });
