@@ -98,13 +98,13 @@ pub struct TokenArgs {
     #[arg(long, env = "CONFIGWATCH_SERVICE")]
     pub service: Option<String>,
     /// reader (Get, Watch), writer (also Put, Delete) or admin.
-    #[arg(long, default_value = "reader", value_parser = parse_role)]
+    #[arg(long, env = "CONFIGWATCH_ROLE", default_value = "reader", value_parser = parse_role)]
     pub role: Role,
     /// How long the token is valid, e.g. 30m, 1h, 7d.
-    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "CONFIGWATCH_TTL", default_value = "1h", value_parser = humantime::parse_duration)]
     pub ttl: Duration,
     /// The token's subject (sub), shown in server logs.
-    #[arg(long, default_value = "configwatch-cli")]
+    #[arg(long, env = "CONFIGWATCH_SUBJECT", default_value = "configwatch-cli")]
     pub subject: String,
 }
 
@@ -130,8 +130,9 @@ pub struct ClientArgs {
 pub struct GetArgs {
     /// Keys to read.
     pub keys: Vec<String>,
-    /// Also read every key under this prefix (repeatable).
-    #[arg(long = "prefix")]
+    /// Also read every key under this prefix (repeatable; the variable takes a
+    /// comma-separated list).
+    #[arg(long = "prefix", env = "CONFIGWATCH_PREFIX", value_delimiter = ',')]
     pub prefixes: Vec<String>,
     #[command(flatten)]
     pub client: ClientArgs,
@@ -143,10 +144,10 @@ pub struct PutArgs {
     /// The value as JSON text, e.g. '{"enabled":true}' or '"text"'.
     pub value: String,
     /// Write only if the key is at this version (0: only if it does not exist).
-    #[arg(long)]
+    #[arg(long, env = "CONFIGWATCH_EXPECT_VERSION")]
     pub expect_version: Option<u64>,
     /// Store as a secret (param_config_ keys only).
-    #[arg(long)]
+    #[arg(long, env = "CONFIGWATCH_SECRET")]
     pub secret: bool,
     #[command(flatten)]
     pub client: ClientArgs,
@@ -156,7 +157,7 @@ pub struct PutArgs {
 pub struct DeleteArgs {
     pub key: String,
     /// Delete only if the key is at this version.
-    #[arg(long)]
+    #[arg(long, env = "CONFIGWATCH_EXPECT_VERSION")]
     pub expect_version: Option<u64>,
     #[command(flatten)]
     pub client: ClientArgs,
@@ -167,7 +168,7 @@ pub struct WatchArgs {
     /// Prefixes to watch; none watches the whole tenant.
     pub prefixes: Vec<String>,
     /// Start after this resume token instead of from the full state.
-    #[arg(long)]
+    #[arg(long, env = "CONFIGWATCH_RESUME_TOKEN")]
     pub resume_token: Option<String>,
     #[command(flatten)]
     pub client: ClientArgs,

@@ -189,23 +189,29 @@ impl ResumeToken {
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
     }
 
-    pub fn decode(text: &str) -> Result<Self, BadToken> {
+    /// Reads a token. `Ok(None)` for a well-formed token of another format (from
+    /// another server version): not resumable, so the caller falls back. Text that
+    /// is no token at all is an error.
+    pub fn decode(text: &str) -> Result<Option<Self>, BadToken> {
         let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .decode(text)
             .map_err(|_| BadToken)?;
-        if bytes.len() != 25 || bytes[0] != TOKEN_FORMAT {
-            return Err(BadToken);
+        match bytes.first() {
+            None => return Err(BadToken),
+            Some(&TOKEN_FORMAT) if bytes.len() == 25 => {}
+            Some(&TOKEN_FORMAT) => return Err(BadToken),
+            Some(_) => return Ok(None),
         }
         let word = |i: usize| {
             let mut w = [0u8; 8];
             w.copy_from_slice(&bytes[i..i + 8]);
             u64::from_be_bytes(w)
         };
-        Ok(ResumeToken {
+        Ok(Some(ResumeToken {
             epoch: word(1),
             revision: word(9),
             filter: word(17),
-        })
+        }))
     }
 
     pub fn revision(&self) -> u64 {
@@ -672,7 +678,9 @@ mod tests {
         let hub = hub(vec![]);
         let snap = hub.snapshot(&scope, &[], &[]).await?;
         let token = ResumeToken::decode(&snap.resume_token)
-            .map_err(|e| StoreError::Internal(e.to_string()))?;
+            .ok()
+            .flatten()
+            .ok_or_else(|| StoreError::Internal("token".into()))?;
         for v in 1..=5u64 {
             hub.apply(&scope, e("tenant_config_a", v, "1"));
         }
@@ -708,6 +716,16 @@ mod tests {
         assert_eq!(summary(&sub.initial), [("tenant_config_gone".into(), 0)]);
         assert!(sub.initial[0].deleted);
         Ok(())
+    }
+
+    #[test]
+    fn tokens_of_another_format_fall_back_and_garbage_is_refused() {
+        let other_format = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([9u8; 30]);
+        assert_eq!(ResumeToken::decode(&other_format), Ok(None));
+        assert_eq!(ResumeToken::decode("not a token!"), Err(BadToken));
+        assert_eq!(ResumeToken::decode(""), Err(BadToken));
+        let truncated = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([TOKEN_FORMAT; 5]);
+        assert_eq!(ResumeToken::decode(&truncated), Err(BadToken));
     }
 
     #[tokio::test]

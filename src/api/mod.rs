@@ -219,7 +219,7 @@ impl ConfigService for ConfigApi {
         let resume = if req.resume_token.is_empty() {
             None
         } else {
-            Some(ResumeToken::decode(&req.resume_token)?)
+            ResumeToken::decode(&req.resume_token)?
         };
         let known: HashMap<String, u64> = req.known_versions;
         let sub = self

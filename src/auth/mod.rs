@@ -59,7 +59,8 @@ pub struct Identity {
     pub role: Role,
     /// The token's `sub`, for logs.
     pub subject: String,
-    /// When the token expires; a watch ends then.
+    /// When the token stops being accepted (exp plus the allowed clock skew); a
+    /// watch ends then.
     pub expires_at: Option<SystemTime>,
 }
 
@@ -244,10 +245,11 @@ impl Authenticator {
                 });
             }
         };
+        // The same moment a unary call starts refusing the token: exp plus leeway.
         let expires_at = claims
             .get("exp")
             .and_then(Value::as_u64)
-            .map(|s| UNIX_EPOCH + Duration::from_secs(s));
+            .map(|s| UNIX_EPOCH + Duration::from_secs(s) + rules.leeway);
         Ok(Identity {
             scope: Scope::new(tenant, service)?,
             role,

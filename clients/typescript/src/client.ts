@@ -366,7 +366,7 @@ export class ConfigWatchClient extends EventEmitter<ClientEvents> implements Asy
     }
   }
 
-  /** Creates a client and starts it (see {@link start}). Throws like the constructor. */
+  /** Creates a client and starts it (see {@link start}). Rejects with what the constructor throws. */
   static async connect(options: ClientOptions): Promise<ConfigWatchClient> {
     const client = new ConfigWatchClient(options);
     await client.start();
@@ -670,17 +670,16 @@ export class ConfigWatchClient extends EventEmitter<ClientEvents> implements Asy
     this.emitError(error);
   }
 
+  /** Waits `ms`, or less if close() wakes it. */
   private sleep(ms: number): Promise<void> {
     return new Promise((resolve) => {
-      const timer = setTimeout(done, ms);
-      function done(): void {
+      const done = (): void => {
         clearTimeout(timer);
-        resolve();
-      }
-      this.wake = () => {
         this.wake = undefined;
-        done();
+        resolve();
       };
+      const timer = setTimeout(done, ms);
+      this.wake = done;
     });
   }
 
@@ -739,7 +738,7 @@ export class ConfigWatchClient extends EventEmitter<ClientEvents> implements Asy
         if (idle !== undefined) clearTimeout(idle);
         this.abortCall = undefined;
         call.cancel();
-        if (synced) this.emitSafely('disconnected', { error });
+        if (synced && !this.isClosed()) this.emitSafely('disconnected', { error });
         resolve({ error, synced, sentResumeToken });
       };
       const armIdle = (): void => {
@@ -898,6 +897,7 @@ export class ConfigWatchClient extends EventEmitter<ClientEvents> implements Asy
    */
   private emitSafely<E extends keyof ClientEvents>(event: E, ...args: ClientEvents[E]): void {
     try {
+      // The generic rest type is not narrowed through EventEmitter's conditional type.
       (this.emit as (e: E, ...a: ClientEvents[E]) => boolean)(event, ...args);
     } catch (e) {
       process.nextTick(() => {
