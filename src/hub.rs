@@ -131,6 +131,16 @@ pub enum InitialMode {
     Resumed,
 }
 
+/// What a [`Hub::resync`] found.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Resync {
+    /// Changes applied: the view had drifted from the sources by this many keys.
+    pub applied: usize,
+    /// Keys whose source version is older than the one served:
+    /// (key, source version, served version). Left as served.
+    pub regressed: Vec<(String, u64, u64)>,
+}
+
 /// A snapshot for `Get`.
 #[derive(Debug)]
 pub struct Snapshot {
@@ -308,6 +318,101 @@ impl Hub {
     pub fn apply(&self, scope: &Scope, entry: Entry) -> Option<Arc<Entry>> {
         let view = self.views.get(scope)?.clone();
         let mut st = lock(&view.state);
+        self.apply_locked(&view, &mut st, entry)
+    }
+
+    /// Deletes a key that a source reports gone without a version (a Parameter
+    /// Store delete, a reconciliation that no longer finds it): a tombstone one
+    /// version above the live entry. `None` if the key is not live in a loaded view.
+    pub fn remove_if_live(&self, scope: &Scope, key: &str) -> Option<Arc<Entry>> {
+        let view = self.views.get(scope)?.clone();
+        let mut st = lock(&view.state);
+        let current = st.entries.get(key).filter(|e| !e.deleted)?;
+        let tombstone = Entry::tombstone(key, current.version + 1, now_millis());
+        self.apply_locked(&view, &mut st, tombstone)
+    }
+
+    /// What a loaded view holds for a key (tombstones included); `None` when the
+    /// scope is not loaded or the key unknown.
+    pub fn held(&self, scope: &Scope, key: &str) -> Option<Arc<Entry>> {
+        let view = self.views.get(scope)?.clone();
+        if !view.loaded.initialized() {
+            return None;
+        }
+        let st = lock(&view.state);
+        st.entries.get(key).cloned()
+    }
+
+    /// Whether the scope's view is loaded (some client has asked for it).
+    pub fn is_loaded(&self, scope: &Scope) -> bool {
+        self.views
+            .get(scope)
+            .is_some_and(|v| v.loaded.initialized())
+    }
+
+    /// The scopes loaded now.
+    pub fn loaded_scopes(&self) -> Vec<Scope> {
+        self.views
+            .iter()
+            .filter(|v| v.loaded.initialized())
+            .map(|v| v.key().clone())
+            .collect()
+    }
+
+    /// Re-reads a loaded scope from the sources and applies what differs: newer
+    /// versions, and tombstones for keys the sources no longer have. Used after a
+    /// gap in a change stream and by periodic reconciliation. A scope that is not
+    /// loaded is skipped: its first load reads fresh state anyway.
+    pub async fn resync(&self, scope: &Scope) -> Result<Resync, StoreError> {
+        let Some(view) = self.views.get(scope).map(|v| v.clone()) else {
+            return Ok(Resync::default());
+        };
+        if !view.loaded.initialized() {
+            return Ok(Resync::default());
+        }
+        let before = lock(&view.state).revision;
+        let fresh = self.loader.load_scope(scope).await?;
+        let mut report = Resync::default();
+        let mut st = lock(&view.state);
+        let mut present = std::collections::HashSet::with_capacity(fresh.len());
+        for entry in fresh {
+            present.insert(entry.key.clone());
+            if let Some(held) = st.entries.get(&entry.key)
+                && held.version > entry.version
+                && held.revision <= before
+            {
+                // The source went back to an older version than we served.
+                report
+                    .regressed
+                    .push((entry.key.to_string(), entry.version, held.version));
+                continue;
+            }
+            if self.apply_locked(&view, &mut st, entry).is_some() {
+                report.applied += 1;
+            }
+        }
+        // Keys changed after the read began are newer than it: leave them alone.
+        let gone: Vec<(Arc<str>, u64)> = st
+            .entries
+            .values()
+            .filter(|e| !e.deleted && e.revision <= before && !present.contains(&e.key))
+            .map(|e| (e.key.clone(), e.version))
+            .collect();
+        for (key, version) in gone {
+            let tombstone = Entry::tombstone(&key, version + 1, now_millis());
+            if self.apply_locked(&view, &mut st, tombstone).is_some() {
+                report.applied += 1;
+            }
+        }
+        Ok(report)
+    }
+
+    fn apply_locked(
+        &self,
+        view: &ScopeView,
+        st: &mut ViewState,
+        entry: Entry,
+    ) -> Option<Arc<Entry>> {
         if st
             .entries
             .get(&entry.key)
@@ -458,11 +563,6 @@ impl Hub {
         }
         out
     }
-
-    /// How many scopes are loaded.
-    pub fn loaded_scopes(&self) -> usize {
-        self.views.len()
-    }
 }
 
 impl ViewState {
@@ -596,17 +696,21 @@ mod tests {
     use super::*;
     use std::future::poll_fn;
 
-    struct Fixed(Vec<Entry>);
+    /// A source whose content the test changes behind the hub's back.
+    struct Fixed(Mutex<Vec<Entry>>);
 
     #[async_trait]
     impl ScopeLoader for Fixed {
         async fn load_scope(&self, _: &Scope) -> Result<Vec<Entry>, StoreError> {
-            Ok(self.0.clone())
+            Ok(lock(&self.0).clone())
         }
     }
 
     fn hub(initial: Vec<Entry>) -> Hub {
-        Hub::new(Arc::new(Fixed(initial)), HubConfig { history_limit: 8 })
+        Hub::new(
+            Arc::new(Fixed(Mutex::new(initial))),
+            HubConfig { history_limit: 8 },
+        )
     }
 
     fn e(key: &str, version: u64, value: &str) -> Entry {
@@ -715,6 +819,47 @@ mod tests {
         assert_eq!(sub.mode, InitialMode::Diff);
         assert_eq!(summary(&sub.initial), [("tenant_config_gone".into(), 0)]);
         assert!(sub.initial[0].deleted);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn resync_applies_drift_and_removes_what_the_source_lost() -> Result<(), StoreError> {
+        let scope = Scope::tenant("t").map_err(|e| StoreError::Internal(e.to_string()))?;
+        let source = Arc::new(Fixed(Mutex::new(vec![
+            e("tenant_config_a", 1, "1"),
+            e("tenant_config_b", 1, "1"),
+            e("tenant_config_old", 5, "1"),
+        ])));
+        let hub = Hub::new(source.clone(), HubConfig { history_limit: 8 });
+        let mut sub = hub
+            .subscribe(&scope, PrefixSet::everything(), None, &HashMap::new())
+            .await?;
+        *lock(&source.0) = vec![
+            e("tenant_config_a", 2, "2"),
+            e("tenant_config_c", 1, "1"),
+            e("tenant_config_old", 3, "regressed"),
+        ];
+        let report = hub.resync(&scope).await?;
+        assert_eq!(report.applied, 3);
+        assert_eq!(report.regressed, [("tenant_config_old".to_owned(), 3, 5)]);
+        let got = summary(&next(&mut sub.handle).await);
+        assert_eq!(
+            got,
+            [
+                ("tenant_config_a".into(), 2),
+                ("tenant_config_c".into(), 1),
+                ("tenant_config_b".into(), 2)
+            ]
+        );
+        // Nothing drifted since: a second pass applies nothing.
+        assert_eq!(hub.resync(&scope).await?.applied, 0);
+        assert_eq!(hub.loaded_scopes(), std::slice::from_ref(&scope));
+        assert!(
+            hub.remove_if_live(&scope, "tenant_config_b").is_none(),
+            "already gone"
+        );
+        let removed = hub.remove_if_live(&scope, "tenant_config_c");
+        assert!(removed.is_some_and(|r| r.deleted && r.version == 2));
         Ok(())
     }
 

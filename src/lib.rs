@@ -12,7 +12,11 @@
 //! - [`hub`]: per-scope materialized views with a revision counter and bounded history;
 //!   coalescing fan-out to watchers; resume tokens.
 //! - [`store`]: storage backends behind one trait, routed by key prefix
-//!   (`tenant_config_*`, `param_config_*`); the embedded redb store.
+//!   (`tenant_config_*`, `param_config_*`); the embedded redb store, DynamoDB and
+//!   Parameter Store.
+//! - [`source`]: background tasks that bring outside changes into the hub (DynamoDB
+//!   Streams, Parameter Store events through SQS, periodic reconciliation).
+//! - [`aws`]: AWS settings and SDK configuration.
 //! - [`keys`] and [`model`]: keys, families, limits, scopes and entries.
 //!
 //! Nothing below `api` knows about protobuf; nothing outside `store` knows about a
@@ -20,11 +24,14 @@
 
 pub mod api;
 pub mod auth;
+pub mod aws;
+pub mod backoff;
 pub mod cli;
 pub mod hub;
 pub mod keys;
 pub mod model;
 pub mod server;
+pub mod source;
 pub mod store;
 
 /// Code generated from `proto/configwatch/v1/config.proto`.

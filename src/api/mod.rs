@@ -180,9 +180,12 @@ impl ConfigService for ConfigApi {
             }
             // Secrets are never cached: read on demand, for this scope only.
             let (_, backend) = self.router.route(&e.key)?;
-            if let Some(mut read) = backend.read_secret(&id.scope, &e.key).await? {
-                read.revision = e.revision;
-                entries.push(to_proto(&read));
+            match backend.read(&id.scope, &e.key, true).await? {
+                Some(mut read) if !read.deleted => {
+                    read.revision = e.revision;
+                    entries.push(to_proto(&read));
+                }
+                _ => {}
             }
         }
         let found: BTreeSet<&str> = entries.iter().map(|e| e.key.as_str()).collect();

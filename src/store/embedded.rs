@@ -260,7 +260,12 @@ impl Backend for EmbeddedStore {
         .await
     }
 
-    async fn read_secret(&self, scope: &Scope, key: &str) -> Result<Option<Entry>, StoreError> {
+    async fn read(
+        &self,
+        scope: &Scope,
+        key: &str,
+        with_secret: bool,
+    ) -> Result<Option<Entry>, StoreError> {
         let (tenant, service) = scope_parts(scope);
         let key = key.to_owned();
         self.blocking(move |db| {
@@ -268,10 +273,7 @@ impl Backend for EmbeddedStore {
             let table = txn.open_table(ENTRIES).map_err(internal)?;
             let id = (tenant.as_str(), service.as_str(), key.as_str());
             match table.get(id).map_err(internal)? {
-                Some(v) => {
-                    let e = decode(&key, v.value(), true)?;
-                    Ok((!e.deleted).then_some(e))
-                }
+                Some(v) => Ok(Some(decode(&key, v.value(), with_secret)?)),
                 None => Ok(None),
             }
         })
@@ -355,8 +357,11 @@ mod tests {
         let e = store.write(&s, "param_config_db/password", w, None).await?;
         assert!(e.secret && e.value.is_none());
         assert!(store.load(&s, "").await?[0].value.is_none());
-        let read = store.read_secret(&s, "param_config_db/password").await?;
+        let read = store.read(&s, "param_config_db/password", true).await?;
         assert_eq!(read.and_then(|e| e.value).as_deref(), Some("\"hunter2\""));
+        let withheld = store.read(&s, "param_config_db/password", false).await?;
+        assert!(withheld.is_some_and(|e| e.secret && e.value.is_none()));
+        assert_eq!(store.read(&s, "param_config_never", true).await?, None);
         Ok(())
     }
 

@@ -1,7 +1,7 @@
 //! Storage backends and the router that picks one by key prefix.
 //!
 //! A [`Backend`] is a strategy: it loads a scope's entries, writes with
-//! compare-and-set on the key's version, and reads secrets on demand. The [`Router`]
+//! compare-and-set on the key's version, and reads single keys (secrets on demand). The [`Router`]
 //! holds one entry per key family (the tagged storage pattern): adding a backend is one
 //! more `(family, backend)` pair. The hub never calls a backend for writes; the API
 //! does, then hands the resulting entry to the hub.
@@ -65,8 +65,15 @@ pub trait Backend: Send + Sync + 'static {
         expected: Option<u64>,
     ) -> Result<Entry, StoreError>;
 
-    /// Reads one secret entry with its value, on demand. `None` if it does not exist.
-    async fn read_secret(&self, scope: &Scope, key: &str) -> Result<Option<Entry>, StoreError>;
+    /// Reads one key's current state from the source of truth: the entry, a
+    /// tombstone, or `None` if the backend has no record of it. A secret's value is
+    /// included only when `with_secret` (for `Get`, on demand; never for the hub).
+    async fn read(
+        &self,
+        scope: &Scope,
+        key: &str,
+        with_secret: bool,
+    ) -> Result<Option<Entry>, StoreError>;
 }
 
 /// Picks the backend for a key by its family prefix.

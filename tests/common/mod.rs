@@ -2,6 +2,8 @@
 //! tokens, and helpers to read Watch streams with deadlines instead of sleeps.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod moto;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

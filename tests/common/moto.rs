@@ -1,0 +1,282 @@
+//! A moto server (AWS emulator) per test, on 127.0.0.1 port 0, with the resources of
+//! deploy/configwatch.cfn.json: the table with its stream, the change queue with its
+//! dead-letter queue, and the EventBridge rule (the template's own pattern) that
+//! sends Parameter Store changes to the queue.
+//!
+//! moto_server is found through `CONFIGWATCH_MOTO_SERVER`, else on PATH;
+//! `tests/run` installs it into a virtualenv and sets the variable.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+    StreamSpecification, StreamViewType,
+};
+use serde_json::{Value, json};
+
+pub const REGION: &str = "us-east-1";
+pub const ACCOUNT: &str = "123456789012";
+pub const TABLE: &str = "configwatch-tenant-config";
+pub const ROOT: &str = "/config-service";
+
+pub struct Moto {
+    child: Child,
+    pub endpoint: String,
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The AWS resources a test works with.
+pub struct Resources {
+    pub table: String,
+    pub queue_url: String,
+    pub queue_arn: String,
+    pub dlq_url: String,
+}
+
+impl Moto {
+    /// Starts a private moto server and waits until it answers.
+    pub fn start() -> Moto {
+        let program =
+            std::env::var("CONFIGWATCH_MOTO_SERVER").unwrap_or_else(|_| "moto_server".into());
+        let mut child = Command::new(&program)
+            .args(["-H", "127.0.0.1", "-p", "0"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start moto server '{program}': {e}. Run tests/run (it installs \
+                     moto into a virtualenv), or `pip install 'moto[server]'`, or set \
+                     CONFIGWATCH_MOTO_SERVER to its moto_server"
+                )
+            });
+        let stderr = child.stderr.take().expect("stderr");
+        let mut lines = BufReader::new(stderr).lines();
+        let endpoint = loop {
+            let line = lines
+                .next()
+                .expect("moto server exited before announcing its port")
+                .expect("read moto output");
+            if let Some(at) = line.find("Running on http://") {
+                break line[at + "Running on ".len()..].trim().to_owned();
+            }
+        };
+        // Keep draining its log so it never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Moto { child, endpoint }
+    }
+
+    pub async fn sdk_config(&self) -> SdkConfig {
+        aws_config::defaults(BehaviorVersion::latest())
+            .region(Region::new(REGION))
+            .endpoint_url(&self.endpoint)
+            .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
+                "test", "test", None, None, "moto",
+            ))
+            .load()
+            .await
+    }
+
+    pub async fn dynamodb(&self) -> aws_sdk_dynamodb::Client {
+        aws_sdk_dynamodb::Client::new(&self.sdk_config().await)
+    }
+
+    pub async fn streams(&self) -> aws_sdk_dynamodbstreams::Client {
+        aws_sdk_dynamodbstreams::Client::new(&self.sdk_config().await)
+    }
+
+    pub async fn ssm(&self) -> aws_sdk_ssm::Client {
+        aws_sdk_ssm::Client::new(&self.sdk_config().await)
+    }
+
+    pub async fn sqs(&self) -> aws_sdk_sqs::Client {
+        aws_sdk_sqs::Client::new(&self.sdk_config().await)
+    }
+
+    pub async fn events(&self) -> aws_sdk_eventbridge::Client {
+        aws_sdk_eventbridge::Client::new(&self.sdk_config().await)
+    }
+
+    /// Creates the template's table, queues and rule. `visibility` is the queue's
+    /// visibility timeout: short in tests, so a refused message is redelivered (and
+    /// moved to the dead-letter queue) quickly.
+    pub async fn create_resources(&self, visibility: Duration) -> Resources {
+        let ddb = self.dynamodb().await;
+        let attr = |name: &str| {
+            AttributeDefinition::builder()
+                .attribute_name(name)
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .unwrap()
+        };
+        let key = |name: &str, kind| {
+            KeySchemaElement::builder()
+                .attribute_name(name)
+                .key_type(kind)
+                .build()
+                .unwrap()
+        };
+        ddb.create_table()
+            .table_name(TABLE)
+            .attribute_definitions(attr("pk"))
+            .attribute_definitions(attr("sk"))
+            .key_schema(key("pk", KeyType::Hash))
+            .key_schema(key("sk", KeyType::Range))
+            .billing_mode(BillingMode::PayPerRequest)
+            .stream_specification(
+                StreamSpecification::builder()
+                    .stream_enabled(true)
+                    .stream_view_type(StreamViewType::NewAndOldImages)
+                    .build()
+                    .unwrap(),
+            )
+            .send()
+            .await
+            .expect("create table");
+
+        let sqs = self.sqs().await;
+        let dlq_url = sqs
+            .create_queue()
+            .queue_name("configwatch-parameter-changes-dlq")
+            .send()
+            .await
+            .expect("create dlq")
+            .queue_url
+            .unwrap();
+        let dlq_arn = self.queue_arn(&dlq_url).await;
+        let redrive = json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": "2"});
+        let queue_url = sqs
+            .create_queue()
+            .queue_name("configwatch-parameter-changes")
+            .attributes(
+                aws_sdk_sqs::types::QueueAttributeName::RedrivePolicy,
+                redrive.to_string(),
+            )
+            .attributes(
+                aws_sdk_sqs::types::QueueAttributeName::VisibilityTimeout,
+                visibility.as_secs().max(1).to_string(),
+            )
+            .send()
+            .await
+            .expect("create queue")
+            .queue_url
+            .unwrap();
+        let queue_arn = self.queue_arn(&queue_url).await;
+
+        let events = self.events().await;
+        let rule_arn = events
+            .put_rule()
+            .name("configwatch-parameter-changes")
+            .event_pattern(template_event_pattern(ROOT).to_string())
+            .state(aws_sdk_eventbridge::types::RuleState::Enabled)
+            .send()
+            .await
+            .expect("put rule")
+            .rule_arn
+            .unwrap();
+        events
+            .put_targets()
+            .rule("configwatch-parameter-changes")
+            .targets(
+                aws_sdk_eventbridge::types::Target::builder()
+                    .id("configwatch-queue")
+                    .arn(&queue_arn)
+                    .build()
+                    .unwrap(),
+            )
+            .send()
+            .await
+            .expect("put targets");
+        let policy = json!({
+            "Version": "2012-10-17",
+            "Statement": [{
+                "Effect": "Allow",
+                "Principal": {"Service": "events.amazonaws.com"},
+                "Action": "sqs:SendMessage",
+                "Resource": queue_arn,
+                "Condition": {"ArnEquals": {"aws:SourceArn": rule_arn}}
+            }]
+        });
+        sqs.set_queue_attributes()
+            .queue_url(&queue_url)
+            .attributes(
+                aws_sdk_sqs::types::QueueAttributeName::Policy,
+                policy.to_string(),
+            )
+            .send()
+            .await
+            .expect("queue policy");
+        Resources {
+            table: TABLE.into(),
+            queue_url,
+            queue_arn,
+            dlq_url,
+        }
+    }
+
+    async fn queue_arn(&self, url: &str) -> String {
+        self.sqs()
+            .await
+            .get_queue_attributes()
+            .queue_url(url)
+            .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+            .send()
+            .await
+            .expect("queue attributes")
+            .attributes
+            .and_then(|a| {
+                a.get(&aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+                    .cloned()
+            })
+            .expect("queue arn")
+    }
+
+    /// Emits the "Parameter Store Change" event AWS emits for a parameter change
+    /// (moto's SSM emits none), through EventBridge and the rule, to the queue.
+    pub async fn ssm_change_event(&self, name: &str, operation: &str, kind: &str) {
+        let detail = json!({
+            "name": name,
+            "type": kind,
+            "operation": operation,
+            "description": "",
+        });
+        let out = self
+            .events()
+            .await
+            .put_events()
+            .entries(
+                aws_sdk_eventbridge::types::PutEventsRequestEntry::builder()
+                    .source("aws.ssm")
+                    .detail_type("Parameter Store Change")
+                    .detail(detail.to_string())
+                    .resources(format!("arn:aws:ssm:{REGION}:{ACCOUNT}:parameter{name}"))
+                    .build(),
+            )
+            .send()
+            .await
+            .expect("put events");
+        assert_eq!(out.failed_entry_count, 0, "event refused: {out:?}");
+    }
+}
+
+/// The EventBridge pattern of the template's rule, with its root filled in.
+pub fn template_event_pattern(root: &str) -> Value {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/configwatch.cfn.json");
+    let template: Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("read template"))
+            .expect("template is JSON");
+    let mut pattern =
+        template["Resources"]["ParameterChangeRule"]["Properties"]["EventPattern"].clone();
+    pattern["detail"]["name"][0]["prefix"] = Value::String(format!("{root}/"));
+    pattern
+}
