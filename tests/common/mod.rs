@@ -79,9 +79,14 @@ impl TestServer {
 
     pub async fn start_with(data_dir: &Path, options: Options) -> TestServer {
         let store = EmbeddedStore::open(data_dir).expect("open store");
+        Self::start_routed(data_dir, Router::single(Arc::new(store)), options).await
+    }
+
+    /// A server over any router (AWS backends, say); `data_dir` holds only its key.
+    pub async fn start_routed(data_dir: &Path, router: Router, options: Options) -> TestServer {
         let (key, _) = LocalKey::load_or_create(data_dir).expect("signing key");
         let (verify, _) = LocalKey::load_or_create(data_dir).expect("signing key");
-        let router = Arc::new(Router::single(Arc::new(store)));
+        let router = Arc::new(router);
         let hub = Arc::new(Hub::new(
             router.clone(),
             HubConfig {
