@@ -13,13 +13,15 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
 use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::api::{Limits, WatchSettings};
+use crate::auth::jwks::{JwksKeySource, JwksSettings};
 use crate::auth::local::LocalKey;
-use crate::auth::{Authenticator, ClaimRules, Role};
+use crate::auth::{Authenticator, ClaimRules, Role, TokenUse};
 use crate::hub::{Hub, HubConfig};
 use crate::model::Scope;
 use crate::proto;
@@ -45,7 +47,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the server.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Print a token signed with the server's key (for local use and testing).
     Token(TokenArgs),
     /// Read keys (or prefixes) and print one JSON object per entry.
@@ -84,6 +86,113 @@ pub struct ServeArgs {
     /// Log filter (tracing syntax), e.g. `info` or `configwatch=debug`.
     #[arg(long, env = "CONFIGWATCH_LOG", default_value = "info")]
     pub log: String,
+    #[command(flatten)]
+    pub identity: IdentityArgs,
+}
+
+/// How tokens are validated. Without `--jwks-url`, the server's own signing key in
+/// the data directory verifies them (`configwatch token` signs with it).
+#[derive(Debug, Args)]
+pub struct IdentityArgs {
+    /// JWKS URL of the identity provider, e.g.
+    /// https://cognito-idp.REGION.amazonaws.com/POOL/.well-known/jwks.json
+    #[arg(long, env = "CONFIGWATCH_JWKS_URL")]
+    pub jwks_url: Option<String>,
+    /// Accepted token issuer (`iss`); repeatable. Derived from a Cognito JWKS URL
+    /// when not given; required for other providers.
+    #[arg(long = "issuer", env = "CONFIGWATCH_ISSUER", value_delimiter = ',')]
+    pub issuers: Vec<String>,
+    /// Accepted audience: an app client id, checked against `aud` of ID tokens and
+    /// `client_id` of access tokens; repeatable. Required with --jwks-url.
+    #[arg(long = "audience", env = "CONFIGWATCH_AUDIENCE", value_delimiter = ',')]
+    pub audiences: Vec<String>,
+    /// Which tokens are accepted: id, access or any.
+    #[arg(long, env = "CONFIGWATCH_TOKEN_USE", default_value = "any", value_parser = parse_token_use)]
+    pub token_use: TokenUse,
+    /// Token algorithms accepted with --jwks-url (asymmetric only).
+    #[arg(long, env = "CONFIGWATCH_JWT_ALGORITHMS", value_delimiter = ',', default_value = "RS256", value_parser = parse_algorithm)]
+    pub jwt_algorithms: Vec<jsonwebtoken::Algorithm>,
+    /// Clock skew allowed on a token's exp and nbf.
+    #[arg(long, env = "CONFIGWATCH_JWT_LEEWAY", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub jwt_leeway: Duration,
+    /// Least time between JWKS fetches caused by unknown key ids.
+    #[arg(long, env = "CONFIGWATCH_JWKS_MIN_REFETCH", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub jwks_min_refetch: Duration,
+    /// Claim naming the tenant.
+    #[arg(
+        long,
+        env = "CONFIGWATCH_TENANT_CLAIM",
+        default_value = "custom:tenantId"
+    )]
+    pub tenant_claim: String,
+    /// Claim naming the role (`cognito:groups` is read when it is absent).
+    #[arg(long, env = "CONFIGWATCH_ROLE_CLAIM", default_value = "custom:role")]
+    pub role_claim: String,
+    /// Claim narrowing a token to one service of its tenant.
+    #[arg(
+        long,
+        env = "CONFIGWATCH_SERVICE_CLAIM",
+        default_value = "custom:service"
+    )]
+    pub service_claim: String,
+}
+
+fn parse_token_use(s: &str) -> Result<TokenUse, String> {
+    TokenUse::parse(s).ok_or_else(|| format!("'{s}' is not a token use; use id, access or any"))
+}
+
+fn parse_algorithm(s: &str) -> Result<jsonwebtoken::Algorithm, String> {
+    s.trim()
+        .parse()
+        .map_err(|_| format!("'{s}' is not a JWT algorithm (RS256, ES256, EdDSA, ...)"))
+}
+
+/// The issuer of a Cognito user pool, from its JWKS URL.
+fn cognito_issuer(jwks_url: &str) -> Option<String> {
+    let base = jwks_url.strip_suffix("/.well-known/jwks.json")?;
+    let host = base.strip_prefix("https://")?.split('/').next()?;
+    (host.starts_with("cognito-idp.") && host.ends_with(".amazonaws.com")).then(|| base.to_owned())
+}
+
+/// Builds the authenticator the flags describe.
+async fn authenticator(
+    args: &IdentityArgs,
+    data_dir: &Path,
+    shutdown: CancellationToken,
+) -> Result<Authenticator, Failure> {
+    let mut rules = ClaimRules {
+        tenant_claim: args.tenant_claim.clone(),
+        role_claim: args.role_claim.clone(),
+        service_claim: args.service_claim.clone(),
+        issuers: args.issuers.clone(),
+        audiences: args.audiences.clone(),
+        token_use: args.token_use,
+        leeway: args.jwt_leeway,
+    };
+    let Some(url) = &args.jwks_url else {
+        let key = open_key(data_dir)?;
+        if rules.issuers.is_empty() {
+            rules.issuers = vec![crate::auth::local::ISSUER.to_owned()];
+        }
+        return Ok(Authenticator::new(Arc::new(key), rules));
+    };
+    if rules.audiences.is_empty() {
+        return Err(Failure::usage(
+            "--jwks-url needs --audience (the app client ids whose tokens are accepted)",
+        ));
+    }
+    if rules.issuers.is_empty() {
+        rules.issuers = vec![cognito_issuer(url).ok_or_else(|| {
+            Failure::usage("--jwks-url is not a Cognito URL: give the token issuer with --issuer")
+        })?];
+    }
+    let mut settings = JwksSettings::new(url.clone());
+    settings.algorithms = args.jwt_algorithms.clone();
+    settings.min_refetch = args.jwks_min_refetch;
+    let keys = JwksKeySource::start(settings, shutdown)
+        .await
+        .map_err(|e| Failure::usage(e.to_string()))?;
+    Ok(Authenticator::new(keys, rules))
 }
 
 #[derive(Debug, Args)]
@@ -97,7 +206,8 @@ pub struct TokenArgs {
     /// Narrow the token to one service of the tenant.
     #[arg(long, env = "CONFIGWATCH_SERVICE")]
     pub service: Option<String>,
-    /// reader (Get, Watch), writer (also Put, Delete) or admin.
+    /// reader (Get, Watch), writer (also Put, Delete), relay (Get, Watch of any
+    /// tenant named in the request) or admin.
     #[arg(long, env = "CONFIGWATCH_ROLE", default_value = "reader", value_parser = parse_role)]
     pub role: Role,
     /// How long the token is valid, e.g. 30m, 1h, 7d.
@@ -109,7 +219,7 @@ pub struct TokenArgs {
 }
 
 fn parse_role(s: &str) -> Result<Role, String> {
-    Role::parse(s).ok_or_else(|| format!("'{s}' is not a role; use reader, writer or admin"))
+    Role::parse(s).ok_or_else(|| format!("'{s}' is not a role; use reader, writer, relay or admin"))
 }
 
 #[derive(Debug, Args)]
@@ -206,7 +316,7 @@ impl From<tonic::Status> for Failure {
 /// Runs a parsed command.
 pub async fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
-        Command::Serve(args) => run_serve(args).await,
+        Command::Serve(args) => run_serve(*args).await,
         Command::Token(args) => run_token(args),
         Command::Get(args) => run_get(args).await,
         Command::Put(args) => run_put(args).await,
@@ -241,7 +351,8 @@ async fn run_serve(args: ServeArgs) -> Result<(), Failure> {
         return Err(Failure::usage("--max-prefixes must be at least 1"));
     }
     let store = EmbeddedStore::open(&args.data_dir).map_err(|e| Failure::usage(e.to_string()))?;
-    let key = open_key(&args.data_dir)?;
+    let stop = CancellationToken::new();
+    let auth = authenticator(&args.identity, &args.data_dir, stop.clone()).await?;
     let router = Arc::new(Router::single(Arc::new(store)));
     let hub = Arc::new(Hub::new(
         router.clone(),
@@ -252,7 +363,7 @@ async fn run_serve(args: ServeArgs) -> Result<(), Failure> {
     let app = App {
         hub,
         router,
-        auth: Arc::new(Authenticator::new(Arc::new(key), ClaimRules::default())),
+        auth: Arc::new(auth),
         limits: Limits {
             max_prefixes: args.max_prefixes,
             ..Limits::default()
@@ -273,9 +384,9 @@ async fn run_serve(args: ServeArgs) -> Result<(), Failure> {
     // One line on stdout, for scripts that start the server on port 0.
     println!("listening on {addr}");
     tracing::info!(%addr, data_dir = %args.data_dir.display(), "configwatch serving on the embedded store");
-    serve(listener, app, shutdown_signal())
-        .await
-        .map_err(|e| Failure::error(e.to_string()))
+    let served = serve(listener, app, shutdown_signal()).await;
+    stop.cancel();
+    served.map_err(|e| Failure::error(e.to_string()))
 }
 
 /// Completes on SIGINT or SIGTERM.
@@ -509,5 +620,29 @@ async fn watch_once(
             Ok(None) => return Ok(()),
             Err(s) => return Err(retry_or_fail(s)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issuer_is_derived_only_for_cognito() {
+        assert_eq!(
+            cognito_issuer(
+                "https://cognito-idp.eu-west-1.amazonaws.com/eu-west-1_abc/.well-known/jwks.json"
+            )
+            .as_deref(),
+            Some("https://cognito-idp.eu-west-1.amazonaws.com/eu-west-1_abc")
+        );
+        assert_eq!(
+            cognito_issuer("https://idp.example.com/.well-known/jwks.json"),
+            None
+        );
+        assert_eq!(
+            cognito_issuer("http://cognito-idp.x.amazonaws.com/p/.well-known/jwks.json"),
+            None
+        );
     }
 }

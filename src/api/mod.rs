@@ -17,7 +17,7 @@ use tonic::{Request, Response, Status};
 use crate::auth::Identity;
 use crate::hub::{Hub, ResumeToken};
 use crate::keys::{self, PrefixSet};
-use crate::model::Entry;
+use crate::model::{Entry, Scope};
 use crate::proto;
 use crate::proto::config_service_server::ConfigService;
 use crate::store::{Router, Write};
@@ -93,20 +93,31 @@ impl ConfigApi {
     }
 }
 
-/// The identity the auth layer attached, and the tenant check.
-fn identity<T>(request: &Request<T>, requested_tenant: &str) -> Result<Identity, Status> {
+/// The caller, and the scope the request acts on: the token's own, or for a relay
+/// the tenant the request names. Naming another tenant is refused otherwise.
+fn caller<T>(request: &Request<T>, requested_tenant: &str) -> Result<(Identity, Scope), Status> {
     let id = request
         .extensions()
         .get::<Identity>()
         .cloned()
         .ok_or_else(|| Status::unauthenticated("request was not authenticated"))?;
-    if !requested_tenant.is_empty() && requested_tenant != id.scope.tenant_id() {
-        return Err(Status::permission_denied(format!(
-            "request names tenant '{requested_tenant}' but the token is for tenant '{}'; the tenant always comes from the token",
-            id.scope.tenant_id()
-        )));
-    }
-    Ok(id)
+    let scope = match (&id.scope, requested_tenant) {
+        (Some(own), "") => own.clone(),
+        (Some(own), named) if named == own.tenant_id() => own.clone(),
+        (_, named) if id.role.crosses_tenants() && !named.is_empty() => Scope::tenant(named)?,
+        (None, _) => {
+            return Err(Status::invalid_argument(
+                "this token names no tenant: set the request's tenant field",
+            ));
+        }
+        (Some(own), named) => {
+            return Err(Status::permission_denied(format!(
+                "request names tenant '{named}' but the token is for tenant '{}'; the tenant always comes from the token",
+                own.tenant_id()
+            )));
+        }
+    };
+    Ok((id, scope))
 }
 
 fn require_writer(id: &Identity) -> Result<(), Status> {
@@ -114,7 +125,7 @@ fn require_writer(id: &Identity) -> Result<(), Status> {
         Ok(())
     } else {
         Err(Status::permission_denied(format!(
-            "role '{}' may only read; Put and Delete need the writer role",
+            "role '{}' may not write; Put and Delete need the writer or admin role",
             id.role.as_str()
         )))
     }
@@ -155,7 +166,7 @@ impl ConfigService for ConfigApi {
         &self,
         request: Request<proto::GetRequest>,
     ) -> Result<Response<proto::GetResponse>, Status> {
-        let id = identity(&request, &request.get_ref().tenant)?;
+        let (_, scope) = caller(&request, &request.get_ref().tenant)?;
         let req = request.into_inner();
         if req.keys.len() > self.limits.max_keys {
             return Err(Status::invalid_argument(format!(
@@ -168,10 +179,7 @@ impl ConfigService for ConfigApi {
             self.router.route(key)?;
         }
         check_prefixes(&req.prefixes, &self.limits)?;
-        let snap = self
-            .hub
-            .snapshot(&id.scope, &req.keys, &req.prefixes)
-            .await?;
+        let snap = self.hub.snapshot(&scope, &req.keys, &req.prefixes).await?;
         let mut entries = Vec::with_capacity(snap.entries.len());
         for e in &snap.entries {
             if !e.secret {
@@ -180,7 +188,7 @@ impl ConfigService for ConfigApi {
             }
             // Secrets are never cached: read on demand, for this scope only.
             let (_, backend) = self.router.route(&e.key)?;
-            match backend.read(&id.scope, &e.key, true).await? {
+            match backend.read(&scope, &e.key, true).await? {
                 Some(mut read) if !read.deleted => {
                     read.revision = e.revision;
                     entries.push(to_proto(&read));
@@ -209,7 +217,7 @@ impl ConfigService for ConfigApi {
         &self,
         request: Request<proto::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let id = identity(&request, &request.get_ref().tenant)?;
+        let (id, scope) = caller(&request, &request.get_ref().tenant)?;
         let req = request.into_inner();
         check_prefixes(&req.prefixes, &self.limits)?;
         if req.known_versions.len() > self.limits.max_known_versions {
@@ -227,9 +235,9 @@ impl ConfigService for ConfigApi {
         let known: HashMap<String, u64> = req.known_versions;
         let sub = self
             .hub
-            .subscribe(&id.scope, PrefixSet::new(req.prefixes), resume, &known)
+            .subscribe(&scope, PrefixSet::new(req.prefixes), resume, &known)
             .await?;
-        tracing::debug!(scope = %id.scope, subject = %id.subject, mode = ?sub.mode, "watch started");
+        tracing::debug!(%scope, subject = %id.subject, mode = ?sub.mode, "watch started");
         Ok(Response::new(WatchStream::new(
             sub,
             &self.watch,
@@ -242,7 +250,7 @@ impl ConfigService for ConfigApi {
         &self,
         request: Request<proto::PutRequest>,
     ) -> Result<Response<proto::PutResponse>, Status> {
-        let id = identity(&request, &request.get_ref().tenant)?;
+        let (id, scope) = caller(&request, &request.get_ref().tenant)?;
         require_writer(&id)?;
         let req = request.into_inner();
         let (family, backend) = self.router.route(&req.key)?;
@@ -252,9 +260,9 @@ impl ConfigService for ConfigApi {
             secret: req.secret,
         };
         let entry = backend
-            .write(&id.scope, &req.key, write, req.expected_version)
+            .write(&scope, &req.key, write, req.expected_version)
             .await?;
-        let entry = self.apply(&id, entry);
+        let entry = self.apply(&scope, entry);
         Ok(Response::new(proto::PutResponse {
             entry: Some(to_proto(&entry)),
         }))
@@ -264,14 +272,14 @@ impl ConfigService for ConfigApi {
         &self,
         request: Request<proto::DeleteRequest>,
     ) -> Result<Response<proto::DeleteResponse>, Status> {
-        let id = identity(&request, &request.get_ref().tenant)?;
+        let (id, scope) = caller(&request, &request.get_ref().tenant)?;
         require_writer(&id)?;
         let req = request.into_inner();
         let (_, backend) = self.router.route(&req.key)?;
         let entry = backend
-            .write(&id.scope, &req.key, Write::Delete, req.expected_version)
+            .write(&scope, &req.key, Write::Delete, req.expected_version)
             .await?;
-        let entry = self.apply(&id, entry);
+        let entry = self.apply(&scope, entry);
         Ok(Response::new(proto::DeleteResponse {
             entry: Some(to_proto(&entry)),
         }))
@@ -280,8 +288,8 @@ impl ConfigService for ConfigApi {
 
 impl ConfigApi {
     /// Hands a committed write to the hub; returns it with its revision when applied.
-    fn apply(&self, id: &Identity, entry: Entry) -> Entry {
-        match self.hub.apply(&id.scope, entry.clone()) {
+    fn apply(&self, scope: &Scope, entry: Entry) -> Entry {
+        match self.hub.apply(scope, entry.clone()) {
             Some(applied) => Entry {
                 value: entry.value,
                 ..(*applied).clone()

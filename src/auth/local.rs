@@ -176,7 +176,7 @@ mod tests {
         let token = key.issue(&scope, Role::Writer, Duration::from_secs(60), "me")?;
         let auth = Authenticator::new(Arc::new(again), ClaimRules::default());
         let id = auth.verify(&token).await?;
-        assert_eq!(id.scope, scope);
+        assert_eq!(id.scope.as_ref(), Some(&scope));
         assert_eq!(id.role, Role::Writer);
 
         let other_dir = tempfile::tempdir()?;

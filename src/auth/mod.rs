@@ -6,6 +6,7 @@
 //! [`local`]; a JWKS URL later), and the [`Authenticator`] checks signature, expiry,
 //! issuer and audience and maps claims to an identity.
 
+pub mod jwks;
 pub mod local;
 
 use std::collections::HashMap;
@@ -18,14 +19,17 @@ use serde_json::Value;
 
 use crate::model::{IdError, Scope};
 
-/// What a caller may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+/// What a caller may do. See the README's role matrix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
-    /// Get and Watch.
+    /// Get and Watch, own tenant.
     Reader,
-    /// Also Put and Delete.
+    /// Also Put and Delete, own tenant.
     Writer,
-    /// Everything.
+    /// Get and Watch of any tenant named in the request; no writes. For relay
+    /// instances that serve their own clients from an upstream server.
+    Relay,
+    /// Everything within its own tenant.
     Admin,
 }
 
@@ -34,6 +38,7 @@ impl Role {
         match s {
             "reader" => Some(Role::Reader),
             "writer" => Some(Role::Writer),
+            "relay" => Some(Role::Relay),
             "admin" => Some(Role::Admin),
             _ => None,
         }
@@ -43,19 +48,59 @@ impl Role {
         match self {
             Role::Reader => "reader",
             Role::Writer => "writer",
+            Role::Relay => "relay",
             Role::Admin => "admin",
         }
     }
 
     pub fn can_write(&self) -> bool {
-        *self >= Role::Writer
+        matches!(self, Role::Writer | Role::Admin)
+    }
+
+    /// Whether the caller may name a tenant other than its token's.
+    pub fn crosses_tenants(&self) -> bool {
+        matches!(self, Role::Relay)
+    }
+
+    /// Precedence when a role comes from several groups: the most capable wins.
+    fn rank(&self) -> u8 {
+        match self {
+            Role::Reader => 0,
+            Role::Relay => 1,
+            Role::Writer => 2,
+            Role::Admin => 3,
+        }
+    }
+}
+
+/// Which Cognito token kinds are accepted (`token_use` claim).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenUse {
+    /// ID tokens (`token_use: id`); the audience is checked against `aud`.
+    Id,
+    /// Access tokens (`token_use: access`); the audience is checked against `client_id`.
+    Access,
+    /// Either, and tokens without `token_use` (those `configwatch token` signs).
+    Any,
+}
+
+impl TokenUse {
+    pub fn parse(s: &str) -> Option<TokenUse> {
+        match s {
+            "id" => Some(TokenUse::Id),
+            "access" => Some(TokenUse::Access),
+            "any" => Some(TokenUse::Any),
+            _ => None,
+        }
     }
 }
 
 /// Who is calling, as proven by the token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
-    pub scope: Scope,
+    /// The token's tenant (and service). `None` only for a relay token without a
+    /// tenant claim: it names the tenant in each request.
+    pub scope: Option<Scope>,
     pub role: Role,
     /// The token's `sub`, for logs.
     pub subject: String,
@@ -93,8 +138,12 @@ pub enum AuthError {
     MissingTenant(String),
     #[error("token claim '{claim}' is invalid: {reason}")]
     BadClaim { claim: String, reason: String },
-    #[error("token role '{0}' is not one of reader, writer, admin")]
+    #[error("token role '{0}' is not one of reader, writer, relay, admin")]
     UnknownRole(String),
+    #[error(
+        "token kind (token_use) '{found}' is not accepted; this server takes {accepted} tokens"
+    )]
+    TokenUse { found: String, accepted: String },
     #[error("token keys are unavailable: {0}")]
     KeysUnavailable(String),
 }
@@ -129,8 +178,11 @@ pub struct ClaimRules {
     pub service_claim: String,
     /// Accepted issuers; empty accepts any.
     pub issuers: Vec<String>,
-    /// Accepted audiences; empty requires the token to carry none.
+    /// Accepted audiences (app client ids): `aud` of ID tokens, `client_id` of
+    /// access tokens. Empty requires the token to carry neither.
     pub audiences: Vec<String>,
+    /// Accepted token kinds.
+    pub token_use: TokenUse,
     /// Clock skew allowed on exp and nbf.
     pub leeway: Duration,
 }
@@ -143,6 +195,7 @@ impl Default for ClaimRules {
             service_claim: "custom:service".into(),
             issuers: Vec::new(),
             audiences: Vec::new(),
+            token_use: TokenUse::Any,
             leeway: Duration::from_secs(5),
         }
     }
@@ -198,23 +251,59 @@ impl Authenticator {
         if !self.rules.issuers.is_empty() {
             validation.set_issuer(&self.rules.issuers);
         }
-        if self.rules.audiences.is_empty() {
-            validation.validate_aud = false;
-        } else {
-            validation.set_audience(&self.rules.audiences);
-        }
+        // The audience is checked below: ID tokens carry it in `aud`, access tokens
+        // in `client_id`.
+        validation.validate_aud = false;
         let data = jsonwebtoken::decode::<HashMap<String, Value>>(token, &key.key, &validation)
             .map_err(map_jwt_error)?;
-        if self.rules.audiences.is_empty() && data.claims.contains_key("aud") {
-            return Err(AuthError::Audience);
-        }
+        self.check_kind_and_audience(&data.claims)?;
         self.identity(&data.claims)
+    }
+
+    fn check_kind_and_audience(&self, claims: &HashMap<String, Value>) -> Result<(), AuthError> {
+        let token_use = claims.get("token_use").and_then(Value::as_str);
+        let accepted = match self.rules.token_use {
+            TokenUse::Id => token_use == Some("id"),
+            TokenUse::Access => token_use == Some("access"),
+            TokenUse::Any => matches!(token_use, None | Some("id") | Some("access")),
+        };
+        if !accepted {
+            return Err(AuthError::TokenUse {
+                found: token_use.unwrap_or("(none)").to_owned(),
+                accepted: match self.rules.token_use {
+                    TokenUse::Id => "ID".into(),
+                    TokenUse::Access => "access".into(),
+                    TokenUse::Any => "ID or access".into(),
+                },
+            });
+        }
+        let audience_claim = if token_use == Some("access") {
+            "client_id"
+        } else {
+            "aud"
+        };
+        let presented: Vec<&str> = match claims.get(audience_claim) {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::String(a)) => vec![a.as_str()],
+            Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).collect(),
+            Some(_) => return Err(AuthError::Audience),
+        };
+        let ok = if self.rules.audiences.is_empty() {
+            presented.is_empty()
+        } else {
+            presented
+                .iter()
+                .any(|a| self.rules.audiences.iter().any(|want| want == a))
+        };
+        if ok { Ok(()) } else { Err(AuthError::Audience) }
     }
 
     fn identity(&self, claims: &HashMap<String, Value>) -> Result<Identity, AuthError> {
         let rules = &self.rules;
+        let role = self.role(claims)?;
         let tenant = match claims.get(&rules.tenant_claim) {
-            Some(Value::String(t)) => t.as_str(),
+            Some(Value::String(t)) => Some(t.as_str()),
+            None | Some(Value::Null) if role == Role::Relay => None,
             Some(_) => {
                 return Err(AuthError::BadClaim {
                     claim: rules.tenant_claim.clone(),
@@ -233,25 +322,17 @@ impl Authenticator {
                 });
             }
         };
-        let role = match claims.get(&rules.role_claim) {
-            None | Some(Value::Null) => Role::Reader,
-            Some(Value::String(r)) => {
-                Role::parse(r).ok_or_else(|| AuthError::UnknownRole(r.clone()))?
-            }
-            Some(_) => {
-                return Err(AuthError::BadClaim {
-                    claim: rules.role_claim.clone(),
-                    reason: "it must be a string".into(),
-                });
-            }
-        };
         // The same moment a unary call starts refusing the token: exp plus leeway.
         let expires_at = claims
             .get("exp")
             .and_then(Value::as_u64)
             .map(|s| UNIX_EPOCH + Duration::from_secs(s) + rules.leeway);
+        let scope = match tenant {
+            Some(t) => Some(Scope::new(t, service)?),
+            None => None,
+        };
         Ok(Identity {
-            scope: Scope::new(tenant, service)?,
+            scope,
             role,
             subject: claims
                 .get("sub")
@@ -260,6 +341,34 @@ impl Authenticator {
                 .to_owned(),
             expires_at,
         })
+    }
+}
+
+impl Authenticator {
+    /// The role: the role claim if present, else the most capable Cognito group that
+    /// names a role, else reader.
+    fn role(&self, claims: &HashMap<String, Value>) -> Result<Role, AuthError> {
+        let claim = &self.rules.role_claim;
+        match claims.get(claim) {
+            Some(Value::String(r)) => {
+                return Role::parse(r).ok_or_else(|| AuthError::UnknownRole(r.clone()));
+            }
+            None | Some(Value::Null) => {}
+            Some(_) => {
+                return Err(AuthError::BadClaim {
+                    claim: claim.clone(),
+                    reason: "it must be a string".into(),
+                });
+            }
+        }
+        let from_groups = claims
+            .get("cognito:groups")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|g| g.as_str().and_then(Role::parse))
+            .max_by_key(Role::rank);
+        Ok(from_groups.unwrap_or(Role::Reader))
     }
 }
 

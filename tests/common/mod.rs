@@ -84,8 +84,20 @@ impl TestServer {
 
     /// A server over any router (AWS backends, say); `data_dir` holds only its key.
     pub async fn start_routed(data_dir: &Path, router: Router, options: Options) -> TestServer {
-        let (key, _) = LocalKey::load_or_create(data_dir).expect("signing key");
         let (verify, _) = LocalKey::load_or_create(data_dir).expect("signing key");
+        let auth = Authenticator::new(Arc::new(verify), ClaimRules::default());
+        Self::start_authed(data_dir, router, options, auth).await
+    }
+
+    /// A server with its own token validation (a JWKS, say). `token()` still signs
+    /// with the local key in `data_dir`.
+    pub async fn start_authed(
+        data_dir: &Path,
+        router: Router,
+        options: Options,
+        auth: Authenticator,
+    ) -> TestServer {
+        let (key, _) = LocalKey::load_or_create(data_dir).expect("signing key");
         let router = Arc::new(router);
         let hub = Arc::new(Hub::new(
             router.clone(),
@@ -96,7 +108,7 @@ impl TestServer {
         let app = App {
             hub: hub.clone(),
             router,
-            auth: Arc::new(Authenticator::new(Arc::new(verify), ClaimRules::default())),
+            auth: Arc::new(auth),
             limits: Limits::default(),
             watch: WatchSettings {
                 progress_interval: options.progress_interval,

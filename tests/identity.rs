@@ -1,0 +1,682 @@
+//! Identity: JWKS validation, an attack suite, service scope, token expiry on long
+//! streams, and real Cognito tokens from moto.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use common::moto::Moto;
+use common::*;
+use configwatch::auth::jwks::{JwksKeySource, JwksSettings};
+use configwatch::auth::local::LocalKey;
+use configwatch::auth::{Authenticator, ClaimRules, Role, TokenUse};
+use configwatch::model::Scope;
+use configwatch::proto;
+use configwatch::proto::watch_response::InitialMode;
+use configwatch::store::Router;
+use configwatch::store::embedded::EmbeddedStore;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+use tonic::Code;
+
+const ISSUER: &str = "https://issuer.test";
+const CLIENT: &str = "client-a";
+const KID: &str = "test-key-1";
+const PRIVATE: &[u8] = include_bytes!("fixtures/test-rs256.pem");
+const PUBLIC: &[u8] = include_bytes!("fixtures/test-rs256.pub.pem");
+const JWKS: &str = include_str!("fixtures/test-rs256.jwks.json");
+
+/// A JWKS endpoint on 127.0.0.1 that counts its fetches and can be made to fail.
+struct JwksServer {
+    url: String,
+    fetches: Arc<AtomicUsize>,
+    failing: Arc<AtomicBool>,
+}
+
+async fn jwks_server(body: String) -> JwksServer {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "http://{}/.well-known/jwks.json",
+        listener.local_addr().unwrap()
+    );
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let failing = Arc::new(AtomicBool::new(false));
+    let (f, fail) = (fetches.clone(), failing.clone());
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut conn, _)) = listener.accept().await else {
+                return;
+            };
+            let (body, f, fail) = (body.clone(), f.clone(), fail.clone());
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut seen = Vec::new();
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                f.fetch_add(1, Ordering::SeqCst);
+                let response = if fail.load(Ordering::SeqCst) {
+                    "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".to_owned()
+                } else {
+                    format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    )
+                };
+                let _ = conn.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    JwksServer {
+        url,
+        fetches,
+        failing,
+    }
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Claims of a good Cognito-style ID token for tenant acme.
+fn good_claims() -> Value {
+    json!({
+        "iss": ISSUER,
+        "aud": CLIENT,
+        "sub": "user-1",
+        "token_use": "id",
+        "exp": now() + 600,
+        "iat": now(),
+        "custom:tenantId": "acme",
+        "custom:role": "writer",
+    })
+}
+
+fn rs256(claims: &Value, kid: &str) -> String {
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = Some(kid.into());
+    jsonwebtoken::encode(
+        &header,
+        claims,
+        &EncodingKey::from_rsa_pem(PRIVATE).unwrap(),
+    )
+    .unwrap()
+}
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+async fn jwks_server_with_rules(
+    dir: &std::path::Path,
+    jwks: &JwksServer,
+    token_use: TokenUse,
+) -> (TestServer, Arc<JwksKeySource>) {
+    let mut settings = JwksSettings::new(jwks.url.clone());
+    settings.min_refetch = Duration::from_secs(30);
+    let keys = JwksKeySource::start(settings, CancellationToken::new())
+        .await
+        .unwrap();
+    let rules = ClaimRules {
+        issuers: vec![ISSUER.into()],
+        audiences: vec![CLIENT.into()],
+        token_use,
+        ..ClaimRules::default()
+    };
+    let store = EmbeddedStore::open(dir).unwrap();
+    let server = TestServer::start_authed(
+        dir,
+        Router::single(Arc::new(store)),
+        Options::default(),
+        Authenticator::new(keys.clone(), rules),
+    )
+    .await;
+    (server, keys)
+}
+
+#[tokio::test]
+async fn the_attack_suite_is_refused_and_leaks_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let jwks = jwks_server(JWKS.into()).await;
+    let (server, _) = jwks_server_with_rules(dir.path(), &jwks, TokenUse::Id).await;
+    let mut good = connect(server.addr, Some(&rs256(&good_claims(), KID))).await;
+    put(&mut good, "tenant_config_plan", "\"acme only\"").await;
+
+    let valid = rs256(&good_claims(), KID);
+    let parts: Vec<&str> = valid.split('.').collect();
+    let mut forged_claims = good_claims();
+    forged_claims["custom:tenantId"] = json!("other-tenant");
+    let tampered = format!(
+        "{}.{}.{}",
+        parts[0],
+        b64(forged_claims.to_string().as_bytes()),
+        parts[2]
+    );
+    let none = format!(
+        "{}.{}.",
+        b64(br#"{"alg":"none","typ":"JWT"}"#),
+        b64(good_claims().to_string().as_bytes())
+    );
+    let mut hs_header = Header::new(Algorithm::HS256);
+    hs_header.kid = Some(KID.into());
+    let confused = jsonwebtoken::encode(
+        &hs_header,
+        &good_claims(),
+        &EncodingKey::from_secret(PUBLIC),
+    )
+    .unwrap();
+    let with = |field: &str, value: Value| {
+        let mut c = good_claims();
+        c[field] = value;
+        rs256(&c, KID)
+    };
+    let cases: Vec<(&str, String, &str)> = vec![
+        ("alg none", none, "malformed"),
+        (
+            "HS256 with the RSA public key",
+            confused,
+            "algorithm HS256 is not accepted",
+        ),
+        ("expired", with("exp", json!(now() - 600)), "expired"),
+        (
+            "not yet valid",
+            with("nbf", json!(now() + 600)),
+            "not valid yet",
+        ),
+        (
+            "wrong issuer",
+            with("iss", json!("https://evil.test")),
+            "issuer",
+        ),
+        ("wrong audience", with("aud", json!("client-b")), "audience"),
+        ("unknown kid", rs256(&good_claims(), "no-such-key"), "kid"),
+        ("tampered payload", tampered, "signature"),
+        (
+            "access token under --token-use id",
+            with("token_use", json!("access")),
+            "token_use",
+        ),
+    ];
+    for (what, token, text) in cases {
+        let mut c = connect(server.addr, Some(&token)).await;
+        let err = c.get(proto::GetRequest::default()).await.expect_err(what);
+        assert_eq!(err.code(), Code::Unauthenticated, "{what}: {err:?}");
+        assert!(err.message().contains(text), "{what}: {:?}", err.message());
+        assert!(!err.message().contains("acme only"));
+        let err = c.watch(watch_prefixes(&[])).await.expect_err(what);
+        assert_eq!(err.code(), Code::Unauthenticated, "{what}: {err:?}");
+    }
+
+    // The tenant of a request must be the token's.
+    let err = good
+        .get(proto::GetRequest {
+            tenant: "other-tenant".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+
+    // A reader cannot write.
+    let mut reader_claims = good_claims();
+    reader_claims["custom:role"] = json!("reader");
+    let mut reader = connect(server.addr, Some(&rs256(&reader_claims, KID))).await;
+    let err = reader
+        .put(proto::PutRequest {
+            key: "tenant_config_plan".into(),
+            value: "\"overwritten\"".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    // A role from Cognito groups when there is no role claim.
+    let mut grouped = good_claims();
+    grouped.as_object_mut().unwrap().remove("custom:role");
+    grouped["cognito:groups"] = json!(["staff", "writer"]);
+    let mut by_group = connect(server.addr, Some(&rs256(&grouped, KID))).await;
+    put(&mut by_group, "tenant_config_by-group", "1").await;
+
+    let got = good
+        .get(proto::GetRequest {
+            keys: vec!["tenant_config_plan".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        got.entries[0].value, "\"acme only\"",
+        "nothing was overwritten"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_flood_of_unknown_kids_fetches_the_jwks_a_bounded_number_of_times() {
+    let dir = tempfile::tempdir().unwrap();
+    let jwks = jwks_server(JWKS.into()).await;
+    let (server, keys) = jwks_server_with_rules(dir.path(), &jwks, TokenUse::Any).await;
+    assert_eq!(jwks.fetches.load(Ordering::SeqCst), 1, "one fetch at start");
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let addr = server.addr;
+        tasks.push(tokio::spawn(async move {
+            let mut c = connect(addr, Some(&rs256(&good_claims(), &format!("made-up-{i}")))).await;
+            c.get(proto::GetRequest::default())
+                .await
+                .unwrap_err()
+                .code()
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), Code::Unauthenticated);
+    }
+    let fetched = jwks.fetches.load(Ordering::SeqCst);
+    assert!(
+        fetched <= 2,
+        "200 unknown kids caused {fetched} JWKS fetches"
+    );
+    assert_eq!(keys.fetch_count() as usize, fetched);
+    // Good tokens were never affected.
+    let mut c = connect(server.addr, Some(&rs256(&good_claims(), KID))).await;
+    c.get(proto::GetRequest::default()).await.unwrap();
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_jwks_outage_keeps_serving_with_the_cached_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let jwks = jwks_server(JWKS.into()).await;
+    let (server, keys) = jwks_server_with_rules(dir.path(), &jwks, TokenUse::Any).await;
+    jwks.failing.store(true, Ordering::SeqCst);
+    // An unknown kid makes it try again; the fetch fails; cached keys stay.
+    let mut stray = connect(server.addr, Some(&rs256(&good_claims(), "rotated"))).await;
+    let err = stray.get(proto::GetRequest::default()).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    assert_eq!(keys.key_count(), 1);
+    let mut c = connect(server.addr, Some(&rs256(&good_claims(), KID))).await;
+    c.get(proto::GetRequest::default()).await.unwrap();
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn with_no_keys_at_all_calls_are_unavailable_not_unauthenticated() {
+    let dir = tempfile::tempdir().unwrap();
+    let jwks = jwks_server(JWKS.into()).await;
+    jwks.failing.store(true, Ordering::SeqCst);
+    let (server, _) = jwks_server_with_rules(dir.path(), &jwks, TokenUse::Any).await;
+    let mut c = connect(server.addr, Some(&rs256(&good_claims(), KID))).await;
+    let err = c.get(proto::GetRequest::default()).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(err.message().contains("keys are unavailable"), "{err:?}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn keys_and_prefixes_cannot_reach_another_tenant() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let mut a = server.client("tenant-a", Role::Writer).await;
+    let mut b = server.client("tenant-b", Role::Writer).await;
+    put(&mut b, "param_config_db/url", "\"b's database\"").await;
+
+    for key in [
+        "param_config_../tenant-b/db/url",
+        "param_config_..%2Ftenant-b%2Fdb%2Furl",
+        "param_config_db/../../tenant-b/db/url",
+        "param_config_/tenant-b/db/url",
+        "tenant_config_..",
+    ] {
+        let err = a
+            .get(proto::GetRequest {
+                keys: vec![key.into()],
+                ..Default::default()
+            })
+            .await
+            .expect_err(key);
+        assert_eq!(err.code(), Code::InvalidArgument, "{key}");
+    }
+    for prefix in ["param_config_../", "param_config_%2E%2E/", "../"] {
+        let err = a.watch(watch_prefixes(&[prefix])).await.expect_err(prefix);
+        assert_eq!(err.code(), Code::InvalidArgument, "{prefix}");
+    }
+    // A path that starts with another tenant's name is a path inside one's own tenant.
+    put(&mut a, "param_config_tenant-b/db/url", "\"a's own\"").await;
+    let mine = a
+        .get(proto::GetRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(mine.entries.len(), 1);
+    assert_eq!(mine.entries[0].value, "\"a's own\"");
+    let theirs = b
+        .get(proto::GetRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(theirs.entries.len(), 1);
+    assert_eq!(theirs.entries[0].value, "\"b's database\"");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_service_token_sees_only_its_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let (key, _) = LocalKey::load_or_create(dir.path()).unwrap();
+    let token = |service: Option<&str>, role| {
+        key.issue(
+            &Scope::new("acme", service).unwrap(),
+            role,
+            Duration::from_secs(600),
+            "t",
+        )
+        .unwrap()
+    };
+    let mut tenant_wide = connect(server.addr, Some(&token(None, Role::Writer))).await;
+    let mut orders = connect(server.addr, Some(&token(Some("orders"), Role::Writer))).await;
+    let mut billing = connect(server.addr, Some(&token(Some("billing"), Role::Reader))).await;
+    put(&mut tenant_wide, "tenant_config_shared", "\"tenant-wide\"").await;
+    put(&mut orders, "tenant_config_payment", "\"orders only\"").await;
+
+    let keys_of =
+        |r: proto::GetResponse| -> Vec<String> { r.entries.into_iter().map(|e| e.key).collect() };
+    let seen = keys_of(
+        orders
+            .get(proto::GetRequest::default())
+            .await
+            .unwrap()
+            .into_inner(),
+    );
+    assert_eq!(seen, ["tenant_config_payment"]);
+    let seen = keys_of(
+        billing
+            .get(proto::GetRequest::default())
+            .await
+            .unwrap()
+            .into_inner(),
+    );
+    assert!(seen.is_empty(), "billing sees nothing of orders: {seen:?}");
+    let seen = keys_of(
+        tenant_wide
+            .get(proto::GetRequest::default())
+            .await
+            .unwrap()
+            .into_inner(),
+    );
+    assert_eq!(seen, ["tenant_config_shared"]);
+    // A watch is scoped the same way.
+    let mut w = watch(&mut billing, watch_prefixes(&[])).await;
+    let (init, _) = initial(&mut w).await;
+    assert!(init.is_empty());
+    put(&mut orders, "tenant_config_payment", "\"orders v2\"").await;
+    put(&mut tenant_wide, "tenant_config_shared", "\"v2\"").await;
+    let mut billing_writer =
+        connect(server.addr, Some(&token(Some("billing"), Role::Writer))).await;
+    put(&mut billing_writer, "tenant_config_invoice", "1").await;
+    let got = changes(&mut w, 1).await;
+    assert_eq!(summary(&got), [("tenant_config_invoice".into(), 1, false)]);
+    server.stop().await;
+}
+
+/// Signs claims with the server's own Ed25519 key file.
+fn sign_local(dir: &std::path::Path, claims: Value) -> String {
+    let pem = std::fs::read(dir.join("signing-key.pem")).unwrap();
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::EdDSA),
+        &claims,
+        &EncodingKey::from_ed_pem(&pem).unwrap(),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_watch_ends_at_token_expiry_and_resumes_with_a_new_token_losing_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let mut writer = server.client("acme", Role::Writer).await;
+    put(&mut writer, "tenant_config_a", "1").await;
+    // exp is 1 s away; with the 5 s leeway the stream ends about 6 s from now.
+    let short = sign_local(
+        dir.path(),
+        json!({"custom:tenantId": "acme", "exp": now() + 1}),
+    );
+    let mut c = connect(server.addr, Some(&short)).await;
+    let mut w = watch(&mut c, watch_prefixes(&[])).await;
+    let (_, done) = initial(&mut w).await;
+    let mut token = done.resume_token;
+    put(&mut writer, "tenant_config_a", "2").await;
+    let status = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match w.message().await {
+                Ok(Some(msg)) => {
+                    if !msg.resume_token.is_empty() {
+                        token = msg.resume_token;
+                    }
+                }
+                Ok(None) => panic!("ended without a status"),
+                Err(status) => return status,
+            }
+        }
+    })
+    .await
+    .expect("the watch ends at expiry");
+    assert_eq!(status.code(), Code::Unauthenticated);
+    assert!(status.message().contains("token expired"), "{status:?}");
+
+    // A change while the client is away, then a fresh token and a resume.
+    put(&mut writer, "tenant_config_a", "3").await;
+    put(&mut writer, "tenant_config_b", "1").await;
+    let mut c = server.client("acme", Role::Reader).await;
+    let mut w = watch(
+        &mut c,
+        proto::WatchRequest {
+            resume_token: token,
+            ..Default::default()
+        },
+    )
+    .await;
+    let (missed, done) = initial(&mut w).await;
+    assert_eq!(done.initial_mode, InitialMode::Resumed as i32);
+    assert_eq!(
+        summary(&missed),
+        [
+            ("tenant_config_a".into(), 3, false),
+            ("tenant_config_b".into(), 1, false)
+        ]
+    );
+    server.stop().await;
+}
+
+/// A Cognito user pool on moto: custom:tenantId (immutable) and custom:role, an app
+/// client with ADMIN_USER_PASSWORD_AUTH, and one user. Returns (pool id, client id,
+/// id token, access token).
+async fn cognito_user(moto: &Moto, tenant: &str, role: &str) -> (String, String, String, String) {
+    use aws_sdk_cognitoidentityprovider::types::{
+        AttributeDataType, AttributeType, AuthFlowType, ExplicitAuthFlowsType, MessageActionType,
+        SchemaAttributeType,
+    };
+    let idp = aws_sdk_cognitoidentityprovider::Client::new(&moto.sdk_config().await);
+    let attr = |name: &str, mutable: bool| {
+        SchemaAttributeType::builder()
+            .name(name)
+            .attribute_data_type(AttributeDataType::String)
+            .mutable(mutable)
+            .build()
+    };
+    let pool = idp
+        .create_user_pool()
+        .pool_name("configwatch")
+        .schema(attr("tenantId", false))
+        .schema(attr("role", true))
+        .send()
+        .await
+        .unwrap()
+        .user_pool
+        .unwrap()
+        .id
+        .unwrap();
+    let client = idp
+        .create_user_pool_client()
+        .user_pool_id(&pool)
+        .client_name("service")
+        .explicit_auth_flows(ExplicitAuthFlowsType::AllowAdminUserPasswordAuth)
+        .explicit_auth_flows(ExplicitAuthFlowsType::AllowRefreshTokenAuth)
+        .send()
+        .await
+        .unwrap()
+        .user_pool_client
+        .unwrap()
+        .client_id
+        .unwrap();
+    let value = |name: &str, v: &str| {
+        AttributeType::builder()
+            .name(name)
+            .value(v)
+            .build()
+            .unwrap()
+    };
+    idp.admin_create_user()
+        .user_pool_id(&pool)
+        .username("svc-user")
+        .user_attributes(value("custom:tenantId", tenant))
+        .user_attributes(value("custom:role", role))
+        .message_action(MessageActionType::Suppress)
+        .temporary_password("Temp-Passw0rd!")
+        .send()
+        .await
+        .unwrap();
+    idp.admin_set_user_password()
+        .user_pool_id(&pool)
+        .username("svc-user")
+        .password("Real-Passw0rd!")
+        .permanent(true)
+        .send()
+        .await
+        .unwrap();
+    let auth = idp
+        .admin_initiate_auth()
+        .user_pool_id(&pool)
+        .client_id(&client)
+        .auth_flow(AuthFlowType::AdminUserPasswordAuth)
+        .auth_parameters("USERNAME", "svc-user")
+        .auth_parameters("PASSWORD", "Real-Passw0rd!")
+        .send()
+        .await
+        .unwrap()
+        .authentication_result
+        .unwrap();
+    (
+        pool,
+        client,
+        auth.id_token.unwrap(),
+        auth.access_token.unwrap(),
+    )
+}
+
+async fn cognito_server(
+    dir: &std::path::Path,
+    moto: &Moto,
+    pool: &str,
+    client: &str,
+    token_use: TokenUse,
+) -> TestServer {
+    let settings = JwksSettings::new(format!("{}/{pool}/.well-known/jwks.json", moto.endpoint));
+    let keys = JwksKeySource::start(settings, CancellationToken::new())
+        .await
+        .unwrap();
+    let rules = ClaimRules {
+        // moto signs the real AWS issuer while serving the JWKS itself.
+        issuers: vec![format!(
+            "https://cognito-idp.us-east-1.amazonaws.com/{pool}"
+        )],
+        audiences: vec![client.into()],
+        token_use,
+        ..ClaimRules::default()
+    };
+    TestServer::start_authed(
+        dir,
+        Router::single(Arc::new(EmbeddedStore::open(dir).unwrap())),
+        Options::default(),
+        Authenticator::new(keys, rules),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_real_cognito_id_token_works_end_to_end() {
+    let moto = Moto::start();
+    let (pool, client, id_token, access_token) = cognito_user(&moto, "acme", "writer").await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = cognito_server(dir.path(), &moto, &pool, &client, TokenUse::Id).await;
+    let mut c = connect(server.addr, Some(&id_token)).await;
+    let mut w = watch(&mut c, watch_prefixes(&[])).await;
+    initial(&mut w).await;
+    put(&mut c, "tenant_config_flags", "{\"beta\":true}").await;
+    assert_eq!(
+        summary(&changes(&mut w, 1).await),
+        [("tenant_config_flags".into(), 1, false)]
+    );
+    let got = c
+        .get(proto::GetRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.entries.len(), 1);
+    // The access token is not an ID token.
+    let mut a = connect(server.addr, Some(&access_token)).await;
+    let err = a.get(proto::GetRequest::default()).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    assert!(err.message().contains("token_use"), "{err:?}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn access_tokens_work_with_token_use_access_when_they_carry_the_tenant() {
+    let moto = Moto::start();
+    let (pool, client, _, access_token) = cognito_user(&moto, "acme", "reader").await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = cognito_server(dir.path(), &moto, &pool, &client, TokenUse::Access).await;
+    // Cognito access tokens carry no custom claims unless a pre-token-generation
+    // trigger adds them: refused, saying which claim is missing.
+    let mut c = connect(server.addr, Some(&access_token)).await;
+    let err = c.get(proto::GetRequest::default()).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    assert!(err.message().contains("'custom:tenantId'"), "{err:?}");
+    server.stop().await;
+
+    // An access token that does carry the tenant (as such a trigger makes) works.
+    let jwks = jwks_server(JWKS.into()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _) = jwks_server_with_rules(dir.path(), &jwks, TokenUse::Access).await;
+    let claims = json!({
+        "iss": ISSUER,
+        "client_id": CLIENT,
+        "token_use": "access",
+        "sub": "svc",
+        "exp": now() + 600,
+        "custom:tenantId": "acme",
+    });
+    let mut c = connect(server.addr, Some(&rs256(&claims, KID))).await;
+    c.get(proto::GetRequest::default()).await.unwrap();
+    let mut wrong_client = claims.clone();
+    wrong_client["client_id"] = json!("client-b");
+    let mut c = connect(server.addr, Some(&rs256(&wrong_client, KID))).await;
+    let err = c.get(proto::GetRequest::default()).await.unwrap_err();
+    assert!(err.message().contains("audience"), "{err:?}");
+    server.stop().await;
+}
