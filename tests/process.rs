@@ -231,3 +231,62 @@ fn bad_configuration_exits_64_before_binding() {
         .unwrap();
     assert_eq!(out.status.code(), Some(64));
 }
+
+#[tokio::test]
+async fn tokens_and_secret_values_never_reach_the_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("server.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .env("CONFIGWATCH_LOG", "trace")
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr: SocketAddr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap()
+        .parse()
+        .unwrap();
+
+    let good = token(dir.path(), "acme", Role::Writer);
+    let mut c = connect(addr, Some(&good)).await;
+    let secret = "s3cr3t-value-that-must-not-be-logged";
+    c.put(proto::PutRequest {
+        key: "param_config_db/password".into(),
+        value: format!("\"{secret}\""),
+        secret: true,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    c.get(proto::GetRequest::default()).await.unwrap();
+    let mut w = watch(&mut c, watch_prefixes(&[])).await;
+    initial(&mut w).await;
+    let forged = format!("{good}tampered");
+    let mut bad = connect(addr, Some(&forged)).await;
+    bad.get(proto::GetRequest::default()).await.unwrap_err();
+    let mut garbage = connect(addr, Some("not.a.jwt")).await;
+    garbage.get(proto::GetRequest::default()).await.unwrap_err();
+    drop((w, c, bad, garbage));
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let logged = std::fs::read_to_string(&log_path).unwrap();
+    assert!(logged.len() > 1_000, "trace logging produced output");
+    let signature = good.rsplit('.').next().unwrap();
+    assert!(!logged.contains(signature), "a token signature was logged");
+    assert!(
+        !logged.contains(good.split('.').nth(1).unwrap()),
+        "a token payload was logged"
+    );
+    assert!(!logged.contains("not.a.jwt"));
+    assert!(!logged.contains(secret), "a secret value was logged");
+}
