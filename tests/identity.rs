@@ -680,3 +680,52 @@ async fn access_tokens_work_with_token_use_access_when_they_carry_the_tenant() {
     assert!(err.message().contains("audience"), "{err:?}");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_relay_reads_the_tenant_it_names_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let mut acme = server.client("acme", Role::Writer).await;
+    put(&mut acme, "tenant_config_flags", "1").await;
+    let relay_token = sign_local(
+        dir.path(),
+        json!({"custom:role": "relay", "exp": now() + 600}),
+    );
+    let mut relay = connect(server.addr, Some(&relay_token)).await;
+    let mut w = watch(
+        &mut relay,
+        proto::WatchRequest {
+            tenant: "acme".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let (init, _) = initial(&mut w).await;
+    assert_eq!(summary(&init), [("tenant_config_flags".into(), 1, false)]);
+    let err = relay
+        .get(proto::GetRequest::default())
+        .await
+        .expect_err("a relay must name the tenant");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let err = relay
+        .put(proto::PutRequest {
+            tenant: "acme".into(),
+            key: "tenant_config_flags".into(),
+            value: "2".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    // An ordinary token cannot do what a relay does.
+    let mut other = server.client("globex", Role::Admin).await;
+    let err = other
+        .get(proto::GetRequest {
+            tenant: "acme".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    server.stop().await;
+}
