@@ -1,13 +1,15 @@
 //! Compiles proto/ with a pure-Rust protobuf compiler (protox), so building needs no
-//! protoc. The file descriptor set is also written out for gRPC server reflection.
+//! protoc. The configwatch descriptor set is also written out for gRPC server
+//! reflection; the etcd subset (client only) serves the benchmark driver.
 
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let proto = "proto/configwatch/v1/config.proto";
-    println!("cargo:rerun-if-changed={proto}");
-    let fds = protox::compile([proto], ["proto"])?;
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
+
+    let api = "proto/configwatch/v1/config.proto";
+    println!("cargo:rerun-if-changed={api}");
+    let fds = protox::compile([api], ["proto"])?;
     std::fs::write(
         out.join("configwatch_descriptor.bin"),
         prost::Message::encode_to_vec(&fds),
@@ -16,5 +18,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         .build_client(true)
         .compile_fds(fds)?;
+
+    let etcd = "proto/bench/etcd_v3_subset.proto";
+    println!("cargo:rerun-if-changed={etcd}");
+    tonic_prost_build::configure()
+        .build_server(false)
+        .build_client(true)
+        .compile_fds(protox::compile([etcd], ["proto"])?)?;
     Ok(())
 }
