@@ -422,12 +422,12 @@ where
     F: FnMut(usize, usize) -> Fut,
     Fut: std::future::Future<Output = Result<()>>,
 {
-    for c in 0..plan.changes {
+    for (c, delivered) in counts.iter().enumerate().take(plan.changes) {
         let t = plan.tenant_of_change(c);
         write(c, t).await?;
         let want = plan.watchers_of_tenant(t);
         let deadline = Instant::now() + timeout;
-        while counts[c].load(Ordering::Acquire) < want && Instant::now() < deadline {
+        while delivered.load(Ordering::Acquire) < want && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }
