@@ -10,7 +10,9 @@
 //! it missed, it asks the hub to resync the affected scopes. Each task stops when
 //! the shutdown token is cancelled.
 
+pub mod ddb_streams;
 pub mod reconcile;
+pub mod sqs_events;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

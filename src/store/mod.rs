@@ -6,7 +6,9 @@
 //! more `(family, backend)` pair. The hub never calls a backend for writes; the API
 //! does, then hands the resulting entry to the hub.
 
+pub mod dynamodb;
 pub mod embedded;
+pub mod ssm;
 
 use std::sync::Arc;
 

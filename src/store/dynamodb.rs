@@ -1,0 +1,815 @@
+//! The DynamoDB backend for `tenant_config_*`: one item per key, written with
+//! compare-and-set on its `version` attribute.
+//!
+//! Job: load a scope's items, write Put/Delete as conditional `UpdateItem`s, read one
+//! item, and (for [`crate::source::ddb_streams`]) turn any item or stream image into
+//! an [`Entry`]. Boundary: AWS SDK types stay in this module and the stream source;
+//! the hub and the API see only [`Scope`], [`Entry`] and [`StoreError`].
+//!
+//! Item layout (the same for items written by configwatch and by other tools):
+//!
+//! | attribute | meaning |
+//! |---|---|
+//! | `pk` | `TENANT#{tenant}`, or `TENANT#{tenant}\|SERVICE#{service}` for a service scope |
+//! | `sk` | `CONFIG#{name}`: the key is `tenant_config_{name}` |
+//! | `config` | the value: any JSON (null NULL, bool BOOL, number N, string S, array L, object M); read, sets (SS, NS, BS) are arrays and B is a base64 string |
+//! | `isActive` | BOOL; missing means true; false is a soft delete, served as a tombstone |
+//! | `version` | N; grows with every write, deletes included; missing reads as 0 |
+//! | `createdAt`, `updatedAt` | RFC 3339 UTC text |
+//!
+//! An item whose `sk` does not name a valid key, or whose attributes have the wrong
+//! types, is skipped with a warning by `load`: one bad item written by hand never
+//! hides the rest of a tenant.
+//!
+//! Retry policy, per operation. Every call goes through the SDK's standard retry
+//! (the client's configuration: 3 attempts, exponential backoff with jitter, on
+//! throttling, 5xx, timeouts and connection failures); what is still failing then is
+//! [`StoreError::Unavailable`], and the caller (the API client, the stream reader)
+//! decides when to try again.
+//! - `Query` (load) and `GetItem` (read, conflict reports): idempotent reads, the
+//!   standard retry fits.
+//! - `UpdateItem` for Put/Delete: a retried attempt whose predecessor did land is
+//!   seen as a version conflict (with a condition; the error names the version the
+//!   first attempt produced) or as one extra version (without one). Both are safe for
+//!   compare-and-set clients, so the standard retry is kept. A conflict found by the
+//!   condition is re-read and reported; if the re-read shows no conflict (the item
+//!   changed in between) the write is tried again, up to [`WRITE_ATTEMPTS`] times.
+//! - `UpdateItem` that re-versions an item ([`DynamoBackend::bump_version`]):
+//!   conditional on the version seen, so a retry or a second server doing the same is
+//!   refused by the condition and harmless.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::config::http::HttpResponse;
+use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
+use aws_smithy_types::date_time::{DateTime, Format};
+use base64::Engine as _;
+use serde_json::Value;
+
+use super::{Backend, StoreError, Write};
+use crate::keys::{self, TENANT_CONFIG};
+use crate::model::{Entry, Millis, Scope};
+
+/// One DynamoDB item, as the SDK hands it over.
+pub(crate) type Item = HashMap<String, AttributeValue>;
+
+const PK: &str = "pk";
+const SK: &str = "sk";
+const CONFIG: &str = "config";
+const IS_ACTIVE: &str = "isActive";
+const VERSION: &str = "version";
+const CREATED_AT: &str = "createdAt";
+const UPDATED_AT: &str = "updatedAt";
+const TENANT_PREFIX: &str = "TENANT#";
+const SERVICE_SEPARATOR: &str = "|SERVICE#";
+const SK_PREFIX: &str = "CONFIG#";
+
+/// Tries of a conditional write whose conflict vanished on re-read.
+pub const WRITE_ATTEMPTS: usize = 3;
+
+/// Why an item cannot be served. The item is skipped, never fatal.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ItemError {
+    #[error("attribute '{0}' is missing")]
+    Missing(&'static str),
+    #[error("pk '{0}' is not TENANT#<tenant> or TENANT#<tenant>|SERVICE#<service> with valid ids")]
+    BadPartition(String),
+    #[error("sk '{0}' is not CONFIG#<name>")]
+    BadSortKey(String),
+    #[error("sk '{sk}' names an invalid key: {reason}")]
+    BadKey { sk: String, reason: String },
+    #[error("attribute '{name}' is not valid: {reason}")]
+    BadAttribute { name: &'static str, reason: String },
+}
+
+/// An item read as configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ParsedItem {
+    pub scope: Scope,
+    pub entry: Entry,
+    /// Whether the item carries a `version` attribute (a tool that writes none
+    /// reads as version 0).
+    pub versioned: bool,
+}
+
+/// The partition key of a scope.
+pub(crate) fn partition_key(scope: &Scope) -> String {
+    match scope.service() {
+        None => format!("{TENANT_PREFIX}{}", scope.tenant_id()),
+        Some(service) => format!(
+            "{TENANT_PREFIX}{}{SERVICE_SEPARATOR}{service}",
+            scope.tenant_id()
+        ),
+    }
+}
+
+/// The scope a partition key names.
+pub(crate) fn parse_partition(pk: &str) -> Result<Scope, ItemError> {
+    let bad = || ItemError::BadPartition(pk.to_owned());
+    let rest = pk.strip_prefix(TENANT_PREFIX).ok_or_else(bad)?;
+    let (tenant, service) = match rest.split_once(SERVICE_SEPARATOR) {
+        Some((tenant, service)) => (tenant, Some(service)),
+        None => (rest, None),
+    };
+    Scope::new(tenant, service).map_err(|_| bad())
+}
+
+/// The sort key of a `tenant_config_*` key.
+fn sort_key(key: &str) -> Result<String, StoreError> {
+    key.strip_prefix(TENANT_CONFIG.prefix)
+        .map(|name| format!("{SK_PREFIX}{name}"))
+        .ok_or_else(|| {
+            StoreError::Internal(format!(
+                "key '{key}' does not belong to the DynamoDB backend ({}*)",
+                TENANT_CONFIG.prefix
+            ))
+        })
+}
+
+/// The configuration key a sort key names, validated.
+pub(crate) fn parse_sort_key(sk: &str) -> Result<String, ItemError> {
+    let name = sk
+        .strip_prefix(SK_PREFIX)
+        .ok_or_else(|| ItemError::BadSortKey(sk.to_owned()))?;
+    let key = format!("{}{name}", TENANT_CONFIG.prefix);
+    match keys::validate_key(&key) {
+        Ok(family) if family.prefix == TENANT_CONFIG.prefix => Ok(key),
+        Ok(_) => Err(ItemError::BadSortKey(sk.to_owned())),
+        Err(e) => Err(ItemError::BadKey {
+            sk: sk.to_owned(),
+            reason: e.to_string(),
+        }),
+    }
+}
+
+fn string_attr<'a>(item: &'a Item, name: &'static str) -> Result<&'a str, ItemError> {
+    match item.get(name) {
+        None => Err(ItemError::Missing(name)),
+        Some(AttributeValue::S(s)) => Ok(s),
+        Some(_) => Err(ItemError::BadAttribute {
+            name,
+            reason: "not a string (S)".into(),
+        }),
+    }
+}
+
+/// The scope and key an item (or a stream record's keys) names.
+pub(crate) fn parse_item_keys(item: &Item) -> Result<(Scope, String), ItemError> {
+    let scope = parse_partition(string_attr(item, PK)?)?;
+    let key = parse_sort_key(string_attr(item, SK)?)?;
+    Ok((scope, key))
+}
+
+/// Whether an item is live: `isActive` missing or true.
+pub(crate) fn item_active(item: &Item) -> Result<bool, ItemError> {
+    match item.get(IS_ACTIVE) {
+        None | Some(AttributeValue::Null(_)) => Ok(true),
+        Some(AttributeValue::Bool(b)) => Ok(*b),
+        Some(_) => Err(ItemError::BadAttribute {
+            name: IS_ACTIVE,
+            reason: "not a boolean (BOOL)".into(),
+        }),
+    }
+}
+
+/// An item's `version`; `None` when it has none.
+pub(crate) fn item_version(item: &Item) -> Result<Option<u64>, ItemError> {
+    match item.get(VERSION) {
+        None | Some(AttributeValue::Null(_)) => Ok(None),
+        Some(AttributeValue::N(n)) => {
+            n.trim()
+                .parse::<u64>()
+                .map(Some)
+                .map_err(|_| ItemError::BadAttribute {
+                    name: VERSION,
+                    reason: format!("'{n}' is not a whole number >= 0"),
+                })
+        }
+        Some(_) => Err(ItemError::BadAttribute {
+            name: VERSION,
+            reason: "not a number (N)".into(),
+        }),
+    }
+}
+
+/// Reads an item as configuration: a live entry, or a tombstone when soft-deleted.
+pub(crate) fn parse_item(item: &Item) -> Result<ParsedItem, ItemError> {
+    let (scope, key) = parse_item_keys(item)?;
+    let active = item_active(item)?;
+    let version = item_version(item)?;
+    let versioned = version.is_some();
+    let version = version.unwrap_or(0);
+    let updated_at = match item.get(UPDATED_AT) {
+        Some(AttributeValue::S(s)) => parse_time(s),
+        _ => 0,
+    };
+    let entry = if active {
+        let config = item.get(CONFIG).ok_or(ItemError::Missing(CONFIG))?;
+        let json = attr_to_json(config).map_err(|reason| ItemError::BadAttribute {
+            name: CONFIG,
+            reason,
+        })?;
+        Entry::live(&key, version, &json.to_string(), updated_at)
+    } else {
+        Entry::tombstone(&key, version, updated_at)
+    };
+    Ok(ParsedItem {
+        scope,
+        entry,
+        versioned,
+    })
+}
+
+/// Unix milliseconds of an RFC 3339 time; 0 when it cannot be read.
+fn parse_time(text: &str) -> Millis {
+    DateTime::from_str(text, Format::DateTimeWithOffset)
+        .ok()
+        .and_then(|t| t.to_millis().ok())
+        .unwrap_or(0)
+}
+
+fn now_text() -> String {
+    DateTime::from(SystemTime::now())
+        .fmt(Format::DateTime)
+        .unwrap_or_else(|_| "1970-01-01T00:00:00Z".to_owned())
+}
+
+/// A JSON value as an attribute. Numbers keep serde_json's text of them.
+pub(crate) fn json_to_attr(value: &Value) -> AttributeValue {
+    match value {
+        Value::Null => AttributeValue::Null(true),
+        Value::Bool(b) => AttributeValue::Bool(*b),
+        Value::Number(n) => AttributeValue::N(n.to_string()),
+        Value::String(s) => AttributeValue::S(s.clone()),
+        Value::Array(items) => AttributeValue::L(items.iter().map(json_to_attr).collect()),
+        Value::Object(map) => AttributeValue::M(
+            map.iter()
+                .map(|(k, v)| (k.clone(), json_to_attr(v)))
+                .collect(),
+        ),
+    }
+}
+
+fn number(text: &str) -> Result<serde_json::Number, String> {
+    serde_json::from_str::<serde_json::Number>(text.trim())
+        .map_err(|_| format!("'{text}' is not a number JSON can hold"))
+}
+
+/// An attribute as JSON. Maps come out with sorted keys and sets sorted, so the same
+/// item always reads as the same text.
+pub(crate) fn attr_to_json(attr: &AttributeValue) -> Result<Value, String> {
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+    Ok(match attr {
+        AttributeValue::Null(_) => Value::Null,
+        AttributeValue::Bool(b) => Value::Bool(*b),
+        AttributeValue::N(n) => Value::Number(number(n)?),
+        AttributeValue::S(s) => Value::String(s.clone()),
+        AttributeValue::B(blob) => Value::String(b64(blob.as_ref())),
+        AttributeValue::L(items) => Value::Array(
+            items
+                .iter()
+                .map(attr_to_json)
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+        AttributeValue::M(map) => {
+            let mut names: Vec<&String> = map.keys().collect();
+            names.sort();
+            let mut out = serde_json::Map::with_capacity(map.len());
+            for name in names {
+                if let Some(v) = map.get(name) {
+                    out.insert(name.clone(), attr_to_json(v)?);
+                }
+            }
+            Value::Object(out)
+        }
+        AttributeValue::Ss(set) => {
+            let mut set = set.clone();
+            set.sort();
+            Value::Array(set.into_iter().map(Value::String).collect())
+        }
+        AttributeValue::Ns(set) => {
+            let mut numbers = set
+                .iter()
+                .map(|n| number(n))
+                .collect::<Result<Vec<_>, _>>()?;
+            numbers.sort_by(|a, b| {
+                let (a, b) = (a.as_f64().unwrap_or(0.0), b.as_f64().unwrap_or(0.0));
+                a.total_cmp(&b)
+            });
+            Value::Array(numbers.into_iter().map(Value::Number).collect())
+        }
+        AttributeValue::Bs(set) => {
+            let mut texts: Vec<String> = set.iter().map(|b| b64(b.as_ref())).collect();
+            texts.sort();
+            Value::Array(texts.into_iter().map(Value::String).collect())
+        }
+        _ => return Err("an attribute type this version does not know".into()),
+    })
+}
+
+/// Whether two JSON values hold the same content: map order is ignored, and numbers
+/// compare by value (DynamoDB may give `1` back for `1.0`).
+pub(crate) fn same_json(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => {
+            match (x.as_i64(), y.as_i64(), x.as_u64(), y.as_u64()) {
+                (Some(x), Some(y), _, _) => x == y,
+                (_, _, Some(x), Some(y)) => x == y,
+                _ => x.as_f64() == y.as_f64(),
+            }
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same_json(x, y))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .all(|(k, v)| y.get(k).is_some_and(|w| same_json(v, w)))
+        }
+        _ => a == b,
+    }
+}
+
+/// How an AWS call failed, whatever the operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Failure {
+    /// Throttled: slow down and try again.
+    Throttled,
+    /// 5xx, timeouts, connection failures: try again.
+    Transient,
+    /// The table, stream or shard does not exist.
+    Missing,
+    /// Anything else: a bug, a permission, a bad request.
+    Other,
+}
+
+const THROTTLING_CODES: [&str; 5] = [
+    "ThrottlingException",
+    "ProvisionedThroughputExceededException",
+    "RequestLimitExceeded",
+    "LimitExceededException",
+    "TooManyRequestsException",
+];
+
+pub(crate) fn classify<E: ProvideErrorMetadata>(err: &SdkError<E, HttpResponse>) -> Failure {
+    match err {
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) => Failure::Transient,
+        SdkError::ConstructionFailure(_) => Failure::Other,
+        _ => {
+            let code = err.code().unwrap_or("");
+            let status = err.raw_response().map(|r| r.status().as_u16());
+            if THROTTLING_CODES.contains(&code) {
+                Failure::Throttled
+            } else if code == "ResourceNotFoundException" {
+                Failure::Missing
+            } else if code == "InternalServerError" || status.is_some_and(|s| s >= 500) {
+                Failure::Transient
+            } else {
+                Failure::Other
+            }
+        }
+    }
+}
+
+/// The `tenant_config_*` backend on one DynamoDB table.
+pub struct DynamoBackend {
+    client: aws_sdk_dynamodb::Client,
+    table: Arc<str>,
+}
+
+impl DynamoBackend {
+    pub fn new(client: aws_sdk_dynamodb::Client, table: impl Into<String>) -> Self {
+        DynamoBackend {
+            client,
+            table: Arc::from(table.into()),
+        }
+    }
+
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    fn error<E>(&self, operation: &str, err: SdkError<E, HttpResponse>) -> StoreError
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        let table = &self.table;
+        let detail = DisplayErrorContext(&err);
+        match classify(&err) {
+            Failure::Throttled | Failure::Transient => StoreError::Unavailable(format!(
+                "DynamoDB {operation} on table '{table}' failed: {detail}"
+            )),
+            Failure::Missing => StoreError::Unavailable(format!(
+                "DynamoDB table '{table}' does not exist ({operation}); create it (deploy/configwatch.cfn.json) or fix --table"
+            )),
+            Failure::Other => StoreError::Internal(format!(
+                "DynamoDB {operation} on table '{table}' failed: {detail}"
+            )),
+        }
+    }
+
+    async fn get_item(&self, scope: &Scope, key: &str) -> Result<Option<Item>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(self.table.as_ref())
+            .key(PK, AttributeValue::S(partition_key(scope)))
+            .key(SK, AttributeValue::S(sort_key(key)?))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| self.error("GetItem", e))?;
+        Ok(out.item)
+    }
+
+    /// Rewrites an item's version to `to`, only if it still has the version `seen`
+    /// (`None`: no version attribute). `Ok(false)` when the condition refused: the
+    /// item changed or another server did it first. Used for items changed by tools
+    /// that do not bump `version`.
+    pub async fn bump_version(
+        &self,
+        scope: &Scope,
+        key: &str,
+        seen: Option<u64>,
+        to: u64,
+    ) -> Result<bool, StoreError> {
+        let mut request = self
+            .client
+            .update_item()
+            .table_name(self.table.as_ref())
+            .key(PK, AttributeValue::S(partition_key(scope)))
+            .key(SK, AttributeValue::S(sort_key(key)?))
+            .update_expression("SET #version = :to")
+            .expression_attribute_names("#pk", PK)
+            .expression_attribute_names("#version", VERSION)
+            .expression_attribute_values(":to", AttributeValue::N(to.to_string()));
+        request = match seen {
+            Some(seen) => request
+                .condition_expression("attribute_exists(#pk) AND #version = :seen")
+                .expression_attribute_values(":seen", AttributeValue::N(seen.to_string())),
+            None => request
+                .condition_expression("attribute_exists(#pk) AND attribute_not_exists(#version)"),
+        };
+        match request.send().await {
+            Ok(_) => Ok(true),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(self.error("UpdateItem (version)", e)),
+        }
+    }
+
+    /// One conditional write attempt. `Ok(None)`: the condition refused it.
+    async fn try_write(
+        &self,
+        scope: &Scope,
+        key: &str,
+        config: Option<&AttributeValue>,
+        expected: Option<u64>,
+    ) -> Result<Option<Item>, StoreError> {
+        let mut request = self
+            .client
+            .update_item()
+            .table_name(self.table.as_ref())
+            .key(PK, AttributeValue::S(partition_key(scope)))
+            .key(SK, AttributeValue::S(sort_key(key)?))
+            .expression_attribute_names("#version", VERSION)
+            .expression_attribute_names("#active", IS_ACTIVE)
+            .expression_attribute_names("#updated", UPDATED_AT)
+            .expression_attribute_values(":now", AttributeValue::S(now_text()))
+            .expression_attribute_values(":zero", AttributeValue::N("0".into()))
+            .expression_attribute_values(":one", AttributeValue::N("1".into()))
+            .return_values(ReturnValue::AllNew);
+        let live = "(attribute_not_exists(#active) OR #active = :true)";
+        let at_version = |n: u64| {
+            if n == 0 {
+                "(attribute_not_exists(#version) OR #version = :zero)"
+            } else {
+                "#version = :expected"
+            }
+        };
+        let condition = match config {
+            Some(config) => {
+                request = request
+                    .update_expression(
+                        "SET #config = :config, #active = :true, #updated = :now, \
+                         #created = if_not_exists(#created, :now), \
+                         #version = if_not_exists(#version, :zero) + :one",
+                    )
+                    .expression_attribute_names("#config", CONFIG)
+                    .expression_attribute_names("#created", CREATED_AT)
+                    .expression_attribute_values(":config", config.clone())
+                    .expression_attribute_values(":true", AttributeValue::Bool(true));
+                match expected {
+                    None => None,
+                    // Absent, soft-deleted, or live without a version.
+                    Some(0) => {
+                        request = request
+                            .expression_attribute_values(":false", AttributeValue::Bool(false));
+                        Some(format!("{} OR #active = :false", at_version(0)))
+                    }
+                    Some(n) => Some(format!("{} AND {live}", at_version(n))),
+                }
+            }
+            None => {
+                request = request
+                    .update_expression(
+                        "SET #active = :false, #updated = :now, \
+                         #version = if_not_exists(#version, :zero) + :one",
+                    )
+                    .expression_attribute_names("#pk", PK)
+                    .expression_attribute_values(":true", AttributeValue::Bool(true))
+                    .expression_attribute_values(":false", AttributeValue::Bool(false));
+                Some(match expected {
+                    None => format!("attribute_exists(#pk) AND {live}"),
+                    Some(n) => format!("attribute_exists(#pk) AND {live} AND {}", at_version(n)),
+                })
+            }
+        };
+        if let Some(n) = expected.filter(|n| *n > 0) {
+            request =
+                request.expression_attribute_values(":expected", AttributeValue::N(n.to_string()));
+        }
+        if let Some(condition) = condition {
+            request = request.condition_expression(condition);
+        }
+        match request.send().await {
+            Ok(out) => Ok(Some(out.attributes.unwrap_or_default())),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(self.error("UpdateItem", e)),
+        }
+    }
+}
+
+fn to_entry(scope: &Scope, key: &str, item: &Item) -> Result<Entry, StoreError> {
+    let parsed = parse_item(item).map_err(|e| {
+        StoreError::Internal(format!("item for '{key}' of '{scope}' cannot be read: {e}"))
+    })?;
+    Ok(parsed.entry)
+}
+
+#[async_trait]
+impl Backend for DynamoBackend {
+    fn name(&self) -> &'static str {
+        "dynamodb"
+    }
+
+    async fn load(&self, scope: &Scope, prefix: &str) -> Result<Vec<Entry>, StoreError> {
+        let name_prefix = if TENANT_CONFIG.prefix.starts_with(prefix) {
+            ""
+        } else if let Some(rest) = prefix.strip_prefix(TENANT_CONFIG.prefix) {
+            rest
+        } else {
+            return Ok(Vec::new());
+        };
+        let pk = partition_key(scope);
+        let mut out = Vec::new();
+        let mut start: Option<Item> = None;
+        loop {
+            let page = self
+                .client
+                .query()
+                .table_name(self.table.as_ref())
+                .key_condition_expression("#pk = :pk AND begins_with(#sk, :sk)")
+                .expression_attribute_names("#pk", PK)
+                .expression_attribute_names("#sk", SK)
+                .expression_attribute_values(":pk", AttributeValue::S(pk.clone()))
+                .expression_attribute_values(
+                    ":sk",
+                    AttributeValue::S(format!("{SK_PREFIX}{name_prefix}")),
+                )
+                .consistent_read(true)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| self.error("Query", e))?;
+            for item in page.items() {
+                match parse_item(item) {
+                    Ok(parsed) => out.push(parsed.entry),
+                    Err(e) => tracing::warn!(
+                        table = %self.table,
+                        %scope,
+                        sk = ?item.get(SK),
+                        error = %e,
+                        "skipping an item that is not valid configuration"
+                    ),
+                }
+            }
+            match page.last_evaluated_key {
+                Some(key) if !key.is_empty() => start = Some(key),
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    async fn write(
+        &self,
+        scope: &Scope,
+        key: &str,
+        write: Write,
+        expected: Option<u64>,
+    ) -> Result<Entry, StoreError> {
+        let config = match &write {
+            Write::Put { secret: true, .. } => {
+                return Err(StoreError::Internal(format!(
+                    "'{key}' cannot hold a secret: {}* keys have none",
+                    TENANT_CONFIG.prefix
+                )));
+            }
+            Write::Put { value, .. } => {
+                let json: Value = serde_json::from_str(value).map_err(|e| {
+                    StoreError::Internal(format!("value for '{key}' is not JSON: {e}"))
+                })?;
+                Some(json_to_attr(&json))
+            }
+            Write::Delete => None,
+        };
+        for _ in 0..WRITE_ATTEMPTS {
+            if let Some(item) = self
+                .try_write(scope, key, config.as_ref(), expected)
+                .await?
+            {
+                return to_entry(scope, key, &item);
+            }
+            // The condition refused: find out why from the item as it is now.
+            let current = match self.get_item(scope, key).await? {
+                None => None,
+                Some(item) => Some(to_entry(scope, key, &item)?),
+            };
+            let live_version = current
+                .as_ref()
+                .filter(|e| !e.deleted)
+                .map_or(0, |e| e.version);
+            if let Some(expected) = expected
+                && expected != live_version
+            {
+                return Err(StoreError::Conflict {
+                    key: key.to_owned(),
+                    expected,
+                    current: live_version,
+                });
+            }
+            if config.is_none() && current.as_ref().is_none_or(|e| e.deleted) {
+                return Err(StoreError::NotFound(key.to_owned()));
+            }
+            // The item changed between the write and the read: try again.
+        }
+        Err(StoreError::Unavailable(format!(
+            "'{key}' on table '{}' kept changing during {WRITE_ATTEMPTS} conditional writes; try again",
+            self.table
+        )))
+    }
+
+    async fn read(
+        &self,
+        scope: &Scope,
+        key: &str,
+        _with_secret: bool,
+    ) -> Result<Option<Entry>, StoreError> {
+        match self.get_item(scope, key).await? {
+            None => Ok(None),
+            Some(item) => to_entry(scope, key, &item).map(Some),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &str) -> AttributeValue {
+        AttributeValue::S(v.to_owned())
+    }
+
+    fn item(pairs: &[(&str, AttributeValue)]) -> Item {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn keys_round_trip_and_bad_ones_are_named() -> Result<(), Box<dyn std::error::Error>> {
+        let tenant = Scope::tenant("acme")?;
+        let service = Scope::new("acme", Some("orders.v2"))?;
+        assert_eq!(partition_key(&tenant), "TENANT#acme");
+        assert_eq!(partition_key(&service), "TENANT#acme|SERVICE#orders.v2");
+        assert_eq!(parse_partition("TENANT#acme")?, tenant);
+        assert_eq!(parse_partition("TENANT#acme|SERVICE#orders.v2")?, service);
+        for bad in [
+            "acme",
+            "TENANT#",
+            "TENANT#a b",
+            "TENANT#a|SERVICE#",
+            "TENANT#a|x",
+        ] {
+            assert!(parse_partition(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_sort_key("CONFIG#flags")?, "tenant_config_flags");
+        assert_eq!(sort_key("tenant_config_db/url")?, "CONFIG#db/url");
+        assert!(matches!(
+            parse_sort_key("SETTING#flags"),
+            Err(ItemError::BadSortKey(_))
+        ));
+        assert!(matches!(
+            parse_sort_key("CONFIG#a b"),
+            Err(ItemError::BadKey { .. })
+        ));
+        assert!(matches!(
+            parse_sort_key("CONFIG#"),
+            Err(ItemError::BadKey { .. })
+        ));
+        Ok(())
+    }
+
+    #[test]
+    fn items_read_as_entries() -> Result<(), Box<dyn std::error::Error>> {
+        let live = item(&[
+            ("pk", s("TENANT#acme")),
+            ("sk", s("CONFIG#flags")),
+            ("version", AttributeValue::N("7".into())),
+            ("updatedAt", s("2024-05-01T10:00:00.5Z")),
+            (
+                "config",
+                AttributeValue::M(HashMap::from([
+                    ("z".into(), AttributeValue::N("1.50".into())),
+                    ("a".into(), AttributeValue::Ss(vec!["y".into(), "x".into()])),
+                    ("b".into(), AttributeValue::B(b"hi".to_vec().into())),
+                    ("n".into(), AttributeValue::Null(true)),
+                ])),
+            ),
+        ]);
+        let parsed = parse_item(&live)?;
+        assert_eq!(parsed.scope, Scope::tenant("acme")?);
+        assert!(parsed.versioned);
+        assert_eq!(parsed.entry.key.as_ref(), "tenant_config_flags");
+        assert_eq!(parsed.entry.version, 7);
+        assert!(!parsed.entry.deleted);
+        assert_eq!(parsed.entry.updated_at, 1_714_557_600_500);
+        assert_eq!(
+            parsed.entry.value.as_deref(),
+            Some(r#"{"a":["x","y"],"b":"aGk=","n":null,"z":1.5}"#)
+        );
+
+        let soft_deleted = item(&[
+            ("pk", s("TENANT#acme|SERVICE#svc")),
+            ("sk", s("CONFIG#flags")),
+            ("isActive", AttributeValue::Bool(false)),
+        ]);
+        let parsed = parse_item(&soft_deleted)?;
+        assert!(parsed.entry.deleted && parsed.entry.value.is_none());
+        assert_eq!((parsed.entry.version, parsed.versioned), (0, false));
+        assert_eq!(parsed.entry.updated_at, 0);
+
+        let no_config = item(&[("pk", s("TENANT#acme")), ("sk", s("CONFIG#x"))]);
+        assert_eq!(parse_item(&no_config), Err(ItemError::Missing("config")));
+        let bad_version = item(&[
+            ("pk", s("TENANT#acme")),
+            ("sk", s("CONFIG#x")),
+            ("config", s("v")),
+            ("version", AttributeValue::N("1.5".into())),
+        ]);
+        assert!(matches!(
+            parse_item(&bad_version),
+            Err(ItemError::BadAttribute {
+                name: "version",
+                ..
+            })
+        ));
+        Ok(())
+    }
+
+    #[test]
+    fn json_survives_the_attribute_round_trip() -> Result<(), Box<dyn std::error::Error>> {
+        let text = r#"{"a":[1,-2,3.25,12345678901234567890,"s",true,null,{"b":{}}],"c":[]}"#;
+        let value: Value = serde_json::from_str(text)?;
+        let back = attr_to_json(&json_to_attr(&value))?;
+        assert_eq!(back.to_string(), text);
+        let ns = AttributeValue::Ns(vec!["10".into(), "9".into(), "-1".into()]);
+        assert_eq!(attr_to_json(&ns)?.to_string(), "[-1,9,10]");
+        Ok(())
+    }
+
+    #[test]
+    fn same_json_ignores_order_and_number_spelling() -> Result<(), Box<dyn std::error::Error>> {
+        let a: Value = serde_json::from_str(r#"{"x":1.0,"y":[1,2]}"#)?;
+        let b: Value = serde_json::from_str(r#"{"y":[1,2],"x":1}"#)?;
+        let c: Value = serde_json::from_str(r#"{"y":[2,1],"x":1}"#)?;
+        assert!(same_json(&a, &b));
+        assert!(!same_json(&a, &c));
+        assert!(!same_json(&Value::from(1), &Value::from("1")));
+        Ok(())
+    }
+}
