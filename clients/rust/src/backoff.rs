@@ -1,0 +1,106 @@
+//! Jittered exponential backoff between reconnection attempts.
+
+use std::time::Duration;
+
+/// How long to wait before reconnecting.
+///
+/// Retry `n` (0 for the first) waits a uniform draw from
+/// `[(1 - jitter) * d, d]` where `d = min(max, initial * multiplier^n)`, so clients
+/// that lost the same server do not come back in step. The count starts over once a
+/// stream reaches its initial state.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Backoff {
+    /// The first delay. Default 250 ms.
+    pub initial: Duration,
+    /// The longest delay. Default 30 s.
+    pub max: Duration,
+    /// Growth per failed attempt, at least 1. Default 2.
+    pub multiplier: f64,
+    /// The random share of each delay, within 0..=1. Default 0.5.
+    pub jitter: f64,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            initial: Duration::from_millis(250),
+            max: Duration::from_secs(30),
+            multiplier: 2.0,
+            jitter: 0.5,
+        }
+    }
+}
+
+impl Backoff {
+    pub(crate) fn validate(&self) -> Result<(), String> {
+        if !(self.multiplier.is_finite() && self.multiplier >= 1.0) {
+            return Err(format!(
+                "backoff multiplier must be a finite number >= 1, got {}",
+                self.multiplier
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.jitter) {
+            return Err(format!(
+                "backoff jitter must be within 0..=1, got {}",
+                self.jitter
+            ));
+        }
+        if self.initial > self.max {
+            return Err(format!(
+                "backoff initial delay {:?} is above the maximum {:?}",
+                self.initial, self.max
+            ));
+        }
+        Ok(())
+    }
+
+    /// The delay before retry `attempt` (0 for the first retry), with `random` in
+    /// 0..1 (a parameter so tests can pin it).
+    pub(crate) fn delay_with(&self, attempt: u32, random: f64) -> Duration {
+        let max = self.max.as_secs_f64();
+        let exp = self.initial.as_secs_f64() * self.multiplier.powi(attempt.min(1024) as i32);
+        let capped = if exp.is_finite() { exp.min(max) } else { max };
+        let secs = capped * (1.0 - self.jitter * random.clamp(0.0, 1.0));
+        Duration::try_from_secs_f64(secs).unwrap_or(self.max)
+    }
+
+    /// The delay before retry `attempt`, with a random jitter.
+    pub(crate) fn delay(&self, attempt: u32) -> Duration {
+        self.delay_with(attempt, rand::random::<f64>())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grows_to_the_cap_with_jitter_below() {
+        let b = Backoff::default();
+        assert_eq!(b.delay_with(0, 0.0), Duration::from_millis(250));
+        assert_eq!(b.delay_with(0, 1.0), Duration::from_millis(125));
+        assert_eq!(b.delay_with(3, 0.0), Duration::from_secs(2));
+        assert_eq!(b.delay_with(30, 0.0), Duration::from_secs(30));
+        assert_eq!(b.delay_with(u32::MAX, 0.0), Duration::from_secs(30));
+        for n in 0..40 {
+            let d = b.delay(n);
+            assert!(d <= Duration::from_secs(30), "{d:?}");
+        }
+    }
+
+    #[test]
+    fn bad_settings_are_refused() {
+        let mut b = Backoff {
+            multiplier: 0.5,
+            ..Backoff::default()
+        };
+        assert!(b.validate().is_err());
+        b.multiplier = 2.0;
+        b.jitter = 1.5;
+        assert!(b.validate().is_err());
+        b.jitter = 0.0;
+        b.initial = Duration::from_secs(60);
+        assert!(b.validate().is_err());
+        assert!(Backoff::default().validate().is_ok());
+    }
+}

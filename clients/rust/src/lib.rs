@@ -1,0 +1,74 @@
+//! Client for configwatch: one tenant's configuration held in memory and kept current
+//! by a server-streaming `Watch`, so reads never touch the network.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), configwatch_client::Error> {
+//! use configwatch_client::Client;
+//!
+//! #[derive(serde::Deserialize)]
+//! struct Checkout { enabled: bool }
+//!
+//! let client = Client::builder("http://127.0.0.1:50051", "acme", || async {
+//!     Ok::<_, std::io::Error>(std::env::var("CONFIGWATCH_TOKEN").unwrap_or_default())
+//! })
+//! .prefixes(["tenant_config_"])
+//! .snapshot_path("/var/lib/my-service/config.json")
+//! .connect()
+//! .await?;
+//!
+//! // Local, synchronous, never blocks on the network.
+//! if let Some(flag) = client.get::<Checkout>("tenant_config_checkout")? {
+//!     println!("enabled={} (version {})", flag.value.enabled, flag.version);
+//! }
+//! let mut changes = client.changes();
+//! while let Some(change) = changes.next().await {
+//!     let change = change?;
+//!     println!("{} is now at version {}", change.key, change.version);
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! The parts:
+//!
+//! - [`Client`] and [`ClientBuilder`] (`client.rs`): reads, status, change
+//!   notifications, `read_secret`, `close`. Clones share one cache.
+//! - the background task (`watch.rs`): one Watch at a time; reconnects with
+//!   jittered exponential [`Backoff`], resumes by token or by the versions held,
+//!   calls the [`TokenSource`] again on `UNAUTHENTICATED`, stops on errors the
+//!   application must fix, and ends when every handle is dropped.
+//! - the cache rules (`cache.rs`, no I/O): FULL replaces, DIFF is authoritative,
+//!   deltas apply only when newer, tombstones keep the versions of deleted keys.
+//! - [`ChangeStream`] (`changes.rs`): per-reader queues that coalesce to the newest
+//!   change per key, so memory stays bounded and no key is ever skipped.
+//! - the snapshot (`snapshot.rs`): written atomically, tagged with the tenant and
+//!   the prefixes, loaded at start when the server is unreachable.
+//! - [`proto`]: the generated messages and gRPC client, for writes and anything else
+//!   the cache does not cover. Only `wire.rs` converts them for the cache.
+//!
+//! Several clients (any tenants, any servers) can run in one process: there is no
+//! global state.
+
+mod backoff;
+mod cache;
+mod changes;
+mod client;
+mod error;
+mod snapshot;
+mod token;
+mod watch;
+mod wire;
+
+pub use backoff::Backoff;
+pub use cache::{Cause, Change, ChangeKind, SyncMode};
+pub use changes::ChangeStream;
+pub use client::{Client, ClientBuilder, Entry, SnapshotStatus, Source, State, Status, Versioned};
+pub use error::{BoxError, Error};
+pub use token::{TokenFuture, TokenSource, static_token};
+
+/// The messages and the gRPC client generated from `proto/configwatch/v1/config.proto`
+/// (client only). The [`Client`] covers reading; use this for writes (`Put`,
+/// `Delete`) or raw calls, with an `authorization: Bearer <JWT>` header.
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod proto {
+    tonic::include_proto!("configwatch.v1");
+}

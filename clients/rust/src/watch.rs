@@ -1,0 +1,338 @@
+//! The background task: one Watch at a time, kept open for the life of the client.
+//!
+//! ```text
+//!   start ──► token ──► Watch ──► initial state ──► deltas / progress ──┐
+//!               ▲                                                       │
+//!               ├── backoff ◄── UNAVAILABLE, dropped, silent, protocol ◄─┤
+//!               ├── fresh token ◄── UNAUTHENTICATED ◄────────────────────┤
+//!               ├── no resume token ◄── INVALID_ARGUMENT on a resume ◄───┤
+//!               └ failed ◄── PERMISSION_DENIED, INVALID_ARGUMENT, ... ◄──┘
+//! ```
+//!
+//! It ends when the client is closed or its last handle dropped, or on an error the
+//! application must fix; then it ends the change streams and writes the snapshot.
+
+use std::mem;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::cache::{Cause, SyncMode, WireEntry};
+use crate::client::{Shared, SnapshotConfig, Source, State};
+use crate::error::{Error, Next, next_step};
+use crate::proto;
+use crate::proto::watch_response::Kind;
+use crate::snapshot;
+use crate::wire;
+
+pub(crate) async fn run(shared: Arc<Shared>) {
+    let stop_writer = CancellationToken::new();
+    let writer = shared
+        .snapshot
+        .clone()
+        .map(|config| tokio::spawn(snapshot_loop(shared.clone(), config, stop_writer.clone())));
+
+    let failure = watch_loop(&shared).await;
+    match &failure {
+        Some(error) => {
+            tracing::error!(tenant = %shared.tenant, "watch stopped: {error}");
+            shared.update(|l| {
+                l.state = State::Failed;
+                l.last_error = Some(error.clone());
+                l.next_attempt_at = None;
+            });
+        }
+        None => shared.update(|l| {
+            l.state = State::Closed;
+            l.next_attempt_at = None;
+        }),
+    }
+    shared.queues.end_all(failure);
+
+    stop_writer.cancel();
+    if let Some(w) = writer {
+        let _ = w.await;
+    }
+    shared.done.send_replace(true);
+}
+
+/// Watches until closed (`None`) or an error the application must fix.
+async fn watch_loop(shared: &Arc<Shared>) -> Option<Error> {
+    let backoff = shared.opts.backoff;
+    // Failed attempts in a row (the backoff exponent) and refused tokens in a row,
+    // both counted since the last stream that reached its initial state.
+    let mut failures: u32 = 0;
+    let mut auth_refusals: u32 = 0;
+    loop {
+        if shared.shutdown.is_cancelled() {
+            return None;
+        }
+        shared.update(|l| {
+            l.state = State::Connecting;
+            l.next_attempt_at = None;
+        });
+        let outcome = tokio::select! {
+            biased;
+            _ = shared.shutdown.cancelled() => return None,
+            o = watch_once(shared) => o,
+        };
+        if outcome.synced {
+            failures = 0;
+            auth_refusals = 0;
+        }
+        let step = next_step(&outcome.error, outcome.sent_resume_token, outcome.synced);
+        let mut next_backoff = || {
+            let d = backoff.delay(failures);
+            failures = failures.saturating_add(1);
+            d
+        };
+        let delay = match step {
+            Next::Fail => return Some(outcome.error),
+            Next::RefreshToken => {
+                // Expired or refused: ask the token source again, at once the first
+                // time, with backoff when fresh tokens keep being refused.
+                auth_refusals += 1;
+                if auth_refusals == 1 {
+                    Duration::ZERO
+                } else {
+                    next_backoff()
+                }
+            }
+            Next::DropResumeToken => {
+                // The server cannot read the token (e.g. an old snapshot's): start over
+                // from the versions held. A second refusal has no token to blame.
+                shared.data_mut().resume_token.clear();
+                Duration::ZERO
+            }
+            Next::Backoff => next_backoff(),
+        };
+        let error = outcome.error;
+        if outcome.synced {
+            tracing::info!(tenant = %shared.tenant, "watch interrupted: {error}; reconnecting in {delay:?}");
+        } else {
+            tracing::debug!(tenant = %shared.tenant, "watch attempt failed: {error}; retrying in {delay:?}");
+        }
+        shared.update(|l| {
+            l.state = State::Reconnecting;
+            l.failed_attempts = if outcome.synced {
+                0
+            } else {
+                l.failed_attempts.saturating_add(1)
+            };
+            l.last_error = Some(error);
+            l.next_attempt_at = SystemTime::now().checked_add(delay);
+        });
+        tokio::select! {
+            biased;
+            _ = shared.shutdown.cancelled() => return None,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+/// How one Watch ended.
+struct Outcome {
+    error: Error,
+    /// The stream reached its initial state.
+    synced: bool,
+    /// The request carried a resume token.
+    sent_resume_token: bool,
+}
+
+/// What one stream has seen so far.
+#[derive(Default)]
+struct Session {
+    mode: Option<SyncMode>,
+    initial: Vec<WireEntry>,
+    synced: bool,
+}
+
+/// One Watch, from request to end. Never fails: returns why it ended.
+async fn watch_once(shared: &Arc<Shared>) -> Outcome {
+    let mut session = Session::default();
+    let mut sent_resume_token = false;
+    let error = match stream(shared, &mut session, &mut sent_resume_token).await {
+        Ok(never) => match never {},
+        Err(e) => e,
+    };
+    Outcome {
+        error,
+        synced: session.synced,
+        sent_resume_token,
+    }
+}
+
+async fn stream(
+    shared: &Arc<Shared>,
+    session: &mut Session,
+    sent_resume_token: &mut bool,
+) -> Result<std::convert::Infallible, Error> {
+    let header = shared.auth_header().await?;
+    let body = shared.watch_request();
+    *sent_resume_token = !body.resume_token.is_empty();
+    let mut request = tonic::Request::new(body);
+    request.metadata_mut().insert("authorization", header);
+    let idle = shared.opts.idle_timeout;
+    let mut rpc = shared.rpc();
+    let mut stream = tokio::time::timeout(idle, rpc.watch(request))
+        .await
+        .map_err(|_| Error::unavailable(format!("no answer to Watch within {idle:?}")))??
+        .into_inner();
+    loop {
+        let message = tokio::time::timeout(idle, stream.message())
+            .await
+            .map_err(|_| {
+                Error::unavailable(format!(
+                    "nothing arrived from the server for {idle:?}; reconnecting"
+                ))
+            })??
+            .ok_or_else(|| Error::unavailable("the server ended the watch"))?;
+        on_message(shared, session, message)?;
+    }
+}
+
+/// Applies one message to the cache, then tells the readers.
+fn on_message(
+    shared: &Shared,
+    session: &mut Session,
+    msg: proto::WatchResponse,
+) -> Result<(), Error> {
+    let now = SystemTime::now();
+    shared.update(|l| {
+        l.last_message_at = Some(now);
+        l.last_message_instant = Some(Instant::now());
+    });
+    match Kind::try_from(msg.kind) {
+        Ok(Kind::Initial) => {
+            if session.synced {
+                return Err(Error::Protocol(
+                    "an initial message after the initial state was complete".into(),
+                ));
+            }
+            let mode = wire::sync_mode(msg.initial_mode).ok_or_else(|| {
+                Error::Protocol(format!("initial message with mode {}", msg.initial_mode))
+            })?;
+            if session.mode.is_some_and(|m| m != mode) {
+                return Err(Error::Protocol(
+                    "initial messages of one stream with different modes".into(),
+                ));
+            }
+            session.mode = Some(mode);
+            session
+                .initial
+                .extend(msg.changes.into_iter().map(wire::entry));
+            if !msg.initial_complete {
+                return Ok(());
+            }
+            let entries = mem::take(&mut session.initial);
+            let changes = {
+                let mut d = shared.data_mut();
+                let changes = d.cache.apply_initial(mode, entries);
+                d.advance(msg.revision, msg.resume_token);
+                changes
+            };
+            session.synced = true;
+            tracing::debug!(tenant = %shared.tenant, ?mode, changes = changes.len(), "in sync");
+            shared.update(|l| {
+                l.state = State::Connected;
+                l.source = Source::Server;
+                l.last_sync_at = Some(now);
+                l.last_sync_mode = Some(mode);
+                l.syncs += 1;
+                l.last_error = None;
+                l.failed_attempts = 0;
+                l.next_attempt_at = None;
+                l.ever_synced = true;
+            });
+            shared.publish(&changes);
+            shared.snapshot_dirty();
+        }
+        Ok(Kind::Delta) => {
+            if !session.synced {
+                return Err(Error::Protocol(
+                    "a delta arrived before the initial state was complete".into(),
+                ));
+            }
+            let entries = msg.changes.into_iter().map(wire::entry).collect();
+            let changes = {
+                let mut d = shared.data_mut();
+                let changes = d.cache.apply_deltas(entries, Cause::Delta);
+                d.advance(msg.revision, msg.resume_token);
+                changes
+            };
+            shared.publish(&changes);
+            shared.snapshot_dirty();
+        }
+        Ok(Kind::Progress) => {
+            if session.synced {
+                shared.data_mut().advance(msg.revision, msg.resume_token);
+            }
+        }
+        // A kind this client does not know (a newer server): liveness only.
+        Ok(Kind::Unspecified) | Err(_) => {}
+    }
+    Ok(())
+}
+
+/// Writes the snapshot after changes, debounced, and once more when stopped.
+async fn snapshot_loop(shared: Arc<Shared>, config: SnapshotConfig, stop: CancellationToken) {
+    let mut written = 0;
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => break,
+            _ = shared.snapshot_notify.notified() => {}
+        }
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(config.debounce) => {}
+        }
+        written = write_snapshot(&shared, &config, written).await;
+    }
+    write_snapshot(&shared, &config, written).await;
+}
+
+/// Writes the snapshot if it changed since `written`; returns what is now written.
+async fn write_snapshot(shared: &Shared, config: &SnapshotConfig, written: u64) -> u64 {
+    let seq = shared.snapshot_seq.load(Ordering::Acquire);
+    if seq == written {
+        return written;
+    }
+    let data = shared.snapshot_data();
+    let saved_at = data.saved_at;
+    let path = config.path.clone();
+    let result = match snapshot::encode(&data) {
+        Ok(bytes) => tokio::task::spawn_blocking(move || snapshot::write_atomic(&path, &bytes))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string())),
+        Err(e) => Err(e.to_string()),
+    };
+    match result {
+        Ok(()) => {
+            shared.update(|l| {
+                if let Some(s) = &mut l.snapshot {
+                    s.saved_at = Some(saved_at);
+                    s.write_error = None;
+                }
+            });
+            seq
+        }
+        Err(message) => {
+            let error = Error::Snapshot {
+                path: config.path.clone(),
+                message,
+            };
+            tracing::warn!("{error}");
+            shared.update(|l| {
+                if let Some(s) = &mut l.snapshot {
+                    s.write_error = Some(error.to_string());
+                }
+            });
+            written
+        }
+    }
+}
