@@ -22,13 +22,18 @@ use crate::api::{Limits, WatchSettings};
 use crate::auth::jwks::{JwksKeySource, JwksSettings};
 use crate::auth::local::LocalKey;
 use crate::auth::{Authenticator, ClaimRules, Role, TokenUse};
+use crate::aws::AwsSettings;
 use crate::hub::{Hub, HubConfig};
+use crate::keys;
 use crate::model::Scope;
 use crate::proto;
 use crate::proto::config_service_client::ConfigServiceClient;
 use crate::server::{App, serve};
+use crate::source::{SourceContext, SourceCounters, ddb_streams, reconcile, sqs_events};
 use crate::store::Router;
+use crate::store::dynamodb::DynamoBackend;
 use crate::store::embedded::EmbeddedStore;
+use crate::store::ssm::SsmBackend;
 
 /// Exit code for bad usage or configuration (EX_USAGE).
 pub const EXIT_USAGE: i32 = 64;
@@ -88,6 +93,84 @@ pub struct ServeArgs {
     pub log: String,
     #[command(flatten)]
     pub identity: IdentityArgs,
+    #[command(flatten)]
+    pub aws: AwsArgs,
+}
+
+/// Where configuration is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendKind {
+    /// The embedded store in the data directory.
+    Embedded,
+    /// `tenant_config_*` in DynamoDB, `param_config_*` in SSM Parameter Store.
+    Aws,
+}
+
+/// The AWS backend's settings (with `--backend aws`). Credentials and endpoints come
+/// from the standard AWS sources (`AWS_ENDPOINT_URL`, `AWS_ENDPOINT_URL_DYNAMODB`, ...).
+#[derive(Debug, Args)]
+pub struct AwsArgs {
+    /// Where configuration is kept: embedded or aws.
+    #[arg(
+        long,
+        env = "CONFIGWATCH_BACKEND",
+        value_enum,
+        default_value = "embedded"
+    )]
+    pub backend: BackendKind,
+    /// DynamoDB table of `tenant_config_*` (its stream must be enabled).
+    #[arg(long, env = "CONFIGWATCH_TABLE")]
+    pub table: Option<String>,
+    /// SQS queue that the EventBridge rule fills with Parameter Store changes.
+    /// Without it, parameters changed outside configwatch arrive only by
+    /// reconciliation.
+    #[arg(long, env = "CONFIGWATCH_QUEUE_URL")]
+    pub queue_url: Option<String>,
+    /// Parameter Store root: `param_config_<path>` of tenant T is `{root}/T/<path>`.
+    #[arg(long, env = "CONFIGWATCH_SSM_ROOT", default_value = "/config-service")]
+    pub ssm_root: String,
+    /// AWS region (default: the SDK's, from AWS_REGION or the profile).
+    #[arg(long, env = "CONFIGWATCH_REGION")]
+    pub region: Option<String>,
+    /// Mean time between re-reads of every loaded tenant (jittered ±20%).
+    #[arg(long, env = "CONFIGWATCH_RECONCILE_INTERVAL", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub reconcile_interval: Duration,
+    /// Time between GetRecords calls on each stream shard.
+    #[arg(long, env = "CONFIGWATCH_STREAM_POLL_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub stream_poll_interval: Duration,
+}
+
+impl AwsArgs {
+    /// The settings for `--backend aws`, checked; `None` for the embedded store.
+    fn settings(&self) -> Result<Option<AwsSettings>, Failure> {
+        if self.backend == BackendKind::Embedded {
+            let stray = [
+                ("--table", self.table.is_some()),
+                ("--queue-url", self.queue_url.is_some()),
+            ];
+            if let Some((flag, _)) = stray.iter().find(|(_, set)| *set) {
+                return Err(Failure::usage(format!(
+                    "{flag} needs --backend aws (the embedded store is the default)"
+                )));
+            }
+            return Ok(None);
+        }
+        let settings = AwsSettings {
+            table: self.table.clone().unwrap_or_default(),
+            queue_url: self.queue_url.clone().filter(|q| !q.trim().is_empty()),
+            ssm_root: self.ssm_root.clone(),
+            reconcile_interval: self.reconcile_interval,
+        };
+        settings
+            .validate()
+            .map_err(|e| Failure::usage(e.to_string()))?;
+        if self.stream_poll_interval < Duration::from_millis(100) {
+            return Err(Failure::usage(
+                "--stream-poll-interval must be at least 100ms (each poll is a GetRecords call per shard)",
+            ));
+        }
+        Ok(Some(settings))
+    }
 }
 
 /// How tokens are validated. Without `--jwks-url`, the server's own signing key in
@@ -350,16 +433,22 @@ async fn run_serve(args: ServeArgs) -> Result<(), Failure> {
     if args.max_prefixes == 0 {
         return Err(Failure::usage("--max-prefixes must be at least 1"));
     }
-    let store = EmbeddedStore::open(&args.data_dir).map_err(|e| Failure::usage(e.to_string()))?;
+    let aws = args.aws.settings()?;
     let stop = CancellationToken::new();
     let auth = authenticator(&args.identity, &args.data_dir, stop.clone()).await?;
-    let router = Arc::new(Router::single(Arc::new(store)));
-    let hub = Arc::new(Hub::new(
-        router.clone(),
-        HubConfig {
-            history_limit: args.history,
-        },
-    ));
+    let hub_config = HubConfig {
+        history_limit: args.history,
+    };
+    let (router, hub) = match &aws {
+        None => {
+            let store =
+                EmbeddedStore::open(&args.data_dir).map_err(|e| Failure::usage(e.to_string()))?;
+            let router = Arc::new(Router::single(Arc::new(store)));
+            let hub = Arc::new(Hub::new(router.clone(), hub_config));
+            (router, hub)
+        }
+        Some(settings) => start_aws(settings, &args.aws, hub_config, stop.clone()).await,
+    };
     let app = App {
         hub,
         router,
@@ -383,10 +472,75 @@ async fn run_serve(args: ServeArgs) -> Result<(), Failure> {
         .map_err(|e| Failure::error(format!("cannot read the bound address: {e}")))?;
     // One line on stdout, for scripts that start the server on port 0.
     println!("listening on {addr}");
-    tracing::info!(%addr, data_dir = %args.data_dir.display(), "configwatch serving on the embedded store");
+    match &aws {
+        None => {
+            tracing::info!(%addr, data_dir = %args.data_dir.display(), "configwatch serving on the embedded store")
+        }
+        Some(s) => {
+            tracing::info!(%addr, table = %s.table, ssm_root = %s.ssm_root, "configwatch serving on DynamoDB and Parameter Store")
+        }
+    }
     let served = serve(listener, app, shutdown_signal()).await;
     stop.cancel();
     served.map_err(|e| Failure::error(e.to_string()))
+}
+
+/// Builds the AWS backends and starts the sources that bring outside changes in: the
+/// table's stream, the Parameter Store event queue (when given) and reconciliation.
+/// They run until `stop`.
+async fn start_aws(
+    settings: &AwsSettings,
+    args: &AwsArgs,
+    hub_config: HubConfig,
+    stop: CancellationToken,
+) -> (Arc<Router>, Arc<Hub>) {
+    let sdk = crate::aws::sdk_config(args.region.clone()).await;
+    let dynamodb = aws_sdk_dynamodb::Client::new(&sdk);
+    let ssm = Arc::new(SsmBackend::new(
+        aws_sdk_ssm::Client::new(&sdk),
+        settings.ssm_root.clone(),
+    ));
+    let router = Arc::new(Router::new(vec![
+        (
+            &keys::TENANT_CONFIG,
+            Arc::new(DynamoBackend::new(dynamodb.clone(), settings.table.clone())),
+        ),
+        (&keys::PARAM_CONFIG, ssm.clone()),
+    ]));
+    let hub = Arc::new(Hub::new(router.clone(), hub_config));
+    let ctx = SourceContext {
+        hub: hub.clone(),
+        counters: Arc::new(SourceCounters::default()),
+    };
+    let streams = ddb_streams::StreamSettings {
+        poll_interval: args.stream_poll_interval,
+        ..ddb_streams::StreamSettings::default()
+    };
+    tokio::spawn(ddb_streams::run(
+        ctx.clone(),
+        streams,
+        dynamodb,
+        aws_sdk_dynamodbstreams::Client::new(&sdk),
+        settings.table.clone(),
+        stop.clone(),
+    ));
+    match &settings.queue_url {
+        Some(queue_url) => {
+            tokio::spawn(sqs_events::run(
+                ctx.clone(),
+                aws_sdk_sqs::Client::new(&sdk),
+                queue_url.clone(),
+                ssm,
+                sqs_events::SqsSettings::default(),
+                stop.clone(),
+            ));
+        }
+        None => tracing::warn!(
+            "no --queue-url: Parameter Store changes made outside configwatch arrive only by reconciliation"
+        ),
+    }
+    tokio::spawn(reconcile::run(ctx, settings.reconcile_interval, stop));
+    (router, hub)
 }
 
 /// Completes on SIGINT or SIGTERM.

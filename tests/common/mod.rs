@@ -162,13 +162,23 @@ impl TestServer {
 }
 
 pub async fn connect(addr: SocketAddr, token: Option<&str>) -> Client {
+    try_connect(addr, token).await.expect("connect")
+}
+
+/// Connects, or says why not (for clients that must outlive a server).
+pub async fn try_connect(
+    addr: SocketAddr,
+    token: Option<&str>,
+) -> Result<Client, tonic::transport::Error> {
     let channel = Channel::from_shared(format!("http://{addr}"))
         .expect("url")
         .connect()
-        .await
-        .expect("connect");
+        .await?;
     let bearer = Bearer(token.map(|t| format!("Bearer {t}").parse().expect("header")));
-    ConfigServiceClient::with_interceptor(channel, bearer).max_decoding_message_size(usize::MAX)
+    Ok(
+        ConfigServiceClient::with_interceptor(channel, bearer)
+            .max_decoding_message_size(usize::MAX),
+    )
 }
 
 pub async fn put(client: &mut Client, key: &str, value: &str) -> proto::Entry {
