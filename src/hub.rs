@@ -85,6 +85,11 @@ pub struct ScopeView {
 }
 
 struct ViewState {
+    /// Until the first load has merged: sources may apply versioned changes (merged
+    /// by version), but what they cannot apply (a removal with no version, a gap)
+    /// sets `reread`, and the load reads the sources once more before it ends.
+    loading: bool,
+    reread: bool,
     entries: BTreeMap<Arc<str>, Arc<Entry>>,
     revision: u64,
     history: VecDeque<Arc<Entry>>,
@@ -269,6 +274,8 @@ impl Hub {
                     scope: scope.clone(),
                     loaded: tokio::sync::OnceCell::new(),
                     state: Mutex::new(ViewState {
+                        loading: true,
+                        reread: false,
                         entries: BTreeMap::new(),
                         revision: 0,
                         history: VecDeque::new(),
@@ -282,30 +289,37 @@ impl Hub {
         view.loaded
             .get_or_try_init(|| async {
                 let loaded = self.loader.load_scope(scope).await?;
-                let mut st = lock(&view.state);
-                // Changes applied while loading are kept: merge by version.
-                let revision = st.revision + 1;
-                let mut merged = false;
-                for mut entry in loaded {
-                    if st
-                        .entries
-                        .get(&entry.key)
-                        .is_some_and(|cur| cur.version >= entry.version)
-                    {
-                        continue;
+                let mut again = {
+                    let mut st = lock(&view.state);
+                    // Changes applied while loading are kept: merge by version.
+                    let revision = st.revision + 1;
+                    let mut merged = false;
+                    for mut entry in loaded {
+                        if st
+                            .entries
+                            .get(&entry.key)
+                            .is_some_and(|cur| cur.version >= entry.version)
+                        {
+                            continue;
+                        }
+                        entry.revision = revision;
+                        let entry = Arc::new(entry.without_secret());
+                        st.entries.insert(entry.key.clone(), entry);
+                        merged = true;
                     }
-                    entry.revision = revision;
-                    let entry = Arc::new(entry.without_secret());
-                    st.entries.insert(entry.key.clone(), entry);
-                    merged = true;
+                    if merged {
+                        st.revision = revision;
+                    }
+                    finish_load(&view, &mut st)
+                };
+                // A source saw a change it could not apply while the load was in
+                // flight: the load may predate it, so read again.
+                while let Some(before) = again {
+                    let fresh = self.loader.load_scope(scope).await?;
+                    let mut st = lock(&view.state);
+                    self.merge_fresh(&view, &mut st, fresh, before);
+                    again = finish_load(&view, &mut st);
                 }
-                if merged {
-                    st.revision = revision;
-                }
-                // Nobody can hold a token from before the load.
-                st.history.clear();
-                st.history_floor = st.revision;
-                view.published.store(st.revision, Ordering::Release);
                 Ok::<(), StoreError>(())
             })
             .await?;
@@ -324,9 +338,15 @@ impl Hub {
     /// Deletes a key that a source reports gone without a version (a Parameter
     /// Store delete, a reconciliation that no longer finds it): a tombstone one
     /// version above the live entry. `None` if the key is not live in a loaded view.
+    /// While the scope's first load is in flight, the load is made to read again
+    /// instead (it may have read the key before it went).
     pub fn remove_if_live(&self, scope: &Scope, key: &str) -> Option<Arc<Entry>> {
         let view = self.views.get(scope)?.clone();
         let mut st = lock(&view.state);
+        if st.loading {
+            st.reread = true;
+            return None;
+        }
         let current = st.entries.get(key).filter(|e| !e.deleted)?;
         let tombstone = Entry::tombstone(key, current.version + 1, now_millis());
         self.apply_locked(&view, &mut st, tombstone)
@@ -350,13 +370,16 @@ impl Hub {
             .is_some_and(|v| v.loaded.initialized())
     }
 
-    /// The scopes loaded now.
+    /// Whether the scope is loaded or being loaded: a source's change to it must be
+    /// brought in ([`Hub::apply`] merges into a load in flight).
+    pub fn has_view(&self, scope: &Scope) -> bool {
+        self.views.contains_key(scope)
+    }
+
+    /// The scopes loaded or being loaded now: what a gap or reconciliation must
+    /// [`Hub::resync`] (a load in flight then reads again before it ends).
     pub fn loaded_scopes(&self) -> Vec<Scope> {
-        self.views
-            .iter()
-            .filter(|v| v.loaded.initialized())
-            .map(|v| v.key().clone())
-            .collect()
+        self.views.iter().map(|v| v.key().clone()).collect()
     }
 
     /// Re-reads a loaded scope from the sources and applies what differs: newer
@@ -367,13 +390,30 @@ impl Hub {
         let Some(view) = self.views.get(scope).map(|v| v.clone()) else {
             return Ok(Resync::default());
         };
-        if !view.loaded.initialized() {
-            return Ok(Resync::default());
-        }
-        let before = lock(&view.state).revision;
+        let before = {
+            let mut st = lock(&view.state);
+            if st.loading {
+                // The load in flight may predate what made the caller resync.
+                st.reread = true;
+                return Ok(Resync::default());
+            }
+            st.revision
+        };
         let fresh = self.loader.load_scope(scope).await?;
-        let mut report = Resync::default();
         let mut st = lock(&view.state);
+        Ok(self.merge_fresh(&view, &mut st, fresh, before))
+    }
+
+    /// Applies a fresh read of a scope's sources begun at revision `before`: newer
+    /// versions, and tombstones for keys the sources no longer have.
+    fn merge_fresh(
+        &self,
+        view: &ScopeView,
+        st: &mut ViewState,
+        fresh: Vec<Entry>,
+        before: u64,
+    ) -> Resync {
+        let mut report = Resync::default();
         let mut present = std::collections::HashSet::with_capacity(fresh.len());
         for entry in fresh {
             present.insert(entry.key.clone());
@@ -387,7 +427,7 @@ impl Hub {
                     .push((entry.key.to_string(), entry.version, held.version));
                 continue;
             }
-            if self.apply_locked(&view, &mut st, entry).is_some() {
+            if self.apply_locked(view, st, entry).is_some() {
                 report.applied += 1;
             }
         }
@@ -400,11 +440,11 @@ impl Hub {
             .collect();
         for (key, version) in gone {
             let tombstone = Entry::tombstone(&key, version + 1, now_millis());
-            if self.apply_locked(&view, &mut st, tombstone).is_some() {
+            if self.apply_locked(view, st, tombstone).is_some() {
                 report.applied += 1;
             }
         }
-        Ok(report)
+        report
     }
 
     fn apply_locked(
@@ -563,6 +603,20 @@ impl Hub {
         }
         out
     }
+}
+
+/// Ends a first load, or, when a source asked for it meanwhile, returns the revision
+/// from which to read the sources again.
+fn finish_load(view: &ScopeView, st: &mut ViewState) -> Option<u64> {
+    if std::mem::take(&mut st.reread) {
+        return Some(st.revision);
+    }
+    st.loading = false;
+    // Nobody can hold a token from before the load.
+    st.history.clear();
+    st.history_floor = st.revision;
+    view.published.store(st.revision, Ordering::Release);
+    None
 }
 
 impl ViewState {
@@ -860,6 +914,91 @@ mod tests {
         );
         let removed = hub.remove_if_live(&scope, "tenant_config_c");
         assert!(removed.is_some_and(|r| r.deleted && r.version == 2));
+        Ok(())
+    }
+
+    /// A source whose first read is held until the test releases it, and then returns
+    /// what the source held when the read began: a load slower than the changes.
+    struct SlowFirstRead {
+        now: Mutex<Vec<Entry>>,
+        first: Mutex<Option<(Vec<Entry>, tokio::sync::oneshot::Receiver<()>)>>,
+        reads: AtomicU64,
+    }
+
+    #[async_trait]
+    impl ScopeLoader for SlowFirstRead {
+        async fn load_scope(&self, _: &Scope) -> Result<Vec<Entry>, StoreError> {
+            self.reads.fetch_add(1, Ordering::Relaxed);
+            let first = lock(&self.first).take();
+            if let Some((stale, release)) = first {
+                let _ = release.await;
+                return Ok(stale);
+            }
+            Ok(lock(&self.now).clone())
+        }
+    }
+
+    #[tokio::test]
+    async fn changes_during_the_first_load_are_neither_lost_nor_undone() -> Result<(), StoreError> {
+        let scope = Scope::tenant("t").map_err(|e| StoreError::Internal(e.to_string()))?;
+        let before = vec![e("tenant_config_a", 1, "1"), e("tenant_config_b", 1, "1")];
+        let (release, held) = tokio::sync::oneshot::channel();
+        let source = Arc::new(SlowFirstRead {
+            now: Mutex::new(before.clone()),
+            first: Mutex::new(Some((before, held))),
+            reads: AtomicU64::new(0),
+        });
+        let hub = Arc::new(Hub::new(source.clone(), HubConfig { history_limit: 8 }));
+        let loading = tokio::spawn({
+            let (hub, scope) = (hub.clone(), scope.clone());
+            async move {
+                hub.subscribe(&scope, PrefixSet::everything(), None, &HashMap::new())
+                    .await
+                    .map(|sub| summary(&sub.initial))
+            }
+        });
+        while source.reads.load(Ordering::Relaxed) == 0 {
+            tokio::task::yield_now().await;
+        }
+        // While the read is out: `a` changes with a version, `b` goes without one.
+        assert!(hub.has_view(&scope) && !hub.is_loaded(&scope));
+        *lock(&source.now) = vec![e("tenant_config_a", 2, "2")];
+        assert!(hub.apply(&scope, e("tenant_config_a", 2, "2")).is_some());
+        assert!(hub.remove_if_live(&scope, "tenant_config_b").is_none());
+        let _ = release.send(());
+        let initial = loading
+            .await
+            .map_err(|e| StoreError::Internal(e.to_string()))??;
+        assert_eq!(initial, [("tenant_config_a".into(), 2)]);
+        assert_eq!(source.reads.load(Ordering::Relaxed), 2, "read again once");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_resync_asked_during_the_first_load_makes_it_read_again() -> Result<(), StoreError> {
+        let scope = Scope::tenant("t").map_err(|e| StoreError::Internal(e.to_string()))?;
+        let (release, held) = tokio::sync::oneshot::channel();
+        let source = Arc::new(SlowFirstRead {
+            now: Mutex::new(vec![e("tenant_config_new", 1, "1")]),
+            first: Mutex::new(Some((vec![], held))),
+            reads: AtomicU64::new(0),
+        });
+        let hub = Arc::new(Hub::new(source.clone(), HubConfig { history_limit: 8 }));
+        let loading = tokio::spawn({
+            let (hub, scope) = (hub.clone(), scope.clone());
+            async move { hub.view(&scope).await.map(|_| ()) }
+        });
+        while source.reads.load(Ordering::Relaxed) == 0 {
+            tokio::task::yield_now().await;
+        }
+        // A stream gap while the scope loads: the loading scope is listed and marked.
+        assert_eq!(hub.loaded_scopes(), std::slice::from_ref(&scope));
+        assert_eq!(hub.resync(&scope).await?, Resync::default());
+        let _ = release.send(());
+        loading
+            .await
+            .map_err(|e| StoreError::Internal(e.to_string()))??;
+        assert!(hub.held(&scope, "tenant_config_new").is_some());
         Ok(())
     }
 

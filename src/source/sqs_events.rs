@@ -7,9 +7,10 @@
 //! [`SsmBackend::read`]) and the entry applied by its version; a parameter that is gone
 //! becomes a tombstone. Reading the current state each time makes duplicates,
 //! reordering and operations of any kind (`LabelParameterVersion` too) harmless. Only
-//! scopes the hub has loaded are updated: for the others there is nothing to update,
-//! their first load reads fresh state. A change that lands while a scope's first load
-//! is in flight may be missed by both; periodic reconciliation repairs it.
+//! scopes the hub has loaded, or is loading, are updated: for the others there is
+//! nothing to update, their first load reads fresh state. A change that lands while a
+//! scope's first load is in flight is merged into it by version, and a removal makes
+//! the load read again, so neither is missed.
 //!
 //! Boundary: SQS and the event format stay in this module; the hub sees entries.
 //!
@@ -326,7 +327,7 @@ async fn handle(ctx: &SourceContext, backend: &SsmBackend, body: Option<&str>) -
         return Outcome::OutsideRoot(change.name);
     }
     for target in targets {
-        if !ctx.hub.is_loaded(&target.scope) {
+        if !ctx.hub.has_view(&target.scope) {
             continue;
         }
         match backend.read(&target.scope, &target.key, false).await {
