@@ -566,12 +566,27 @@ impl<S: StreamApi, V: VersionWriter> Reader<S, V> {
         &self.ctx.hub
     }
 
+    /// A gap that may hide changes: worth a warning.
     fn gap(&mut self, shard: &str, reason: &str) {
         tracing::warn!(
             shard,
             reason,
             "stream gap: the loaded tenants are reloaded from the table"
         );
+        self.mark_gap();
+    }
+
+    /// The gap every start has (reading from LATEST): expected, so only noted.
+    fn start_gap(&mut self, shard: &str, reason: &str) {
+        tracing::info!(
+            shard,
+            reason,
+            "stream start: the loaded tenants are reloaded from the table"
+        );
+        self.mark_gap();
+    }
+
+    fn mark_gap(&mut self) {
         if !self.gap_pending {
             self.gap_pending = true;
             SourceCounters::add(&self.ctx.counters.stream_gaps, 1);
@@ -673,7 +688,7 @@ impl<S: StreamApi, V: VersionWriter> Reader<S, V> {
         }
         if first {
             self.listed = true;
-            self.gap(
+            self.start_gap(
                 "(all)",
                 "first start: changes before it are not in the stream's view",
             );
@@ -704,7 +719,7 @@ impl<S: StreamApi, V: VersionWriter> Reader<S, V> {
         match self.api.iterator(id, &start).await {
             Ok(iterator) => {
                 if start == IteratorStart::Latest {
-                    self.gap(id, "reading from LATEST");
+                    self.start_gap(id, "reading from LATEST");
                 }
                 if let Some(shard) = self.shards.get_mut(id) {
                     shard.iterator = Some((iterator, Instant::now()));
