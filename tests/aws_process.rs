@@ -8,10 +8,9 @@
 mod common;
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -30,14 +29,12 @@ use tokio::time::Instant;
 const BIN: &str = env!("CARGO_BIN_EXE_configwatch");
 const TENANT: &str = "acme";
 
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-}
+struct Server;
 
 impl Server {
-    fn start(dir: &Path, moto: &Moto, res: &Resources) -> Server {
-        let mut child = Command::new(BIN)
+    fn start(dir: &Path, moto: &Moto, res: &Resources) -> ServerProcess {
+        let mut command = Command::new(BIN);
+        command
             .args(["serve", "--backend", "aws", "--listen", "127.0.0.1:0"])
             .arg("--data-dir")
             .arg(dir)
@@ -53,33 +50,8 @@ impl Server {
             .env("AWS_ACCESS_KEY_ID", "test")
             .env("AWS_SECRET_ACCESS_KEY", "test")
             .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env("CONFIGWATCH_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start configwatch");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).expect("read");
-        let addr = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .parse()
-            .expect("address");
-        Server { child, addr }
-    }
-
-    fn kill9(mut self) {
-        self.child.kill().expect("SIGKILL");
-        self.child.wait().expect("reap");
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+            .env("CONFIGWATCH_LOG", "warn");
+        ServerProcess::spawn(command)
     }
 }
 

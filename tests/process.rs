@@ -6,9 +6,8 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 use common::*;
 use configwatch::auth::Role;
@@ -18,43 +17,16 @@ use configwatch::proto;
 
 const BIN: &str = env!("CARGO_BIN_EXE_configwatch");
 
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-}
+struct Server;
 
 impl Server {
-    fn start(dir: &Path) -> Server {
-        let mut child = Command::new(BIN)
+    fn start(dir: &Path) -> ServerProcess {
+        let mut command = Command::new(BIN);
+        command
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(dir)
-            .env("CONFIGWATCH_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start configwatch");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).expect("read");
-        let addr = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .parse()
-            .expect("address");
-        Server { child, addr }
-    }
-
-    fn kill9(mut self) {
-        self.child.kill().expect("SIGKILL");
-        self.child.wait().expect("reap");
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+            .env("CONFIGWATCH_LOG", "warn");
+        ServerProcess::spawn(command)
     }
 }
 
@@ -119,7 +91,7 @@ async fn acknowledged_writes_survive_kill_9() {
     assert_eq!(e.version, 3);
 }
 
-fn cli(args: &[&str], server: &Server, token: &str) -> std::process::Output {
+fn cli(args: &[&str], server: &ServerProcess, token: &str) -> std::process::Output {
     Command::new(BIN)
         .args(args)
         .env("CONFIGWATCH_SERVER", format!("http://{}", server.addr))
@@ -237,24 +209,14 @@ async fn tokens_and_secret_values_never_reach_the_logs() {
     let dir = tempfile::tempdir().unwrap();
     let log_path = dir.path().join("server.log");
     let log = std::fs::File::create(&log_path).unwrap();
-    let mut child = Command::new(BIN)
+    let mut command = Command::new(BIN);
+    command
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir.path())
         .env("CONFIGWATCH_LOG", "trace")
-        .stdout(Stdio::piped())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr: SocketAddr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap()
-        .parse()
-        .unwrap();
+        .stderr(log);
+    let server = ServerProcess::spawn(command);
+    let addr = server.addr;
 
     let good = token(dir.path(), "acme", Role::Writer);
     let mut c = connect(addr, Some(&good)).await;
@@ -276,8 +238,7 @@ async fn tokens_and_secret_values_never_reach_the_logs() {
     let mut garbage = connect(addr, Some("not.a.jwt")).await;
     garbage.get(proto::GetRequest::default()).await.unwrap_err();
     drop((w, c, bad, garbage));
-    child.kill().unwrap();
-    child.wait().unwrap();
+    server.kill9();
 
     let logged = std::fs::read_to_string(&log_path).unwrap();
     assert!(logged.len() > 1_000, "trace logging produced output");

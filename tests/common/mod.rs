@@ -284,3 +284,46 @@ pub fn apply(cache: &mut HashMap<String, (u64, String)>, changes: &[proto::Entry
         }
     }
 }
+
+/// A `configwatch` process started by a test: `kill -9` it, or it is killed when
+/// dropped.
+pub struct ServerProcess {
+    child: std::process::Child,
+    pub addr: SocketAddr,
+}
+
+impl ServerProcess {
+    /// Runs `command` (a `configwatch serve ... --listen 127.0.0.1:0`; its stderr as
+    /// the command sets it) and waits for the `listening on ADDR` line it prints first.
+    pub fn spawn(mut command: std::process::Command) -> ServerProcess {
+        use std::io::BufRead;
+        let mut child = command
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("start configwatch");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read");
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .parse()
+            .expect("address");
+        ServerProcess { child, addr }
+    }
+
+    pub fn kill9(mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reap");
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
