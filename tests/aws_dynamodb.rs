@@ -531,5 +531,8 @@ async fn malformed_items_are_skipped_by_load_and_stream_alike() {
         )
     );
     assert!(!env.task.is_finished());
+    // Each was counted (the first round too, if the reader was already reading).
+    let skipped = read(&env.counters.stream_records_skipped);
+    assert!(skipped >= malformed.len() as u64, "counted {skipped}");
     env.stop().await;
 }

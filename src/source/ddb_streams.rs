@@ -814,6 +814,7 @@ impl<S: StreamApi, V: VersionWriter> Reader<S, V> {
                         sequence = %record.sequence,
                         "skipping a record without a new image: the stream must be NEW_AND_OLD_IMAGES"
                     );
+                    SourceCounters::add(&self.ctx.counters.stream_records_skipped, 1);
                     return true;
                 };
                 match parse_item(image) {
@@ -826,6 +827,7 @@ impl<S: StreamApi, V: VersionWriter> Reader<S, V> {
                             error = %e,
                             "skipping a stream record that is not valid configuration"
                         );
+                        SourceCounters::add(&self.ctx.counters.stream_records_skipped, 1);
                         true
                     }
                 }
@@ -843,6 +845,7 @@ impl<S: StreamApi, V: VersionWriter> Reader<S, V> {
             Ok(found) => found,
             Err(e) => {
                 tracing::warn!(sequence = %record.sequence, error = %e, "skipping a REMOVE record that names no configuration key");
+                SourceCounters::add(&self.ctx.counters.stream_records_skipped, 1);
                 return;
             }
         };

@@ -26,6 +26,9 @@ pub struct SourceCounters {
     pub stream_records_applied: AtomicU64,
     /// DynamoDB stream records read (applied or not).
     pub stream_records_read: AtomicU64,
+    /// DynamoDB stream records skipped as not configuration (no new image, an item
+    /// that names no valid tenant and key, or with attributes of the wrong types).
+    pub stream_records_skipped: AtomicU64,
     /// Stream gaps (first start, trimmed data, lost iterators) that made the loaded
     /// tenants reload from the table.
     pub stream_gaps: AtomicU64,
