@@ -82,6 +82,10 @@ pub struct ScopeView {
     /// The revision whose fan-out is complete; read without the lock by idle
     /// watchers to build progress messages.
     published: AtomicU64,
+    /// The last resume token encoded: every watcher with the same prefixes gets
+    /// the same token for the same change, so it is encoded once per change, not
+    /// once per watcher.
+    last_token: Mutex<Option<(ResumeToken, String)>>,
 }
 
 struct ViewState {
@@ -283,6 +287,7 @@ impl Hub {
                         watchers: Vec::new(),
                     }),
                     published: AtomicU64::new(0),
+                    last_token: Mutex::new(None),
                 })
             })
             .clone();
@@ -724,11 +729,18 @@ impl WatchHandle {
 
     /// The resume token for `revision` of this watch.
     pub fn token_at(&self, revision: u64) -> String {
-        ResumeToken {
+        let token = ResumeToken {
             revision,
             ..self.token_base
+        };
+        if let Some((cached, text)) = &*lock(&self.view.last_token)
+            && *cached == token
+        {
+            return text.clone();
         }
-        .encode()
+        let text = token.encode();
+        *lock(&self.view.last_token) = Some((token, text.clone()));
+        text
     }
 
     pub fn scope(&self) -> &Scope {

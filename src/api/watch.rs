@@ -4,10 +4,16 @@
 //! The stream is polled by the connection's own task; it spawns nothing. It wakes on
 //! a new change (the hub's waker), on its progress timer, on its token's expiry and
 //! on server shutdown.
+//!
+//! The delivery path is kept to what each message needs: shutdown and expiry are
+//! checked by a flag and a timer state, and the timers and the shutdown future are
+//! polled (registering the task's waker) only when the stream has nothing to send
+//! and the task's waker changed. The progress timer is not reset per message: it
+//! remembers when the last message went out and, when it fires early, moves itself.
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, SystemTime};
 
 use futures_util::Stream;
@@ -30,8 +36,14 @@ pub struct WatchStream {
     max_bytes: usize,
     progress_interval: Duration,
     progress: Pin<Box<Sleep>>,
+    /// When the last message went out: progress is due a jittered interval later.
+    last_sent: Instant,
     expiry: Option<Pin<Box<Sleep>>>,
+    cancel: CancellationToken,
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// The waker that the timers and the shutdown future were last polled with;
+    /// while the task polls with the same one they need no new registration.
+    registered: Option<Waker>,
     done: bool,
 }
 
@@ -66,15 +78,24 @@ impl WatchStream {
             max_bytes: settings.max_batch_bytes,
             progress_interval: settings.progress_interval,
             progress: Box::pin(tokio::time::sleep(jittered(settings.progress_interval))),
+            last_sent: Instant::now(),
             expiry,
+            cancel: shutdown.clone(),
             shutdown: Box::pin(shutdown.cancelled_owned()),
+            registered: None,
             done: false,
         }
     }
 
-    fn rearm_progress(&mut self) {
-        let next = Instant::now() + jittered(self.progress_interval);
-        self.progress.as_mut().reset(next);
+    /// A message goes out: progress is due an interval after it.
+    fn sent(&mut self) {
+        self.last_sent = Instant::now();
+    }
+
+    /// Sets the progress timer to `at` and registers the task with it.
+    fn arm_progress(&mut self, at: Instant, cx: &mut Context<'_>) {
+        self.progress.as_mut().reset(at);
+        let _ = self.progress.as_mut().poll(cx);
     }
 
     /// The next chunk of the initial state; the last one carries the complete marker.
@@ -130,33 +151,60 @@ impl Stream for WatchStream {
         if this.done {
             return Poll::Ready(None);
         }
-        if this.shutdown.as_mut().poll(cx).is_ready() {
-            return this.end(Status::unavailable(
-                "server is shutting down; reconnect and resume with your last resume_token",
-            ));
+        // A flag and a timer state: no registration on the delivery path.
+        if this.cancel.is_cancelled() {
+            return this.end(shutting_down());
         }
-        if let Some(expiry) = this.expiry.as_mut()
-            && expiry.as_mut().poll(cx).is_ready()
+        // By the clock, not the timer's state: a stream that never idles has never
+        // registered its timer.
+        if this
+            .expiry
+            .as_ref()
+            .is_some_and(|e| e.deadline() <= Instant::now())
         {
-            return this.end(Status::unauthenticated(
-                "token expired; reconnect with a fresh token and resume with your last resume_token",
-            ));
+            return this.end(token_expired());
         }
         if let Some(msg) = this.next_initial() {
-            this.rearm_progress();
+            this.sent();
             return Poll::Ready(Some(Ok(msg)));
         }
         if let Poll::Ready(batch) = this
             .handle
             .poll_changes(cx, this.max_entries, this.max_bytes)
         {
-            this.rearm_progress();
+            this.sent();
             return Poll::Ready(Some(Ok(this.delta(batch))));
         }
-        if this.progress.as_mut().poll(cx).is_ready() {
-            this.rearm_progress();
+        // Nothing to send. The hub holds this task's waker now; make sure the
+        // shutdown future and the timers do too.
+        if !this
+            .registered
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            if this.shutdown.as_mut().poll(cx).is_ready() {
+                return this.end(shutting_down());
+            }
+            if let Some(expiry) = this.expiry.as_mut()
+                && expiry.as_mut().poll(cx).is_ready()
+            {
+                return this.end(token_expired());
+            }
+            let _ = this.progress.as_mut().poll(cx);
+            this.registered = Some(cx.waker().clone());
+        }
+        if this.progress.is_elapsed() {
+            let due = this.last_sent + jittered(this.progress_interval);
+            let now = Instant::now();
+            if due > now {
+                // Messages went out since the timer was set: not idle yet.
+                this.arm_progress(due, cx);
+                return Poll::Pending;
+            }
+            this.arm_progress(now + jittered(this.progress_interval), cx);
             match this.handle.idle_revision() {
                 Some(revision) => {
+                    this.sent();
                     return Poll::Ready(Some(Ok(proto::WatchResponse {
                         kind: Kind::Progress as i32,
                         initial_mode: ProtoMode::Unspecified as i32,
@@ -172,13 +220,22 @@ impl Stream for WatchStream {
                         this.handle
                             .poll_changes(cx, this.max_entries, this.max_bytes)
                     {
+                        this.sent();
                         return Poll::Ready(Some(Ok(this.delta(batch))));
                     }
-                    // Register the re-armed timer with this task.
-                    let _ = this.progress.as_mut().poll(cx);
                 }
             }
         }
         Poll::Pending
     }
+}
+
+fn shutting_down() -> Status {
+    Status::unavailable("server is shutting down; reconnect and resume with your last resume_token")
+}
+
+fn token_expired() -> Status {
+    Status::unauthenticated(
+        "token expired; reconnect with a fresh token and resume with your last resume_token",
+    )
 }
