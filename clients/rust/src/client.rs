@@ -386,7 +386,7 @@ impl ClientBuilder {
             tenant: self.tenant,
             prefixes,
             tokens: self.tokens,
-            channel,
+            channel: Mutex::new(channel),
             opts: Options {
                 backoff: self.backoff,
                 stale_after: self.stale_after,
@@ -774,7 +774,8 @@ pub(crate) struct Shared {
     pub tenant: String,
     pub prefixes: Vec<String>,
     pub tokens: Arc<dyn TokenSource>,
-    pub channel: Channel,
+    /// Replaced by [`Shared::renew_channel`] when a stream went silent.
+    channel: Mutex<Channel>,
     pub opts: Options,
     data: RwLock<Data>,
     live: Mutex<Live>,
@@ -886,7 +887,24 @@ impl Shared {
     }
 
     pub fn rpc(&self) -> ConfigServiceClient<Channel> {
-        ConfigServiceClient::new(self.channel.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES)
+        let channel = self
+            .channel
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        ConfigServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
+    /// Drops the connection for a new one, made at the next call. For a stream that
+    /// went silent: its connection may be half-open (a dead peer, a NAT that forgot
+    /// the flow), and a new call on it would hang the same way until HTTP/2
+    /// keepalive gives up on it, 40 s later.
+    pub fn renew_channel(&self) {
+        match channel(&self.server) {
+            Ok(fresh) => *self.channel.lock().unwrap_or_else(|p| p.into_inner()) = fresh,
+            // Cannot happen: the same URL made the first channel.
+            Err(e) => tracing::warn!("cannot make a new channel: {e}"),
+        }
     }
 
     async fn get_once(&self, key: &str) -> Result<proto::GetResponse, Error> {

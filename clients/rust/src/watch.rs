@@ -176,14 +176,20 @@ async fn stream(
     request.metadata_mut().insert("authorization", header);
     let idle = shared.opts.idle_timeout;
     let mut rpc = shared.rpc();
+    // A silent stream may sit on a half-open connection: the next attempt gets a new
+    // one (a new call on the same connection would hang the same way).
     let mut stream = tokio::time::timeout(idle, rpc.watch(request))
         .await
-        .map_err(|_| Error::unavailable(format!("no answer to Watch within {idle:?}")))??
+        .map_err(|_| {
+            shared.renew_channel();
+            Error::unavailable(format!("no answer to Watch within {idle:?}"))
+        })??
         .into_inner();
     loop {
         let message = tokio::time::timeout(idle, stream.message())
             .await
             .map_err(|_| {
+                shared.renew_channel();
                 Error::unavailable(format!(
                     "nothing arrived from the server for {idle:?}; reconnecting"
                 ))

@@ -263,7 +263,11 @@ export class ConfigWatchClient extends EventEmitter<ClientEvents> implements Asy
   readonly prefixes: readonly string[];
 
   private readonly tokenSource: TokenSource;
-  private readonly rpc: ConfigServiceClient;
+  /** Replaced by {@link renewChannel} when the server went silent. */
+  private rpc: ConfigServiceClient;
+  private readonly newRpc: () => ConfigServiceClient;
+  /** When `rpc` was made. */
+  private rpcSince = Date.now();
   private readonly cache = new Cache();
   private readonly backoff: BackoffPolicy;
   private readonly staleAfterMs: number;
@@ -341,13 +345,19 @@ export class ConfigWatchClient extends EventEmitter<ClientEvents> implements Asy
       throw new ProtocolError(`cannot load the API definition shipped with @configwatch/client (reinstall it): ${String(e)}`);
     }
     const credentials = options.credentials ?? (tls ? grpc.credentials.createSsl() : grpc.credentials.createInsecure());
-    this.rpc = new Service(target, credentials, {
+    const channelOptions: grpc.ChannelOptions = {
       'grpc.initial_reconnect_backoff_ms': Math.max(1, Math.round(this.backoff.initialMs)),
       'grpc.max_reconnect_backoff_ms': Math.max(1, Math.round(this.backoff.maxMs)),
       'grpc.keepalive_time_ms': 30_000,
       'grpc.keepalive_timeout_ms': 10_000,
+      // A connection of this client's own (not shared through grpc-js's global pool),
+      // so that renewChannel() really gets a new one.
+      'grpc.use_local_subchannel_pool': 1,
       ...options.channelOptions,
-    });
+    };
+    const ServiceClient = Service;
+    this.newRpc = () => new ServiceClient(target, credentials, channelOptions);
+    this.rpc = this.newRpc();
 
     if (options.snapshotPath !== undefined) {
       if (typeof options.snapshotPath !== 'string' || options.snapshotPath === '') {
@@ -624,6 +634,15 @@ export class ConfigWatchClient extends EventEmitter<ClientEvents> implements Asy
         if (this.isClosed()) return;
         const { error, synced } = outcome;
         this.lastError = error;
+        if (error.code === 'UNAVAILABLE' && this.silentFor() >= this.idleTimeoutMs) {
+          // Nothing came over this channel for idleTimeoutMs: a silent stream, or
+          // attempts that keep failing. Its connection may be half-open (a dead peer,
+          // a NAT that forgot the flow; a new call on it would hang the same way), or
+          // accepted and then silent before HTTP/2 was set up (grpc-js then fails
+          // every call at once while it waits, with no deadline). The next attempt
+          // gets a new channel.
+          this.renewChannel();
+        }
         if (synced) {
           failures = 0;
           authRefusals = 0;
@@ -822,6 +841,20 @@ export class ConfigWatchClient extends EventEmitter<ClientEvents> implements Asy
         );
       });
     });
+  }
+
+  /** Replaces the channel (and its connection) with a new one. */
+  private renewChannel(): void {
+    if (this.isClosed()) return;
+    const old = this.rpc;
+    this.rpc = this.newRpc();
+    this.rpcSince = Date.now();
+    old.close();
+  }
+
+  /** How long since anything came from the server on the current channel, in ms. */
+  private silentFor(): number {
+    return Date.now() - Math.max(this.lastMessageAt?.getTime() ?? 0, this.rpcSince);
   }
 
   /** Takes the revision and (non-empty) resume token of a message. */
