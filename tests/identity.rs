@@ -729,3 +729,183 @@ async fn a_relay_reads_the_tenant_it_names_and_writes_nothing() {
     assert_eq!(err.code(), Code::PermissionDenied);
     server.stop().await;
 }
+
+/// A JWKS endpoint whose key set the test replaces (key rotation, a revoked key).
+async fn jwks_server_with_body(body: Arc<std::sync::Mutex<String>>) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "http://{}/.well-known/jwks.json",
+        listener.local_addr().unwrap()
+    );
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let body = body.lock().unwrap().clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut seen = Vec::new();
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = conn.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    url
+}
+
+fn jwks_rules() -> ClaimRules {
+    ClaimRules {
+        issuers: vec![ISSUER.into()],
+        audiences: vec![CLIENT.into()],
+        token_use: TokenUse::Id,
+        ..ClaimRules::default()
+    }
+}
+
+/// Verified tokens are cached by a digest of the whole token: a token that differs
+/// from a cached one in any way is verified in full, through the server and in the
+/// authenticator itself.
+#[tokio::test]
+async fn a_tampered_token_is_refused_while_its_valid_original_is_cached() {
+    let dir = tempfile::tempdir().unwrap();
+    let jwks = jwks_server(JWKS.into()).await;
+    let (server, keys) = jwks_server_with_rules(dir.path(), &jwks, TokenUse::Id).await;
+    let mut reader_claims = good_claims();
+    reader_claims["custom:role"] = json!("reader");
+    let valid = rs256(&reader_claims, KID);
+    let mut good = connect(server.addr, Some(&valid)).await;
+    for _ in 0..2 {
+        good.get(proto::GetRequest::default()).await.unwrap();
+    }
+    let auth = Authenticator::new(keys.clone(), jwks_rules());
+    auth.verify(&valid).await.unwrap();
+    assert_eq!(auth.cached_tokens(), 1, "the original is cached");
+
+    let parts: Vec<&str> = valid.split('.').collect();
+    let forge = |field: &str, value: Value| {
+        let mut c = reader_claims.clone();
+        c[field] = value;
+        format!(
+            "{}.{}.{}",
+            parts[0],
+            b64(c.to_string().as_bytes()),
+            parts[2]
+        )
+    };
+    let mut header: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(parts[0])
+            .unwrap(),
+    )
+    .unwrap();
+    header["typ"] = json!("at+jwt");
+    let signature = |f: &dyn Fn(&mut Vec<u8>)| {
+        let mut sig = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(parts[2])
+            .unwrap();
+        f(&mut sig);
+        format!("{}.{}.{}", parts[0], parts[1], b64(&sig))
+    };
+    // The same signature bytes, encoded with other (non-canonical) trailing bits.
+    let last = parts[2].chars().last().unwrap();
+    let alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let index = alphabet.find(last).unwrap();
+    let non_canonical = format!(
+        "{}.{}.{}{}",
+        parts[0],
+        parts[1],
+        &parts[2][..parts[2].len() - 1],
+        &alphabet[index ^ 1..(index ^ 1) + 1]
+    );
+    let cases: Vec<(&str, String)> = vec![
+        (
+            "tenant changed",
+            forge("custom:tenantId", json!("other-tenant")),
+        ),
+        ("role raised", forge("custom:role", json!("admin"))),
+        ("expiry extended", forge("exp", json!(now() + 86_400))),
+        (
+            "header changed",
+            format!(
+                "{}.{}.{}",
+                b64(header.to_string().as_bytes()),
+                parts[1],
+                parts[2]
+            ),
+        ),
+        ("signature bit flipped", signature(&|s| s[0] ^= 1)),
+        ("signature truncated", signature(&|s| s.truncate(255))),
+        ("signature non-canonical", non_canonical),
+        ("suffix", format!("{valid}.")),
+        ("signature dropped", format!("{}.{}.", parts[0], parts[1])),
+    ];
+    for (what, token) in &cases {
+        assert_ne!(token, &valid, "{what}");
+        assert!(auth.verify(token).await.is_err(), "{what}");
+        let mut c = connect(server.addr, Some(token)).await;
+        let err = c.get(proto::GetRequest::default()).await.expect_err(what);
+        assert_eq!(err.code(), Code::Unauthenticated, "{what}: {err:?}");
+        let err = c
+            .put(proto::PutRequest {
+                key: "tenant_config_plan".into(),
+                value: "\"forged\"".into(),
+                ..Default::default()
+            })
+            .await
+            .expect_err(what);
+        assert_eq!(err.code(), Code::Unauthenticated, "{what}: {err:?}");
+    }
+    assert_eq!(auth.cached_tokens(), 1, "no refusal was cached");
+    // The original still works, with its own role.
+    good.get(proto::GetRequest::default()).await.unwrap();
+    let err = good
+        .put(proto::PutRequest {
+            key: "tenant_config_plan".into(),
+            value: "1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    server.stop().await;
+}
+
+/// A key removed from the JWKS stops verifying tokens that were cached with it as
+/// soon as the key set is fetched again (a cached entry holds a weak reference to
+/// the key object, and every fetch replaces them).
+#[tokio::test]
+async fn a_key_dropped_from_the_jwks_stops_verifying_cached_tokens() {
+    let body = Arc::new(std::sync::Mutex::new(JWKS.to_owned()));
+    let url = jwks_server_with_body(body.clone()).await;
+    let mut settings = JwksSettings::new(url);
+    settings.min_refetch = Duration::ZERO;
+    let keys = JwksKeySource::start(settings, CancellationToken::new())
+        .await
+        .unwrap();
+    let auth = Authenticator::new(keys.clone(), jwks_rules());
+    let token = rs256(&good_claims(), KID);
+    auth.verify(&token).await.unwrap();
+    auth.verify(&token).await.unwrap();
+    assert_eq!(keys.fetch_count(), 1);
+    assert_eq!(auth.cached_tokens(), 1);
+
+    // The provider rotates: the same key material under a new kid only.
+    *body.lock().unwrap() = JWKS.replace(KID, "test-key-2");
+    // A token with the new kid makes the server fetch the set again.
+    auth.verify(&rs256(&good_claims(), "test-key-2"))
+        .await
+        .unwrap();
+    assert_eq!(keys.fetch_count(), 2);
+    let err = auth.verify(&token).await.unwrap_err();
+    assert!(
+        matches!(err, configwatch::auth::AuthError::UnknownKey(_)),
+        "{err:?}"
+    );
+}
