@@ -13,11 +13,10 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 use tower::{Layer, Service};
 
-use crate::api::{ConfigApi, Limits, WatchSettings};
+use crate::api::{ConfigApi, Limits, Shutdown, WatchSettings};
 use crate::auth::Authenticator;
 use crate::hub::Hub;
 use crate::proto::config_service_server::ConfigServiceServer;
@@ -59,7 +58,7 @@ pub async fn serve(
     app: App,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let stop = CancellationToken::new();
+    let stop = Shutdown::new();
     let api = ConfigApi::new(
         app.hub.clone(),
         app.router.clone(),
@@ -91,7 +90,7 @@ pub async fn serve(
         health_reporter
             .set_not_serving::<ConfigServiceServer<ConfigApi>>()
             .await;
-        stopping.cancel();
+        stopping.begin();
     });
 
     // Options on accepted sockets must be set here: the builder's only apply to
@@ -110,10 +109,10 @@ pub async fn serve(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(config)
-        .serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned());
+        .serve_with_incoming_shutdown(incoming, stop.token().clone().cancelled_owned());
 
     let drained = async {
-        stop.cancelled().await;
+        stop.token().cancelled().await;
         tokio::time::sleep(grace).await;
     };
     tokio::select! {

@@ -6,9 +6,9 @@
 //! on server shutdown.
 //!
 //! The delivery path is kept to what each message needs: shutdown and expiry are
-//! checked by a flag and a timer state, and the timers and the shutdown future are
-//! polled (registering the task's waker) only when the stream has nothing to send
-//! and the task's waker changed. The progress timer is not reset per message: it
+//! checked by an atomic flag ([`Shutdown::has_begun`], no lock) and the clock, and
+//! the timers and the shutdown future are polled (registering the task's waker)
+//! only when the stream has nothing to send and the task's waker changed. The progress timer is not reset per message: it
 //! remembers when the last message went out and, when it fires early, moves itself.
 
 use std::pin::Pin;
@@ -18,10 +18,10 @@ use std::time::{Duration, SystemTime};
 
 use futures_util::Stream;
 use tokio::time::{Instant, Sleep};
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tokio_util::sync::WaitForCancellationFutureOwned;
 use tonic::Status;
 
-use super::{WatchSettings, to_proto};
+use super::{Shutdown, WatchSettings, to_proto};
 use crate::hub::{InitialMode, Subscription, WatchHandle};
 use crate::model::Entry;
 use crate::proto::{self, watch_response::InitialMode as ProtoMode, watch_response::Kind};
@@ -39,7 +39,9 @@ pub struct WatchStream {
     /// When the last message went out: progress is due a jittered interval later.
     last_sent: Instant,
     expiry: Option<Pin<Box<Sleep>>>,
-    cancel: CancellationToken,
+    /// Checked before every message (an atomic load).
+    cancel: Shutdown,
+    /// Polled only when idle, to be woken when shutdown begins.
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
     /// The waker that the timers and the shutdown future were last polled with;
     /// while the task polls with the same one they need no new registration.
@@ -56,7 +58,7 @@ impl WatchStream {
         sub: Subscription,
         settings: &WatchSettings,
         expires_at: Option<SystemTime>,
-        shutdown: CancellationToken,
+        shutdown: &Shutdown,
     ) -> Self {
         let mode = match sub.mode {
             InitialMode::Full => ProtoMode::Full,
@@ -81,7 +83,7 @@ impl WatchStream {
             last_sent: Instant::now(),
             expiry,
             cancel: shutdown.clone(),
-            shutdown: Box::pin(shutdown.cancelled_owned()),
+            shutdown: Box::pin(shutdown.token().clone().cancelled_owned()),
             registered: None,
             done: false,
         }
@@ -151,8 +153,8 @@ impl Stream for WatchStream {
         if this.done {
             return Poll::Ready(None);
         }
-        // A flag and a timer state: no registration on the delivery path.
-        if this.cancel.is_cancelled() {
+        // An atomic flag and the clock: no lock, no registration on the delivery path.
+        if this.cancel.has_begun() {
             return this.end(shutting_down());
         }
         // By the clock, not the timer's state: a stream that never idles has never
