@@ -14,9 +14,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out.join("configwatch_descriptor.bin"),
         prost::Message::encode_to_vec(&fds),
     )?;
+    // Calls start with a small encode buffer (see src/api/codec.rs).
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
+        .codec_path("crate::api::codec::LeanCodec")
         .compile_fds(fds)?;
 
     let etcd = "proto/bench/etcd_v3_subset.proto";

@@ -522,3 +522,32 @@ async fn an_empty_watch_still_completes_its_initial_state() {
     assert!(msg.initial_complete && msg.changes.is_empty() && !msg.resume_token.is_empty());
     server.stop().await;
 }
+
+#[tokio::test]
+async fn values_at_the_size_limit_travel_whole_through_put_get_and_watch() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let mut c = server.client("acme", Role::Writer).await;
+    let mut w = watch(&mut c, watch_prefixes(&["tenant_config_"])).await;
+    initial(&mut w).await;
+    // Well above the first encode buffer (src/api/codec.rs), at the value limit.
+    let big = format!("\"{}\"", "x".repeat(400_000 - 2));
+    let small = "\"s\"".to_owned();
+    for value in [&small, &big, &small, &big] {
+        put(&mut c, "tenant_config_big", value).await;
+        let got = changes(&mut w, 1).await;
+        assert_eq!(got[0].value.len(), value.len());
+        assert_eq!(&got[0].value, value);
+    }
+    let got = c
+        .get(proto::GetRequest {
+            keys: vec!["tenant_config_big".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.entries[0].value, big);
+    assert_eq!(got.entries[0].version, 4);
+    server.stop().await;
+}

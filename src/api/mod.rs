@@ -4,6 +4,7 @@
 //! a tenant named in a request is only compared with it. Domain errors become
 //! statuses in [`status`].
 
+pub mod codec;
 pub mod status;
 mod watch;
 
