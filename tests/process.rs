@@ -202,6 +202,51 @@ fn bad_configuration_exits_64_before_binding() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(64));
+    // AWS settings: each refusal names the flag to fix.
+    for (args, names) in [
+        (&["--table", "t"][..], "--backend aws"),
+        (&["--backend", "aws"][..], "--table"),
+        (
+            &["--backend", "aws", "--table", "t", "--ssm-root", "/a/"][..],
+            "--ssm-root",
+        ),
+        (
+            &[
+                "--backend",
+                "aws",
+                "--table",
+                "t",
+                "--reconcile-interval",
+                "10ms",
+            ][..],
+            "--reconcile-interval",
+        ),
+        (
+            &[
+                "--backend",
+                "aws",
+                "--table",
+                "t",
+                "--stream-poll-interval",
+                "1ms",
+            ][..],
+            "--stream-poll-interval",
+        ),
+        (&["--backend", "dynamo"][..], "--backend"),
+    ] {
+        let out = Command::new(BIN)
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path())
+            .args(args)
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{args:?}: {stderr}");
+        assert!(stderr.contains(names), "{args:?}: {stderr}");
+        assert!(out.stdout.is_empty(), "{args:?} bound a port");
+    }
 }
 
 #[tokio::test]
