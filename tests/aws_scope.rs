@@ -26,6 +26,17 @@ fn keys_of(r: proto::GetResponse) -> Vec<String> {
     r.entries.into_iter().map(|e| e.key).collect()
 }
 
+/// The parameter at `{ROOT}/{path}`, which must exist.
+async fn parameter(ssm: &aws_sdk_ssm::Client, path: &str) -> aws_sdk_ssm::types::Parameter {
+    ssm.get_parameter()
+        .name(format!("{ROOT}/{path}"))
+        .send()
+        .await
+        .unwrap()
+        .parameter
+        .unwrap()
+}
+
 #[tokio::test]
 async fn service_tokens_stay_in_their_partition_and_subtree_and_tenants_never_meet() {
     let moto = Moto::start();
@@ -85,23 +96,9 @@ async fn service_tokens_stay_in_their_partition_and_subtree_and_tenants_never_me
         .item
         .expect("the service's item is in its own partition");
     assert_eq!(item["version"], AttributeValue::N("1".into()));
-    let p = ssm
-        .get_parameter()
-        .name(format!("{ROOT}/acme/orders/db/url"))
-        .send()
-        .await
-        .unwrap()
-        .parameter
-        .unwrap();
+    let p = parameter(&ssm, "acme/orders/db/url").await;
     assert_eq!(p.value(), Some("postgres://orders"));
-    let p = ssm
-        .get_parameter()
-        .name(format!("{ROOT}/globex/db/url"))
-        .send()
-        .await
-        .unwrap()
-        .parameter
-        .unwrap();
+    let p = parameter(&ssm, "globex/db/url").await;
     assert_eq!(p.value(), Some("postgres://globex"));
 
     // Who sees what.
@@ -169,14 +166,7 @@ async fn service_tokens_stay_in_their_partition_and_subtree_and_tenants_never_me
         .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
     // globex's parameter is untouched by everything above.
-    let p = ssm
-        .get_parameter()
-        .name(format!("{ROOT}/globex/db/url"))
-        .send()
-        .await
-        .unwrap()
-        .parameter
-        .unwrap();
+    let p = parameter(&ssm, "globex/db/url").await;
     assert_eq!(p.version, 1);
     server.stop().await;
 }
