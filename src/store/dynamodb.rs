@@ -50,7 +50,7 @@ use aws_smithy_types::date_time::{DateTime, Format};
 use base64::Engine as _;
 use serde_json::Value;
 
-use super::{Backend, StoreError, Write};
+use super::{Backend, StoreError, Write, check_expected, live_version};
 use crate::keys::{self, TENANT_CONFIG};
 use crate::model::{Entry, Millis, Scope};
 
@@ -648,19 +648,7 @@ impl Backend for DynamoBackend {
                 None => None,
                 Some(item) => Some(to_entry(scope, key, &item)?),
             };
-            let live_version = current
-                .as_ref()
-                .filter(|e| !e.deleted)
-                .map_or(0, |e| e.version);
-            if let Some(expected) = expected
-                && expected != live_version
-            {
-                return Err(StoreError::Conflict {
-                    key: key.to_owned(),
-                    expected,
-                    current: live_version,
-                });
-            }
+            check_expected(key, expected, live_version(current.as_ref()))?;
             if config.is_none() && current.as_ref().is_none_or(|e| e.deleted) {
                 return Err(StoreError::NotFound(key.to_owned()));
             }

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::{Backend, StoreError, Write};
+use super::{Backend, StoreError, Write, check_expected, live_version};
 use crate::model::{Entry, Millis, Scope, now_millis};
 
 const ENTRIES: TableDefinition<(&str, &str, &str), &[u8]> = TableDefinition::new("entries");
@@ -222,19 +222,7 @@ impl Backend for EmbeddedStore {
                     None => None,
                 };
                 let last_version = current.as_ref().map_or(0, |e| e.version);
-                let live_version = current
-                    .as_ref()
-                    .filter(|e| !e.deleted)
-                    .map_or(0, |e| e.version);
-                if let Some(expected) = expected
-                    && expected != live_version
-                {
-                    return Err(StoreError::Conflict {
-                        key,
-                        expected,
-                        current: live_version,
-                    });
-                }
+                let live_version = check_expected(&key, expected, live_version(current.as_ref()))?;
                 let now = now_millis();
                 let (entry, value) = match write {
                     Write::Put { value, secret } => {

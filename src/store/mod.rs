@@ -39,6 +39,29 @@ pub enum StoreError {
     Internal(String),
 }
 
+/// The compare-and-set rule every backend applies: with `expected` set, the key's
+/// live version (0 when it is missing or deleted) must equal it. Returns the live
+/// version.
+pub fn check_expected(
+    key: &str,
+    expected: Option<u64>,
+    live_version: u64,
+) -> Result<u64, StoreError> {
+    match expected {
+        Some(expected) if expected != live_version => Err(StoreError::Conflict {
+            key: key.to_owned(),
+            expected,
+            current: live_version,
+        }),
+        _ => Ok(live_version),
+    }
+}
+
+/// The version a key's current state counts as for [`check_expected`].
+pub fn live_version(current: Option<&Entry>) -> u64 {
+    current.filter(|e| !e.deleted).map_or(0, |e| e.version)
+}
+
 /// A write to apply: a new value, or a delete.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Write {

@@ -52,7 +52,7 @@ use aws_sdk_ssm::operation::put_parameter::PutParameterError;
 use aws_sdk_ssm::types::{Parameter, ParameterTier, ParameterType};
 use serde_json::Value;
 
-use super::{Backend, StoreError, Write};
+use super::{Backend, StoreError, Write, check_expected};
 use crate::backoff::Backoff;
 use crate::keys::{self, PARAM_CONFIG};
 use crate::model::{Entry, Scope, now_millis};
@@ -190,14 +190,7 @@ impl SsmBackend {
             // Overwrite=false: Parameter Store refuses atomically if it exists.
             Some(0) => false,
             Some(expected) => {
-                let current = self.current_version(name).await?;
-                if current != expected {
-                    return Err(StoreError::Conflict {
-                        key: key.to_owned(),
-                        expected,
-                        current,
-                    });
-                }
+                check_expected(key, Some(expected), self.current_version(name).await?)?;
                 // No conditional write exists: another writer may change the parameter
                 // between the check above and the write below, and is then
                 // overwritten (see the module documentation).
@@ -253,16 +246,7 @@ impl SsmBackend {
         let Some(current) = self.get(name, false).await? else {
             return Err(StoreError::NotFound(key.to_owned()));
         };
-        let current = parameter_version(name, &current)?;
-        if let Some(expected) = expected
-            && expected != current
-        {
-            return Err(StoreError::Conflict {
-                key: key.to_owned(),
-                expected,
-                current,
-            });
-        }
+        let current = check_expected(key, expected, parameter_version(name, &current)?)?;
         // As for Put: no conditional delete exists, the check above is best effort.
         match self.client.delete_parameter().name(name).send().await {
             Ok(_) => Ok(Entry::tombstone(key, current + 1, now_millis())),
