@@ -427,7 +427,7 @@ impl Hub {
 
     /// The scopes loaded or being loaded now: what a gap or reconciliation must
     /// [`Hub::resync`] (a load in flight then reads again before it ends).
-    pub fn loaded_scopes(&self) -> Vec<Scope> {
+    pub fn scopes(&self) -> Vec<Scope> {
         self.views.iter().map(|v| v.key().clone()).collect()
     }
 
@@ -776,14 +776,15 @@ impl WatchHandle {
             revision,
             ..self.token_base
         };
-        if let Some((cached, text)) = &*lock(&self.view.last_token)
-            && *cached == token
-        {
-            return text.clone();
+        let mut last = lock(&self.view.last_token);
+        match &*last {
+            Some((cached, text)) if *cached == token => text.clone(),
+            _ => {
+                let text = token.encode();
+                *last = Some((token, text.clone()));
+                text
+            }
         }
-        let text = token.encode();
-        *lock(&self.view.last_token) = Some((token, text.clone()));
-        text
     }
 
     pub fn scope(&self) -> &Scope {
@@ -962,7 +963,7 @@ mod tests {
         );
         // Nothing drifted since: a second pass applies nothing.
         assert_eq!(hub.resync(&scope).await?.applied, 0);
-        assert_eq!(hub.loaded_scopes(), std::slice::from_ref(&scope));
+        assert_eq!(hub.scopes(), std::slice::from_ref(&scope));
         assert!(
             hub.remove_if_live(&scope, "tenant_config_b").is_none(),
             "already gone"
@@ -1047,7 +1048,7 @@ mod tests {
             tokio::task::yield_now().await;
         }
         // A stream gap while the scope loads: the loading scope is listed and marked.
-        assert_eq!(hub.loaded_scopes(), std::slice::from_ref(&scope));
+        assert_eq!(hub.scopes(), std::slice::from_ref(&scope));
         assert_eq!(hub.resync(&scope).await?, Resync::default());
         let _ = release.send(());
         loading

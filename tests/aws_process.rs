@@ -29,30 +29,27 @@ use tokio::time::Instant;
 const BIN: &str = env!("CARGO_BIN_EXE_configwatch");
 const TENANT: &str = "acme";
 
-struct Server;
-
-impl Server {
-    fn start(dir: &Path, moto: &Moto, res: &Resources) -> ServerProcess {
-        let mut command = Command::new(BIN);
-        command
-            .args(["serve", "--backend", "aws", "--listen", "127.0.0.1:0"])
-            .arg("--data-dir")
-            .arg(dir)
-            .args(["--table", &res.table, "--queue-url", &res.queue_url])
-            .args(["--ssm-root", ROOT, "--region", REGION])
-            .args([
-                "--reconcile-interval",
-                "3s",
-                "--stream-poll-interval",
-                "100ms",
-            ])
-            .env("AWS_ENDPOINT_URL", &moto.endpoint)
-            .env("AWS_ACCESS_KEY_ID", "test")
-            .env("AWS_SECRET_ACCESS_KEY", "test")
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env("CONFIGWATCH_LOG", "warn");
-        ServerProcess::spawn(command)
-    }
+/// Starts the binary on 127.0.0.1 port 0 with `--backend aws` against `moto`.
+fn start_server(dir: &Path, moto: &Moto, res: &Resources) -> ServerProcess {
+    let mut command = Command::new(BIN);
+    command
+        .args(["serve", "--backend", "aws", "--listen", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(dir)
+        .args(["--table", &res.table, "--queue-url", &res.queue_url])
+        .args(["--ssm-root", ROOT, "--region", REGION])
+        .args([
+            "--reconcile-interval",
+            "3s",
+            "--stream-poll-interval",
+            "100ms",
+        ])
+        .env("AWS_ENDPOINT_URL", &moto.endpoint)
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("CONFIGWATCH_LOG", "warn");
+    ServerProcess::spawn(command)
 }
 
 /// What a key should be: its value as JSON, or deleted. `version` is checked for
@@ -159,7 +156,7 @@ async fn killed_and_restarted_while_changes_arrive_watchers_converge_and_miss_no
         )
         .unwrap();
 
-    let first = Server::start(dir.path(), &moto, &res);
+    let first = start_server(dir.path(), &moto, &res);
     let (addr_tx, addr_rx) = watch::channel(first.addr);
     let mut server = Some(first);
     let state = Arc::new(Mutex::new(WatcherState::default()));
@@ -181,7 +178,7 @@ async fn killed_and_restarted_while_changes_arrive_watchers_converge_and_miss_no
             down_since = Instant::now();
         }
         if server.is_none() && down_since.elapsed() > Duration::from_millis(700) {
-            let started = Server::start(dir.path(), &moto, &res);
+            let started = start_server(dir.path(), &moto, &res);
             addr_tx.send(started.addr).unwrap();
             server = Some(started);
         }
@@ -279,7 +276,7 @@ async fn killed_and_restarted_while_changes_arrive_watchers_converge_and_miss_no
     let server = match server {
         Some(running) => running,
         None => {
-            let started = Server::start(dir.path(), &moto, &res);
+            let started = start_server(dir.path(), &moto, &res);
             addr_tx.send(started.addr).unwrap();
             started
         }

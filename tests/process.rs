@@ -17,17 +17,14 @@ use configwatch::proto;
 
 const BIN: &str = env!("CARGO_BIN_EXE_configwatch");
 
-struct Server;
-
-impl Server {
-    fn start(dir: &Path) -> ServerProcess {
-        let mut command = Command::new(BIN);
-        command
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir)
-            .env("CONFIGWATCH_LOG", "warn");
-        ServerProcess::spawn(command)
-    }
+/// Starts the binary on 127.0.0.1 port 0.
+fn start_server(dir: &Path) -> ServerProcess {
+    let mut command = Command::new(BIN);
+    command
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir)
+        .env("CONFIGWATCH_LOG", "warn");
+    ServerProcess::spawn(command)
 }
 
 fn token(dir: &Path, tenant: &str, role: Role) -> String {
@@ -44,7 +41,7 @@ fn token(dir: &Path, tenant: &str, role: Role) -> String {
 #[tokio::test]
 async fn acknowledged_writes_survive_kill_9() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path());
+    let server = start_server(dir.path());
     let t = token(dir.path(), "acme", Role::Writer);
     let c = connect(server.addr, Some(&t)).await;
     // Concurrent writers, so commits interleave; every acknowledged one must survive.
@@ -70,7 +67,7 @@ async fn acknowledged_writes_survive_kill_9() {
     delete(&mut c2, "tenant_config_w1-1").await;
     server.kill9();
 
-    let server = Server::start(dir.path());
+    let server = start_server(dir.path());
     let mut c = connect(server.addr, Some(&t)).await;
     let all = c
         .get(proto::GetRequest::default())
@@ -103,7 +100,7 @@ fn cli(args: &[&str], server: &ServerProcess, token: &str) -> std::process::Outp
 #[tokio::test]
 async fn the_command_line_client() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path());
+    let server = start_server(dir.path());
     let out = Command::new(BIN)
         .args([
             "token",

@@ -916,7 +916,7 @@ impl<S: StreamApi, V: VersionWriter> Reader<S, V> {
     /// stays pending).
     async fn resync(&mut self) -> bool {
         let mut ok = true;
-        for scope in self.hub().loaded_scopes() {
+        for scope in self.hub().scopes() {
             match self.hub().resync(&scope).await {
                 Ok(report) if report.applied > 0 => {
                     tracing::info!(%scope, applied = report.applied, "stream gap repaired from the table")

@@ -28,7 +28,7 @@ pub async fn run(ctx: SourceContext, interval: Duration, shutdown: CancellationT
 /// One pass over every loaded scope. Returns the drift found (changes applied).
 pub async fn pass(ctx: &SourceContext, shutdown: &CancellationToken) -> u64 {
     let mut drift = 0u64;
-    let scopes = ctx.hub.loaded_scopes();
+    let scopes = ctx.hub.scopes();
     for scope in &scopes {
         if shutdown.is_cancelled() {
             return drift;

@@ -46,6 +46,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{SourceContext, SourceCounters};
 use crate::backoff::Backoff;
+use crate::model::Entry;
 use crate::store::ssm::SsmBackend;
 use crate::store::{Backend, StoreError};
 
@@ -326,12 +327,20 @@ async fn handle(ctx: &SourceContext, backend: &SsmBackend, body: Option<&str>) -
     if targets.is_empty() {
         return Outcome::OutsideRoot(change.name);
     }
-    for target in targets {
-        if !ctx.hub.has_view(&target.scope) {
-            continue;
-        }
-        match backend.read(&target.scope, &target.key, false).await {
-            Ok(Some(entry)) => {
+    // One parameter, seen as a key of each scope it belongs to (tenant-wide, and a
+    // service's): read once, applied under each scope's key.
+    let mut current: Option<Option<Entry>> = None;
+    for target in targets.iter().filter(|t| ctx.hub.has_view(&t.scope)) {
+        let state = match &current {
+            Some(state) => state.clone(),
+            None => match backend.read(&target.scope, &target.key, false).await {
+                Ok(state) => current.insert(state).clone(),
+                Err(e) => return Outcome::Retry(e),
+            },
+        };
+        match state {
+            Some(mut entry) => {
+                entry.key = Arc::from(target.key.as_str());
                 let applied = ctx.hub.apply(&target.scope, entry);
                 tracing::debug!(
                     scope = %target.scope,
@@ -341,7 +350,7 @@ async fn handle(ctx: &SourceContext, backend: &SsmBackend, body: Option<&str>) -
                     "Parameter Store change"
                 );
             }
-            Ok(None) => {
+            None => {
                 let removed = ctx.hub.remove_if_live(&target.scope, &target.key);
                 tracing::debug!(
                     scope = %target.scope,
@@ -351,7 +360,6 @@ async fn handle(ctx: &SourceContext, backend: &SsmBackend, body: Option<&str>) -
                     "Parameter Store parameter gone"
                 );
             }
-            Err(e) => return Outcome::Retry(e),
         }
     }
     Outcome::Handled
