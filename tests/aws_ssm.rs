@@ -650,3 +650,47 @@ async fn a_tenant_loads_through_every_page_and_only_its_own_valid_names() {
     assert_eq!(all.entries.len(), 24);
     env.stop().await;
 }
+
+#[tokio::test]
+async fn a_service_parameter_change_reaches_the_service_and_the_tenant_wide_view() {
+    let env = start().await;
+    let (key, _) =
+        configwatch::auth::local::LocalKey::load_or_create(&env.server.data_dir).unwrap();
+    let orders_token = key
+        .issue(
+            &Scope::new("acme", Some("orders")).unwrap(),
+            Role::Reader,
+            Duration::from_secs(600),
+            "t",
+        )
+        .unwrap();
+    let mut tenant = env.server.client("acme", Role::Reader).await;
+    let mut orders = connect(env.server.addr, Some(&orders_token)).await;
+    let mut tw = watch(&mut tenant, watch_prefixes(&["param_config_"])).await;
+    let mut ow = watch(&mut orders, watch_prefixes(&["param_config_"])).await;
+    initial(&mut tw).await;
+    initial(&mut ow).await;
+
+    let url = name("acme/orders/db/url");
+    env.put_param(&url, "postgres://orders", ParameterType::String)
+        .await;
+    env.moto.ssm_change_event(&url, "Create", "String").await;
+    let version = env.version_in_ssm(&url).await;
+    let seen_by_orders = changes_soon(&mut ow, 1).await;
+    assert_eq!(
+        summary(&seen_by_orders),
+        [("param_config_db/url".into(), version, false)]
+    );
+    let seen_by_tenant = changes_soon(&mut tw, 1).await;
+    assert_eq!(
+        summary(&seen_by_tenant),
+        [("param_config_orders/db/url".into(), version, false)]
+    );
+    assert_eq!(seen_by_tenant[0].value, "\"postgres://orders\"");
+
+    env.delete_param(&url).await;
+    env.moto.ssm_change_event(&url, "Delete", "String").await;
+    assert!(changes_soon(&mut ow, 1).await[0].deleted);
+    assert!(changes_soon(&mut tw, 1).await[0].deleted);
+    env.stop().await;
+}
