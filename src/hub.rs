@@ -85,7 +85,7 @@ pub struct ScopeView {
     /// The last resume token encoded: every watcher with the same prefixes gets
     /// the same token for the same change, so it is encoded once per change, not
     /// once per watcher.
-    last_token: Mutex<Option<(ResumeToken, String)>>,
+    last_token: Mutex<Option<(ResumeToken, Arc<str>)>>,
 }
 
 struct ViewState {
@@ -771,7 +771,7 @@ impl WatchHandle {
     }
 
     /// The resume token for `revision` of this watch.
-    pub fn token_at(&self, revision: u64) -> String {
+    pub fn token_at(&self, revision: u64) -> Arc<str> {
         let token = ResumeToken {
             revision,
             ..self.token_base
@@ -780,7 +780,7 @@ impl WatchHandle {
         match &*last {
             Some((cached, text)) if *cached == token => text.clone(),
             _ => {
-                let text = token.encode();
+                let text: Arc<str> = Arc::from(token.encode());
                 *last = Some((token, text.clone()));
                 text
             }

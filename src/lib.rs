@@ -38,4 +38,5 @@ pub mod store;
 #[allow(clippy::all, missing_docs)]
 pub mod proto {
     tonic::include_proto!("configwatch.v1");
+    include!(concat!(env!("OUT_DIR"), "/server/configwatch.v1.rs"));
 }

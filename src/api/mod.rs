@@ -5,6 +5,7 @@
 //! statuses in [`status`].
 
 pub mod codec;
+pub mod frame;
 pub mod status;
 mod watch;
 

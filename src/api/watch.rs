@@ -21,10 +21,11 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 use tonic::Status;
 
-use super::{Shutdown, WatchSettings, to_proto};
+use super::frame::WatchFrame;
+use super::{Shutdown, WatchSettings};
 use crate::hub::{InitialMode, Subscription, WatchHandle};
 use crate::model::Entry;
-use crate::proto::{self, watch_response::InitialMode as ProtoMode, watch_response::Kind};
+use crate::proto::watch_response::{InitialMode as ProtoMode, Kind};
 
 pub struct WatchStream {
     handle: WatchHandle,
@@ -101,23 +102,22 @@ impl WatchStream {
     }
 
     /// The next chunk of the initial state; the last one carries the complete marker.
-    fn next_initial(&mut self) -> Option<proto::WatchResponse> {
+    fn next_initial(&mut self) -> Option<WatchFrame> {
         let iter = self.initial.as_mut()?;
         let mut changes = Vec::new();
         let mut bytes = 0usize;
         while changes.len() < self.max_entries && bytes < self.max_bytes {
             let Some(e) = iter.next() else { break };
             bytes += e.key.len() + e.value.as_deref().map_or(0, str::len);
-            changes.push(to_proto(&e));
+            changes.push(e);
         }
         let complete = iter.len() == 0;
-        let mut msg = proto::WatchResponse {
-            kind: Kind::Initial as i32,
-            initial_mode: self.mode as i32,
+        let mut msg = WatchFrame {
+            kind: Kind::Initial,
+            initial_mode: self.mode,
             changes,
             initial_complete: complete,
-            revision: 0,
-            resume_token: String::new(),
+            ..WatchFrame::default()
         };
         if complete {
             self.initial = None;
@@ -127,26 +127,26 @@ impl WatchStream {
         Some(msg)
     }
 
-    fn delta(&self, batch: Vec<Arc<Entry>>) -> proto::WatchResponse {
+    fn delta(&self, batch: Vec<Arc<Entry>>) -> WatchFrame {
         let revision = batch.last().map_or(0, |e| e.revision);
-        proto::WatchResponse {
-            kind: Kind::Delta as i32,
-            initial_mode: ProtoMode::Unspecified as i32,
-            changes: batch.iter().map(|e| to_proto(e)).collect(),
+        WatchFrame {
+            kind: Kind::Delta,
+            initial_mode: ProtoMode::Unspecified,
+            changes: batch,
             initial_complete: false,
             revision,
             resume_token: self.handle.token_at(revision),
         }
     }
 
-    fn end(&mut self, status: Status) -> Poll<Option<Result<proto::WatchResponse, Status>>> {
+    fn end(&mut self, status: Status) -> Poll<Option<Result<WatchFrame, Status>>> {
         self.done = true;
         Poll::Ready(Some(Err(status)))
     }
 }
 
 impl Stream for WatchStream {
-    type Item = Result<proto::WatchResponse, Status>;
+    type Item = Result<WatchFrame, Status>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
@@ -207,13 +207,11 @@ impl Stream for WatchStream {
             match this.handle.idle_revision() {
                 Some(revision) => {
                     this.sent();
-                    return Poll::Ready(Some(Ok(proto::WatchResponse {
-                        kind: Kind::Progress as i32,
-                        initial_mode: ProtoMode::Unspecified as i32,
-                        changes: Vec::new(),
-                        initial_complete: false,
+                    return Poll::Ready(Some(Ok(WatchFrame {
+                        kind: Kind::Progress,
                         revision,
                         resume_token: this.handle.token_at(revision),
+                        ..WatchFrame::default()
                     })));
                 }
                 None => {

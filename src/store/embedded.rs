@@ -166,6 +166,7 @@ fn decode(key: &str, bytes: &[u8], with_secret: bool) -> Result<Entry, StoreErro
         deleted,
         updated_at,
         revision: 0,
+        wire: Default::default(),
     })
 }
 
