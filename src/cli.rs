@@ -743,6 +743,7 @@ async fn watch_once(
         tenant: String::new(),
         resume_token: resume.clone(),
         known_versions: known.clone(),
+        known_digest: Vec::new(),
     };
     let retry_or_fail = |s: tonic::Status| match s.code() {
         tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled => {

@@ -100,6 +100,9 @@ struct ViewState {
     /// The history holds every change with a revision above this.
     history_floor: u64,
     watchers: Vec<Arc<WatcherSlot>>,
+    /// The last digest computed for a reconnecting watcher: (prefixes, revision,
+    /// digest). A storm of watchers with the same prefixes computes it once.
+    last_digest: Option<(PrefixSet, u64, StateDigest)>,
 }
 
 struct WatcherSlot {
@@ -225,6 +228,65 @@ pub struct WatcherStats {
     pub high_water: usize,
 }
 
+/// What a reconnecting watcher says it holds, for when its resume token cannot be
+/// replayed (another server run, history too short).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Known {
+    /// Nothing: the initial state is the full state.
+    #[default]
+    Nothing,
+    /// key -> version of every live entry held: the initial state is the difference.
+    Versions(HashMap<String, u64>),
+    /// The [`StateDigest`] of what it holds: when it equals the server's, nothing is
+    /// resent; when it does not, [`Hub::subscribe`] asks for the versions.
+    Digest(StateDigest),
+}
+
+/// A fixed-size summary of the versions held under a watch's prefixes: for each
+/// live entry (secrets included), SHA-256 over the key's bytes, a zero byte and the
+/// version as 8 big-endian bytes; the first 16 bytes of each, XORed together. The
+/// empty state is 16 zero bytes. Order does not matter, so a client computes it from
+/// its cache as it is. (Keys never contain a zero byte, see `keys`.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StateDigest(pub [u8; 16]);
+
+impl StateDigest {
+    pub const LEN: usize = 16;
+
+    pub fn of<'a>(entries: impl IntoIterator<Item = (&'a str, u64)>) -> Self {
+        use sha2::Digest as _;
+        let mut acc = [0u8; 16];
+        for (key, version) in entries {
+            let mut h = sha2::Sha256::new();
+            h.update(key.as_bytes());
+            h.update([0u8]);
+            h.update(version.to_be_bytes());
+            let sum = h.finalize();
+            for (a, b) in acc.iter_mut().zip(sum.iter()) {
+                *a ^= b;
+            }
+        }
+        StateDigest(acc)
+    }
+
+    /// Reads the bytes of a request's `known_digest`; `None` when they are not
+    /// [`Self::LEN`] long.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        Some(StateDigest(bytes.try_into().ok()?))
+    }
+}
+
+/// Why a watch could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SubscribeError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The caller sent a [`StateDigest`] that is not the server's: it holds
+    /// something else, and must say what (send its versions).
+    #[error("the state you hold differs from the server's")]
+    DigestDiffers,
+}
+
 /// Why a resume token was refused outright (as opposed to not reaching back).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
@@ -329,6 +391,7 @@ impl Hub {
                         history: VecDeque::new(),
                         history_floor: 0,
                         watchers: Vec::new(),
+                        last_digest: None,
                     }),
                     published: AtomicU64::new(0),
                     last_token: Mutex::new(None),
@@ -583,8 +646,8 @@ impl Hub {
         scope: &Scope,
         prefixes: PrefixSet,
         resume: Option<ResumeToken>,
-        known: &HashMap<String, u64>,
-    ) -> Result<Subscription, StoreError> {
+        known: &Known,
+    ) -> Result<Subscription, SubscribeError> {
         let view = self.view(scope).await?;
         let filter = filter_hash(scope, &prefixes);
         let slot = Arc::new(WatcherSlot {
@@ -608,8 +671,15 @@ impl Hub {
                 .cloned()
                 .collect();
             (InitialMode::Resumed, missed)
-        } else if !known.is_empty() {
-            (InitialMode::Diff, st.diff(&slot.prefixes, known))
+        } else if let Known::Versions(versions) = known
+            && !versions.is_empty()
+        {
+            (InitialMode::Diff, st.diff(&slot.prefixes, versions))
+        } else if let Known::Digest(digest) = known {
+            if *digest != st.digest(&slot.prefixes) {
+                return Err(SubscribeError::DigestDiffers);
+            }
+            (InitialMode::Diff, Vec::new())
         } else {
             let all = st
                 .under(&slot.prefixes)
@@ -680,6 +750,23 @@ impl ViewState {
                 .take_while(move |(k, _)| k.starts_with(p.as_str()))
                 .map(|(_, e)| e)
         })
+    }
+
+    /// The digest of the live entries under `set` (see [`StateDigest`]).
+    fn digest(&mut self, set: &PrefixSet) -> StateDigest {
+        if let Some((prefixes, revision, digest)) = &self.last_digest
+            && prefixes == set
+            && *revision == self.revision
+        {
+            return *digest;
+        }
+        let digest = StateDigest::of(
+            self.under(set)
+                .filter(|e| !e.deleted)
+                .map(|e| (&*e.key, e.version)),
+        );
+        self.last_digest = Some((set.clone(), self.revision, digest));
+        digest
     }
 
     /// What a caller holding `known` lacks under `set`: entries at other versions,
@@ -839,11 +926,11 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn stale_and_duplicate_changes_are_ignored() -> Result<(), StoreError> {
+    async fn stale_and_duplicate_changes_are_ignored() -> Result<(), Box<dyn std::error::Error>> {
         let scope = Scope::tenant("t").map_err(|e| StoreError::Internal(e.to_string()))?;
         let hub = hub(vec![e("tenant_config_a", 3, "1")]);
         let mut sub = hub
-            .subscribe(&scope, PrefixSet::everything(), None, &HashMap::new())
+            .subscribe(&scope, PrefixSet::everything(), None, &Known::Nothing)
             .await?;
         assert_eq!(sub.mode, InitialMode::Full);
         assert_eq!(summary(&sub.initial), [("tenant_config_a".into(), 3)]);
@@ -858,11 +945,12 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_slow_watcher_holds_one_change_per_key_in_revision_order() -> Result<(), StoreError> {
+    async fn a_slow_watcher_holds_one_change_per_key_in_revision_order()
+    -> Result<(), Box<dyn std::error::Error>> {
         let scope = Scope::tenant("t").map_err(|e| StoreError::Internal(e.to_string()))?;
         let hub = hub(vec![]);
         let mut sub = hub
-            .subscribe(&scope, PrefixSet::everything(), None, &HashMap::new())
+            .subscribe(&scope, PrefixSet::everything(), None, &Known::Nothing)
             .await?;
         for v in 1..=100u64 {
             for k in ["tenant_config_a", "tenant_config_b", "tenant_config_c"] {
@@ -885,9 +973,109 @@ mod tests {
         Ok(())
     }
 
+    /// The definition in the API docs, on fixed inputs: the client libraries' tests
+    /// check the same three values.
+    #[test]
+    fn state_digest_matches_its_definition() {
+        let hex = |d: StateDigest| d.0.iter().map(|b| format!("{b:02x}")).collect::<String>();
+        assert_eq!(hex(StateDigest::of([])), "00000000000000000000000000000000");
+        assert_eq!(
+            hex(StateDigest::of([("tenant_config_a", 1)])),
+            "1189b337f183118e15d6dc71f6d0d83c"
+        );
+        let two = [
+            ("tenant_config_a", 1),
+            ("param_config_db/url", 1_732_406_400_123_456),
+        ];
+        assert_eq!(
+            hex(StateDigest::of(two)),
+            "00c129ddb1e3f7f8fc7dfd609aecf9f2"
+        );
+        // Order does not matter; a version does.
+        assert_eq!(
+            StateDigest::of(two.iter().rev().copied()),
+            StateDigest::of(two)
+        );
+        assert_ne!(
+            StateDigest::of([("tenant_config_a", 2)]),
+            StateDigest::of([("tenant_config_a", 1)])
+        );
+        assert_eq!(StateDigest::from_bytes(&[0; 15]), None);
+    }
+
+    /// A watcher that cannot be resumed by token but sends the digest of what it
+    /// holds gets nothing when nothing changed, and is asked for its versions when
+    /// anything did: a new version, a deletion, a new key, or a secret.
     #[tokio::test]
-    async fn resume_replays_exactly_and_falls_back_when_history_is_gone() -> Result<(), StoreError>
-    {
+    async fn a_matching_digest_resends_nothing_and_a_different_one_asks_for_versions()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let scope = Scope::tenant("t").map_err(|e| StoreError::Internal(e.to_string()))?;
+        let hub = hub(vec![
+            e("tenant_config_a", 3, "1"),
+            e("tenant_config_b", 1, "1"),
+            e("param_config_x", 7, "1"),
+        ]);
+        let under = PrefixSet::new(vec!["tenant_config_".into()]);
+        let held = |pairs: &[(&str, u64)]| Known::Digest(StateDigest::of(pairs.iter().copied()));
+        let now = held(&[("tenant_config_a", 3), ("tenant_config_b", 1)]);
+        let sub = hub.subscribe(&scope, under.clone(), None, &now).await?;
+        assert_eq!(sub.mode, InitialMode::Diff);
+        assert!(sub.initial.is_empty());
+
+        for stale in [
+            held(&[("tenant_config_a", 2), ("tenant_config_b", 1)]),
+            held(&[("tenant_config_a", 3)]),
+            held(&[
+                ("tenant_config_a", 3),
+                ("tenant_config_b", 1),
+                ("tenant_config_c", 1),
+            ]),
+            // The whole tenant's digest is not the digest under the prefixes.
+            held(&[
+                ("tenant_config_a", 3),
+                ("tenant_config_b", 1),
+                ("param_config_x", 7),
+            ]),
+        ] {
+            let r = hub.subscribe(&scope, under.clone(), None, &stale).await;
+            assert!(matches!(r, Err(SubscribeError::DigestDiffers)), "{stale:?}");
+        }
+
+        // Changes after the digest was taken: a deletion, then a secret.
+        hub.apply(&scope, Entry::tombstone("tenant_config_b", 2, 0));
+        assert!(matches!(
+            hub.subscribe(&scope, under.clone(), None, &now).await,
+            Err(SubscribeError::DigestDiffers)
+        ));
+        let after_delete = held(&[("tenant_config_a", 3)]);
+        let sub = hub
+            .subscribe(&scope, under.clone(), None, &after_delete)
+            .await?;
+        assert!(sub.initial.is_empty());
+        let mut secret = e("tenant_config_s", 1, "hidden");
+        secret.secret = true;
+        hub.apply(&scope, secret);
+        let with_secret = held(&[("tenant_config_a", 3), ("tenant_config_s", 1)]);
+        let sub = hub
+            .subscribe(&scope, under.clone(), None, &with_secret)
+            .await?;
+        assert_eq!(sub.mode, InitialMode::Diff);
+        assert!(sub.initial.is_empty());
+        assert!(matches!(
+            hub.subscribe(&scope, under.clone(), None, &after_delete)
+                .await,
+            Err(SubscribeError::DigestDiffers)
+        ));
+        // The versions themselves always work.
+        let versions = Known::Versions([("tenant_config_a".to_owned(), 3)].into());
+        let sub = hub.subscribe(&scope, under, None, &versions).await?;
+        assert_eq!(summary(&sub.initial), [("tenant_config_s".into(), 1)]);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn resume_replays_exactly_and_falls_back_when_history_is_gone()
+    -> Result<(), Box<dyn std::error::Error>> {
         let scope = Scope::tenant("t").map_err(|e| StoreError::Internal(e.to_string()))?;
         let hub = hub(vec![]);
         let snap = hub.snapshot(&scope, &[], &[]).await?;
@@ -903,7 +1091,7 @@ mod tests {
                 &scope,
                 PrefixSet::everything(),
                 Some(token),
-                &HashMap::new(),
+                &Known::Nothing,
             )
             .await?;
         assert_eq!(sub.mode, InitialMode::Resumed);
@@ -911,18 +1099,20 @@ mod tests {
         // Another prefix set cannot resume from this token.
         let other = PrefixSet::new(vec!["param_config_".into()]);
         let sub = hub
-            .subscribe(&scope, other, Some(token), &HashMap::new())
+            .subscribe(&scope, other, Some(token), &Known::Nothing)
             .await?;
         assert_eq!(sub.mode, InitialMode::Full);
         // Past the history limit (8), the token no longer reaches back.
         for v in 6..=20u64 {
             hub.apply(&scope, e("tenant_config_a", v, "1"));
         }
-        let known: HashMap<String, u64> = [
-            ("tenant_config_a".to_owned(), 20),
-            ("tenant_config_gone".to_owned(), 1),
-        ]
-        .into();
+        let known = Known::Versions(
+            [
+                ("tenant_config_a".to_owned(), 20),
+                ("tenant_config_gone".to_owned(), 1),
+            ]
+            .into(),
+        );
         let sub = hub
             .subscribe(&scope, PrefixSet::everything(), Some(token), &known)
             .await?;
@@ -933,7 +1123,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn resync_applies_drift_and_removes_what_the_source_lost() -> Result<(), StoreError> {
+    async fn resync_applies_drift_and_removes_what_the_source_lost()
+    -> Result<(), Box<dyn std::error::Error>> {
         let scope = Scope::tenant("t").map_err(|e| StoreError::Internal(e.to_string()))?;
         let source = Arc::new(Fixed(Mutex::new(vec![
             e("tenant_config_a", 1, "1"),
@@ -942,7 +1133,7 @@ mod tests {
         ])));
         let hub = Hub::new(source.clone(), HubConfig { history_limit: 8 });
         let mut sub = hub
-            .subscribe(&scope, PrefixSet::everything(), None, &HashMap::new())
+            .subscribe(&scope, PrefixSet::everything(), None, &Known::Nothing)
             .await?;
         *lock(&source.0) = vec![
             e("tenant_config_a", 2, "2"),
@@ -995,7 +1186,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn changes_during_the_first_load_are_neither_lost_nor_undone() -> Result<(), StoreError> {
+    async fn changes_during_the_first_load_are_neither_lost_nor_undone()
+    -> Result<(), Box<dyn std::error::Error>> {
         let scope = Scope::tenant("t").map_err(|e| StoreError::Internal(e.to_string()))?;
         let before = vec![e("tenant_config_a", 1, "1"), e("tenant_config_b", 1, "1")];
         let (release, held) = tokio::sync::oneshot::channel();
@@ -1008,7 +1200,7 @@ mod tests {
         let loading = tokio::spawn({
             let (hub, scope) = (hub.clone(), scope.clone());
             async move {
-                hub.subscribe(&scope, PrefixSet::everything(), None, &HashMap::new())
+                hub.subscribe(&scope, PrefixSet::everything(), None, &Known::Nothing)
                     .await
                     .map(|sub| summary(&sub.initial))
             }
@@ -1069,11 +1261,11 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn dropping_a_handle_unregisters_it() -> Result<(), StoreError> {
+    async fn dropping_a_handle_unregisters_it() -> Result<(), Box<dyn std::error::Error>> {
         let scope = Scope::tenant("t").map_err(|e| StoreError::Internal(e.to_string()))?;
         let hub = hub(vec![]);
         let sub = hub
-            .subscribe(&scope, PrefixSet::everything(), None, &HashMap::new())
+            .subscribe(&scope, PrefixSet::everything(), None, &Known::Nothing)
             .await?;
         assert_eq!(hub.watcher_stats().len(), 1);
         drop(sub);

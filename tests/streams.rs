@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::*;
 use configwatch::auth::Role;
+use configwatch::hub::StateDigest;
 use configwatch::proto;
 use configwatch::proto::watch_response::{InitialMode, Kind};
 use tonic::Code;
@@ -123,6 +124,85 @@ async fn after_a_restart_known_versions_get_only_the_difference() {
             ("tenant_config_new".into(), 1, false),
         ]
     );
+    server.stop().await;
+}
+
+/// A reconnect after a restart need not upload every version: a 16-byte digest of
+/// them is enough when nothing changed; when something did, the server says so
+/// with ABORTED and `configwatch-resume: known-versions`, and the versions then get
+/// exactly the difference. A digest that is not 16 bytes is INVALID_ARGUMENT.
+#[tokio::test]
+async fn after_a_restart_a_digest_of_the_versions_held_is_enough_when_nothing_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let mut c = server.client("acme", Role::Writer).await;
+    for i in 0..20 {
+        put(&mut c, &format!("tenant_config_k{i}"), &i.to_string()).await;
+    }
+    put(&mut c, "param_config_other", "\"not watched\"").await;
+    let mut w = watch(&mut c, watch_prefixes(&["tenant_config_"])).await;
+    let (state, done) = initial(&mut w).await;
+    let token = done.resume_token.clone();
+    let known: HashMap<String, u64> = state.iter().map(|e| (e.key.clone(), e.version)).collect();
+    let digest = StateDigest::of(known.iter().map(|(k, v)| (k.as_str(), *v)))
+        .0
+        .to_vec();
+    let by_digest = |digest: Vec<u8>| proto::WatchRequest {
+        prefixes: vec!["tenant_config_".into()],
+        resume_token: token.clone(),
+        known_digest: digest,
+        ..Default::default()
+    };
+    drop((w, c));
+    server.stop().await;
+
+    let server = TestServer::start(dir.path()).await;
+    let mut c = server.client("acme", Role::Writer).await;
+    let mut w = watch(&mut c, by_digest(digest.clone())).await;
+    let (diff, done) = initial(&mut w).await;
+    assert_eq!(done.initial_mode, InitialMode::Diff as i32);
+    assert!(diff.is_empty(), "nothing changed, nothing sent: {diff:?}");
+    assert!(!done.resume_token.is_empty());
+    drop(w);
+
+    for bad in [vec![0u8; 15], vec![0u8; 32]] {
+        let err = c.watch(by_digest(bad)).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert!(err.message().contains("known_digest"), "{}", err.message());
+    }
+
+    // A change while the client is away: the digest no longer matches.
+    put(&mut c, "tenant_config_k3", "\"changed\"").await;
+    drop(c);
+    server.stop().await;
+    let server = TestServer::start(dir.path()).await;
+    let mut c = server.client("acme", Role::Reader).await;
+    let err = c.watch(by_digest(digest)).await.unwrap_err();
+    assert_eq!(err.code(), Code::Aborted);
+    assert_eq!(
+        err.metadata()
+            .get("configwatch-resume")
+            .and_then(|v| v.to_str().ok()),
+        Some("known-versions")
+    );
+    assert!(
+        err.message().contains("known_versions"),
+        "{}",
+        err.message()
+    );
+    let mut w = watch(
+        &mut c,
+        proto::WatchRequest {
+            prefixes: vec!["tenant_config_".into()],
+            resume_token: token,
+            known_versions: known,
+            ..Default::default()
+        },
+    )
+    .await;
+    let (diff, done) = initial(&mut w).await;
+    assert_eq!(done.initial_mode, InitialMode::Diff as i32);
+    assert_eq!(summary(&diff), [("tenant_config_k3".into(), 2, false)]);
     server.stop().await;
 }
 

@@ -9,7 +9,7 @@ pub mod frame;
 pub mod status;
 mod watch;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::auth::Identity;
-use crate::hub::{Hub, ResumeToken};
+use crate::hub::{Hub, Known, ResumeToken, StateDigest};
 use crate::keys::{self, PrefixSet};
 use crate::model::{Entry, Scope};
 use crate::proto;
@@ -271,12 +271,29 @@ impl ConfigService for ConfigApi {
         } else {
             ResumeToken::decode(&req.resume_token)?
         };
-        let known: HashMap<String, u64> = req.known_versions;
+        let known = if !req.known_versions.is_empty() {
+            Known::Versions(req.known_versions)
+        } else if req.known_digest.is_empty() {
+            Known::Nothing
+        } else {
+            Known::Digest(StateDigest::from_bytes(&req.known_digest).ok_or_else(|| {
+                Status::invalid_argument(format!(
+                    "known_digest is {} bytes; it must be {} (the digest of the versions you hold, see the API docs), or empty",
+                    req.known_digest.len(),
+                    StateDigest::LEN
+                ))
+            })?)
+        };
+        let sent = match &known {
+            Known::Nothing => "nothing",
+            Known::Versions(_) => "versions",
+            Known::Digest(_) => "digest",
+        };
         let sub = self
             .hub
             .subscribe(&scope, PrefixSet::new(req.prefixes), resume, &known)
             .await?;
-        tracing::debug!(%scope, subject = %id.subject, mode = ?sub.mode, "watch started");
+        tracing::debug!(%scope, subject = %id.subject, mode = ?sub.mode, known = sent, "watch started");
         Ok(Response::new(WatchStream::new(
             sub,
             &self.watch,

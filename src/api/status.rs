@@ -3,13 +3,19 @@
 use tonic::{Code, Status};
 
 use crate::auth::AuthError;
-use crate::hub::BadToken;
+use crate::hub::{BadToken, SubscribeError};
 use crate::keys::{KeyError, ValueError};
 use crate::model::IdError;
 use crate::store::StoreError;
 
 /// Metadata key carrying the current version on a compare-and-set conflict.
 pub const CURRENT_VERSION_METADATA: &str = "configwatch-current-version";
+
+/// Metadata key on a Watch refused because its `known_digest` differs from the
+/// server's state; the value [`RESUME_WITH_VERSIONS`] tells the client to reconnect
+/// at once with `known_versions`.
+pub const RESUME_METADATA: &str = "configwatch-resume";
+pub const RESUME_WITH_VERSIONS: &str = "known-versions";
 
 impl From<KeyError> for Status {
     fn from(e: KeyError) -> Self {
@@ -50,6 +56,25 @@ impl From<StoreError> for Status {
             StoreError::Internal(_) => {
                 tracing::error!(error = %e, "storage error");
                 Status::internal(e.to_string())
+            }
+        }
+    }
+}
+
+impl From<SubscribeError> for Status {
+    fn from(e: SubscribeError) -> Self {
+        match e {
+            SubscribeError::Store(e) => e.into(),
+            SubscribeError::DigestDiffers => {
+                let mut s = Status::aborted(
+                    "known_digest differs from the server's state: something changed while you were away; \
+                     reconnect at once with known_versions (or with neither for the full state)",
+                );
+                s.metadata_mut().insert(
+                    RESUME_METADATA,
+                    tonic::metadata::MetadataValue::from_static(RESUME_WITH_VERSIONS),
+                );
+                s
             }
         }
     }

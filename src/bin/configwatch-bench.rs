@@ -36,6 +36,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use configwatch::auth::Role;
 use configwatch::auth::local::LocalKey;
+use configwatch::hub::StateDigest;
 use configwatch::model::Scope;
 use configwatch::proto::config_service_client::ConfigServiceClient;
 use configwatch::proto::{self as cw, watch_response::Kind};
@@ -1725,8 +1726,11 @@ async fn reconnect_configwatch(bin: &Path, args: &ReconnectArgs) -> Result<Storm
         let storm = storm.clone();
         tasks.push(tokio::spawn(async move {
             // What a client library keeps: its cache's versions and the last token.
+            // Like the libraries, it sends a digest of the versions when it has a
+            // token, and the versions themselves when the server asks for them.
             let mut known: HashMap<String, u64> = HashMap::new();
             let mut resume_token = String::new();
+            let mut with_versions = false;
             let mut attempt = 0u32;
             let mut done_phase = None;
             loop {
@@ -1734,37 +1738,62 @@ async fn reconnect_configwatch(bin: &Path, args: &ReconnectArgs) -> Result<Storm
                     known.clear();
                     resume_token.clear();
                 }
+                let digest = !with_versions && !resume_token.is_empty();
                 let req = authed(
                     cw::WatchRequest {
                         prefixes: vec!["tenant_config_".into()],
                         resume_token: resume_token.clone(),
-                        known_versions: known.clone(),
+                        known_versions: if digest {
+                            HashMap::new()
+                        } else {
+                            known.clone()
+                        },
+                        known_digest: if digest {
+                            StateDigest::of(known.iter().map(|(k, v)| (k.as_str(), *v)))
+                                .0
+                                .to_vec()
+                        } else {
+                            Vec::new()
+                        },
                         ..Default::default()
                     },
                     &token,
                 );
-                if let Ok(resp) = client.watch(req).await {
-                    let mut stream = resp.into_inner();
-                    let mut first = true;
-                    while let Ok(Some(msg)) = stream.message().await {
-                        if first && msg.initial_mode == cw::watch_response::InitialMode::Full as i32
-                        {
-                            known.clear();
-                        }
-                        first = false;
-                        for e in msg.changes {
-                            if e.deleted {
-                                known.remove(&e.key);
-                            } else {
-                                known.insert(e.key, e.version);
+                match client.watch(req).await {
+                    Err(status)
+                        if status.code() == tonic::Code::Aborted
+                            && status.metadata().get("configwatch-resume").is_some() =>
+                    {
+                        storm.attempts.fetch_add(1, Ordering::Relaxed);
+                        with_versions = true;
+                        continue;
+                    }
+                    Err(_) => {}
+                    Ok(resp) => {
+                        let mut stream = resp.into_inner();
+                        let mut first = true;
+                        while let Ok(Some(msg)) = stream.message().await {
+                            if first
+                                && msg.initial_mode == cw::watch_response::InitialMode::Full as i32
+                            {
+                                known.clear();
                             }
-                        }
-                        if !msg.resume_token.is_empty() {
-                            resume_token = msg.resume_token;
-                        }
-                        if msg.initial_complete {
-                            attempt = 0;
-                            storm.converged(&mut done_phase, msg.initial_mode as usize);
+                            first = false;
+                            for e in msg.changes {
+                                if e.deleted {
+                                    known.remove(&e.key);
+                                } else {
+                                    known.insert(e.key, e.version);
+                                }
+                            }
+                            if !msg.resume_token.is_empty() {
+                                resume_token = msg.resume_token;
+                            }
+                            if msg.initial_complete {
+                                attempt = 0;
+                                with_versions = false;
+                                storm.converged(&mut done_phase, msg.initial_mode as usize);
+                            }
                         }
                     }
                 }

@@ -202,6 +202,24 @@ impl Cache {
             .collect()
     }
 
+    /// The digest of [`Self::known_versions`], as Watch's `known_digest` wants it:
+    /// for each live entry, SHA-256 over the key, a zero byte and the version as 8
+    /// big-endian bytes; the first 16 bytes of each XORed together.
+    pub fn known_digest(&self) -> [u8; 16] {
+        use sha2::Digest as _;
+        let mut acc = [0u8; 16];
+        for (key, held) in self.iter_live() {
+            let mut h = sha2::Sha256::new();
+            h.update(key.as_bytes());
+            h.update([0u8]);
+            h.update(held.version.to_be_bytes());
+            for (a, b) in acc.iter_mut().zip(h.finalize().iter()) {
+                *a ^= b;
+            }
+        }
+        acc
+    }
+
     /// The version held for a key, tombstones included.
     #[cfg(test)]
     pub fn version_of(&self, key: &str) -> Option<u64> {
@@ -395,6 +413,27 @@ mod tests {
         // Deleting a key never seen stores its tombstone and shows nothing.
         assert!(c.apply_deltas(vec![del("z", 5)], Cause::Delta).is_empty());
         assert_eq!(c.version_of("z"), Some(5));
+    }
+
+    /// The digest as the API defines it: the server's tests check the same values.
+    #[test]
+    fn known_digest_matches_the_api_definition() {
+        let hex = |d: [u8; 16]| d.iter().map(|b| format!("{b:02x}")).collect::<String>();
+        let mut c = Cache::default();
+        assert_eq!(hex(c.known_digest()), "00000000000000000000000000000000");
+        c.apply_deltas(vec![e("tenant_config_a", 1, "1")], Cause::Delta);
+        assert_eq!(hex(c.known_digest()), "1189b337f183118e15d6dc71f6d0d83c");
+        let mut secret = e("param_config_db/url", 1_732_406_400_123_456, "");
+        secret.secret = true;
+        c.apply_deltas(vec![secret], Cause::Delta);
+        assert_eq!(hex(c.known_digest()), "00c129ddb1e3f7f8fc7dfd609aecf9f2");
+        // Tombstones are not held state.
+        c.apply_deltas(
+            vec![del("param_config_db/url", 1_732_406_400_123_457)],
+            Cause::Delta,
+        );
+        c.apply_deltas(vec![del("tenant_config_gone", 3)], Cause::Delta);
+        assert_eq!(hex(c.known_digest()), "1189b337f183118e15d6dc71f6d0d83c");
     }
 
     #[test]

@@ -920,14 +920,27 @@ impl Shared {
     }
 
     /// The watch request for the current state: prefixes, tenant, resume token and
-    /// the versions held.
-    pub fn watch_request(&self) -> proto::WatchRequest {
+    /// what the cache holds. With a resume token (so the cache holds a state the
+    /// server sent) that is a 16-byte digest, unless `with_versions` (the server
+    /// found the digest differs and asked for them): then, as without a token, the
+    /// versions themselves.
+    pub fn watch_request(&self, with_versions: bool) -> proto::WatchRequest {
         let d = self.data();
+        let digest = !with_versions && !d.resume_token.is_empty();
         proto::WatchRequest {
             prefixes: self.prefixes.clone(),
             tenant: self.tenant.clone(),
             resume_token: d.resume_token.clone(),
-            known_versions: d.cache.known_versions(),
+            known_versions: if digest {
+                Default::default()
+            } else {
+                d.cache.known_versions()
+            },
+            known_digest: if digest {
+                d.cache.known_digest().to_vec()
+            } else {
+                Vec::new()
+            },
         }
     }
 }

@@ -6,6 +6,7 @@
 //!               ├── backoff ◄── UNAVAILABLE, dropped, silent, protocol ◄─┤
 //!               ├── fresh token ◄── UNAUTHENTICATED ◄────────────────────┤
 //!               ├── no resume token ◄── INVALID_ARGUMENT on a resume ◄───┤
+//!               ├── versions, at once ◄── ABORTED: the digest differs ◄──┤
 //!               └ failed ◄── PERMISSION_DENIED, INVALID_ARGUMENT, ... ◄──┘
 //! ```
 //!
@@ -65,6 +66,9 @@ async fn watch_loop(shared: &Arc<Shared>) -> Option<Error> {
     // both counted since the last stream that reached its initial state.
     let mut failures: u32 = 0;
     let mut auth_refusals: u32 = 0;
+    // The server found the digest of the cache differs from its state: send the
+    // versions themselves until a stream reaches its initial state.
+    let mut with_versions = false;
     loop {
         if shared.shutdown.is_cancelled() {
             return None;
@@ -76,11 +80,17 @@ async fn watch_loop(shared: &Arc<Shared>) -> Option<Error> {
         let outcome = tokio::select! {
             biased;
             _ = shared.shutdown.cancelled() => return None,
-            o = watch_once(shared) => o,
+            o = watch_once(shared, with_versions) => o,
         };
         if outcome.synced {
             failures = 0;
             auth_refusals = 0;
+        }
+        with_versions = !outcome.synced && (with_versions || outcome.asked_for_versions);
+        if outcome.asked_for_versions {
+            // Not a failure: the server needs the versions to send the difference.
+            tracing::debug!(tenant = %shared.tenant, "state changed while away; resuming with the versions held");
+            continue;
         }
         let step = next_step(&outcome.error, outcome.sent_resume_token, outcome.synced);
         let mut next_backoff = || {
@@ -139,6 +149,8 @@ struct Outcome {
     synced: bool,
     /// The request carried a resume token.
     sent_resume_token: bool,
+    /// The server answered that the digest sent differs from its state.
+    asked_for_versions: bool,
 }
 
 /// What one stream has seen so far.
@@ -150,27 +162,62 @@ struct Session {
 }
 
 /// One Watch, from request to end. Never fails: returns why it ended.
-async fn watch_once(shared: &Arc<Shared>) -> Outcome {
+async fn watch_once(shared: &Arc<Shared>, with_versions: bool) -> Outcome {
     let mut session = Session::default();
     let mut sent_resume_token = false;
-    let error = match stream(shared, &mut session, &mut sent_resume_token).await {
+    let mut asked_for_versions = false;
+    let error = match stream(shared, &mut session, with_versions, &mut sent_resume_token).await {
         Ok(never) => match never {},
-        Err(e) => e,
+        Err(Ended::Status(status)) => {
+            asked_for_versions = asks_for_versions(&status);
+            status.into()
+        }
+        Err(Ended::Error(e)) => e,
     };
     Outcome {
         error,
         synced: session.synced,
         sent_resume_token,
+        asked_for_versions,
     }
+}
+
+/// How a stream ended: a status from the server (whose metadata may say what to do
+/// next), or anything else.
+enum Ended {
+    Status(tonic::Status),
+    Error(Error),
+}
+
+impl From<tonic::Status> for Ended {
+    fn from(status: tonic::Status) -> Self {
+        Ended::Status(status)
+    }
+}
+
+impl From<Error> for Ended {
+    fn from(error: Error) -> Self {
+        Ended::Error(error)
+    }
+}
+
+/// The server's answer to a `known_digest` that differs from its state.
+fn asks_for_versions(status: &tonic::Status) -> bool {
+    status.code() == tonic::Code::Aborted
+        && status
+            .metadata()
+            .get("configwatch-resume")
+            .is_some_and(|v| v.as_bytes() == b"known-versions")
 }
 
 async fn stream(
     shared: &Arc<Shared>,
     session: &mut Session,
+    with_versions: bool,
     sent_resume_token: &mut bool,
-) -> Result<std::convert::Infallible, Error> {
+) -> Result<std::convert::Infallible, Ended> {
     let header = shared.auth_header().await?;
-    let body = shared.watch_request();
+    let body = shared.watch_request(with_versions);
     *sent_resume_token = !body.resume_token.is_empty();
     let mut request = tonic::Request::new(body);
     request.metadata_mut().insert("authorization", header);

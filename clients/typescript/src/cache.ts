@@ -11,6 +11,8 @@
  *   so an old message can never bring a deleted key back.
  * - Secrets: only their version and existence are held, never a value.
  */
+import { createHash } from 'node:crypto';
+
 import type { WireEntry } from './wire';
 
 /** How a change reached the cache. */
@@ -114,6 +116,23 @@ export class Cache {
     const out: Record<string, string> = {};
     for (const h of this.held.values()) if (!h.deleted) out[h.key] = String(h.version);
     return out;
+  }
+
+  /**
+   * The digest of {@link knownVersions}, as Watch's `known_digest` wants it: for each
+   * live entry, SHA-256 over the key, a zero byte and the version as 8 big-endian
+   * bytes; the first 16 bytes of each XORed together.
+   */
+  knownDigest(): Buffer {
+    const acc = Buffer.alloc(16);
+    const version = Buffer.alloc(8);
+    for (const h of this.held.values()) {
+      if (h.deleted) continue;
+      version.writeBigUInt64BE(BigInt(h.version));
+      const sum = createHash('sha256').update(h.key, 'utf8').update(Buffer.of(0)).update(version).digest();
+      for (let i = 0; i < 16; i++) acc.writeUInt8(acc.readUInt8(i) ^ sum.readUInt8(i), i);
+    }
+    return acc;
   }
 
   /** The version held for a key, tombstones included. */

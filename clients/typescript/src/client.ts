@@ -203,6 +203,8 @@ interface Outcome {
   error: ConfigWatchError;
   synced: boolean;
   sentResumeToken: boolean;
+  /** The server answered that the digest sent differs from its state. */
+  askedForVersions?: boolean;
 }
 
 interface ReadyWaiter {
@@ -278,6 +280,11 @@ export class ConfigWatchClient extends EventEmitter<ClientEvents> implements Asy
   private state: ClientState = 'idle';
   private source: CacheSource = 'none';
   private resumeToken = '';
+  /**
+   * The server found the digest of the cache differs from its state: send the
+   * versions themselves until a stream reaches its initial state.
+   */
+  private withVersions = false;
   private revision = 0;
   private lastMessageAt: Date | undefined;
   private lastSyncAt: Date | undefined;
@@ -647,6 +654,11 @@ export class ConfigWatchClient extends EventEmitter<ClientEvents> implements Asy
           failures = 0;
           authRefusals = 0;
         }
+        this.withVersions = !synced && (this.withVersions || outcome.askedForVersions === true);
+        if (outcome.askedForVersions) {
+          // Not a failure: the server needs the versions to send the difference.
+          continue;
+        }
         let delay: number;
         if (error.code === 'UNAUTHENTICATED') {
           // Expired or refused: ask the token source again. Right away the first
@@ -735,11 +747,16 @@ export class ConfigWatchClient extends EventEmitter<ClientEvents> implements Asy
     if (metadata === 'closed' || this.isClosed()) {
       return { error: new ClosedError(), synced: false, sentResumeToken: false };
     }
+    // With a resume token (so the cache holds a state the server sent) a 16-byte
+    // digest of what the cache holds, unless the server asked for the versions
+    // themselves; without one, the versions.
+    const digest = !this.withVersions && this.resumeToken !== '';
     const request: WatchRequest = {
       prefixes: [...this.prefixes],
       tenant: this.tenant,
       resume_token: this.resumeToken,
-      known_versions: this.cache.knownVersions(),
+      known_versions: digest ? {} : this.cache.knownVersions(),
+      known_digest: digest ? this.cache.knownDigest() : Buffer.alloc(0),
     };
     const sentResumeToken = this.resumeToken !== '';
     const call = this.rpc.Watch(request, metadata);
@@ -751,14 +768,14 @@ export class ConfigWatchClient extends EventEmitter<ClientEvents> implements Asy
       let initialMode: 'full' | 'diff' | 'resumed' | undefined;
       let idle: NodeJS.Timeout | undefined;
 
-      const finish = (error: ConfigWatchError): void => {
+      const finish = (error: ConfigWatchError, askedForVersions = false): void => {
         if (done) return;
         done = true;
         if (idle !== undefined) clearTimeout(idle);
         this.abortCall = undefined;
         call.cancel();
         if (synced && !this.isClosed()) this.emitSafely('disconnected', { error });
-        resolve({ error, synced, sentResumeToken });
+        resolve({ error, synced, sentResumeToken, askedForVersions });
       };
       const armIdle = (): void => {
         if (idle !== undefined) clearTimeout(idle);
@@ -832,7 +849,7 @@ export class ConfigWatchClient extends EventEmitter<ClientEvents> implements Asy
           finish(e instanceof ConfigWatchError ? e : new ProtocolError(`cannot apply a message: ${String(e)}`));
         }
       });
-      call.on('error', (e: unknown) => finish(fromGrpcError(e)));
+      call.on('error', (e: unknown) => finish(fromGrpcError(e), asksForVersions(e)));
       call.on('status', (s: grpc.StatusObject) => {
         finish(
           s.code === grpc.status.OK
@@ -938,4 +955,15 @@ export class ConfigWatchClient extends EventEmitter<ClientEvents> implements Asy
       });
     }
   }
+}
+
+/** The server's answer to a `known_digest` that differs from its state. */
+function asksForVersions(e: unknown): boolean {
+  if (typeof e !== 'object' || e === null) return false;
+  const { code, metadata } = e as { code?: unknown; metadata?: unknown };
+  return (
+    code === grpc.status.ABORTED &&
+    metadata instanceof grpc.Metadata &&
+    metadata.get('configwatch-resume').some((v) => v.toString() === 'known-versions')
+  );
 }

@@ -31,6 +31,19 @@ test('deltas apply only when newer; tombstones keep an old message from resurrec
   assert.deepEqual(summary(c.applyDeltas([del('never', 1)])), []);
 });
 
+test('the digest of the versions held is the one the API defines', () => {
+  // The server's and the Rust client's tests check the same values.
+  const c = new Cache();
+  assert.equal(c.knownDigest().toString('hex'), '00000000000000000000000000000000');
+  c.applyDeltas([e('tenant_config_a', 1, 1)]);
+  assert.equal(c.knownDigest().toString('hex'), '1189b337f183118e15d6dc71f6d0d83c');
+  c.applyDeltas([{ ...e('param_config_db/url', 1_732_406_400_123_456, ''), value: '', secret: true }]);
+  assert.equal(c.knownDigest().toString('hex'), '00c129ddb1e3f7f8fc7dfd609aecf9f2');
+  // Tombstones are not held state.
+  c.applyDeltas([del('param_config_db/url', 1_732_406_400_123_457), del('tenant_config_gone', 3)]);
+  assert.equal(c.knownDigest().toString('hex'), '1189b337f183118e15d6dc71f6d0d83c');
+});
+
 test('a FULL initial state replaces everything held', () => {
   const c = new Cache();
   c.applyDeltas([e('a', 1, 1), e('b', 1, 1)]);

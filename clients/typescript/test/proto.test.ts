@@ -59,5 +59,17 @@ test('messages decode the way the generated types say (loader options in sync)',
   const req = watch.requestDeserialize(
     watch.requestSerialize({ prefixes: ['p_'], tenant: 't', resume_token: '', known_versions: { k: '3' } }),
   ) as Record<string, unknown>;
-  assert.deepEqual(req, { prefixes: ['p_'], tenant: 't', resume_token: '', known_versions: { k: '3' } });
+  assert.deepEqual(req, {
+    prefixes: ['p_'],
+    tenant: 't',
+    resume_token: '',
+    known_versions: { k: '3' },
+    known_digest: Buffer.alloc(0),
+  });
+  // The digest travels as the raw 16 bytes.
+  const digest = Buffer.from('1189b337f183118e15d6dc71f6d0d83c', 'hex');
+  const withDigest = watch.requestDeserialize(
+    watch.requestSerialize({ prefixes: [], tenant: '', resume_token: 'tok', known_versions: {}, known_digest: digest }),
+  ) as Record<string, unknown>;
+  assert.deepEqual(withDigest.known_digest, digest);
 });
