@@ -100,9 +100,9 @@ struct ViewState {
     /// The history holds every change with a revision above this.
     history_floor: u64,
     watchers: Vec<Arc<WatcherSlot>>,
-    /// The last digest computed for a reconnecting watcher: (prefixes, revision,
-    /// digest). A storm of watchers with the same prefixes computes it once.
-    last_digest: Option<(PrefixSet, u64, StateDigest)>,
+    /// Digests computed for reconnecting watchers at `.0` (a revision), by prefix
+    /// set: a storm computes each once per prefix set, not once per watcher.
+    digests: (u64, Vec<(PrefixSet, StateDigest)>),
 }
 
 struct WatcherSlot {
@@ -110,6 +110,9 @@ struct WatcherSlot {
     prefixes: PrefixSet,
     pending: Mutex<Pending>,
 }
+
+/// Prefix sets whose digest a view keeps for the current revision.
+const DIGESTS_KEPT: usize = 16;
 
 /// Up to this many pending changes, the one for a key is found by comparing keys;
 /// above it, through an index by key.
@@ -391,7 +394,7 @@ impl Hub {
                         history: VecDeque::new(),
                         history_floor: 0,
                         watchers: Vec::new(),
-                        last_digest: None,
+                        digests: (0, Vec::new()),
                     }),
                     published: AtomicU64::new(0),
                     last_token: Mutex::new(None),
@@ -754,10 +757,10 @@ impl ViewState {
 
     /// The digest of the live entries under `set` (see [`StateDigest`]).
     fn digest(&mut self, set: &PrefixSet) -> StateDigest {
-        if let Some((prefixes, revision, digest)) = &self.last_digest
-            && prefixes == set
-            && *revision == self.revision
-        {
+        if self.digests.0 != self.revision {
+            self.digests = (self.revision, Vec::new());
+        }
+        if let Some((_, digest)) = self.digests.1.iter().find(|(p, _)| p == set) {
             return *digest;
         }
         let digest = StateDigest::of(
@@ -765,7 +768,10 @@ impl ViewState {
                 .filter(|e| !e.deleted)
                 .map(|e| (&*e.key, e.version)),
         );
-        self.last_digest = Some((set.clone(), self.revision, digest));
+        // Bounded: a scope's watchers use a few prefix sets; past that, recompute.
+        if self.digests.1.len() < DIGESTS_KEPT {
+            self.digests.1.push((set.clone(), digest));
+        }
         digest
     }
 
@@ -1020,6 +1026,23 @@ mod tests {
         let now = held(&[("tenant_config_a", 3), ("tenant_config_b", 1)]);
         let sub = hub.subscribe(&scope, under.clone(), None, &now).await?;
         assert_eq!(sub.mode, InitialMode::Diff);
+        assert!(sub.initial.is_empty());
+        // Another prefix set at the same revision has its own digest.
+        let whole = held(&[
+            ("tenant_config_a", 3),
+            ("tenant_config_b", 1),
+            ("param_config_x", 7),
+        ]);
+        let sub = hub
+            .subscribe(&scope, PrefixSet::everything(), None, &whole)
+            .await?;
+        assert!(sub.initial.is_empty());
+        assert!(matches!(
+            hub.subscribe(&scope, PrefixSet::everything(), None, &now)
+                .await,
+            Err(SubscribeError::DigestDiffers)
+        ));
+        let sub = hub.subscribe(&scope, under.clone(), None, &now).await?;
         assert!(sub.initial.is_empty());
 
         for stale in [
