@@ -86,9 +86,12 @@ async fn watch_loop(shared: &Arc<Shared>) -> Option<Error> {
             failures = 0;
             auth_refusals = 0;
         }
+        let sent_versions = with_versions;
         with_versions = !outcome.synced && (with_versions || outcome.asked_for_versions);
-        if outcome.asked_for_versions {
+        if outcome.asked_for_versions && !sent_versions {
             // Not a failure: the server needs the versions to send the difference.
+            // (Asked again after sending them, it is an error like any other, so
+            // nothing spins.)
             tracing::debug!(tenant = %shared.tenant, "state changed while away; resuming with the versions held");
             continue;
         }

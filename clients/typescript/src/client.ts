@@ -654,9 +654,12 @@ export class ConfigWatchClient extends EventEmitter<ClientEvents> implements Asy
           failures = 0;
           authRefusals = 0;
         }
+        const sentVersions = this.withVersions;
         this.withVersions = !synced && (this.withVersions || outcome.askedForVersions === true);
-        if (outcome.askedForVersions) {
+        if (outcome.askedForVersions && !sentVersions) {
           // Not a failure: the server needs the versions to send the difference.
+          // (Asked again after sending them, it is an error like any other, so
+          // nothing spins.)
           continue;
         }
         let delay: number;
