@@ -34,6 +34,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use configwatch::api::status::{RESUME_METADATA, RESUME_WITH_VERSIONS};
 use configwatch::auth::Role;
 use configwatch::auth::local::LocalKey;
 use configwatch::hub::StateDigest;
@@ -1762,7 +1763,9 @@ async fn reconnect_configwatch(bin: &Path, args: &ReconnectArgs) -> Result<Storm
                 match client.watch(req).await {
                     Err(status)
                         if status.code() == tonic::Code::Aborted
-                            && status.metadata().get("configwatch-resume").is_some() =>
+                            && status.metadata().get(RESUME_METADATA).is_some_and(|v| {
+                                v.as_bytes() == RESUME_WITH_VERSIONS.as_bytes()
+                            }) =>
                     {
                         storm.attempts.fetch_add(1, Ordering::Relaxed);
                         with_versions = true;
