@@ -11,6 +11,8 @@
 
 use std::fmt;
 
+use crate::json::{self, Json, JsonError};
+
 /// Longest accepted key, in bytes (prefix included).
 pub const MAX_KEY_BYTES: usize = 512;
 /// Most `/`-separated segments in a key's path (Parameter Store allows 15 levels,
@@ -37,6 +39,16 @@ pub struct KeyFamily {
     /// Whether keys of this family may hold secrets (SecureString).
     pub secrets: bool,
 }
+
+/// Numbers a `tenant_config_` value may hold: what a DynamoDB number holds exactly
+/// (38 significant digits, magnitude from 1e-130 up to below 1e126). A value is
+/// stored and handed back with each number as written, or refused: never rounded.
+pub const MAX_NUMBER_DIGITS: usize = 38;
+const MIN_NUMBER_EXPONENT: i64 = -130;
+const MAX_NUMBER_EXPONENT: i64 = 125;
+/// Deepest nesting of arrays and objects in a `tenant_config_` value (DynamoDB's
+/// limit on nested attributes).
+pub const MAX_VALUE_DEPTH: usize = 32;
 
 /// `tenant_config_*`: per-tenant configuration, DynamoDB on AWS. DynamoDB items are
 /// at most 400 KB including the other attributes; 400,000 bytes of value leaves room.
@@ -245,6 +257,14 @@ pub enum ValueError {
     SecretNotAllowed { key: String, allowed: &'static str },
     #[error("secret value for '{key}' must be a JSON string")]
     SecretNotString { key: String },
+    #[error(
+        "value for '{key}' holds the number {number}, which cannot be stored exactly: numbers may have at most {MAX_NUMBER_DIGITS} significant digits and a magnitude between 1e-130 and 1e126; write it as a JSON string to keep it as is"
+    )]
+    NumberOutOfRange { key: String, number: String },
+    #[error(
+        "value for '{key}' nests arrays and objects {depth} deep; the limit is {MAX_VALUE_DEPTH}"
+    )]
+    TooDeep { key: String, depth: usize },
 }
 
 /// Validates a value for a key of `family` and returns it in canonical (compact) JSON.
@@ -262,45 +282,62 @@ pub fn validate_value(
             max: family.max_value_bytes,
         });
     }
-    let parsed: serde_json::Value =
-        serde_json::from_str(value).map_err(|e| ValueError::NotJson {
+    let max_depth = match family.shape {
+        ValueShape::AnyJson => MAX_VALUE_DEPTH,
+        ValueShape::StringOrStringList => 1,
+    };
+    let parsed = Json::parse(value, max_depth).map_err(|e| match e {
+        JsonError::TooDeep(depth, _) if family.shape == ValueShape::AnyJson => {
+            ValueError::TooDeep {
+                key: key.to_owned(),
+                depth,
+            }
+        }
+        JsonError::TooDeep(..) => ValueError::NotStringOrList {
             key: key.to_owned(),
-            reason: e.to_string(),
-        })?;
+            family: family.prefix,
+        },
+        JsonError::Syntax(reason) => ValueError::NotJson {
+            key: key.to_owned(),
+            reason,
+        },
+    })?;
     if secret && !family.secrets {
         return Err(ValueError::SecretNotAllowed {
             key: key.to_owned(),
             allowed: PARAM_CONFIG.prefix,
         });
     }
-    if secret && !parsed.is_string() {
+    if secret && !matches!(parsed, Json::String(_)) {
         return Err(ValueError::SecretNotString {
             key: key.to_owned(),
         });
     }
-    if family.shape == ValueShape::StringOrStringList {
-        match &parsed {
-            serde_json::Value::String(_) => {}
-            serde_json::Value::Array(items) if items.iter().all(|v| v.is_string()) => {
-                if items
-                    .iter()
-                    .any(|v| v.as_str().is_some_and(|s| s.contains(',')))
-                {
-                    return Err(ValueError::CommaInList {
-                        key: key.to_owned(),
-                    });
-                }
-            }
-            _ => {
-                return Err(ValueError::NotStringOrList {
+    match (family.shape, &parsed) {
+        (ValueShape::AnyJson, _) => check_numbers(key, &parsed)?,
+        (ValueShape::StringOrStringList, Json::String(_)) => {}
+        (ValueShape::StringOrStringList, Json::Array(items))
+            if items.iter().all(|v| matches!(v, Json::String(_))) =>
+        {
+            if items
+                .iter()
+                .any(|v| matches!(v, Json::String(s) if s.contains(',')))
+            {
+                return Err(ValueError::CommaInList {
                     key: key.to_owned(),
-                    family: family.prefix,
                 });
             }
         }
+        (ValueShape::StringOrStringList, _) => {
+            return Err(ValueError::NotStringOrList {
+                key: key.to_owned(),
+                family: family.prefix,
+            });
+        }
     }
-    // Compact form: what is stored and pushed does not depend on the writer's spacing.
-    let compact = parsed.to_string();
+    // Compact form: what is stored and pushed does not depend on the writer's
+    // spacing; everything else (numbers, escapes, member order) is as written.
+    let compact = json::compact(value);
     if compact.len() > family.max_value_bytes {
         return Err(ValueError::TooLarge {
             key: key.to_owned(),
@@ -310,6 +347,38 @@ pub fn validate_value(
         });
     }
     Ok(compact)
+}
+
+/// Refuses numbers a DynamoDB number cannot hold exactly (read from their text as
+/// written, never through a float).
+fn check_numbers(key: &str, value: &Json) -> Result<(), ValueError> {
+    let mut numbers = Vec::new();
+    value.numbers(&mut numbers);
+    match numbers.into_iter().find(|n| !number_fits(n)) {
+        None => Ok(()),
+        Some(n) => {
+            let mut number: String = n.chars().take(64).collect();
+            if number.len() < n.len() {
+                number.push_str("...");
+            }
+            Err(ValueError::NumberOutOfRange {
+                key: key.to_owned(),
+                number,
+            })
+        }
+    }
+}
+
+/// Whether a JSON number's text fits a DynamoDB number exactly.
+fn number_fits(text: &str) -> bool {
+    match crate::json::decimal(text) {
+        None => false,
+        Some((_, digits, _)) if digits.is_empty() => true,
+        Some((_, digits, magnitude)) => {
+            digits.len() <= MAX_NUMBER_DIGITS
+                && (MIN_NUMBER_EXPONENT..=MAX_NUMBER_EXPONENT).contains(&magnitude)
+        }
+    }
 }
 
 #[cfg(test)]
@@ -446,6 +515,76 @@ mod tests {
             validate_value(&PARAM_CONFIG, "k", "[\"s\"]", true),
             Err(ValueError::SecretNotString { .. })
         ));
+        let big = format!("\"{}\"", "x".repeat(9000));
+        assert!(matches!(
+            validate_value(&PARAM_CONFIG, "k", &big, false),
+            Err(ValueError::TooLarge { max: 8192, .. })
+        ));
+    }
+
+    #[test]
+    fn numbers_come_back_exactly_as_written() {
+        for written in [
+            r#"{"id":123456789012345678901}"#,
+            r#"{"amount":0.1000000000000000055511151231257827}"#,
+            r#"[12345678901234567890123456789012345678]"#,
+            r#"[1.50,0.000,-0,-1.5e-125]"#,
+            r#"{"n":18446744073709551616}"#,
+        ] {
+            assert_eq!(
+                validate_value(&TENANT_CONFIG, "k", written, false).as_deref(),
+                Ok(written),
+                "{written}"
+            );
+        }
+        // Exponents, escapes and member order stay as written too; only the
+        // whitespace between tokens goes.
+        assert_eq!(
+            validate_value(
+                &TENANT_CONFIG,
+                "k",
+                "{ \"b\" : [9.9999E125, 1e-2],\n \"a\": \"\\u0041 b\" }",
+                false
+            )
+            .as_deref(),
+            Ok("{\"b\":[9.9999E125,1e-2],\"a\":\"\\u0041 b\"}")
+        );
+    }
+
+    #[test]
+    fn numbers_that_cannot_be_kept_exactly_are_refused() {
+        for written in [
+            "123456789012345678901234567890123456789",
+            "1e126",
+            "1e-131",
+            "1e99999999999999999999999",
+            "0.1234567890123456789012345678901234567891",
+        ] {
+            let refused = validate_value(&TENANT_CONFIG, "k", written, false);
+            assert!(
+                matches!(refused, Err(ValueError::NumberOutOfRange { .. })),
+                "{written}: {refused:?}"
+            );
+        }
+        // Parameter Store values are text: numbers never reach it.
+        assert!(matches!(
+            validate_value(&PARAM_CONFIG, "k", "1e999", false),
+            Err(ValueError::NotStringOrList { .. })
+        ));
+    }
+
+    #[test]
+    fn nesting_deeper_than_dynamodb_holds_is_refused() {
+        let deep = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        assert!(validate_value(&TENANT_CONFIG, "k", &deep(MAX_VALUE_DEPTH), false).is_ok());
+        assert!(matches!(
+            validate_value(&TENANT_CONFIG, "k", &deep(MAX_VALUE_DEPTH + 1), false),
+            Err(ValueError::TooDeep { .. })
+        ));
+    }
+
+    #[test]
+    fn large_values_are_refused() {
         let big = format!("\"{}\"", "x".repeat(9000));
         assert!(matches!(
             validate_value(&PARAM_CONFIG, "k", &big, false),

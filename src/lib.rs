@@ -17,7 +17,8 @@
 //! - [`source`]: background tasks that bring outside changes into the hub (DynamoDB
 //!   Streams, Parameter Store events through SQS, periodic reconciliation).
 //! - [`aws`]: AWS settings and SDK configuration.
-//! - [`keys`] and [`model`]: keys, families, limits, scopes and entries.
+//! - [`keys`] and [`model`]: keys, families, limits, scopes and entries; [`json`]:
+//!   values kept exactly as written (numbers keep their digits).
 //!
 //! Nothing below `api` knows about protobuf; nothing outside `store` knows about a
 //! database.
@@ -28,6 +29,7 @@ pub mod aws;
 pub mod backoff;
 pub mod cli;
 pub mod hub;
+pub mod json;
 pub mod keys;
 pub mod model;
 pub mod server;

@@ -536,3 +536,61 @@ async fn malformed_items_are_skipped_by_load_and_stream_alike() {
     assert!(skipped >= malformed.len() as u64, "counted {skipped}");
     env.stop().await;
 }
+
+#[tokio::test]
+async fn numbers_keep_every_digit_through_dynamodb_and_its_stream() {
+    let env = Env::start().await;
+    let mut c = env.server.client("acme", Role::Writer).await;
+    let mut w = watch(&mut c, watch_prefixes(&["tenant_config_"])).await;
+    initial(&mut w).await;
+    env.ready().await;
+
+    // Through configwatch: the item holds the number as written.
+    let written = r#"{"id":123456789012345678901,"amount":0.1000000000000000055511151231257827}"#;
+    // DynamoDB keeps no member order; the digits are the writer's.
+    let same = |a: &str, b: &str| {
+        let parse = |t: &str| configwatch::json::Json::parse(t, 32).unwrap();
+        parse(a) == parse(b)
+    };
+    let e = put(&mut c, "tenant_config_ids", written).await;
+    assert!(same(&e.value, written), "{}", e.value);
+    let pushed = one_change(&mut w).await.value;
+    assert!(same(&pushed, written), "{pushed}");
+    let item = env.raw("acme", "ids").await.unwrap();
+    let AttributeValue::M(config) = &item["config"] else {
+        panic!("config is a map: {item:?}")
+    };
+    assert_eq!(
+        config["id"],
+        AttributeValue::N("123456789012345678901".into())
+    );
+
+    // Another tool changes only the last digit, without a version bump: the change
+    // is noticed (not mistaken for the same float), re-versioned and pushed.
+    let mut changed = config.clone();
+    changed.insert(
+        "id".into(),
+        AttributeValue::N("123456789012345678902".into()),
+    );
+    env.put_item("acme", "ids", Some(e.version), AttributeValue::M(changed))
+        .await;
+    let got = one_change(&mut w).await;
+    assert_eq!(got.version, e.version + 1);
+    assert!(
+        got.value.contains("\"id\":123456789012345678902"),
+        "{}",
+        got.value
+    );
+
+    // A fresh load reads the same digits.
+    let got = c
+        .get(proto::GetRequest {
+            keys: vec!["tenant_config_ids".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(got.entries[0].value.contains("123456789012345678902"));
+    env.stop().await;
+}

@@ -948,13 +948,8 @@ fn same_content(a: &Entry, b: &Entry) -> bool {
     if a.deleted || b.deleted {
         return a.deleted == b.deleted;
     }
-    let parse = |e: &Entry| {
-        e.value
-            .as_deref()
-            .and_then(|v| serde_json::from_str::<serde_json::Value>(v).ok())
-    };
-    match (parse(a), parse(b)) {
-        (Some(x), Some(y)) => same_json(&x, &y),
+    match (a.value.as_deref(), b.value.as_deref()) {
+        (Some(x), Some(y)) => same_json(x, y),
         _ => false,
     }
 }

@@ -42,13 +42,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use crate::json::{self, Json};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::config::http::HttpResponse;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
 use aws_smithy_types::date_time::{DateTime, Format};
 use base64::Engine as _;
-use serde_json::Value;
 
 use super::{Backend, StoreError, Write, check_expected, live_version};
 use crate::keys::{self, TENANT_CONFIG};
@@ -213,7 +213,7 @@ pub(crate) fn parse_item(item: &Item) -> Result<ParsedItem, ItemError> {
             name: CONFIG,
             reason,
         })?;
-        Entry::live(&key, version, &json.to_string(), updated_at)
+        Entry::live(&key, version, &json.to_text(), updated_at)
     } else {
         Entry::tombstone(&key, version, updated_at)
     };
@@ -238,15 +238,16 @@ fn now_text() -> String {
         .unwrap_or_else(|_| "1970-01-01T00:00:00Z".to_owned())
 }
 
-/// A JSON value as an attribute. Numbers keep serde_json's text of them.
-pub(crate) fn json_to_attr(value: &Value) -> AttributeValue {
+/// A JSON value as an attribute. Numbers keep their text as written, so DynamoDB
+/// receives exactly the number the writer sent.
+pub(crate) fn json_to_attr(value: &Json) -> AttributeValue {
     match value {
-        Value::Null => AttributeValue::Null(true),
-        Value::Bool(b) => AttributeValue::Bool(*b),
-        Value::Number(n) => AttributeValue::N(n.to_string()),
-        Value::String(s) => AttributeValue::S(s.clone()),
-        Value::Array(items) => AttributeValue::L(items.iter().map(json_to_attr).collect()),
-        Value::Object(map) => AttributeValue::M(
+        Json::Null => AttributeValue::Null(true),
+        Json::Bool(b) => AttributeValue::Bool(*b),
+        Json::Number(n) => AttributeValue::N(n.clone()),
+        Json::String(s) => AttributeValue::S(s.clone()),
+        Json::Array(items) => AttributeValue::L(items.iter().map(json_to_attr).collect()),
+        Json::Object(map) => AttributeValue::M(
             map.iter()
                 .map(|(k, v)| (k.clone(), json_to_attr(v)))
                 .collect(),
@@ -254,82 +255,68 @@ pub(crate) fn json_to_attr(value: &Value) -> AttributeValue {
     }
 }
 
-fn number(text: &str) -> Result<serde_json::Number, String> {
-    serde_json::from_str::<serde_json::Number>(text.trim())
-        .map_err(|_| format!("'{text}' is not a number JSON can hold"))
+fn number(text: &str) -> Result<Json, String> {
+    let text = text.trim();
+    if json::is_number(text) {
+        Ok(Json::Number(text.to_owned()))
+    } else {
+        Err(format!("'{text}' is not a JSON number"))
+    }
 }
 
 /// An attribute as JSON. Maps come out with sorted keys and sets sorted, so the same
-/// item always reads as the same text.
-pub(crate) fn attr_to_json(attr: &AttributeValue) -> Result<Value, String> {
+/// item always reads as the same text; numbers come out with DynamoDB's digits.
+pub(crate) fn attr_to_json(attr: &AttributeValue) -> Result<Json, String> {
     let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
     Ok(match attr {
-        AttributeValue::Null(_) => Value::Null,
-        AttributeValue::Bool(b) => Value::Bool(*b),
-        AttributeValue::N(n) => Value::Number(number(n)?),
-        AttributeValue::S(s) => Value::String(s.clone()),
-        AttributeValue::B(blob) => Value::String(b64(blob.as_ref())),
-        AttributeValue::L(items) => Value::Array(
+        AttributeValue::Null(_) => Json::Null,
+        AttributeValue::Bool(b) => Json::Bool(*b),
+        AttributeValue::N(n) => number(n)?,
+        AttributeValue::S(s) => Json::String(s.clone()),
+        AttributeValue::B(blob) => Json::String(b64(blob.as_ref())),
+        AttributeValue::L(items) => Json::Array(
             items
                 .iter()
                 .map(attr_to_json)
                 .collect::<Result<Vec<_>, _>>()?,
         ),
-        AttributeValue::M(map) => {
-            let mut names: Vec<&String> = map.keys().collect();
-            names.sort();
-            let mut out = serde_json::Map::with_capacity(map.len());
-            for name in names {
-                if let Some(v) = map.get(name) {
-                    out.insert(name.clone(), attr_to_json(v)?);
-                }
-            }
-            Value::Object(out)
-        }
+        AttributeValue::M(map) => Json::Object(
+            map.iter()
+                .map(|(k, v)| Ok((k.clone(), attr_to_json(v)?)))
+                .collect::<Result<_, String>>()?,
+        ),
         AttributeValue::Ss(set) => {
             let mut set = set.clone();
             set.sort();
-            Value::Array(set.into_iter().map(Value::String).collect())
+            Json::Array(set.into_iter().map(Json::String).collect())
         }
         AttributeValue::Ns(set) => {
-            let mut numbers = set
-                .iter()
-                .map(|n| number(n))
-                .collect::<Result<Vec<_>, _>>()?;
+            let mut numbers = set.iter().map(|n| n.trim()).collect::<Vec<_>>();
+            // By value, then by text: numbers one float apart keep a fixed order.
             numbers.sort_by(|a, b| {
-                let (a, b) = (a.as_f64().unwrap_or(0.0), b.as_f64().unwrap_or(0.0));
-                a.total_cmp(&b)
+                let value = |t: &str| t.parse::<f64>().unwrap_or(0.0);
+                value(a).total_cmp(&value(b)).then_with(|| a.cmp(b))
             });
-            Value::Array(numbers.into_iter().map(Value::Number).collect())
+            Json::Array(numbers.into_iter().map(number).collect::<Result<_, _>>()?)
         }
         AttributeValue::Bs(set) => {
             let mut texts: Vec<String> = set.iter().map(|b| b64(b.as_ref())).collect();
             texts.sort();
-            Value::Array(texts.into_iter().map(Value::String).collect())
+            Json::Array(texts.into_iter().map(Json::String).collect())
         }
         _ => return Err("an attribute type this version does not know".into()),
     })
 }
 
-/// Whether two JSON values hold the same content: map order is ignored, and numbers
-/// compare by value (DynamoDB may give `1` back for `1.0`).
-pub(crate) fn same_json(a: &Value, b: &Value) -> bool {
-    match (a, b) {
-        (Value::Number(x), Value::Number(y)) => {
-            match (x.as_i64(), y.as_i64(), x.as_u64(), y.as_u64()) {
-                (Some(x), Some(y), _, _) => x == y,
-                (_, _, Some(x), Some(y)) => x == y,
-                _ => x.as_f64() == y.as_f64(),
-            }
-        }
-        (Value::Array(x), Value::Array(y)) => {
-            x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same_json(x, y))
-        }
-        (Value::Object(x), Value::Object(y)) => {
-            x.len() == y.len()
-                && x.iter()
-                    .all(|(k, v)| y.get(k).is_some_and(|w| same_json(v, w)))
-        }
+/// Whether two values (JSON text) hold the same content: member order is ignored,
+/// and numbers compare by exact value (DynamoDB may give `1` back for `1.0`; never
+/// rounded). Text that is not JSON is the same only as itself.
+pub(crate) fn same_json(a: &str, b: &str) -> bool {
+    match (
+        Json::parse(a, json::MAX_DEPTH),
+        Json::parse(b, json::MAX_DEPTH),
+    ) {
+        (Ok(x), Ok(y)) => x.same(&y),
         _ => a == b,
     }
 }
@@ -629,7 +616,7 @@ impl Backend for DynamoBackend {
                 )));
             }
             Write::Put { value, .. } => {
-                let json: Value = serde_json::from_str(value).map_err(|e| {
+                let json = Json::parse(value, json::MAX_DEPTH).map_err(|e| {
                     StoreError::Internal(format!("value for '{key}' is not JSON: {e}"))
                 })?;
                 Some(json_to_attr(&json))
@@ -748,7 +735,7 @@ mod tests {
         assert_eq!(parsed.entry.updated_at, 1_714_557_600_500);
         assert_eq!(
             parsed.entry.value.as_deref(),
-            Some(r#"{"a":["x","y"],"b":"aGk=","n":null,"z":1.5}"#)
+            Some(r#"{"a":["x","y"],"b":"aGk=","n":null,"z":1.50}"#)
         );
 
         let soft_deleted = item(&[
@@ -781,23 +768,25 @@ mod tests {
 
     #[test]
     fn json_survives_the_attribute_round_trip() -> Result<(), Box<dyn std::error::Error>> {
-        let text = r#"{"a":[1,-2,3.25,12345678901234567890,"s",true,null,{"b":{}}],"c":[]}"#;
-        let value: Value = serde_json::from_str(text)?;
-        let back = attr_to_json(&json_to_attr(&value))?;
-        assert_eq!(back.to_string(), text);
+        let text =
+            r#"{"a":[1,-2,3.25,123456789012345678901,"s",true,null,{"b":{}}],"c":[1.50,1E2]}"#;
+        let back = attr_to_json(&json_to_attr(&Json::parse(text, 32)?))?;
+        assert_eq!(back.to_text(), text);
         let ns = AttributeValue::Ns(vec!["10".into(), "9".into(), "-1".into()]);
-        assert_eq!(attr_to_json(&ns)?.to_string(), "[-1,9,10]");
+        assert_eq!(attr_to_json(&ns)?.to_text(), "[-1,9,10]");
+        let not_a_number = AttributeValue::N("+1".into());
+        assert!(attr_to_json(&not_a_number).is_err());
         Ok(())
     }
 
     #[test]
-    fn same_json_ignores_order_and_number_spelling() -> Result<(), Box<dyn std::error::Error>> {
-        let a: Value = serde_json::from_str(r#"{"x":1.0,"y":[1,2]}"#)?;
-        let b: Value = serde_json::from_str(r#"{"y":[1,2],"x":1}"#)?;
-        let c: Value = serde_json::from_str(r#"{"y":[2,1],"x":1}"#)?;
-        assert!(same_json(&a, &b));
-        assert!(!same_json(&a, &c));
-        assert!(!same_json(&Value::from(1), &Value::from("1")));
-        Ok(())
+    fn same_json_ignores_order_and_number_spelling() {
+        assert!(same_json(r#"{"x":1.0,"y":[1,2]}"#, r#"{"y":[1,2],"x":1}"#));
+        assert!(!same_json(r#"{"x":1.0,"y":[1,2]}"#, r#"{"y":[2,1],"x":1}"#));
+        assert!(!same_json("1", "\"1\""));
+        assert!(!same_json(
+            r#"{"id":123456789012345678901}"#,
+            r#"{"id":123456789012345678902}"#
+        ));
     }
 }
