@@ -22,7 +22,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .compile_fds(fds.clone())?;
     // The server on its own, over the messages above, except that a Watch stream
     // sends `WatchFrame`s: the same bytes, built from the hub's shared entries (see
-    // src/api/frame.rs). Calls start with a small encode buffer (src/api/codec.rs).
+    // src/api/frame.rs). Calls start with a small encode buffer, and a request that
+    // cannot be decoded is INVALID_ARGUMENT (src/api/codec.rs).
     let server = out.join("server");
     std::fs::create_dir_all(&server)?;
     tonic_prost_build::configure()
@@ -34,7 +35,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ".configwatch.v1.WatchResponse",
             "crate::api::frame::WatchFrame",
         )
-        .codec_path("crate::api::codec::LeanCodec")
+        .codec_path("crate::api::codec::ServerCodec")
         .compile_fds(fds)?;
 
     let etcd = "proto/bench/etcd_v3_subset.proto";
