@@ -311,6 +311,9 @@ impl ConfigService for ConfigApi {
         let req = request.into_inner();
         let (family, backend) = self.router.route(&req.key)?;
         let value = keys::validate_value(family, &req.key, &req.value, req.secret)?;
+        // The view is loaded before the write, so the answer carries the revision at
+        // which the write was applied (a first Put to a tenant nobody has read yet).
+        self.hub.view(&scope).await?;
         let write = Write::Put {
             value,
             secret: req.secret,
@@ -332,6 +335,7 @@ impl ConfigService for ConfigApi {
         require_writer(&id)?;
         let req = request.into_inner();
         let (_, backend) = self.router.route(&req.key)?;
+        self.hub.view(&scope).await?;
         let entry = backend
             .write(&scope, &req.key, Write::Delete, req.expected_version)
             .await?;
@@ -343,14 +347,21 @@ impl ConfigService for ConfigApi {
 }
 
 impl ConfigApi {
-    /// Hands a committed write to the hub; returns it with its revision when applied.
+    /// Hands a committed write to the hub; returns it with the revision at which it
+    /// was applied (by this call, or first by a source that saw the same change).
     fn apply(&self, scope: &Scope, entry: Entry) -> Entry {
         match self.hub.apply(scope, entry.clone()) {
             Some(applied) => Entry {
                 value: entry.value,
                 ..(*applied).clone()
             },
-            None => entry,
+            None => {
+                let revision = self
+                    .hub
+                    .applied_revision(scope, &entry.key, entry.version)
+                    .unwrap_or(entry.revision);
+                Entry { revision, ..entry }
+            }
         }
     }
 }
