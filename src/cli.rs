@@ -803,6 +803,37 @@ async fn watch_once(
 mod tests {
     use super::*;
 
+    #[derive(Parser)]
+    struct IdentityOnly {
+        #[command(flatten)]
+        identity: IdentityArgs,
+    }
+
+    fn identity_args(args: &[&str]) -> Result<IdentityArgs, clap::Error> {
+        let argv = std::iter::once("configwatch").chain(args.iter().copied());
+        IdentityOnly::try_parse_from(argv).map(|p| p.identity)
+    }
+
+    #[tokio::test]
+    async fn a_leeway_over_an_hour_is_a_usage_error_and_roles_need_no_claim_by_default()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let args = identity_args(&["--jwt-leeway", "2h"])?;
+        assert!(args.role_claim.is_empty(), "no role claim unless declared");
+        match authenticator(&args, dir.path(), CancellationToken::new()).await {
+            Err(f) => {
+                assert_eq!(f.code, EXIT_USAGE);
+                assert!(f.message.contains("--jwt-leeway"), "{}", f.message);
+            }
+            Ok(_) => panic!("a 2h leeway was accepted"),
+        }
+        let args = identity_args(&["--jwt-leeway", "1h"])?;
+        authenticator(&args, dir.path(), CancellationToken::new())
+            .await
+            .map_err(|f| f.message)?;
+        Ok(())
+    }
+
     #[test]
     fn issuer_is_derived_only_for_cognito() {
         assert_eq!(
