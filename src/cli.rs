@@ -240,7 +240,7 @@ fn cognito_issuer(jwks_url: &str) -> Option<String> {
 }
 
 /// The most clock skew --jwt-leeway may allow.
-const MAX_JWT_LEEWAY: Duration = Duration::from_secs(3600);
+const MAX_JWT_LEEWAY: Duration = crate::auth::MAX_LEEWAY;
 
 /// Builds the authenticator the flags describe.
 async fn authenticator(

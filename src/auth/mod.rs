@@ -138,6 +138,9 @@ pub const MAX_ECHO_CHARS: usize = 64;
 /// refusal repeats.
 const MAX_DETAIL_CHARS: usize = 256;
 
+/// The most clock skew allowed on `exp` and `nbf`.
+pub const MAX_LEEWAY: Duration = Duration::from_secs(3600);
+
 /// The latest NumericDate accepted (9999-12-31T23:59:59Z): `exp`, `nbf` and `iat`
 /// later than this are refused as malformed rather than turned into a time.
 pub const MAX_NUMERIC_DATE: u64 = 253_402_300_799;
@@ -323,11 +326,14 @@ impl Authenticator {
     }
 
     /// With a cache of at most `capacity` verified tokens (0: every call verifies).
+    /// A leeway over [`MAX_LEEWAY`] is cut to it (the command line refuses one).
     pub fn with_cache_capacity(
         keys: Arc<dyn KeySource>,
-        rules: ClaimRules,
+        mut rules: ClaimRules,
         capacity: usize,
     ) -> Self {
+        // jsonwebtoken subtracts the leeway from the clock unchecked.
+        rules.leeway = rules.leeway.min(MAX_LEEWAY);
         Authenticator {
             keys,
             rules,
@@ -646,7 +652,11 @@ fn map_jwt_error(e: jsonwebtoken::errors::Error) -> AuthError {
             accepted: "the key's own algorithm".into(),
         },
         K::MissingRequiredClaim(c) => {
-            AuthError::malformed(format_args!("the '{}' claim is required", clip(c)))
+            // jsonwebtoken also says so of an `exp` it cannot read as a date.
+            AuthError::malformed(format_args!(
+                "the '{}' claim is required, as a number of seconds since 1970",
+                clip(c)
+            ))
         }
         _ => unreadable(&e),
     }
@@ -1012,6 +1022,27 @@ mod tests {
         assert_eq!(
             id.expires_at,
             Some(UNIX_EPOCH + Duration::from_secs(MAX_NUMERIC_DATE + 5))
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_huge_leeway_is_cut_to_the_maximum() -> TestResult {
+        let keys = TestKeys::new()?;
+        let rules = ClaimRules {
+            leeway: Duration::MAX,
+            ..ClaimRules::default()
+        };
+        let auth = Authenticator::new(keys.clone(), rules);
+        let exp = now() + 600;
+        let id = auth.verify(&keys.sign(&claims(exp))?).await?;
+        assert_eq!(
+            id.expires_at,
+            Some(UNIX_EPOCH + Duration::from_secs(exp) + MAX_LEEWAY)
+        );
+        assert_eq!(
+            auth.verify(&keys.sign(&claims(now() - 7200))?).await,
+            Err(AuthError::Expired)
         );
         Ok(())
     }
