@@ -1164,10 +1164,22 @@ async fn a_token_dated_past_the_year_9999_is_refused_and_the_server_keeps_servin
     ] {
         assert_refused(server.addr, &claims(extra), text, what).await;
     }
+    // The last second of 9999 is still a date: a Watch with it runs.
+    let mut far = connect(
+        server.addr,
+        Some(&claims(json!({"exp": 253_402_300_799u64}))),
+    )
+    .await;
+    let mut far_watch = watch(&mut far, watch_prefixes(&[])).await;
+    initial(&mut far_watch).await;
     // Nothing broke: the writer's Watch and calls go on.
     put(&mut writer, "tenant_config_a", "2").await;
     assert_eq!(
         summary(&changes(&mut w, 1).await),
+        [("tenant_config_a".into(), 2, false)]
+    );
+    assert_eq!(
+        summary(&changes(&mut far_watch, 1).await),
         [("tenant_config_a".into(), 2, false)]
     );
     server.stop().await;
