@@ -208,8 +208,10 @@ pub struct IdentityArgs {
         default_value = "custom:tenantId"
     )]
     pub tenant_claim: String,
-    /// Claim naming the role (`cognito:groups` is read when it is absent).
-    #[arg(long, env = "CONFIGWATCH_ROLE_CLAIM", default_value = "custom:role")]
+    /// With --jwks-url: a claim naming the role that only administrators can set,
+    /// read before `cognito:groups` (e.g. custom:role, once the app client may not
+    /// write it). It can never grant relay. Empty (default): roles from groups only.
+    #[arg(long, env = "CONFIGWATCH_ROLE_CLAIM", default_value = "")]
     pub role_claim: String,
     /// Claim narrowing a token to one service of its tenant.
     #[arg(
@@ -237,15 +239,34 @@ fn cognito_issuer(jwks_url: &str) -> Option<String> {
     (host.starts_with("cognito-idp.") && host.ends_with(".amazonaws.com")).then(|| base.to_owned())
 }
 
+/// The most clock skew --jwt-leeway may allow.
+const MAX_JWT_LEEWAY: Duration = crate::auth::MAX_LEEWAY;
+
 /// Builds the authenticator the flags describe.
 async fn authenticator(
     args: &IdentityArgs,
     data_dir: &Path,
     shutdown: CancellationToken,
 ) -> Result<Authenticator, Failure> {
+    if args.jwt_leeway > MAX_JWT_LEEWAY {
+        return Err(Failure::usage(format!(
+            "--jwt-leeway {} is over the maximum of {}",
+            humantime::format_duration(args.jwt_leeway),
+            humantime::format_duration(MAX_JWT_LEEWAY)
+        )));
+    }
+    let role_claim = Some(args.role_claim.trim())
+        .filter(|c| !c.is_empty())
+        .map(str::to_owned);
+    if role_claim.is_some() && args.jwks_url.is_none() {
+        tracing::warn!(
+            "--role-claim applies to identity provider tokens (--jwks-url) only; the server's own tokens carry their role in {}",
+            crate::auth::local::ROLE_CLAIM
+        );
+    }
     let mut rules = ClaimRules {
         tenant_claim: args.tenant_claim.clone(),
-        role_claim: args.role_claim.clone(),
+        role_claim,
         service_claim: args.service_claim.clone(),
         issuers: args.issuers.clone(),
         audiences: args.audiences.clone(),
@@ -781,6 +802,37 @@ async fn watch_once(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Parser)]
+    struct IdentityOnly {
+        #[command(flatten)]
+        identity: IdentityArgs,
+    }
+
+    fn identity_args(args: &[&str]) -> Result<IdentityArgs, clap::Error> {
+        let argv = std::iter::once("configwatch").chain(args.iter().copied());
+        IdentityOnly::try_parse_from(argv).map(|p| p.identity)
+    }
+
+    #[tokio::test]
+    async fn a_leeway_over_an_hour_is_a_usage_error_and_roles_need_no_claim_by_default()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let args = identity_args(&["--jwt-leeway", "2h"])?;
+        assert!(args.role_claim.is_empty(), "no role claim unless declared");
+        match authenticator(&args, dir.path(), CancellationToken::new()).await {
+            Err(f) => {
+                assert_eq!(f.code, EXIT_USAGE);
+                assert!(f.message.contains("--jwt-leeway"), "{}", f.message);
+            }
+            Ok(_) => panic!("a 2h leeway was accepted"),
+        }
+        let args = identity_args(&["--jwt-leeway", "1h"])?;
+        authenticator(&args, dir.path(), CancellationToken::new())
+            .await
+            .map_err(|f| f.message)?;
+        Ok(())
+    }
 
     #[test]
     fn issuer_is_derived_only_for_cognito() {

@@ -101,7 +101,7 @@ fn good_claims() -> Value {
         "exp": now() + 600,
         "iat": now(),
         "custom:tenantId": "acme",
-        "custom:role": "writer",
+        "cognito:groups": ["writer"],
     })
 }
 
@@ -232,7 +232,7 @@ async fn the_attack_suite_is_refused_and_leaks_nothing() {
 
     // A reader cannot write.
     let mut reader_claims = good_claims();
-    reader_claims["custom:role"] = json!("reader");
+    reader_claims["cognito:groups"] = json!(["reader"]);
     let mut reader = connect(server.addr, Some(&rs256(&reader_claims, KID))).await;
     let err = reader
         .put(proto::PutRequest {
@@ -243,10 +243,9 @@ async fn the_attack_suite_is_refused_and_leaks_nothing() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
-    // A role from Cognito groups when there is no role claim.
+    // The most capable group that names a role.
     let mut grouped = good_claims();
-    grouped.as_object_mut().unwrap().remove("custom:role");
-    grouped["cognito:groups"] = json!(["staff", "writer"]);
+    grouped["cognito:groups"] = json!(["staff", "reader", "writer"]);
     let mut by_group = connect(server.addr, Some(&rs256(&grouped, KID))).await;
     put(&mut by_group, "tenant_config_by-group", "1").await;
 
@@ -433,15 +432,16 @@ async fn a_service_token_sees_only_its_service() {
     server.stop().await;
 }
 
-/// Signs claims with the server's own Ed25519 key file.
-fn sign_local(dir: &std::path::Path, claims: Value) -> String {
+/// Signs claims with the server's own Ed25519 key file, as its own issuer.
+fn sign_local(dir: &std::path::Path, mut claims: Value) -> String {
+    claims["iss"] = json!("configwatch");
+    sign_local_raw(dir, &Header::new(Algorithm::EdDSA), &claims)
+}
+
+/// Signs exactly these claims with this header with the server's own key file.
+fn sign_local_raw(dir: &std::path::Path, header: &Header, claims: &Value) -> String {
     let pem = std::fs::read(dir.join("signing-key.pem")).unwrap();
-    jsonwebtoken::encode(
-        &Header::new(Algorithm::EdDSA),
-        &claims,
-        &EncodingKey::from_ed_pem(&pem).unwrap(),
-    )
-    .unwrap()
+    jsonwebtoken::encode(header, claims, &EncodingKey::from_ed_pem(&pem).unwrap()).unwrap()
 }
 
 #[tokio::test]
@@ -502,90 +502,132 @@ async fn a_watch_ends_at_token_expiry_and_resumes_with_a_new_token_losing_nothin
     server.stop().await;
 }
 
-/// A Cognito user pool on moto: custom:tenantId (immutable) and custom:role, an app
-/// client with ADMIN_USER_PASSWORD_AUTH, and one user. Returns (pool id, client id,
-/// id token, access token).
-async fn cognito_user(moto: &Moto, tenant: &str, role: &str) -> (String, String, String, String) {
-    use aws_sdk_cognitoidentityprovider::types::{
-        AttributeDataType, AttributeType, AuthFlowType, ExplicitAuthFlowsType, MessageActionType,
-        SchemaAttributeType,
-    };
-    let idp = aws_sdk_cognitoidentityprovider::Client::new(&moto.sdk_config().await);
-    let attr = |name: &str, mutable: bool| {
-        SchemaAttributeType::builder()
-            .name(name)
-            .attribute_data_type(AttributeDataType::String)
-            .mutable(mutable)
-            .build()
-    };
-    let pool = idp
-        .create_user_pool()
-        .pool_name("configwatch")
-        .schema(attr("tenantId", false))
-        .schema(attr("role", true))
-        .send()
-        .await
-        .unwrap()
-        .user_pool
-        .unwrap()
-        .id
-        .unwrap();
-    let client = idp
-        .create_user_pool_client()
-        .user_pool_id(&pool)
-        .client_name("service")
-        .explicit_auth_flows(ExplicitAuthFlowsType::AllowAdminUserPasswordAuth)
-        .explicit_auth_flows(ExplicitAuthFlowsType::AllowRefreshTokenAuth)
-        .send()
-        .await
-        .unwrap()
-        .user_pool_client
-        .unwrap()
-        .client_id
-        .unwrap();
-    let value = |name: &str, v: &str| {
-        AttributeType::builder()
-            .name(name)
-            .value(v)
-            .build()
+/// A Cognito user pool on moto: custom:tenantId (immutable) and custom:role (mutable,
+/// as many pools have it), and an app client with ADMIN_USER_PASSWORD_AUTH.
+struct Pool {
+    idp: aws_sdk_cognitoidentityprovider::Client,
+    id: String,
+    client: String,
+}
+
+impl Pool {
+    async fn new(moto: &Moto) -> Pool {
+        use aws_sdk_cognitoidentityprovider::types::{
+            AttributeDataType, ExplicitAuthFlowsType, SchemaAttributeType,
+        };
+        let idp = aws_sdk_cognitoidentityprovider::Client::new(&moto.sdk_config().await);
+        let attr = |name: &str, mutable: bool| {
+            SchemaAttributeType::builder()
+                .name(name)
+                .attribute_data_type(AttributeDataType::String)
+                .mutable(mutable)
+                .build()
+        };
+        let id = idp
+            .create_user_pool()
+            .pool_name("configwatch")
+            .schema(attr("tenantId", false))
+            .schema(attr("role", true))
+            .send()
+            .await
             .unwrap()
-    };
-    idp.admin_create_user()
-        .user_pool_id(&pool)
-        .username("svc-user")
-        .user_attributes(value("custom:tenantId", tenant))
-        .user_attributes(value("custom:role", role))
-        .message_action(MessageActionType::Suppress)
-        .temporary_password("Temp-Passw0rd!")
-        .send()
-        .await
-        .unwrap();
-    idp.admin_set_user_password()
-        .user_pool_id(&pool)
-        .username("svc-user")
-        .password("Real-Passw0rd!")
-        .permanent(true)
-        .send()
-        .await
-        .unwrap();
-    let auth = idp
-        .admin_initiate_auth()
-        .user_pool_id(&pool)
-        .client_id(&client)
-        .auth_flow(AuthFlowType::AdminUserPasswordAuth)
-        .auth_parameters("USERNAME", "svc-user")
-        .auth_parameters("PASSWORD", "Real-Passw0rd!")
-        .send()
-        .await
-        .unwrap()
-        .authentication_result
-        .unwrap();
-    (
-        pool,
-        client,
-        auth.id_token.unwrap(),
-        auth.access_token.unwrap(),
-    )
+            .user_pool
+            .unwrap()
+            .id
+            .unwrap();
+        let client = idp
+            .create_user_pool_client()
+            .user_pool_id(&id)
+            .client_name("service")
+            .explicit_auth_flows(ExplicitAuthFlowsType::AllowAdminUserPasswordAuth)
+            .explicit_auth_flows(ExplicitAuthFlowsType::AllowRefreshTokenAuth)
+            .send()
+            .await
+            .unwrap()
+            .user_pool_client
+            .unwrap()
+            .client_id
+            .unwrap();
+        Pool { idp, id, client }
+    }
+
+    /// An admin-created user with these attributes, in these groups (created as
+    /// needed).
+    async fn user(&self, name: &str, attributes: &[(&str, &str)], groups: &[&str]) {
+        use aws_sdk_cognitoidentityprovider::types::{AttributeType, MessageActionType};
+        let mut create = self
+            .idp
+            .admin_create_user()
+            .user_pool_id(&self.id)
+            .username(name)
+            .message_action(MessageActionType::Suppress)
+            .temporary_password("Temp-Passw0rd!");
+        for (k, v) in attributes {
+            create = create
+                .user_attributes(AttributeType::builder().name(*k).value(*v).build().unwrap());
+        }
+        create.send().await.unwrap();
+        self.idp
+            .admin_set_user_password()
+            .user_pool_id(&self.id)
+            .username(name)
+            .password("Real-Passw0rd!")
+            .permanent(true)
+            .send()
+            .await
+            .unwrap();
+        for group in groups {
+            // Already there for an earlier user: fine.
+            let _ = self
+                .idp
+                .create_group()
+                .user_pool_id(&self.id)
+                .group_name(*group)
+                .send()
+                .await;
+            self.idp
+                .admin_add_user_to_group()
+                .user_pool_id(&self.id)
+                .username(name)
+                .group_name(*group)
+                .send()
+                .await
+                .unwrap();
+        }
+    }
+
+    /// Signs in: (ID token, access token).
+    async fn sign_in(&self, name: &str) -> (String, String) {
+        use aws_sdk_cognitoidentityprovider::types::AuthFlowType;
+        let auth = self
+            .idp
+            .admin_initiate_auth()
+            .user_pool_id(&self.id)
+            .client_id(&self.client)
+            .auth_flow(AuthFlowType::AdminUserPasswordAuth)
+            .auth_parameters("USERNAME", name)
+            .auth_parameters("PASSWORD", "Real-Passw0rd!")
+            .send()
+            .await
+            .unwrap()
+            .authentication_result
+            .unwrap();
+        (auth.id_token.unwrap(), auth.access_token.unwrap())
+    }
+}
+
+/// One user of `tenant` in `groups`. Returns (pool id, client id, id token, access
+/// token).
+async fn cognito_user(
+    moto: &Moto,
+    tenant: &str,
+    groups: &[&str],
+) -> (String, String, String, String) {
+    let pool = Pool::new(moto).await;
+    pool.user("svc-user", &[("custom:tenantId", tenant)], groups)
+        .await;
+    let (id_token, access_token) = pool.sign_in("svc-user").await;
+    (pool.id, pool.client, id_token, access_token)
 }
 
 async fn cognito_server(
@@ -594,6 +636,18 @@ async fn cognito_server(
     pool: &str,
     client: &str,
     token_use: TokenUse,
+) -> TestServer {
+    cognito_server_with(dir, moto, pool, client, token_use, None).await
+}
+
+/// With a declared admin-only role claim (`--role-claim`).
+async fn cognito_server_with(
+    dir: &std::path::Path,
+    moto: &Moto,
+    pool: &str,
+    client: &str,
+    token_use: TokenUse,
+    role_claim: Option<&str>,
 ) -> TestServer {
     let settings = JwksSettings::new(format!("{}/{pool}/.well-known/jwks.json", moto.endpoint));
     let keys = JwksKeySource::start(settings, CancellationToken::new())
@@ -606,6 +660,7 @@ async fn cognito_server(
         )],
         audiences: vec![client.into()],
         token_use,
+        role_claim: role_claim.map(str::to_owned),
         ..ClaimRules::default()
     };
     TestServer::start_authed(
@@ -620,7 +675,7 @@ async fn cognito_server(
 #[tokio::test]
 async fn a_real_cognito_id_token_works_end_to_end() {
     let moto = Moto::start();
-    let (pool, client, id_token, access_token) = cognito_user(&moto, "acme", "writer").await;
+    let (pool, client, id_token, access_token) = cognito_user(&moto, "acme", &["writer"]).await;
     let dir = tempfile::tempdir().unwrap();
     let server = cognito_server(dir.path(), &moto, &pool, &client, TokenUse::Id).await;
     let mut c = connect(server.addr, Some(&id_token)).await;
@@ -648,7 +703,7 @@ async fn a_real_cognito_id_token_works_end_to_end() {
 #[tokio::test]
 async fn access_tokens_work_with_token_use_access_when_they_carry_the_tenant() {
     let moto = Moto::start();
-    let (pool, client, _, access_token) = cognito_user(&moto, "acme", "reader").await;
+    let (pool, client, _, access_token) = cognito_user(&moto, "acme", &["reader"]).await;
     let dir = tempfile::tempdir().unwrap();
     let server = cognito_server(dir.path(), &moto, &pool, &client, TokenUse::Access).await;
     // Cognito access tokens carry no custom claims unless a pre-token-generation
@@ -778,7 +833,7 @@ async fn a_tampered_token_is_refused_while_its_valid_original_is_cached() {
     let jwks = jwks_server(JWKS.into()).await;
     let (server, keys) = jwks_server_with_rules(dir.path(), &jwks, TokenUse::Id).await;
     let mut reader_claims = good_claims();
-    reader_claims["custom:role"] = json!("reader");
+    reader_claims["cognito:groups"] = json!(["reader"]);
     let valid = rs256(&reader_claims, KID);
     let mut good = connect(server.addr, Some(&valid)).await;
     for _ in 0..2 {
@@ -829,7 +884,7 @@ async fn a_tampered_token_is_refused_while_its_valid_original_is_cached() {
             "tenant changed",
             forge("custom:tenantId", json!("other-tenant")),
         ),
-        ("role raised", forge("custom:role", json!("admin"))),
+        ("role raised", forge("cognito:groups", json!(["admin"]))),
         ("expiry extended", forge("exp", json!(now() + 86_400))),
         (
             "header changed",
@@ -908,4 +963,396 @@ async fn a_key_dropped_from_the_jwks_stops_verifying_cached_tokens() {
         matches!(err, configwatch::auth::AuthError::UnknownKey(_)),
         "{err:?}"
     );
+}
+
+/// The claims of a token, unverified (to show what a provider put in it).
+fn payload(token: &str) -> Value {
+    let part = token.split('.').nth(1).unwrap();
+    serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(part)
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+/// Get and Watch with this token are refused UNAUTHENTICATED, with a short message
+/// containing `text`.
+async fn assert_refused(addr: std::net::SocketAddr, token: &str, text: &str, what: &str) {
+    let mut c = connect(addr, Some(token)).await;
+    let get = c.get(proto::GetRequest::default()).await.expect_err(what);
+    let watch = c.watch(watch_prefixes(&[])).await.expect_err(what);
+    for err in [get, watch] {
+        assert_eq!(err.code(), Code::Unauthenticated, "{what}: {err:?}");
+        assert!(err.message().contains(text), "{what}: {:?}", err.message());
+        assert!(err.message().len() < 400, "{what}: {:?}", err.message());
+    }
+}
+
+/// Item: roles never come from an attribute users can write. On moto (which, like
+/// a pool whose app client may write `custom:role`, lets users change it), a user
+/// sets `custom:role=relay` and signs in again: by default the attribute is no role
+/// at all; declared as the role claim, relay from it is refused. Groups give roles.
+#[tokio::test]
+async fn a_user_who_writes_relay_into_their_role_attribute_reads_no_other_tenant() {
+    use aws_sdk_cognitoidentityprovider::types::AttributeType;
+    let moto = Moto::start();
+    let pool = Pool::new(&moto).await;
+    pool.user(
+        "mallory",
+        &[("custom:tenantId", "acme"), ("custom:role", "reader")],
+        &[],
+    )
+    .await;
+    pool.user(
+        "globex-writer",
+        &[("custom:tenantId", "globex")],
+        &["writer"],
+    )
+    .await;
+    pool.user("edge-relay", &[], &["relay"]).await;
+    pool.user(
+        "attr-writer",
+        &[("custom:tenantId", "acme"), ("custom:role", "writer")],
+        &[],
+    )
+    .await;
+
+    // The attack: the user's own access token writes the attribute.
+    let (_, access) = pool.sign_in("mallory").await;
+    pool.idp
+        .update_user_attributes()
+        .access_token(&access)
+        .user_attributes(
+            AttributeType::builder()
+                .name("custom:role")
+                .value("relay")
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let (mallory, _) = pool.sign_in("mallory").await;
+    assert_eq!(payload(&mallory)["custom:role"], json!("relay"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = cognito_server(dir.path(), &moto, &pool.id, &pool.client, TokenUse::Id).await;
+    let mut globex = connect(server.addr, Some(&pool.sign_in("globex-writer").await.0)).await;
+    put(&mut globex, "tenant_config_secret", "\"globex only\"").await;
+
+    let mut m = connect(server.addr, Some(&mallory)).await;
+    let err = m
+        .get(proto::GetRequest {
+            tenant: "globex".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    let err = m
+        .watch(proto::WatchRequest {
+            tenant: "globex".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    // The attribute counts for nothing: a reader of its own tenant.
+    m.get(proto::GetRequest::default()).await.unwrap();
+    let err = m
+        .put(proto::PutRequest {
+            key: "tenant_config_x".into(),
+            value: "1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    let (attr_writer, _) = pool.sign_in("attr-writer").await;
+    let err = connect(server.addr, Some(&attr_writer))
+        .await
+        .put(proto::PutRequest {
+            key: "tenant_config_x".into(),
+            value: "1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+
+    // The group 'relay' does make a relay.
+    let (relay, _) = pool.sign_in("edge-relay").await;
+    assert_eq!(payload(&relay)["cognito:groups"], json!(["relay"]));
+    let got = connect(server.addr, Some(&relay))
+        .await
+        .get(proto::GetRequest {
+            tenant: "globex".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.entries[0].value, "\"globex only\"");
+    server.stop().await;
+
+    // With `--role-claim custom:role` (declared admin-only), the attribute gives
+    // roles, but relay from it is refused outright.
+    let dir = tempfile::tempdir().unwrap();
+    let server = cognito_server_with(
+        dir.path(),
+        &moto,
+        &pool.id,
+        &pool.client,
+        TokenUse::Id,
+        Some("custom:role"),
+    )
+    .await;
+    let mut m = connect(server.addr, Some(&mallory)).await;
+    for err in [
+        m.get(proto::GetRequest {
+            tenant: "globex".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err(),
+        m.get(proto::GetRequest::default()).await.unwrap_err(),
+    ] {
+        assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+        assert!(err.message().contains("group 'relay'"), "{err:?}");
+    }
+    let mut w = connect(server.addr, Some(&attr_writer)).await;
+    put(&mut w, "tenant_config_x", "1").await;
+    let got = connect(server.addr, Some(&relay))
+        .await
+        .get(proto::GetRequest {
+            tenant: "acme".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.entries.len(), 1, "the group still makes a relay");
+    server.stop().await;
+}
+
+/// Item: a validly signed token dated past the year 9999 (exp at 2^63-1 and above,
+/// a huge iat or nbf) is refused, and the server goes on serving.
+#[tokio::test]
+async fn a_token_dated_past_the_year_9999_is_refused_and_the_server_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let mut writer = server.client("acme", Role::Writer).await;
+    put(&mut writer, "tenant_config_a", "1").await;
+    let mut w = watch(&mut writer, watch_prefixes(&[])).await;
+    initial(&mut w).await;
+    let claims = |extra: Value| {
+        let mut c = json!({"custom:tenantId": "acme", "custom:role": "admin", "exp": now() + 600});
+        c.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        sign_local(dir.path(), c)
+    };
+    for (what, extra, text) in [
+        ("exp 2^63-1", json!({"exp": i64::MAX}), "'exp'"),
+        ("exp 2^63", json!({"exp": i64::MAX as u64 + 1}), "'exp'"),
+        ("exp 2^64-1", json!({"exp": u64::MAX}), "'exp'"),
+        ("exp 1.8e19", json!({"exp": 1.8e19}), "'exp'"),
+        ("exp 1e300", json!({"exp": 1e300}), "malformed"),
+        ("iat 2^64-1", json!({"iat": u64::MAX}), "'iat'"),
+        ("nbf 2^64-1", json!({"nbf": u64::MAX}), "not valid yet"),
+    ] {
+        assert_refused(server.addr, &claims(extra), text, what).await;
+    }
+    // The last second of 9999 is still a date: a Watch with it runs.
+    let mut far = connect(
+        server.addr,
+        Some(&claims(json!({"exp": 253_402_300_799u64}))),
+    )
+    .await;
+    let mut far_watch = watch(&mut far, watch_prefixes(&[])).await;
+    initial(&mut far_watch).await;
+    // Nothing broke: the writer's Watch and calls go on.
+    put(&mut writer, "tenant_config_a", "2").await;
+    assert_eq!(
+        summary(&changes(&mut w, 1).await),
+        [("tenant_config_a".into(), 2, false)]
+    );
+    assert_eq!(
+        summary(&changes(&mut far_watch, 1).await),
+        [("tenant_config_a".into(), 2, false)]
+    );
+    server.stop().await;
+}
+
+/// Item: `iss` must be one string naming a trusted issuer, with the server's own key
+/// (issuer `configwatch`) and with a JWKS.
+#[tokio::test]
+async fn a_token_without_a_single_string_issuer_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let local = |iss: Option<Value>| {
+        let mut c = json!({"custom:tenantId": "acme", "exp": now() + 600});
+        if let Some(iss) = iss {
+            c["iss"] = iss;
+        }
+        sign_local_raw(dir.path(), &Header::new(Algorithm::EdDSA), &c)
+    };
+    connect(server.addr, Some(&local(Some(json!("configwatch")))))
+        .await
+        .get(proto::GetRequest::default())
+        .await
+        .unwrap();
+    for (what, iss, text) in [
+        ("no iss", None, "no issuer"),
+        ("iss array", Some(json!(["configwatch"])), "no issuer"),
+        ("iss number", Some(json!(1)), "no issuer"),
+        ("iss null", Some(json!(null)), "no issuer"),
+        (
+            "iss other",
+            Some(json!("https://evil.test")),
+            "issuer (iss) is not",
+        ),
+    ] {
+        assert_refused(server.addr, &local(iss), text, what).await;
+    }
+    server.stop().await;
+
+    let jwks = jwks_server(JWKS.into()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _) = jwks_server_with_rules(dir.path(), &jwks, TokenUse::Id).await;
+    let with_iss = |iss: Option<Value>| {
+        let mut c = good_claims();
+        match iss {
+            Some(iss) => c["iss"] = iss,
+            None => {
+                c.as_object_mut().unwrap().remove("iss");
+            }
+        }
+        rs256(&c, KID)
+    };
+    for (what, iss) in [
+        ("no iss", None),
+        ("iss array", Some(json!([ISSUER]))),
+        (
+            "iss array with another",
+            Some(json!([ISSUER, "https://evil.test"])),
+        ),
+        ("iss object", Some(json!({"iss": ISSUER}))),
+    ] {
+        assert_refused(server.addr, &with_iss(iss), "no issuer", what).await;
+    }
+    server.stop().await;
+}
+
+/// Item: a `crit` header names extensions this server does not implement (RFC 7515
+/// 4.1.11): refused, whatever it names.
+#[tokio::test]
+async fn a_token_with_a_crit_header_is_refused() {
+    let jwks = jwks_server(JWKS.into()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _) = jwks_server_with_rules(dir.path(), &jwks, TokenUse::Id).await;
+    for crit in [vec!["exp"], vec!["http://example.invalid/ext"], vec![]] {
+        let mut header = Header::new(Algorithm::RS256);
+        header.kid = Some(KID.into());
+        header.crit = Some(crit.iter().map(|c| c.to_string()).collect());
+        let token = jsonwebtoken::encode(
+            &header,
+            &good_claims(),
+            &EncodingKey::from_rsa_pem(PRIVATE).unwrap(),
+        )
+        .unwrap();
+        assert_refused(server.addr, &token, "(crit)", &format!("{crit:?}")).await;
+    }
+    server.stop().await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let mut header = Header::new(Algorithm::EdDSA);
+    header.crit = Some(vec!["b64".into()]);
+    let token = sign_local_raw(
+        dir.path(),
+        &header,
+        &json!({"iss": "configwatch", "custom:tenantId": "acme", "exp": now() + 600}),
+    );
+    assert_refused(server.addr, &token, "(crit)", "local").await;
+    server.stop().await;
+}
+
+/// Item: under `--token-use any` a provider's token without `token_use` (not a
+/// Cognito token of either kind) is refused; the server's own tokens, which never
+/// carry one, still work.
+#[tokio::test]
+async fn a_provider_token_without_token_use_is_refused_under_token_use_any() {
+    let jwks = jwks_server(JWKS.into()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _) = jwks_server_with_rules(dir.path(), &jwks, TokenUse::Any).await;
+    connect(server.addr, Some(&rs256(&good_claims(), KID)))
+        .await
+        .get(proto::GetRequest::default())
+        .await
+        .unwrap();
+    let mut untyped = good_claims();
+    untyped.as_object_mut().unwrap().remove("token_use");
+    assert_refused(
+        server.addr,
+        &rs256(&untyped, KID),
+        "token_use) '(none)'",
+        "no token_use",
+    )
+    .await;
+    server.stop().await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let mut c = server.client("acme", Role::Writer).await;
+    put(&mut c, "tenant_config_a", "1").await;
+    server.stop().await;
+}
+
+/// Item: a 10 KB `kid` (or tenant, or role) is not echoed: the refusal arrives as
+/// a short UNAUTHENTICATED status, not a transport error.
+#[tokio::test]
+async fn a_10_kb_kid_gets_a_short_unauthenticated_status() {
+    let long = "k".repeat(10 * 1024);
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let mut header = Header::new(Algorithm::EdDSA);
+    header.kid = Some(long.clone());
+    let claims = json!({"iss": "configwatch", "custom:tenantId": "acme", "exp": now() + 600});
+    let token = sign_local_raw(dir.path(), &header, &claims);
+    assert_refused(server.addr, &token, "key id (kid)", "local kid").await;
+    let mut bad_tenant = claims.clone();
+    bad_tenant["custom:tenantId"] = json!(long);
+    let token = sign_local(dir.path(), bad_tenant);
+    let err = connect(server.addr, Some(&token))
+        .await
+        .get(proto::GetRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    assert!(err.message().len() < 400, "{:?}", err.message());
+    let mut bad_role = claims.clone();
+    bad_role["custom:role"] = json!(long);
+    let token = sign_local(dir.path(), bad_role);
+    let err = connect(server.addr, Some(&token))
+        .await
+        .get(proto::GetRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert!(err.message().len() < 400, "{:?}", err.message());
+    server.stop().await;
+
+    let jwks = jwks_server(JWKS.into()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _) = jwks_server_with_rules(dir.path(), &jwks, TokenUse::Id).await;
+    assert_refused(
+        server.addr,
+        &rs256(&good_claims(), &long),
+        "key id (kid)",
+        "jwks kid",
+    )
+    .await;
+    server.stop().await;
 }

@@ -326,8 +326,9 @@ async fn shutdown_ends_watches_with_a_status_to_resume_from() {
         .unwrap();
 }
 
-/// Signs arbitrary claims with the server's own key file.
-fn sign(dir: &std::path::Path, claims: serde_json::Value) -> String {
+/// Signs claims with the server's own key, as its own issuer (`configwatch`).
+fn sign(dir: &std::path::Path, mut claims: serde_json::Value) -> String {
+    claims["iss"] = serde_json::json!("configwatch");
     let pem = std::fs::read(dir.join("signing-key.pem")).unwrap();
     let key = jsonwebtoken::EncodingKey::from_ed_pem(&pem).unwrap();
     jsonwebtoken::encode(

@@ -83,7 +83,7 @@ impl From<SubscribeError> for Status {
 impl From<AuthError> for Status {
     fn from(e: AuthError) -> Self {
         let code = match e {
-            AuthError::UnknownRole(_) => Code::PermissionDenied,
+            AuthError::UnknownRole(_) | AuthError::RelayFromAttribute(_) => Code::PermissionDenied,
             AuthError::KeysUnavailable(_) => Code::Unavailable,
             _ => Code::Unauthenticated,
         };

@@ -288,7 +288,7 @@ impl KeySource for JwksKeySource {
         let kid = header
             .kid
             .as_deref()
-            .ok_or_else(|| AuthError::Malformed("the header has no key id (kid)".into()))?;
+            .ok_or_else(|| AuthError::malformed("the header has no key id (kid)"))?;
         if let Some(key) = self.snapshot().get(kid) {
             return Ok(key.clone());
         }
@@ -306,8 +306,8 @@ impl KeySource for JwksKeySource {
                 .last_error
                 .clone()
                 .unwrap_or_else(|| "the key set is empty".into());
-            return Err(AuthError::KeysUnavailable(reason));
+            return Err(AuthError::keys_unavailable(reason));
         }
-        Err(AuthError::UnknownKey(Some(kid.to_owned())))
+        Err(AuthError::unknown_key(Some(kid)))
     }
 }

@@ -14,13 +14,17 @@ use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey, spki::der::pem::L
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header};
 use serde_json::json;
 
-use super::{AuthError, KeySource, Role, VerifyKey};
+use super::{AuthError, KeySource, Role, Signer, VerifyKey};
 use crate::model::Scope;
 
 /// The key file's name inside the data directory.
 pub const KEY_FILE: &str = "signing-key.pem";
 /// The `iss` of tokens this key signs.
 pub const ISSUER: &str = "configwatch";
+/// The claim carrying the role in tokens this key signs. Trusted as written, `relay`
+/// included, because only the holder of the key file can sign: see
+/// [`super::Signer::ThisServer`].
+pub const ROLE_CLAIM: &str = "custom:role";
 
 /// Why the signing key could not be loaded or created.
 #[derive(Debug, thiserror::Error)]
@@ -108,9 +112,9 @@ impl LocalKey {
             "iss": ISSUER,
             "sub": subject,
             "iat": now,
-            "exp": now + ttl.as_secs(),
+            "exp": now.saturating_add(ttl.as_secs()).min(super::MAX_NUMERIC_DATE),
             "custom:tenantId": scope.tenant_id(),
-            "custom:role": role.as_str(),
+            ROLE_CLAIM: role.as_str(),
         });
         if let (Some(service), Some(map)) = (scope.service(), claims.as_object_mut()) {
             map.insert("custom:service".into(), json!(service));
@@ -152,9 +156,13 @@ fn write_new(path: &Path, key: &SigningKey) -> std::io::Result<()> {
 impl KeySource for LocalKey {
     async fn key_for(&self, header: &Header) -> Result<Arc<VerifyKey>, AuthError> {
         match &header.kid {
-            Some(kid) if *kid != self.kid => Err(AuthError::UnknownKey(Some(kid.clone()))),
+            Some(kid) if *kid != self.kid => Err(AuthError::unknown_key(Some(kid))),
             _ => Ok(self.verify.clone()),
         }
+    }
+
+    fn signer(&self) -> Signer {
+        Signer::ThisServer
     }
 }
 
