@@ -274,8 +274,10 @@ impl ConfigService for ConfigApi {
         };
         // What the caller holds comes from another store: its versions and token
         // mean nothing here, so it gets the full state (and the new identity).
+        // (A server that knows no identity of its own compares nothing.)
+        let own = self.hub.store_id();
         let other_store =
-            !req.known_store_id.is_empty() && *req.known_store_id != **self.hub.store_id();
+            !req.known_store_id.is_empty() && !own.is_empty() && *req.known_store_id != **own;
         let resume = resume.filter(|_| !other_store);
         let known = if other_store {
             Known::Nothing
