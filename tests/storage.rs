@@ -418,6 +418,26 @@ async fn serve_names_the_damaged_keys_at_start() {
         refused.message().contains("tenant_config_k03"),
         "{refused:?}"
     );
+    // A client resuming with the versions it holds is refused too: the damaged key
+    // is never sent to it as a removal.
+    let known = (0..5)
+        .map(|k| (format!("tenant_config_k{k:02}"), 1))
+        .collect();
+    let resumed = c
+        .watch(proto::WatchRequest {
+            known_versions: known,
+            ..Default::default()
+        })
+        .await;
+    let status = match resumed {
+        Err(s) => s,
+        Ok(stream) => stream
+            .into_inner()
+            .message()
+            .await
+            .expect_err("no message may come from a damaged tenant"),
+    };
+    assert_eq!(status.code(), Code::DataLoss, "{status:?}");
     let t0 = token(reference.path(), "t0", Role::Reader);
     let mut c0 = connect(server.addr, Some(&t0)).await;
     assert_eq!(get_all(&mut c0).await.unwrap().entries.len(), 5);
