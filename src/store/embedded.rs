@@ -97,6 +97,10 @@ pub enum OpenError {
     #[error("cannot open the store {path}: the file is damaged ({reason})")]
     Unreadable { path: PathBuf, reason: String },
     #[error(
+        "cannot open the store {path}: {reason}; fix the cause (free disk space) and start again"
+    )]
+    Io { path: PathBuf, reason: String },
+    #[error(
         "the store {path} has format {found}, this configwatch reads formats 1 and {FORMAT}; use a matching version"
     )]
     Format { path: PathBuf, found: u64 },
@@ -338,7 +342,11 @@ impl EmbeddedStore {
             reason,
         };
         let open_err = |e: DbError| match e {
-            DbError::Io(why) | DbError::Damaged(why) => unreadable(why),
+            DbError::Io(reason) => OpenError::Io {
+                path: path.clone(),
+                reason,
+            },
+            DbError::Damaged(why) => unreadable(why),
             DbError::Store(e) => unreadable(e.to_string()),
         };
         // Identity and format, in one transaction.
