@@ -32,7 +32,7 @@ use crate::server::{App, serve};
 use crate::source::{SourceContext, SourceCounters, ddb_streams, reconcile, sqs_events};
 use crate::store::Router;
 use crate::store::dynamodb::DynamoBackend;
-use crate::store::embedded::EmbeddedStore;
+use crate::store::embedded::{EmbeddedStore, OpenOptions};
 use crate::store::ssm::SsmBackend;
 
 /// Exit code for bad usage or configuration (EX_USAGE).
@@ -91,6 +91,11 @@ pub struct ServeArgs {
     /// Log filter (tracing syntax), e.g. `info` or `configwatch=debug`.
     #[arg(long, env = "CONFIGWATCH_LOG", default_value = "info")]
     pub log: String,
+    /// Start a new, empty store with a new identity when the data directory's
+    /// database is missing, empty or of another store (start-up refuses without
+    /// it). Does nothing to an intact store. Use once, deliberately.
+    #[arg(long, env = "CONFIGWATCH_NEW_STORE")]
+    pub new_store: bool,
     #[command(flatten)]
     pub identity: IdentityArgs,
     #[command(flatten)]
@@ -438,6 +443,53 @@ fn open_key(data_dir: &Path) -> Result<LocalKey, Failure> {
     Ok(key)
 }
 
+/// Opens the embedded store in `data_dir`, refusing a directory that lost its
+/// database unless `new_store`, and reports what the check of every record found.
+fn open_store(data_dir: &Path, new_store: bool) -> Result<EmbeddedStore, Failure> {
+    let options = OpenOptions {
+        new_store,
+        initialised_by: vec![data_dir.join(crate::auth::local::KEY_FILE)],
+    };
+    let store = EmbeddedStore::open_with(data_dir, &options)
+        .map_err(|e| Failure::error(format!("cannot start: {e}")))?;
+    let report = store.verify_report();
+    if report.is_clean() {
+        tracing::info!(
+            store_id = store.id(),
+            records = report.records,
+            "store checked"
+        );
+    } else {
+        // Named one by one in the log above; this line sums them up for operators.
+        eprintln!(
+            "configwatch: the store has {} damaged record(s){}; their scopes answer DATA_LOSS until restored: {}",
+            report.damaged.len(),
+            if report.unreadable.is_some() {
+                " and could not be read to the end"
+            } else {
+                ""
+            },
+            report
+                .damaged
+                .iter()
+                .take(20)
+                .map(|d| format!(
+                    "{}/{}{}",
+                    d.tenant,
+                    if d.service.is_empty() {
+                        String::new()
+                    } else {
+                        format!("{}/", d.service)
+                    },
+                    d.key
+                ))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    Ok(store)
+}
+
 async fn run_serve(args: ServeArgs) -> Result<(), Failure> {
     init_logging(&args.log)?;
     if args.history == 0 {
@@ -455,20 +507,30 @@ async fn run_serve(args: ServeArgs) -> Result<(), Failure> {
         return Err(Failure::usage("--max-prefixes must be at least 1"));
     }
     let aws = args.aws.settings()?;
+    if args.new_store && aws.is_some() {
+        return Err(Failure::usage(
+            "--new-store is for the embedded store; on AWS a recreated table has a new identity by itself",
+        ));
+    }
     let stop = CancellationToken::new();
+    // The store first: the signing key beside a missing database shows that the
+    // directory lost its data (the authenticator would create a key).
+    let embedded = match &aws {
+        None => Some(open_store(&args.data_dir, args.new_store)?),
+        Some(_) => None,
+    };
     let auth = authenticator(&args.identity, &args.data_dir, stop.clone()).await?;
     let hub_config = HubConfig {
         history_limit: args.history,
     };
-    let (router, hub) = match &aws {
-        None => {
-            let store =
-                EmbeddedStore::open(&args.data_dir).map_err(|e| Failure::usage(e.to_string()))?;
+    let (router, hub) = match (embedded, &aws) {
+        (Some(store), _) => {
             let router = Arc::new(Router::single(Arc::new(store)));
             let hub = Arc::new(Hub::new(router.clone(), hub_config));
             (router, hub)
         }
-        Some(settings) => start_aws(settings, &args.aws, hub_config, stop.clone()).await,
+        (None, Some(settings)) => start_aws(settings, &args.aws, hub_config, stop.clone()).await,
+        (None, None) => return Err(Failure::error("no store configured")),
     };
     let app = App {
         hub,
@@ -517,17 +579,33 @@ async fn start_aws(
 ) -> (Arc<Router>, Arc<Hub>) {
     let sdk = crate::aws::sdk_config(args.region.clone()).await;
     let dynamodb = aws_sdk_dynamodb::Client::new(&sdk);
+    // The identity comes from the table: wait for it as the stream reader would.
+    let mut backoff =
+        crate::backoff::Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+    let store_id = loop {
+        match crate::store::identity::aws_store_id(&dynamodb, &settings.table, &settings.ssm_root)
+            .await
+        {
+            Ok(id) => break id,
+            Err(e) => tracing::error!(error = %e, "cannot derive the store identity yet; retrying"),
+        }
+        tokio::time::sleep(backoff.next_delay()).await;
+    };
+    tracing::info!(%store_id, "store identity derived from the table and the Parameter Store root");
     let ssm = Arc::new(SsmBackend::new(
         aws_sdk_ssm::Client::new(&sdk),
         settings.ssm_root.clone(),
     ));
-    let router = Arc::new(Router::new(vec![
-        (
-            &keys::TENANT_CONFIG,
-            Arc::new(DynamoBackend::new(dynamodb.clone(), settings.table.clone())),
-        ),
-        (&keys::PARAM_CONFIG, ssm.clone()),
-    ]));
+    let router = Arc::new(
+        Router::new(vec![
+            (
+                &keys::TENANT_CONFIG,
+                Arc::new(DynamoBackend::new(dynamodb.clone(), settings.table.clone())),
+            ),
+            (&keys::PARAM_CONFIG, ssm.clone()),
+        ])
+        .with_store_id(store_id.as_str()),
+    );
     let hub = Arc::new(Hub::new(router.clone(), hub_config));
     let ctx = SourceContext {
         hub: hub.clone(),
@@ -602,7 +680,15 @@ fn init_logging(filter: &str) -> Result<(), Failure> {
 fn run_token(args: TokenArgs) -> Result<(), Failure> {
     let scope = Scope::new(&args.tenant, args.service.as_deref())
         .map_err(|e| Failure::usage(e.to_string()))?;
+    let fresh = !args.data_dir.join(crate::auth::local::KEY_FILE).exists()
+        && !args.data_dir.join(crate::store::embedded::DB_FILE).exists();
     let key = open_key(&args.data_dir)?;
+    if fresh {
+        // A new data directory: create its store with the key, so that a later
+        // `serve` does not take the key for the remains of a lost database.
+        EmbeddedStore::open(&args.data_dir)
+            .map_err(|e| Failure::error(format!("cannot create the store: {e}")))?;
+    }
     let token = key
         .issue(&scope, args.role, args.ttl, &args.subject)
         .map_err(|e| Failure::error(format!("cannot sign the token: {e}")))?;
@@ -765,6 +851,7 @@ async fn watch_once(
         resume_token: resume.clone(),
         known_versions: known.clone(),
         known_digest: Vec::new(),
+        known_store_id: String::new(),
     };
     let retry_or_fail = |s: tonic::Status| match s.code() {
         tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled => {

@@ -35,12 +35,21 @@ use crate::store::{Router, StoreError};
 #[async_trait]
 pub trait ScopeLoader: Send + Sync + 'static {
     async fn load_scope(&self, scope: &Scope) -> Result<Vec<Entry>, StoreError>;
+
+    /// The identity of the store loaded from (empty when unknown).
+    fn store_id(&self) -> Arc<str> {
+        Arc::from("")
+    }
 }
 
 #[async_trait]
 impl ScopeLoader for Router {
     async fn load_scope(&self, scope: &Scope) -> Result<Vec<Entry>, StoreError> {
         Router::load_scope(self, scope).await
+    }
+
+    fn store_id(&self) -> Arc<str> {
+        Router::store_id(self).clone()
     }
 }
 
@@ -68,6 +77,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// The hub: views by scope.
 pub struct Hub {
     epoch: u64,
+    /// The identity of the store the views come from, for clients.
+    store_id: Arc<str>,
     config: HubConfig,
     loader: Arc<dyn ScopeLoader>,
     views: DashMap<Scope, Arc<ScopeView>>,
@@ -217,6 +228,8 @@ pub struct Subscription {
     pub initial: Vec<Arc<Entry>>,
     pub revision: u64,
     pub handle: WatchHandle,
+    /// The identity of the store the initial state comes from.
+    pub store_id: Arc<str>,
 }
 
 /// What a watcher reports about itself.
@@ -406,11 +419,17 @@ impl Hub {
     pub fn new(loader: Arc<dyn ScopeLoader>, config: HubConfig) -> Self {
         Hub {
             epoch: rand::random(),
+            store_id: loader.store_id(),
             config,
             loader,
             views: DashMap::new(),
             next_watcher: AtomicU64::new(1),
         }
+    }
+
+    /// The identity of the store the views come from (empty when unknown).
+    pub fn store_id(&self) -> &Arc<str> {
+        &self.store_id
     }
 
     /// The scope's view, loaded from the sources on first use.
@@ -753,6 +772,7 @@ impl Hub {
         st.watchers.push(slot.clone());
         drop(st);
         Ok(Subscription {
+            store_id: self.store_id.clone(),
             mode,
             initial,
             revision,

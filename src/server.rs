@@ -20,7 +20,7 @@ use crate::api::{ConfigApi, Limits, Shutdown, WatchSettings};
 use crate::auth::Authenticator;
 use crate::hub::Hub;
 use crate::proto::config_service_server::ConfigServiceServer;
-use crate::store::Router;
+use crate::store::{Router, StoreHealth};
 
 /// The encoded descriptors of proto/, for reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
@@ -81,6 +81,34 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
+
+    // Storage health: the ConfigService answers NOT_SERVING while a store cannot
+    // write (a full disk), SERVING again once it recovers.
+    for mut health in app.router.health() {
+        let reporter = health_reporter.clone();
+        let stopped = stop.token().clone();
+        tokio::spawn(async move {
+            loop {
+                let ok = matches!(*health.borrow_and_update(), StoreHealth::Ok);
+                if stopped.is_cancelled() {
+                    return;
+                }
+                if ok {
+                    reporter
+                        .set_serving::<ConfigServiceServer<ConfigApi>>()
+                        .await;
+                } else {
+                    reporter
+                        .set_not_serving::<ConfigServiceServer<ConfigApi>>()
+                        .await;
+                }
+                tokio::select! {
+                    changed = health.changed() => if changed.is_err() { return },
+                    () = stopped.cancelled() => return,
+                }
+            }
+        });
+    }
 
     let grace = app.grace;
     let stopping = stop.clone();

@@ -28,6 +28,8 @@ pub struct WatchFrame {
     pub initial_complete: bool,
     pub revision: u64,
     pub resume_token: Arc<str>,
+    /// The store's identity; sent on initial messages (`None` costs nothing on deltas).
+    pub store_id: Option<Arc<str>>,
 }
 
 // Field numbers of `WatchResponse` in proto/configwatch/v1/config.proto.
@@ -37,6 +39,7 @@ const CHANGES: u32 = 3;
 const INITIAL_COMPLETE: u32 = 4;
 const REVISION: u32 = 5;
 const RESUME_TOKEN: u32 = 6;
+const STORE_ID: u32 = 7;
 
 /// The entry's encoded `configwatch.v1.Entry`, made on first use.
 fn wire(entry: &Entry) -> &[u8] {
@@ -76,6 +79,9 @@ impl prost::Message for WatchFrame {
         if !self.resume_token.is_empty() {
             put_bytes(RESUME_TOKEN, self.resume_token.as_bytes(), buf);
         }
+        if let Some(id) = self.store_id.as_deref().filter(|id| !id.is_empty()) {
+            put_bytes(STORE_ID, id.as_bytes(), buf);
+        }
     }
 
     fn encoded_len(&self) -> usize {
@@ -97,6 +103,9 @@ impl prost::Message for WatchFrame {
         }
         if !self.resume_token.is_empty() {
             len += bytes_len(RESUME_TOKEN, self.resume_token.len());
+        }
+        if let Some(id) = self.store_id.as_deref().filter(|id| !id.is_empty()) {
+            len += bytes_len(STORE_ID, id.len());
         }
         len
     }
@@ -144,6 +153,7 @@ mod tests {
             initial_complete: frame.initial_complete,
             revision: frame.revision,
             resume_token: frame.resume_token.to_string(),
+            store_id: frame.store_id.as_deref().unwrap_or("").to_owned(),
         }
     }
 
@@ -165,6 +175,7 @@ mod tests {
                     entry("param_config_β/ü", 7, Some("\"ünïcödé\""), 0),
                     secret.clone(),
                 ],
+                store_id: Some(Arc::from("01HZX3K5N7P9R2T4V6W8Y0A1BC")),
                 ..Default::default()
             },
             WatchFrame {
@@ -174,6 +185,7 @@ mod tests {
                 initial_complete: true,
                 revision: 42,
                 resume_token: Arc::from("cw1.abc_DEF-123"),
+                store_id: Some(Arc::from("7ZZZZZZZZZZZZZZZZZZZZZZZZZ")),
             },
             WatchFrame {
                 kind: Kind::Delta,
@@ -186,6 +198,7 @@ mod tests {
                 initial_complete: false,
                 revision: u64::MAX,
                 resume_token: Arc::from("t".repeat(300)),
+                store_id: Some(Arc::from("")),
             },
             WatchFrame {
                 kind: Kind::Progress,

@@ -247,6 +247,7 @@ impl ConfigService for ConfigApi {
             missing_keys,
             revision: snap.revision,
             resume_token: snap.resume_token,
+            store_id: self.hub.store_id().to_string(),
         }))
     }
 
@@ -271,7 +272,16 @@ impl ConfigService for ConfigApi {
         } else {
             ResumeToken::decode(&req.resume_token)?
         };
-        let known = if !req.known_versions.is_empty() {
+        // What the caller holds comes from another store: its versions and token
+        // mean nothing here, so it gets the full state (and the new identity).
+        // (A server that knows no identity of its own compares nothing.)
+        let own = self.hub.store_id();
+        let other_store =
+            !req.known_store_id.is_empty() && !own.is_empty() && *req.known_store_id != **own;
+        let resume = resume.filter(|_| !other_store);
+        let known = if other_store {
+            Known::Nothing
+        } else if !req.known_versions.is_empty() {
             Known::Versions(req.known_versions)
         } else if req.known_digest.is_empty() {
             Known::Nothing
@@ -285,6 +295,7 @@ impl ConfigService for ConfigApi {
             })?)
         };
         let sent = match &known {
+            _ if other_store => "another store's state",
             Known::Nothing => "nothing",
             Known::Versions(_) => "versions",
             Known::Digest(_) => "digest",

@@ -57,6 +57,7 @@ impl From<StoreError> for Status {
                 tracing::error!(error = %e, "storage error");
                 Status::internal(e.to_string())
             }
+            StoreError::Damaged(_) => Status::data_loss(e.to_string()),
         }
     }
 }

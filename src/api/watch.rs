@@ -33,6 +33,7 @@ pub struct WatchStream {
     /// The initial state still to send; `None` once the complete marker went out.
     initial: Option<std::vec::IntoIter<Arc<Entry>>>,
     initial_revision: u64,
+    store_id: Arc<str>,
     max_entries: usize,
     max_bytes: usize,
     progress_interval: Duration,
@@ -77,6 +78,7 @@ impl WatchStream {
             mode,
             initial: Some(sub.initial.into_iter()),
             initial_revision: sub.revision,
+            store_id: sub.store_id,
             max_entries: settings.max_batch_entries.max(1),
             max_bytes: settings.max_batch_bytes,
             progress_interval: settings.progress_interval,
@@ -117,6 +119,7 @@ impl WatchStream {
             initial_mode: self.mode,
             changes,
             initial_complete: complete,
+            store_id: Some(self.store_id.clone()),
             ..WatchFrame::default()
         };
         if complete {
@@ -136,6 +139,7 @@ impl WatchStream {
             initial_complete: false,
             revision,
             resume_token: self.handle.token_at(revision),
+            store_id: None,
         }
     }
 

@@ -8,6 +8,7 @@
 
 pub mod dynamodb;
 pub mod embedded;
+pub mod identity;
 pub mod ssm;
 
 use std::sync::Arc;
@@ -37,6 +38,18 @@ pub enum StoreError {
     /// A bug or corrupt data: not the caller's fault, not fixed by retrying.
     #[error("storage error: {0}")]
     Internal(String),
+    /// A stored record failed its check (checksum, format): it is never served,
+    /// and never taken for a deletion.
+    #[error("stored data is damaged: {0}")]
+    Damaged(String),
+}
+
+/// Whether a backend can currently do its work, for the health service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreHealth {
+    Ok,
+    /// Writes fail (and why); the store recovers by itself.
+    Failing(String),
 }
 
 /// The compare-and-set rule every backend applies: with `expected` set, the key's
@@ -99,18 +112,33 @@ pub trait Backend: Send + Sync + 'static {
         key: &str,
         with_secret: bool,
     ) -> Result<Option<Entry>, StoreError>;
+
+    /// The identity of the store behind this backend, when it keeps one itself.
+    fn store_id(&self) -> Option<Arc<str>> {
+        None
+    }
+
+    /// Follows the backend's health, when it reports one.
+    fn health(&self) -> Option<tokio::sync::watch::Receiver<StoreHealth>> {
+        None
+    }
 }
 
 /// Picks the backend for a key by its family prefix.
 #[derive(Clone)]
 pub struct Router {
     routes: Vec<(&'static KeyFamily, Arc<dyn Backend>)>,
+    /// The identity of the store the routes make up together (see
+    /// [`identity`]); empty when unknown.
+    store_id: Arc<str>,
 }
 
 impl Router {
-    /// A router sending every key family to one backend.
+    /// A router sending every key family to one backend; the store's identity is
+    /// the backend's.
     pub fn single(backend: Arc<dyn Backend>) -> Self {
         Router {
+            store_id: backend.store_id().unwrap_or_else(|| Arc::from("")),
             routes: keys::FAMILIES
                 .iter()
                 .map(|f| (*f, backend.clone()))
@@ -120,7 +148,35 @@ impl Router {
 
     /// A router from explicit `(family, backend)` pairs.
     pub fn new(routes: Vec<(&'static KeyFamily, Arc<dyn Backend>)>) -> Self {
-        Router { routes }
+        Router {
+            routes,
+            store_id: Arc::from(""),
+        }
+    }
+
+    /// Names the store these routes make up (on AWS, derived from the table).
+    pub fn with_store_id(mut self, id: &str) -> Self {
+        self.store_id = Arc::from(id);
+        self
+    }
+
+    /// The store's identity; empty when unknown.
+    pub fn store_id(&self) -> &Arc<str> {
+        &self.store_id
+    }
+
+    /// The health of every backend that reports one (each backend once).
+    pub fn health(&self) -> Vec<tokio::sync::watch::Receiver<StoreHealth>> {
+        let mut seen: Vec<&Arc<dyn Backend>> = Vec::new();
+        let mut out = Vec::new();
+        for (_, backend) in &self.routes {
+            if seen.iter().any(|b| Arc::ptr_eq(b, backend)) {
+                continue;
+            }
+            seen.push(backend);
+            out.extend(backend.health());
+        }
+        out
     }
 
     /// Validates `key` and returns its family and backend.

@@ -941,6 +941,7 @@ impl Shared {
             } else {
                 Vec::new()
             },
+            ..Default::default()
         }
     }
 }
