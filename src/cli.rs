@@ -744,6 +744,7 @@ async fn watch_once(
         resume_token: resume.clone(),
         known_versions: known.clone(),
         known_digest: Vec::new(),
+        known_store_id: String::new(),
     };
     let retry_or_fail = |s: tonic::Status| match s.code() {
         tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled => {

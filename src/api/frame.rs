@@ -144,6 +144,8 @@ mod tests {
             initial_complete: frame.initial_complete,
             revision: frame.revision,
             resume_token: frame.resume_token.to_string(),
+            // No store identity yet: clients treat empty as unknown.
+            store_id: String::new(),
         }
     }
 
