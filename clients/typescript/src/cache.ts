@@ -38,6 +38,16 @@ export interface Change<T = unknown> {
   cause: ChangeCause;
 }
 
+/** The counts of an initial state that would remove every live entry held. */
+export interface RemovalCounts {
+  /** Live entries held. */
+  held: number;
+  /** How many of them the state removes (all). */
+  removed: number;
+  /** Live entries the cache would hold afterwards (keys it did not hold). */
+  remaining: number;
+}
+
 /** What the cache holds for one key. */
 export interface Held {
   key: string;
@@ -138,6 +148,30 @@ export class Cache {
   /** The version held for a key, tombstones included. */
   versionOf(key: string): number | undefined {
     return this.held.get(key)?.version;
+  }
+
+  /**
+   * What a complete initial state would do to the live entries held: the counts when
+   * it would remove every one of them (at least one is held), undefined otherwise.
+   * RESUMED states are changes that happened, applied by version: never checked.
+   */
+  massRemoval(mode: 'full' | 'diff' | 'resumed', entries: readonly WireEntry[]): RemovalCounts | undefined {
+    const held = this.liveCount();
+    if (held === 0 || mode === 'resumed') return undefined;
+    // The last word on each key in the state.
+    const incoming = new Map<string, boolean>();
+    for (const e of entries) incoming.set(e.key, !e.deleted);
+    let removed = 0;
+    for (const h of this.held.values()) {
+      if (h.deleted) continue;
+      const live = incoming.get(h.key);
+      // FULL: whatever is not in it (live) is gone; DIFF: only explicit removals remove.
+      if (mode === 'full' ? live !== true : live === false) removed++;
+    }
+    if (removed < held) return undefined;
+    let remaining = 0;
+    for (const [key, live] of incoming) if (live && this.live(key) === undefined) remaining++;
+    return { held, removed, remaining };
   }
 
   /** Applies a complete initial state. Returns the visible changes. */
