@@ -125,3 +125,49 @@ impl fmt::Debug for Policy {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn removal(held: &str, server: &str) -> MassRemoval {
+        MassRemoval {
+            mode: SyncMode::Full,
+            held: 3,
+            removed: 3,
+            remaining: 0,
+            held_store_id: held.into(),
+            server_store_id: server.into(),
+            first_seen: SystemTime::UNIX_EPOCH,
+            times: 2,
+        }
+    }
+
+    #[test]
+    fn the_policy_decides_and_a_panicking_callback_holds_back() {
+        let r = removal("S1", "S2");
+        assert!(!Policy::Hold.allows(&r));
+        assert!(Policy::Apply.allows(&r));
+        assert!(Policy::Ask(Arc::new(|r: &MassRemoval| r.held == 3)).allows(&r));
+        assert!(!Policy::Ask(Arc::new(|_: &MassRemoval| false)).allows(&r));
+        let panics: Decide = Arc::new(|_| panic!("the application's bug"));
+        assert!(!Policy::Ask(panics).allows(&r));
+    }
+
+    #[test]
+    fn the_message_gives_the_counts_and_an_identity_change_only_when_both_are_known() {
+        let text = removal("S1", "S2").to_string();
+        assert!(
+            text.contains("would remove all 3 entries held (0 would remain)")
+                && text.contains("changed from \"S1\" to \"S2\"")
+                && text.contains("2 time(s) in a row")
+                && text.contains("allow_mass_removal"),
+            "{text}"
+        );
+        for (held, server) in [("", "S2"), ("S1", ""), ("S1", "S1")] {
+            let r = removal(held, server);
+            assert!(!r.store_changed(), "{r:?}");
+            assert!(!r.to_string().contains("identity"), "{r}");
+        }
+    }
+}

@@ -293,6 +293,19 @@ mod tests {
             read(&dir.path().join("none"), "acme", &prefixes),
             SnapshotRead::Absent
         ));
+        // Without a store identity (unknown, or a file written before identities)
+        // the field is absent, and such a file loads with an unknown identity.
+        let unknown = SnapshotData {
+            store_id: String::new(),
+            ..data()
+        };
+        let bytes = encode(&unknown)?;
+        assert!(!String::from_utf8_lossy(&bytes).contains("storeId"));
+        write_atomic(&file, &bytes)?;
+        match read(&file, "acme", &prefixes) {
+            SnapshotRead::Loaded(d) => assert_eq!(d.store_id, ""),
+            other => panic!("{other:?}"),
+        }
         std::fs::write(&file, "{")?;
         assert!(matches!(
             read(&file, "acme", &prefixes),

@@ -6,7 +6,7 @@ import { test } from 'node:test';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 
-import { ConfigWatchError, MassRemovalError, type ConfigWatchClient, type MassRemovalInfo, type StoreChange } from '../src';
+import { ConfigWatchClient, ConfigWatchError, InvalidOptionsError, MassRemovalError, type MassRemovalInfo, type StoreChange } from '../src';
 import loaderOptions from '../src/loader-options.json';
 import { PROTO_FILE, PROTO_ROOT, loaderOptionsFor } from '../src/wire';
 import { Harness, record, waitFor, type Server } from './helpers';
@@ -351,4 +351,39 @@ test('the store identity is remembered, sent back, reported when it changes, and
   const before = fake.requests.length;
   await waitFor(() => fake.requests.length > before, 10_000, () => 'the next Watch');
   assert.equal(fake.requests.at(-1)?.known_store_id, 'S2');
+});
+
+test('allowMassRemoval: a function that throws holds back; a value of another type is refused', async (t) => {
+  assert.throws(
+    () =>
+      new ConfigWatchClient({
+        address: '127.0.0.1:1',
+        tenant: TENANT,
+        token: () => 'token',
+        allowMassRemoval: 'yes' as unknown as boolean,
+      }),
+    (e: unknown) => e instanceof InvalidOptionsError && /allowMassRemoval/.test(e.message),
+  );
+  const h = new Harness(t);
+  const fake = await fakeServer({ mode: 'INITIAL_MODE_FULL', storeId: '', entries: [{ key: 'tenant_config_a', version: 1, value: '1' }] });
+  t.after(() => fake.close());
+  let calls = 0;
+  const client = await h.client({
+    address: fake.url,
+    tenant: TENANT,
+    token: () => 'token',
+    allowMassRemoval: () => {
+      calls++;
+      throw new Error("the application's bug");
+    },
+  });
+  await client.ready({ timeoutMs: 10_000 });
+  // The same store (no identity), emptied.
+  fake.serve({ mode: 'INITIAL_MODE_FULL', storeId: '', entries: [] });
+  fake.endStreams();
+  await waitFor(() => (client.status().heldBack?.times ?? 0) >= 2, 10_000, () => JSON.stringify(client.status()));
+  assert.ok(calls >= 2);
+  assert.deepEqual(client.keys(), ['tenant_config_a']);
+  assert.equal(client.status().heldBack?.storeChanged, false);
+  assert.equal(client.status().lastStoreChange, undefined);
 });
