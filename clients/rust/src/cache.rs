@@ -253,31 +253,38 @@ impl Cache {
         if held == 0 || mode == SyncMode::Resumed {
             return None;
         }
-        // The last word on each key in the state.
-        let mut incoming: HashMap<&str, bool> = HashMap::with_capacity(entries.len());
-        for e in entries {
-            incoming.insert(e.key.as_str(), !e.deleted);
+        // A state carries one entry per key. Cheap answers first: an ordinary resync
+        // keeps most keys, and is told apart without allocating.
+        if mode == SyncMode::Full {
+            // FULL: a held key stays if the state has it live.
+            if entries
+                .iter()
+                .any(|e| !e.deleted && self.live(&e.key).is_some())
+            {
+                return None;
+            }
+        } else {
+            // DIFF: only explicit removals remove; keys it does not name stay.
+            if entries.iter().filter(|e| e.deleted).count() < held {
+                return None;
+            }
+            let removed: HashSet<&str> = entries
+                .iter()
+                .filter(|e| e.deleted && self.live(&e.key).is_some())
+                .map(|e| e.key.as_str())
+                .collect();
+            if removed.len() < held {
+                return None;
+            }
         }
-        let removed = self
-            .iter_live()
-            .filter(|(k, _)| match (mode, incoming.get(k.as_str())) {
-                // FULL: whatever is not in it (live) is gone.
-                (SyncMode::Full, live) => live != Some(&true),
-                // DIFF: only explicit removals remove.
-                (_, live) => live == Some(&false),
-            })
-            .count();
-        if removed < held {
-            return None;
-        }
-        let added = incoming
+        let remaining = entries
             .iter()
-            .filter(|(k, live)| **live && self.live(k).is_none())
+            .filter(|e| !e.deleted && self.live(&e.key).is_none())
             .count();
         Some(RemovalCounts {
             held,
-            removed,
-            remaining: added,
+            removed: held,
+            remaining,
         })
     }
 

@@ -158,20 +158,23 @@ export class Cache {
   massRemoval(mode: 'full' | 'diff' | 'resumed', entries: readonly WireEntry[]): RemovalCounts | undefined {
     const held = this.liveCount();
     if (held === 0 || mode === 'resumed') return undefined;
-    // The last word on each key in the state.
-    const incoming = new Map<string, boolean>();
-    for (const e of entries) incoming.set(e.key, !e.deleted);
-    let removed = 0;
-    for (const h of this.held.values()) {
-      if (h.deleted) continue;
-      const live = incoming.get(h.key);
-      // FULL: whatever is not in it (live) is gone; DIFF: only explicit removals remove.
-      if (mode === 'full' ? live !== true : live === false) removed++;
+    // A state carries one entry per key. Cheap answers first: an ordinary resync
+    // keeps most keys, and is told apart without allocating.
+    if (mode === 'full') {
+      // FULL: a held key stays if the state has it live.
+      if (entries.some((e) => !e.deleted && this.live(e.key) !== undefined)) return undefined;
+    } else {
+      // DIFF: only explicit removals remove; keys it does not name stay.
+      let removals = 0;
+      for (const e of entries) if (e.deleted) removals++;
+      if (removals < held) return undefined;
+      const removed = new Set<string>();
+      for (const e of entries) if (e.deleted && this.live(e.key) !== undefined) removed.add(e.key);
+      if (removed.size < held) return undefined;
     }
-    if (removed < held) return undefined;
     let remaining = 0;
-    for (const [key, live] of incoming) if (live && this.live(key) === undefined) remaining++;
-    return { held, removed, remaining };
+    for (const e of entries) if (!e.deleted && this.live(e.key) === undefined) remaining++;
+    return { held, removed: held, remaining };
   }
 
   /** Applies a complete initial state. Returns the visible changes. */
