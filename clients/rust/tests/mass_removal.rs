@@ -105,6 +105,15 @@ async fn a_store_lost_on_the_server_is_held_back_and_reported_unless_the_applica
     let h = s.held_back.clone().unwrap();
     assert_eq!((h.held, h.removed, h.remaining), (3, 3, 0), "{h:?}");
     assert!(matches!(h.mode, SyncMode::Diff | SyncMode::Full), "{h:?}");
+    // A server that reports its store identity: the new store has a new one, so it
+    // sent the full (empty) state, and the change is reported. (One that reports
+    // none diffed against the versions held, and there is nothing to compare.)
+    if !s.store_id.is_empty() {
+        assert!(h.store_changed() && h.mode == SyncMode::Full, "{h:?}");
+        let change = s.last_store_change.clone().unwrap();
+        assert_eq!(change.previous, s.store_id);
+        assert!(!change.current.is_empty() && change.current != s.store_id);
+    }
     match &s.last_error {
         Some(Error::MassRemoval(m)) => {
             assert_eq!(m.held, 3);

@@ -96,6 +96,15 @@ test('a store lost on the server is held back and reported, unless the applicati
     [3, 3, 0],
     JSON.stringify(s.heldBack),
   );
+  // A server that reports its store identity: the new store has a new one, so it
+  // sent the full (empty) state, and the change is reported. (One that reports
+  // none diffed against the versions held, and there is nothing to compare.)
+  if (s.storeId !== '') {
+    assert.equal(s.heldBack?.storeChanged, true);
+    assert.equal(s.heldBack?.mode, 'full');
+    assert.equal(s.lastStoreChange?.previous, s.storeId);
+    assert.notEqual(s.lastStoreChange?.current, s.storeId);
+  }
   assert.ok(s.lastError instanceof MassRemovalError, String(s.lastError));
   assert.equal(s.lastError.code, 'MASS_REMOVAL');
   assert.equal(s.lastError.retryable, true);
