@@ -120,6 +120,17 @@ pub(crate) fn decode<T: DeserializeOwned>(key: &str, raw: &str) -> Result<T, Err
     })
 }
 
+/// The counts of an initial state that would remove every live entry held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RemovalCounts {
+    /// Live entries held.
+    pub held: usize,
+    /// How many of them the state removes (all).
+    pub removed: usize,
+    /// Live entries the cache would hold afterwards (keys it did not hold).
+    pub remaining: usize,
+}
+
 /// What the cache holds for one key.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Held {
@@ -232,6 +243,49 @@ impl Cache {
             let (key, held) = Held::from_wire(e);
             self.store(key, held);
         }
+    }
+
+    /// What a complete initial state would do to the live entries held: `Some` when
+    /// it would remove every one of them (at least one is held), `None` otherwise.
+    /// RESUMED states are changes that happened, applied by version: never checked.
+    pub fn mass_removal(&self, mode: SyncMode, entries: &[WireEntry]) -> Option<RemovalCounts> {
+        let held = self.live;
+        if held == 0 || mode == SyncMode::Resumed {
+            return None;
+        }
+        // A state carries one entry per key. Cheap answers first: an ordinary resync
+        // keeps most keys, and is told apart without allocating.
+        if mode == SyncMode::Full {
+            // FULL: a held key stays if the state has it live.
+            if entries
+                .iter()
+                .any(|e| !e.deleted && self.live(&e.key).is_some())
+            {
+                return None;
+            }
+        } else {
+            // DIFF: only explicit removals remove; keys it does not name stay.
+            if entries.iter().filter(|e| e.deleted).count() < held {
+                return None;
+            }
+            let removed: HashSet<&str> = entries
+                .iter()
+                .filter(|e| e.deleted && self.live(&e.key).is_some())
+                .map(|e| e.key.as_str())
+                .collect();
+            if removed.len() < held {
+                return None;
+            }
+        }
+        let remaining = entries
+            .iter()
+            .filter(|e| !e.deleted && self.live(&e.key).is_none())
+            .count();
+        Some(RemovalCounts {
+            held,
+            removed: held,
+            remaining,
+        })
     }
 
     /// Applies a complete initial state; returns the visible changes.
@@ -457,6 +511,53 @@ mod tests {
         // So the new server's version 1 of b applies.
         let ch = c.apply_deltas(vec![e("b", 1, "x")], Cause::Delta);
         assert_eq!(summary(&ch), ["b@1"]);
+    }
+
+    #[test]
+    fn a_state_that_removes_everything_held_is_recognised() {
+        let mut c = Cache::default();
+        // Nothing held: nothing to protect.
+        assert_eq!(c.mass_removal(SyncMode::Full, &[]), None);
+        c.apply_initial(SyncMode::Full, vec![e("a", 1, "1"), e("b", 1, "1")]);
+        let counts = |held, removed, remaining| {
+            Some(RemovalCounts {
+                held,
+                removed,
+                remaining,
+            })
+        };
+        // An empty FULL state (a new, empty store).
+        assert_eq!(c.mass_removal(SyncMode::Full, &[]), counts(2, 2, 0));
+        // A FULL state of other keys removes everything held too.
+        assert_eq!(
+            c.mass_removal(SyncMode::Full, &[e("z", 1, "1")]),
+            counts(2, 2, 1)
+        );
+        // One key kept: a partial removal.
+        assert_eq!(c.mass_removal(SyncMode::Full, &[e("b", 1, "1")]), None);
+        // A DIFF removing every key held (an empty store diffed against the versions).
+        assert_eq!(
+            c.mass_removal(SyncMode::Diff, &[del("a", 0), del("b", 0)]),
+            counts(2, 2, 0)
+        );
+        // A DIFF that removes some, or changes the others, is a partial removal.
+        assert_eq!(c.mass_removal(SyncMode::Diff, &[del("a", 2)]), None);
+        assert_eq!(
+            c.mass_removal(SyncMode::Diff, &[del("a", 2), e("b", 2, "2")]),
+            None
+        );
+        assert_eq!(c.mass_removal(SyncMode::Diff, &[]), None);
+        // RESUMED states are changes that happened, applied by version.
+        assert_eq!(
+            c.mass_removal(SyncMode::Resumed, &[del("a", 2), del("b", 2)]),
+            None
+        );
+        // Tombstones are not held: deleting the last live key is still everything.
+        c.apply_deltas(vec![del("a", 2)], Cause::Delta);
+        assert_eq!(
+            c.mass_removal(SyncMode::Diff, &[del("b", 2)]),
+            counts(1, 1, 0)
+        );
     }
 
     #[test]

@@ -17,6 +17,7 @@ use crate::backoff::Backoff;
 use crate::cache::{Cache, Change, SyncMode, decode};
 use crate::changes::{ChangeStream, Queues};
 use crate::error::Error;
+use crate::guard::{MassRemoval, Policy, StoreChange};
 use crate::proto;
 use crate::proto::config_service_client::ConfigServiceClient;
 use crate::snapshot::{self, SnapshotData, SnapshotRead};
@@ -152,6 +153,16 @@ pub struct Status {
     pub next_attempt_at: Option<SystemTime>,
     /// The snapshot, when one is configured.
     pub snapshot: Option<SnapshotStatus>,
+    /// The last initial state the server sent would have removed every entry held,
+    /// and was held back: the cache serves what it held before (and is stale) until a
+    /// state that keeps something is applied. `None` once one is.
+    pub held_back: Option<MassRemoval>,
+    /// The store identity of the state the cache holds (empty when unknown: a server
+    /// that does not report one, or nothing received yet).
+    pub store_id: String,
+    /// The last time the server reported a store identity other than the one of the
+    /// state held (a store recreated, or a server pointed at another one).
+    pub last_store_change: Option<StoreChange>,
 }
 
 /// Settings of a [`Client`]; see the methods for what each does.
@@ -167,6 +178,7 @@ pub struct ClientBuilder {
     idle_timeout: Duration,
     call_timeout: Duration,
     ready_timeout: Duration,
+    mass_removal: Policy,
 }
 
 impl fmt::Debug for ClientBuilder {
@@ -177,6 +189,7 @@ impl fmt::Debug for ClientBuilder {
             .field("prefixes", &self.prefixes)
             .field("snapshot_path", &self.snapshot_path)
             .field("backoff", &self.backoff)
+            .field("mass_removal", &self.mass_removal)
             .finish_non_exhaustive()
     }
 }
@@ -204,6 +217,7 @@ impl ClientBuilder {
             idle_timeout: Duration::from_secs(30),
             call_timeout: Duration::from_secs(10),
             ready_timeout: Duration::from_secs(30),
+            mass_removal: Policy::Hold,
         }
     }
 
@@ -253,6 +267,31 @@ impl ClientBuilder {
     /// Deadline of [`Client::read_secret`], token included. Default 10 s.
     pub fn call_timeout(mut self, d: Duration) -> Self {
         self.call_timeout = d;
+        self
+    }
+
+    /// Whether an initial state that would remove every entry the cache holds is
+    /// applied (`true`) or held back (`false`, the default). A server whose store lost
+    /// its data, or was recreated, sends such a state to a client that resumes; held
+    /// back, the cache keeps serving what it holds, [`Status::stale`] is true,
+    /// [`Status::held_back`] and [`Status::last_error`] ([`Error::MassRemoval`]) say
+    /// why with the counts, and the watch retries with backoff until the server sends
+    /// a state that keeps at least one entry. Deltas are never held back.
+    pub fn allow_mass_removal(mut self, allow: bool) -> Self {
+        self.mass_removal = if allow { Policy::Apply } else { Policy::Hold };
+        self
+    }
+
+    /// Asks `decide` each time the server sends an initial state that would remove
+    /// every entry held (see [`allow_mass_removal`](Self::allow_mass_removal)): `true`
+    /// applies it, `false` holds it back until the next attempt (with backoff), when
+    /// `decide` is asked again. Runs on the watch task: return quickly. A `decide`
+    /// that panics holds the state back.
+    pub fn on_mass_removal(
+        mut self,
+        decide: impl Fn(&MassRemoval) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.mass_removal = Policy::Ask(Arc::new(decide));
         self
     }
 
@@ -341,6 +380,8 @@ impl ClientBuilder {
             next_attempt_at: None,
             ever_synced: false,
             snapshot: None,
+            held_back: None,
+            store_change: None,
         };
         let snapshot = match self.snapshot_path {
             None => None,
@@ -362,6 +403,7 @@ impl ClientBuilder {
                         data.cache.load(s.entries);
                         data.revision = s.revision;
                         data.resume_token = s.resume_token;
+                        data.store_id = s.store_id;
                         live.source = Source::Snapshot;
                         status.loaded = true;
                         status.saved_at = Some(s.saved_at);
@@ -392,6 +434,7 @@ impl ClientBuilder {
                 stale_after: self.stale_after,
                 idle_timeout: self.idle_timeout,
                 call_timeout: self.call_timeout,
+                mass_removal: self.mass_removal,
             },
             data: RwLock::new(data),
             live: Mutex::new(live),
@@ -612,9 +655,9 @@ impl Client {
 
     /// How current the cache is.
     pub fn status(&self) -> Status {
-        let (revision, entries) = {
+        let (revision, entries, store_id) = {
             let d = self.shared.data();
-            (d.revision, d.cache.live_count())
+            (d.revision, d.cache.live_count(), d.store_id.clone())
         };
         let l = self.shared.live();
         let connected = l.state == State::Connected;
@@ -636,6 +679,9 @@ impl Client {
             failed_attempts: l.failed_attempts,
             next_attempt_at: l.next_attempt_at,
             snapshot: l.snapshot.clone(),
+            held_back: l.held_back.clone(),
+            store_id,
+            last_store_change: l.store_change.clone(),
         }
     }
 
@@ -714,6 +760,7 @@ pub(crate) struct Options {
     pub stale_after: Duration,
     pub idle_timeout: Duration,
     pub call_timeout: Duration,
+    pub mass_removal: Policy,
 }
 
 #[derive(Clone)]
@@ -729,6 +776,8 @@ pub(crate) struct Data {
     pub cache: Cache,
     pub revision: u64,
     pub resume_token: String,
+    /// The store identity of the state held ("" when unknown).
+    pub store_id: String,
 }
 
 impl Data {
@@ -756,6 +805,8 @@ pub(crate) struct Live {
     pub next_attempt_at: Option<SystemTime>,
     pub ever_synced: bool,
     pub snapshot: Option<SnapshotStatus>,
+    pub held_back: Option<MassRemoval>,
+    pub store_change: Option<StoreChange>,
 }
 
 impl Live {
@@ -852,6 +903,7 @@ impl Shared {
             saved_at: SystemTime::now(),
             revision: d.revision,
             resume_token: d.resume_token.clone(),
+            store_id: d.store_id.clone(),
             entries: d
                 .cache
                 .iter_live()
@@ -941,7 +993,7 @@ impl Shared {
             } else {
                 Vec::new()
             },
-            ..Default::default()
+            known_store_id: d.store_id.clone(),
         }
     }
 }

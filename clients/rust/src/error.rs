@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate::guard::MassRemoval;
+
 /// What a [`TokenSource`](crate::TokenSource) may fail with.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
@@ -64,6 +66,13 @@ pub enum Error {
     #[error("the client is closed")]
     Closed,
 
+    /// The server sent an initial state that would remove every entry the cache holds
+    /// (a store that lost its data looks like this), and the client held it back: the
+    /// cache keeps serving what it holds, stale, and the watch retries with backoff.
+    /// See [`ClientBuilder::allow_mass_removal`](crate::ClientBuilder::allow_mass_removal).
+    #[error("{0}")]
+    MassRemoval(Box<MassRemoval>),
+
     /// The on-disk snapshot could not be written. Reads and the watch go on.
     #[error("snapshot {}: {message}", path.display())]
     Snapshot {
@@ -98,7 +107,7 @@ impl Error {
                     | tonic::Code::Unimplemented
             ),
             Error::TokenSource(_) | Error::Protocol(_) | Error::Timeout(_) => true,
-            Error::Snapshot { .. } => true,
+            Error::Snapshot { .. } | Error::MassRemoval(_) => true,
             Error::InvalidConfig(_)
             | Error::Decode { .. }
             | Error::Secret { .. }

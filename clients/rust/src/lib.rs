@@ -40,6 +40,9 @@
 //!   deltas apply only when newer, tombstones keep the versions of deleted keys.
 //! - [`ChangeStream`] (`changes.rs`): per-reader queues that coalesce to the newest
 //!   change per key, so memory stays bounded and no key is ever skipped.
+//! - the guard (`guard.rs`): an initial state that would remove everything held is
+//!   held back and reported ([`MassRemoval`]) unless the application accepts it; a
+//!   change of the server's store identity is reported ([`StoreChange`]).
 //! - the snapshot (`snapshot.rs`): written atomically, tagged with the tenant and
 //!   the prefixes, loaded at start when the server is unreachable.
 //! - [`proto`]: the generated messages and gRPC client, for writes and anything else
@@ -53,6 +56,7 @@ mod cache;
 mod changes;
 mod client;
 mod error;
+mod guard;
 mod snapshot;
 mod token;
 mod watch;
@@ -63,6 +67,7 @@ pub use cache::{Cause, Change, ChangeKind, SyncMode};
 pub use changes::ChangeStream;
 pub use client::{Client, ClientBuilder, Entry, SnapshotStatus, Source, State, Status, Versioned};
 pub use error::{BoxError, Error};
+pub use guard::{MassRemoval, StoreChange};
 pub use token::{TokenFuture, TokenSource, static_token};
 
 /// The messages and the gRPC client generated from `proto/configwatch/v1/config.proto`

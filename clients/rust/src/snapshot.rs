@@ -28,6 +28,8 @@ pub(crate) struct SnapshotData {
     pub revision: u64,
     /// The newest resume token when the snapshot was taken ("" when none).
     pub resume_token: String,
+    /// The store identity of the state ("" when unknown).
+    pub store_id: String,
     /// Live entries (secrets without value).
     pub entries: Vec<WireEntry>,
 }
@@ -59,6 +61,9 @@ struct FileShape {
     saved_at: String,
     revision: u64,
     resume_token: String,
+    /// Absent in files written before store identities (and when unknown).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    store_id: String,
     entries: Vec<FileEntry>,
 }
 
@@ -133,6 +138,7 @@ pub(crate) fn read(file: &Path, tenant: &str, prefixes: &[String]) -> SnapshotRe
         saved_at,
         revision: shape.revision,
         resume_token: shape.resume_token,
+        store_id: shape.store_id,
         entries,
     })
 }
@@ -146,6 +152,7 @@ pub(crate) fn encode(data: &SnapshotData) -> Result<Vec<u8>, serde_json::Error> 
         saved_at: time_text(data.saved_at),
         revision: data.revision,
         resume_token: data.resume_token.clone(),
+        store_id: data.store_id.clone(),
         entries: data
             .entries
             .iter()
@@ -224,6 +231,7 @@ mod tests {
             saved_at: SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_700_000_000_123),
             revision: 7,
             resume_token: "tok".into(),
+            store_id: "01JDSTORE".into(),
             entries: vec![
                 WireEntry {
                     key: "a1".into(),
@@ -265,6 +273,7 @@ mod tests {
             SnapshotRead::Loaded(d) => {
                 assert_eq!(d.revision, 7);
                 assert_eq!(d.resume_token, "tok");
+                assert_eq!(d.store_id, "01JDSTORE");
                 assert_eq!(d.saved_at, data().saved_at);
                 assert_eq!(d.entries.len(), 2);
                 assert_eq!(d.entries[1].value, "");
@@ -284,6 +293,19 @@ mod tests {
             read(&dir.path().join("none"), "acme", &prefixes),
             SnapshotRead::Absent
         ));
+        // Without a store identity (unknown, or a file written before identities)
+        // the field is absent, and such a file loads with an unknown identity.
+        let unknown = SnapshotData {
+            store_id: String::new(),
+            ..data()
+        };
+        let bytes = encode(&unknown)?;
+        assert!(!String::from_utf8_lossy(&bytes).contains("storeId"));
+        write_atomic(&file, &bytes)?;
+        match read(&file, "acme", &prefixes) {
+            SnapshotRead::Loaded(d) => assert_eq!(d.store_id, ""),
+            other => panic!("{other:?}"),
+        }
         std::fs::write(&file, "{")?;
         assert!(matches!(
             read(&file, "acme", &prefixes),

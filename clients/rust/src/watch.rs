@@ -7,6 +7,7 @@
 //!               ├── fresh token ◄── UNAUTHENTICATED ◄────────────────────┤
 //!               ├── no resume token ◄── INVALID_ARGUMENT on a resume ◄───┤
 //!               ├── versions, at once ◄── ABORTED: the digest differs ◄──┤
+//!               ├── backoff, cache kept ◄── a state removing all held ◄──┤
 //!               └ failed ◄── PERMISSION_DENIED, INVALID_ARGUMENT, ... ◄──┘
 //! ```
 //!
@@ -23,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cache::{Cause, SyncMode, WireEntry};
 use crate::client::{Shared, SnapshotConfig, Source, State};
 use crate::error::{Error, Next, next_step};
+use crate::guard::{MassRemoval, StoreChange};
 use crate::proto;
 use crate::proto::watch_response::Kind;
 use crate::snapshot;
@@ -161,6 +163,8 @@ struct Outcome {
 struct Session {
     mode: Option<SyncMode>,
     initial: Vec<WireEntry>,
+    /// The store identity the initial messages carry ("" when the server sends none).
+    store_id: String,
     synced: bool,
 }
 
@@ -202,6 +206,70 @@ impl From<Error> for Ended {
     fn from(error: Error) -> Self {
         Ended::Error(error)
     }
+}
+
+/// Checks a complete initial state before it is applied: reports a store identity
+/// other than the one of the state held, and refuses (with [`Error::MassRemoval`],
+/// which ends the stream; the watch retries with backoff) a state that would remove
+/// every entry held, unless the application accepts it.
+fn guard(
+    shared: &Shared,
+    mode: SyncMode,
+    entries: &[WireEntry],
+    server_store: &str,
+    now: SystemTime,
+) -> Result<(), Error> {
+    let (held_store, counts) = {
+        let d = shared.data();
+        (d.store_id.clone(), d.cache.mass_removal(mode, entries))
+    };
+    // Empty on either side is unknown (a server that reports none, a state received
+    // before identities): nothing to compare.
+    if !held_store.is_empty() && !server_store.is_empty() && held_store != server_store {
+        tracing::warn!(
+            tenant = %shared.tenant,
+            previous = %held_store,
+            current = %server_store,
+            "the server's store identity differs from the one of the state held \
+             (a recreated store, or another one); it sent a {mode:?} state"
+        );
+        shared.update(|l| {
+            l.store_change = Some(StoreChange {
+                previous: held_store.clone(),
+                current: server_store.to_owned(),
+                at: now,
+            });
+        });
+    }
+    let Some(counts) = counts else {
+        return Ok(());
+    };
+    let (first_seen, times) = match &shared.live().held_back {
+        Some(before) => (before.first_seen, before.times.saturating_add(1)),
+        None => (now, 1),
+    };
+    let removal = MassRemoval {
+        mode,
+        held: counts.held,
+        removed: counts.removed,
+        remaining: counts.remaining,
+        held_store_id: held_store,
+        server_store_id: server_store.to_owned(),
+        first_seen,
+        times,
+    };
+    if shared.opts.mass_removal.allows(&removal) {
+        tracing::warn!(
+            tenant = %shared.tenant,
+            held = removal.held,
+            remaining = removal.remaining,
+            "applying an initial state that removes every entry held, as the application allows"
+        );
+        return Ok(());
+    }
+    tracing::warn!(tenant = %shared.tenant, "{removal}");
+    shared.update(|l| l.held_back = Some(removal.clone()));
+    Err(Error::MassRemoval(Box::new(removal)))
 }
 
 /// The server's answer to a `known_digest` that differs from its state.
@@ -276,6 +344,9 @@ fn on_message(
                 ));
             }
             session.mode = Some(mode);
+            if !msg.store_id.is_empty() {
+                session.store_id = msg.store_id;
+            }
             session
                 .initial
                 .extend(msg.changes.into_iter().map(wire::entry));
@@ -283,10 +354,14 @@ fn on_message(
                 return Ok(());
             }
             let entries = mem::take(&mut session.initial);
+            guard(shared, mode, &entries, &session.store_id, now)?;
             let changes = {
                 let mut d = shared.data_mut();
                 let changes = d.cache.apply_initial(mode, entries);
                 d.advance(msg.revision, msg.resume_token);
+                if !session.store_id.is_empty() {
+                    d.store_id = session.store_id.clone();
+                }
                 changes
             };
             session.synced = true;
@@ -301,6 +376,7 @@ fn on_message(
                 l.failed_attempts = 0;
                 l.next_attempt_at = None;
                 l.ever_synced = true;
+                l.held_back = None;
             });
             shared.publish(&changes);
             shared.snapshot_dirty();

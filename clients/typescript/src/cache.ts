@@ -38,6 +38,16 @@ export interface Change<T = unknown> {
   cause: ChangeCause;
 }
 
+/** The counts of an initial state that would remove every live entry held. */
+export interface RemovalCounts {
+  /** Live entries held. */
+  held: number;
+  /** How many of them the state removes (all). */
+  removed: number;
+  /** Live entries the cache would hold afterwards (keys it did not hold). */
+  remaining: number;
+}
+
 /** What the cache holds for one key. */
 export interface Held {
   key: string;
@@ -138,6 +148,33 @@ export class Cache {
   /** The version held for a key, tombstones included. */
   versionOf(key: string): number | undefined {
     return this.held.get(key)?.version;
+  }
+
+  /**
+   * What a complete initial state would do to the live entries held: the counts when
+   * it would remove every one of them (at least one is held), undefined otherwise.
+   * RESUMED states are changes that happened, applied by version: never checked.
+   */
+  massRemoval(mode: 'full' | 'diff' | 'resumed', entries: readonly WireEntry[]): RemovalCounts | undefined {
+    const held = this.liveCount();
+    if (held === 0 || mode === 'resumed') return undefined;
+    // A state carries one entry per key. Cheap answers first: an ordinary resync
+    // keeps most keys, and is told apart without allocating.
+    if (mode === 'full') {
+      // FULL: a held key stays if the state has it live.
+      if (entries.some((e) => !e.deleted && this.live(e.key) !== undefined)) return undefined;
+    } else {
+      // DIFF: only explicit removals remove; keys it does not name stay.
+      let removals = 0;
+      for (const e of entries) if (e.deleted) removals++;
+      if (removals < held) return undefined;
+      const removed = new Set<string>();
+      for (const e of entries) if (e.deleted && this.live(e.key) !== undefined) removed.add(e.key);
+      if (removed.size < held) return undefined;
+    }
+    let remaining = 0;
+    for (const e of entries) if (!e.deleted && this.live(e.key) === undefined) remaining++;
+    return { held, removed: held, remaining };
   }
 
   /** Applies a complete initial state. Returns the visible changes. */

@@ -8,6 +8,7 @@
  *                               ▲                                             │
  *                               └── backoff ◄── UNAVAILABLE, dropped, idle ◄──┤
  *                               └── fresh token ◄── UNAUTHENTICATED ◄─────────┤
+ *                               └── backoff, cache kept ◄── removes all held ◄┤
  *                                   failed ◄── PERMISSION_DENIED, INVALID_ARGUMENT
  */
 import { EventEmitter } from 'node:events';
@@ -22,11 +23,13 @@ import {
   ConfigWatchError,
   DecodeError,
   InvalidOptionsError,
+  MassRemovalError,
   ProtocolError,
   ServerError,
   TimeoutError,
   TokenSourceError,
   fromGrpcError,
+  type MassRemovalInfo,
 } from './errors';
 import { SnapshotWriter, normalizePrefixes, readSnapshot, type SnapshotData } from './snapshot';
 import {
@@ -80,6 +83,26 @@ export interface ClientOptions {
   callTimeoutMs?: number;
   /** Extra grpc-js channel options. */
   channelOptions?: grpc.ChannelOptions;
+  /**
+   * Whether an initial state that would remove every entry the cache holds is applied.
+   * A server whose store lost its data, or was recreated, sends such a state to a
+   * client that resumes. `false` (the default) holds it back: the cache keeps serving
+   * what it holds, `status().stale` is true, `status().heldBack` and a
+   * {@link MassRemovalError} (`lastError`, the `error` and `massRemoval` events) say
+   * why with the counts, and the watch retries with backoff until the server sends a
+   * state that keeps at least one entry. `true` applies it. A function decides each
+   * time (return `true` to apply; one that throws holds back). Deltas are never held back.
+   */
+  allowMassRemoval?: boolean | ((info: MassRemovalInfo) => boolean);
+}
+
+/** A store identity the server reported that differs from the one of the state held. */
+export interface StoreChange {
+  /** The identity of the state held at the time. */
+  previous: string;
+  /** The identity the server reported. */
+  current: string;
+  at: Date;
 }
 
 /** Where the cache's content came from. */
@@ -124,6 +147,19 @@ export interface ClientStatus {
   attempts: number;
   /** When the next attempt is due, while `reconnecting`. */
   nextAttemptAt: Date | undefined;
+  /**
+   * The last initial state the server sent would have removed every entry held, and
+   * was held back: the cache serves what it held before (and is stale) until a state
+   * that keeps something is applied. Undefined once one is.
+   */
+  heldBack: MassRemovalInfo | undefined;
+  /**
+   * The store identity of the state the cache holds ('' when unknown: a server that
+   * does not report one, or nothing received yet).
+   */
+  storeId: string;
+  /** The last time the server reported a store identity other than the one of the state held. */
+  lastStoreChange: StoreChange | undefined;
   snapshot:
     | {
         path: string;
@@ -189,6 +225,13 @@ export interface ClientEvents {
   progress: [info: { revision: number }];
   /** A snapshot was written. */
   snapshot: [info: { path: string; savedAt: Date }];
+  /**
+   * The server sent an initial state that would remove every entry held: `applied`
+   * false when it was held back (see `allowMassRemoval`), true when the option let it apply.
+   */
+  massRemoval: [info: MassRemovalInfo & { applied: boolean }];
+  /** The server reported a store identity other than the one of the state held. */
+  storeChanged: [info: StoreChange];
   /**
    * Something the application should know: a fatal watch error (state `failed`), a
    * refused token or failing token source (retried), a snapshot write failure, an
@@ -276,10 +319,15 @@ export class ConfigWatchClient extends EventEmitter<ClientEvents> implements Asy
   private readonly idleTimeoutMs: number;
   private readonly callTimeoutMs: number;
   private readonly snapshotWriter: SnapshotWriter | undefined;
+  private readonly allowMassRemoval: boolean | ((info: MassRemovalInfo) => boolean);
 
   private state: ClientState = 'idle';
   private source: CacheSource = 'none';
   private resumeToken = '';
+  /** The store identity of the state held ('' when unknown). */
+  private storeId = '';
+  private heldBack: MassRemovalInfo | undefined;
+  private lastStoreChange: StoreChange | undefined;
   /**
    * The server found the digest of the cache differs from its state: send the
    * versions themselves until a stream reaches its initial state.
@@ -344,6 +392,11 @@ export class ConfigWatchClient extends EventEmitter<ClientEvents> implements Asy
     this.idleTimeoutMs = positive('idleTimeoutMs', options.idleTimeoutMs, 30_000);
     this.callTimeoutMs = positive('callTimeoutMs', options.callTimeoutMs, 10_000);
     const debounce = positive('snapshotDebounceMs', options.snapshotDebounceMs, 500);
+    const allow = options.allowMassRemoval ?? false;
+    if (typeof allow !== 'boolean' && typeof allow !== 'function') {
+      throw new InvalidOptionsError('allowMassRemoval must be a boolean or a function');
+    }
+    this.allowMassRemoval = allow;
 
     let Service;
     try {
@@ -520,6 +573,9 @@ export class ConfigWatchClient extends EventEmitter<ClientEvents> implements Asy
       lastError: this.lastError,
       attempts: this.attempts,
       nextAttemptAt: this.state === 'reconnecting' ? this.nextAttemptAt : undefined,
+      heldBack: this.heldBack ? { ...this.heldBack } : undefined,
+      storeId: this.storeId,
+      lastStoreChange: this.lastStoreChange ? { ...this.lastStoreChange } : undefined,
       snapshot: this.snapshotInfo ? { ...this.snapshotInfo } : undefined,
     };
   }
@@ -591,6 +647,7 @@ export class ConfigWatchClient extends EventEmitter<ClientEvents> implements Asy
       if (read.kind === 'loaded' && this.source === 'none') {
         this.cache.load(read.data.entries);
         this.resumeToken = read.data.resumeToken;
+        this.storeId = read.data.storeId;
         this.revision = read.data.revision;
         this.source = 'snapshot';
         this.snapshotInfo.loaded = true;
@@ -683,7 +740,9 @@ export class ConfigWatchClient extends EventEmitter<ClientEvents> implements Asy
           return;
         } else {
           delay = backoffDelay(failures++, this.backoff);
-          if (error.code === 'TOKEN_SOURCE' || error.code === 'PROTOCOL') this.emitError(error);
+          if (error.code === 'TOKEN_SOURCE' || error.code === 'PROTOCOL' || error.code === 'MASS_REMOVAL') {
+            this.emitError(error);
+          }
         }
         this.setState('reconnecting');
         this.nextAttemptAt = new Date(Date.now() + delay);
@@ -760,6 +819,7 @@ export class ConfigWatchClient extends EventEmitter<ClientEvents> implements Asy
       resume_token: this.resumeToken,
       known_versions: digest ? {} : this.cache.knownVersions(),
       known_digest: digest ? this.cache.knownDigest() : Buffer.alloc(0),
+      known_store_id: this.storeId,
     };
     const sentResumeToken = this.resumeToken !== '';
     const call = this.rpc.Watch(request, metadata);
@@ -769,6 +829,8 @@ export class ConfigWatchClient extends EventEmitter<ClientEvents> implements Asy
       let synced = false;
       let initial: WireEntry[] = [];
       let initialMode: 'full' | 'diff' | 'resumed' | undefined;
+      /** The store identity the initial messages carry ('' when the server sends none). */
+      let storeId = '';
       let idle: NodeJS.Timeout | undefined;
 
       const finish = (error: ConfigWatchError, askedForVersions = false): void => {
@@ -802,11 +864,15 @@ export class ConfigWatchClient extends EventEmitter<ClientEvents> implements Asy
               throw new ProtocolError(`initial message with mode ${String(msg.initial_mode)}`);
             }
             initialMode = mode;
+            if (msg.store_id !== '') storeId = msg.store_id;
             for (const e of msg.changes) initial.push(fromWire(e));
             if (!msg.initial_complete) return;
+            this.guard(mode, initial, storeId);
             const changes = this.cache.applyInitial(mode, initial);
             initial = [];
             this.advance(msg);
+            if (storeId !== '') this.storeId = storeId;
+            this.heldBack = undefined;
             synced = true;
             this.everSynced = true;
             this.attempts = 0;
@@ -861,6 +927,48 @@ export class ConfigWatchClient extends EventEmitter<ClientEvents> implements Asy
         );
       });
     });
+  }
+
+  /**
+   * Checks a complete initial state before it is applied: reports a store identity
+   * other than the one of the state held, and refuses (throws a
+   * {@link MassRemovalError}, which ends the stream; the watch retries with backoff) a
+   * state that would remove every entry held, unless `allowMassRemoval` accepts it.
+   */
+  private guard(mode: 'full' | 'diff' | 'resumed', entries: readonly WireEntry[], serverStoreId: string): void {
+    const heldStoreId = this.storeId;
+    // Empty on either side is unknown (a server that reports none, a state received
+    // before identities): nothing to compare.
+    const storeChanged = heldStoreId !== '' && serverStoreId !== '' && heldStoreId !== serverStoreId;
+    if (storeChanged) {
+      this.lastStoreChange = { previous: heldStoreId, current: serverStoreId, at: new Date() };
+      this.emitSafely('storeChanged', { ...this.lastStoreChange });
+    }
+    const counts = this.cache.massRemoval(mode, entries);
+    if (counts === undefined || mode === 'resumed') return;
+    const info: MassRemovalInfo = {
+      mode,
+      ...counts,
+      heldStoreId,
+      serverStoreId,
+      storeChanged,
+      firstSeen: this.heldBack?.firstSeen ?? new Date(),
+      times: (this.heldBack?.times ?? 0) + 1,
+    };
+    let allowed: boolean;
+    if (typeof this.allowMassRemoval === 'function') {
+      try {
+        allowed = this.allowMassRemoval({ ...info }) === true;
+      } catch {
+        allowed = false;
+      }
+    } else {
+      allowed = this.allowMassRemoval;
+    }
+    this.emitSafely('massRemoval', { ...info, applied: allowed });
+    if (allowed) return;
+    this.heldBack = info;
+    throw new MassRemovalError(info);
   }
 
   /** Replaces the channel (and its connection) with a new one. */
@@ -922,6 +1030,7 @@ export class ConfigWatchClient extends EventEmitter<ClientEvents> implements Asy
       savedAt: new Date(),
       revision: this.revision,
       resumeToken: this.resumeToken,
+      storeId: this.storeId,
       entries: this.cache.liveEntries().map((h) => ({
         key: h.key,
         version: h.version,

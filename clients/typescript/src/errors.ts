@@ -30,7 +30,12 @@ export type ErrorCode =
   /** The client was closed. */
   | 'CLOSED'
   /** The on-disk snapshot could not be written. */
-  | 'SNAPSHOT';
+  | 'SNAPSHOT'
+  /**
+   * The server sent an initial state that would remove every entry the cache holds,
+   * and the client held it back (see `allowMassRemoval`); it retries with backoff.
+   */
+  | 'MASS_REMOVAL';
 
 /** The base of every error of this package. */
 export class ConfigWatchError extends Error {
@@ -125,6 +130,51 @@ export class SnapshotError extends ConfigWatchError {
   constructor(path: string, message: string, cause?: unknown) {
     super('SNAPSHOT', `${path}: ${message}`, { retryable: true, cause });
     this.path = path;
+  }
+}
+
+/** Why a {@link MassRemovalError} was raised, with the counts. */
+export interface MassRemovalInfo {
+  /** How the server built the state: the whole state, or removals against the versions sent. */
+  mode: 'full' | 'diff';
+  /** Live entries the cache holds (secrets included). */
+  held: number;
+  /** How many of them the state removes: all of them. */
+  removed: number;
+  /** Live entries the cache would hold after applying it (keys it did not hold). */
+  remaining: number;
+  /** The store identity of the state held ('' when unknown). */
+  heldStoreId: string;
+  /** The store identity the server sent with this state ('' when unknown). */
+  serverStoreId: string;
+  /** Both identities are known and differ: the store was recreated (or is another one). */
+  storeChanged: boolean;
+  /** When the server first sent such a state, in this run of refusals. */
+  firstSeen: Date;
+  /** How many times in a row the server sent such a state (1 the first time). */
+  times: number;
+}
+
+/**
+ * The server sent an initial state that would remove every entry the cache holds (a
+ * store that lost its data looks like this) and the client held it back: the cache
+ * keeps serving what it holds, stale, and the watch retries with backoff.
+ */
+export class MassRemovalError extends ConfigWatchError {
+  override name = 'MassRemovalError';
+  readonly info: MassRemovalInfo;
+  constructor(info: MassRemovalInfo) {
+    const store = info.storeChanged
+      ? `; the server's store identity changed from ${JSON.stringify(info.heldStoreId)} to ${JSON.stringify(info.serverStoreId)}`
+      : '';
+    super(
+      'MASS_REMOVAL',
+      `the server's initial state (${info.mode}) would remove all ${info.held} entries held (${info.remaining} would remain)${store}; ` +
+        `sent ${info.times} time(s) in a row. Held back: the cache keeps serving what it holds (stale) and retries with backoff. ` +
+        'If the removal is intended, accept it with the allowMassRemoval option',
+      { retryable: true },
+    );
+    this.info = info;
   }
 }
 

@@ -20,6 +20,7 @@ export {
   type ConnectedInfo,
   type DisconnectedInfo,
   type ReconnectingInfo,
+  type StoreChange,
   type EntryInfo,
   type TokenSource,
   type Versioned,
@@ -36,6 +37,8 @@ export {
   TimeoutError,
   ClosedError,
   SnapshotError,
+  MassRemovalError,
   isConfigWatchError,
+  type MassRemovalInfo,
   type ErrorCode,
 } from './errors';

@@ -23,6 +23,8 @@ export interface SnapshotData {
   revision: number;
   /** The newest resume token when the snapshot was taken ('' when none). */
   resumeToken: string;
+  /** The store identity of the state ('' when unknown). */
+  storeId: string;
   /** Live entries (secrets without value). */
   entries: WireEntry[];
 }
@@ -48,6 +50,8 @@ interface FileShape {
   savedAt: string;
   revision: number;
   resumeToken: string;
+  /** Absent in files written before store identities (and when unknown). */
+  storeId?: string;
   entries: FileEntry[];
 }
 
@@ -120,8 +124,15 @@ export async function readSnapshot(file: string, tenant: string, prefixes: reado
   const savedAt = typeof doc['savedAt'] === 'string' ? new Date(doc['savedAt']) : new Date(NaN);
   const revision = doc['revision'];
   const resumeToken = doc['resumeToken'];
+  const storeId = doc['storeId'] ?? '';
   const rawEntries = doc['entries'];
-  if (!Number.isFinite(savedAt.getTime()) || !isCount(revision) || typeof resumeToken !== 'string' || !Array.isArray(rawEntries)) {
+  if (
+    !Number.isFinite(savedAt.getTime()) ||
+    !isCount(revision) ||
+    typeof resumeToken !== 'string' ||
+    typeof storeId !== 'string' ||
+    !Array.isArray(rawEntries)
+  ) {
     return { kind: 'ignored', reason: 'malformed header' };
   }
   const entries: WireEntry[] = [];
@@ -130,7 +141,7 @@ export async function readSnapshot(file: string, tenant: string, prefixes: reado
     if (e === undefined) return { kind: 'ignored', reason: 'malformed entry' };
     entries.push(e);
   }
-  return { kind: 'loaded', data: { tenant, prefixes: have, savedAt, revision, resumeToken, entries } };
+  return { kind: 'loaded', data: { tenant, prefixes: have, savedAt, revision, resumeToken, storeId, entries } };
 }
 
 /** Writes a snapshot atomically. Rejects with {@link SnapshotError}. */
@@ -142,6 +153,7 @@ export async function writeSnapshot(file: string, data: SnapshotData): Promise<v
     savedAt: data.savedAt.toISOString(),
     revision: data.revision,
     resumeToken: data.resumeToken,
+    ...(data.storeId !== '' ? { storeId: data.storeId } : {}),
     entries: data.entries.map((e) => ({
       key: e.key,
       version: e.version,

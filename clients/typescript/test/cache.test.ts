@@ -44,6 +44,31 @@ test('the digest of the versions held is the one the API defines', () => {
   assert.equal(c.knownDigest().toString('hex'), '1189b337f183118e15d6dc71f6d0d83c');
 });
 
+test('an initial state that removes everything held is recognised', () => {
+  const c = new Cache();
+  // Nothing held: nothing to protect.
+  assert.equal(c.massRemoval('full', []), undefined);
+  c.applyInitial('full', [e('a', 1, 1), e('b', 1, 1)]);
+  const counts = (held: number, removed: number, remaining: number): object => ({ held, removed, remaining });
+  // An empty FULL state (a new, empty store).
+  assert.deepEqual(c.massRemoval('full', []), counts(2, 2, 0));
+  // A FULL state of other keys removes everything held too.
+  assert.deepEqual(c.massRemoval('full', [e('z', 1, 1)]), counts(2, 2, 1));
+  // One key kept: a partial removal.
+  assert.equal(c.massRemoval('full', [e('b', 1, 1)]), undefined);
+  // A DIFF removing every key held (an empty store diffed against the versions).
+  assert.deepEqual(c.massRemoval('diff', [del('a', 0), del('b', 0)]), counts(2, 2, 0));
+  // A DIFF that removes some, or changes the others, is a partial removal.
+  assert.equal(c.massRemoval('diff', [del('a', 2)]), undefined);
+  assert.equal(c.massRemoval('diff', [del('a', 2), e('b', 2, 2)]), undefined);
+  assert.equal(c.massRemoval('diff', []), undefined);
+  // RESUMED states are changes that happened, applied by version.
+  assert.equal(c.massRemoval('resumed', [del('a', 2), del('b', 2)]), undefined);
+  // Tombstones are not held: deleting the last live key is still everything.
+  c.applyDeltas([del('a', 2)]);
+  assert.deepEqual(c.massRemoval('diff', [del('b', 2)]), counts(1, 1, 0));
+});
+
 test('a FULL initial state replaces everything held', () => {
   const c = new Cache();
   c.applyDeltas([e('a', 1, 1), e('b', 1, 1)]);

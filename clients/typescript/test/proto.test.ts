@@ -55,6 +55,7 @@ test('messages decode the way the generated types say (loader options in sync)',
     initial_complete: false,
     revision: '7',
     resume_token: 'tok',
+    store_id: '',
   });
   const req = watch.requestDeserialize(
     watch.requestSerialize({ prefixes: ['p_'], tenant: 't', resume_token: '', known_versions: { k: '3' } }),
@@ -65,7 +66,15 @@ test('messages decode the way the generated types say (loader options in sync)',
     resume_token: '',
     known_versions: { k: '3' },
     known_digest: Buffer.alloc(0),
+    known_store_id: '',
   });
+  // The store identity, both ways.
+  const identified = watch.responseDeserialize(
+    watch.responseSerialize({ kind: 'KIND_INITIAL', initial_complete: true, store_id: '01JDSTORE' }),
+  ) as Record<string, unknown>;
+  assert.equal(identified.store_id, '01JDSTORE');
+  const known = watch.requestDeserialize(watch.requestSerialize({ known_store_id: '01JDSTORE' })) as Record<string, unknown>;
+  assert.equal(known.known_store_id, '01JDSTORE');
   // The digest travels as the raw 16 bytes.
   const digest = Buffer.from('1189b337f183118e15d6dc71f6d0d83c', 'hex');
   const withDigest = watch.requestDeserialize(
