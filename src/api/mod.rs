@@ -5,7 +5,9 @@
 //! statuses in [`status`].
 
 pub mod codec;
+pub mod fair;
 pub mod frame;
+pub mod page;
 pub mod status;
 mod watch;
 
@@ -18,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::auth::Identity;
-use crate::hub::{Hub, Known, ResumeToken, StateDigest};
+use crate::hub::{Hub, Known, PageRequest, ResumeToken, StateDigest};
 use crate::keys::{self, PrefixSet};
 use crate::model::{Entry, Scope};
 use crate::proto;
@@ -36,6 +38,15 @@ pub struct Limits {
     pub max_keys: usize,
     /// Entries in one Watch's `known_versions`.
     pub max_known_versions: usize,
+    /// Entries in a Get page when the request sets no `limit`.
+    pub page_entries: usize,
+    /// Most entries in a Get page, whatever the request's `limit`.
+    pub max_page_entries: usize,
+    /// About the most key and value bytes in a Get page (one larger entry still goes).
+    pub page_bytes: usize,
+    /// Watch initial states (full or diff) computed at once; the rest wait, and one
+    /// tenant holds at most half of these.
+    pub initial_state_slots: usize,
 }
 
 impl Default for Limits {
@@ -44,6 +55,10 @@ impl Default for Limits {
             max_prefixes: 64,
             max_keys: 1_000,
             max_known_versions: 100_000,
+            page_entries: 1_000,
+            max_page_entries: 10_000,
+            page_bytes: 1 << 20,
+            initial_state_slots: 4,
         }
     }
 }
@@ -112,6 +127,8 @@ pub struct ConfigApi {
     limits: Limits,
     watch: WatchSettings,
     shutdown: Shutdown,
+    pages: page::PageTokens,
+    initial_states: fair::FairPool,
 }
 
 impl ConfigApi {
@@ -122,12 +139,15 @@ impl ConfigApi {
         watch: WatchSettings,
         shutdown: Shutdown,
     ) -> Self {
+        let initial_states = fair::FairPool::new(limits.initial_state_slots);
         ConfigApi {
             hub,
             router,
             limits,
             watch,
             shutdown,
+            pages: page::PageTokens::new(),
+            initial_states,
         }
     }
 }
@@ -218,9 +238,32 @@ impl ConfigService for ConfigApi {
             self.router.route(key)?;
         }
         check_prefixes(&req.prefixes, &self.limits)?;
-        let snap = self.hub.snapshot(&scope, &req.keys, &req.prefixes).await?;
-        let mut entries = Vec::with_capacity(snap.entries.len());
-        for e in &snap.entries {
+        let request_hash = page::request_hash(&scope, &req.keys, &req.prefixes);
+        let cont = if req.page_token.is_empty() {
+            None
+        } else {
+            Some(self.pages.decode(&req.page_token, request_hash)?)
+        };
+        let max_entries = match req.limit {
+            0 => self.limits.page_entries,
+            n => (n as usize).min(self.limits.max_page_entries),
+        };
+        let page = self
+            .hub
+            .snapshot_page(
+                &scope,
+                PageRequest {
+                    keys: &req.keys,
+                    prefixes: &req.prefixes,
+                    after: cont.as_ref().map(|c| c.after.as_str()),
+                    at: cont.as_ref().map(|c| c.revision),
+                    max_entries,
+                    max_bytes: self.limits.page_bytes,
+                },
+            )
+            .await?;
+        let mut entries = Vec::with_capacity(page.entries.len());
+        for e in &page.entries {
             if !e.secret {
                 entries.push(to_proto(e));
                 continue;
@@ -235,18 +278,32 @@ impl ConfigService for ConfigApi {
                 _ => {}
             }
         }
+        // Requested keys this page covers (after the previous page's end, up to
+        // its own) that it does not hold.
         let found: BTreeSet<&str> = entries.iter().map(|e| e.key.as_str()).collect();
+        let after = cont.as_ref().map(|c| c.after.as_str());
+        let upto = page.cursor.as_deref();
         let missing_keys = req
             .keys
             .iter()
-            .filter(|k| !found.contains(k.as_str()))
+            .filter(|k| {
+                after.is_none_or(|a| k.as_str() > a)
+                    && upto.is_none_or(|u| k.as_str() <= u)
+                    && !found.contains(k.as_str())
+            })
             .cloned()
             .collect();
+        let next_page_token = page
+            .cursor
+            .as_deref()
+            .map(|c| self.pages.encode(request_hash, page.revision, c))
+            .unwrap_or_default();
         Ok(Response::new(proto::GetResponse {
             entries,
             missing_keys,
-            revision: snap.revision,
-            resume_token: snap.resume_token,
+            revision: page.revision,
+            resume_token: page.resume_token,
+            next_page_token,
         }))
     }
 
@@ -289,10 +346,18 @@ impl ConfigService for ConfigApi {
             Known::Versions(_) => "versions",
             Known::Digest(_) => "digest",
         };
+        // The initial state's cost grows with the tenant and with known_versions:
+        // computed a few at a time, fairly between tenants.
+        let slot = self
+            .initial_states
+            .acquire(scope.tenant_id())
+            .await
+            .ok_or_else(|| Status::unavailable("the server is shutting down"))?;
         let sub = self
             .hub
             .subscribe(&scope, PrefixSet::new(req.prefixes), resume, &known)
             .await?;
+        drop(slot);
         tracing::debug!(%scope, subject = %id.subject, mode = ?sub.mode, known = sent, "watch started");
         Ok(Response::new(WatchStream::new(
             sub,
