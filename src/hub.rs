@@ -1208,6 +1208,92 @@ mod tests {
             .collect()
     }
 
+    /// Writes land while a watch's initial state is read in chunks: the initial
+    /// state plus the deltas that follow equal the view's final state, and no
+    /// version of a key arrives twice. The writes run between the chunks (a
+    /// current-thread runtime runs the writer at each yield).
+    #[tokio::test]
+    async fn changes_during_a_chunked_initial_state_are_neither_lost_nor_repeated()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let scope = Scope::tenant("t").map_err(|e| StoreError::Internal(e.to_string()))?;
+        let n = 5 * SCAN_CHUNK;
+        let keys: Vec<String> = (0..n).map(|i| format!("tenant_config_k{i:05}")).collect();
+        let hub = Arc::new(hub(keys.iter().map(|k| e(k, 1, "1")).collect()));
+        hub.view(&scope).await?;
+        for (mode, known) in [
+            ("full", Known::Nothing),
+            (
+                "diff",
+                // Holds every other key at version 1, and a key the view never had.
+                Known::Versions(
+                    keys.iter()
+                        .step_by(2)
+                        .map(|k| (k.clone(), 1))
+                        .chain([("tenant_config_zz_gone".to_owned(), 3)])
+                        .collect(),
+                ),
+            ),
+        ] {
+            let writer = tokio::spawn({
+                let (hub, scope, keys) = (hub.clone(), scope.clone(), keys.clone());
+                async move {
+                    // Keys at both ends and in the middle, new keys, and deletions,
+                    // spread over the chunks.
+                    for round in 0..40u64 {
+                        let v = 100 + round;
+                        for i in [0, n / 2, n - 1, (round as usize * 61) % n] {
+                            hub.apply(&scope, e(&keys[i], v, "w"));
+                        }
+                        hub.apply(&scope, e(&format!("tenant_config_new{round:02}"), 1, "n"));
+                        hub.apply(&scope, Entry::tombstone(&keys[round as usize + 7], v, 0));
+                        tokio::task::yield_now().await;
+                    }
+                }
+            });
+            let mut sub = hub
+                .subscribe(&scope, PrefixSet::everything(), None, &known)
+                .await?;
+            writer.await?;
+            let mut cache: HashMap<String, u64> = match &known {
+                Known::Versions(v) => v.clone(),
+                _ => HashMap::new(),
+            };
+            let mut seen: std::collections::HashSet<(String, u64)> = Default::default();
+            let mut take = |batch: &[Arc<Entry>], cache: &mut HashMap<String, u64>| {
+                for c in batch {
+                    assert!(
+                        seen.insert((c.key.to_string(), c.version)),
+                        "{mode}: {} v{} twice",
+                        c.key,
+                        c.version
+                    );
+                    if c.deleted {
+                        cache.remove(&*c.key);
+                    } else {
+                        cache.insert(c.key.to_string(), c.version);
+                    }
+                }
+            };
+            take(&sub.initial, &mut cache);
+            while sub.handle.idle_revision().is_none() {
+                let batch = next(&mut sub.handle).await;
+                take(&batch, &mut cache);
+            }
+            let want: HashMap<String, u64> = {
+                let view = hub.view(&scope).await?;
+                let st = lock(&view.state);
+                st.entries
+                    .values()
+                    .filter(|e| !e.deleted)
+                    .map(|e| (e.key.to_string(), e.version))
+                    .collect()
+            };
+            assert_eq!(cache.len(), want.len(), "{mode}");
+            assert_eq!(cache, want, "{mode}");
+        }
+        Ok(())
+    }
+
     #[tokio::test]
     async fn stale_and_duplicate_changes_are_ignored() -> Result<(), Box<dyn std::error::Error>> {
         let scope = Scope::tenant("t").map_err(|e| StoreError::Internal(e.to_string()))?;

@@ -92,6 +92,8 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
     #[error("cannot build the reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    #[error("cannot start the threads that start watches: {0}")]
+    Runtime(std::io::Error),
 }
 
 /// Serves until `shutdown` completes, then ends every Watch with UNAVAILABLE (a
@@ -136,6 +138,16 @@ pub async fn serve(
         stopping.begin();
     });
 
+    // Watch calls are decoded (up to --max-request-bytes of known_versions) and get
+    // their initial state on threads of their own, so that work, whatever its
+    // size, never holds up the threads that serve every other call.
+    let threads = std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1));
+    let starts = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .thread_name("configwatch-watch-start")
+        .enable_all()
+        .build()
+        .map_err(ServeError::Runtime)?;
     let (ready, incoming) = mpsc::channel(64);
     tokio::spawn(accept_loop(
         listener,
@@ -151,6 +163,7 @@ pub async fn serve(
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .layer(AuthLayer {
             auth: app.auth.clone(),
+            starts: starts.handle().clone(),
         })
         .add_service(health)
         .add_service(reflection_v1)
@@ -165,11 +178,15 @@ pub async fn serve(
         stop.token().cancelled().await;
         tokio::time::sleep(grace).await;
     };
-    tokio::select! {
-        result = server => result?,
-        () = drained => tracing::warn!(?grace, "grace period over; closing remaining connections"),
-    }
-    Ok(())
+    let result = tokio::select! {
+        result = server => result,
+        () = drained => {
+            tracing::warn!(?grace, "grace period over; closing remaining connections");
+            Ok(())
+        }
+    };
+    starts.shutdown_background();
+    Ok(result?)
 }
 
 /// The HTTP/2 client preface, which every gRPC connection starts with.
@@ -398,6 +415,7 @@ impl AsyncWrite for Conn {
 #[derive(Clone)]
 struct AuthLayer {
     auth: Arc<Authenticator>,
+    starts: tokio::runtime::Handle,
 }
 
 impl<S> Layer<S> for AuthLayer {
@@ -407,6 +425,7 @@ impl<S> Layer<S> for AuthLayer {
         AuthService {
             inner,
             auth: self.auth.clone(),
+            starts: self.starts.clone(),
         }
     }
 }
@@ -415,6 +434,19 @@ impl<S> Layer<S> for AuthLayer {
 struct AuthService<S> {
     inner: S,
     auth: Arc<Authenticator>,
+    starts: tokio::runtime::Handle,
+}
+
+/// The gRPC path of Watch.
+const WATCH: &str = "/configwatch.v1.ConfigService/Watch";
+
+/// Aborts a spawned task when the call that waits for it is dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -426,6 +458,7 @@ where
         + Send
         + 'static,
     S::Future: Send + 'static,
+    S::Error: Send + 'static,
     B: Send + 'static,
 {
     type Response = S::Response;
@@ -444,8 +477,23 @@ where
             return Box::pin(inner.call(request));
         }
         let auth = self.auth.clone();
+        let starts = self.starts.clone();
         Box::pin(async move {
             match auth.authenticate(request.headers()).await {
+                Ok(identity) if request.uri().path() == WATCH => {
+                    request.extensions_mut().insert(identity);
+                    let mut task = AbortOnDrop(starts.spawn(inner.call(request)));
+                    match (&mut task.0).await {
+                        Ok(response) => response,
+                        Err(e) => {
+                            tracing::error!(error = %e, "a Watch call failed to start");
+                            Ok(
+                                tonic::Status::internal("the Watch call failed to start; retry")
+                                    .into_http(),
+                            )
+                        }
+                    }
+                }
                 Ok(identity) => {
                     request.extensions_mut().insert(identity);
                     inner.call(request).await
