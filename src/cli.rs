@@ -118,9 +118,16 @@ pub struct ServeArgs {
     )]
     pub max_streams_per_connection: u32,
     /// Time a call has to send its request and be answered (for Watch, until its
-    /// stream starts).
+    /// stream starts); also the time a client has to read a Get reply.
     #[arg(long, env = "CONFIGWATCH_REQUEST_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,
+    /// Bytes of Get replies the server holds for clients that have not read them
+    /// yet, in total; beyond it Gets wait, then fail with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "CONFIGWATCH_REPLY_BYTES", default_value_t = 256 << 20)]
+    pub reply_bytes: usize,
+    /// The same, per connection; beyond it that connection's Gets wait.
+    #[arg(long, env = "CONFIGWATCH_REPLY_BYTES_PER_CONNECTION", default_value_t = 8 << 20)]
+    pub reply_bytes_per_connection: usize,
     /// How long shutdown waits for in-flight calls.
     #[arg(long, env = "CONFIGWATCH_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
@@ -500,6 +507,8 @@ async fn run_serve(args: ServeArgs) -> Result<(), Failure> {
             max_page_entries: args.get_max_page_entries,
             page_bytes: args.get_page_bytes,
             initial_state_slots: args.initial_state_slots,
+            reply_bytes: args.reply_bytes,
+            reply_drain: args.request_timeout,
             ..Limits::default()
         },
         watch: WatchSettings {
@@ -569,6 +578,13 @@ fn connection_limits(args: &ServeArgs) -> Result<ConnectionLimits, Failure> {
     if args.handshake_timeout < Duration::from_millis(100) {
         return Err(Failure::usage("--handshake-timeout must be at least 100ms"));
     }
+    if args.reply_bytes_per_connection < args.get_page_bytes
+        || args.reply_bytes < args.reply_bytes_per_connection
+    {
+        return Err(Failure::usage(
+            "--reply-bytes-per-connection must be at least --get-page-bytes, and --reply-bytes at least --reply-bytes-per-connection",
+        ));
+    }
     if args.request_timeout < Duration::from_secs(1) {
         return Err(Failure::usage("--request-timeout must be at least 1s"));
     }
@@ -577,6 +593,7 @@ fn connection_limits(args: &ServeArgs) -> Result<ConnectionLimits, Failure> {
         handshake_timeout: args.handshake_timeout,
         max_streams_per_connection: args.max_streams_per_connection,
         request_timeout: args.request_timeout,
+        reply_bytes_per_connection: args.reply_bytes_per_connection,
     };
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(files) => {

@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 use tower::{Layer, Service};
 
+use crate::api::budget::{ConnectionReplies, Metered, ReplyHold};
 use crate::api::{ConfigApi, Limits, Shutdown, WatchSettings};
 use crate::auth::Authenticator;
 use crate::hub::Hub;
@@ -64,6 +65,9 @@ pub struct ConnectionLimits {
     pub max_streams_per_connection: u32,
     /// Time a call has to be read and answered (for Watch: until its stream starts).
     pub request_timeout: Duration,
+    /// Bytes of Get replies a connection's client has not read yet; more Gets on
+    /// it wait.
+    pub reply_bytes_per_connection: usize,
 }
 
 impl ConnectionLimits {
@@ -81,6 +85,7 @@ impl Default for ConnectionLimits {
             handshake_timeout: Duration::from_secs(10),
             max_streams_per_connection: 1_024,
             request_timeout: Duration::from_secs(30),
+            reply_bytes_per_connection: 8 << 20,
         }
     }
 }
@@ -330,6 +335,7 @@ async fn handshake(
         socket,
         replay: 0,
         peer,
+        replies: ConnectionReplies::new(limits.reply_bytes_per_connection),
         _slot: slot,
     };
     let _ = ready.send(conn).await;
@@ -350,16 +356,28 @@ pub struct Conn {
     /// Bytes of [`PREFACE`] already handed on.
     replay: usize,
     peer: std::net::SocketAddr,
+    replies: ConnectionReplies,
     _slot: OwnedSemaphorePermit,
 }
 
+/// What a call knows of its connection (in the request's extensions).
+#[derive(Clone, Debug)]
+pub struct ConnInfo {
+    pub tcp: TcpConnectInfo,
+    /// The connection's share of the budget of unread reply bytes.
+    pub replies: ConnectionReplies,
+}
+
 impl Connected for Conn {
-    type ConnectInfo = TcpConnectInfo;
+    type ConnectInfo = ConnInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        TcpConnectInfo {
-            local_addr: self.socket.local_addr().ok(),
-            remote_addr: Some(self.peer),
+        ConnInfo {
+            tcp: TcpConnectInfo {
+                local_addr: self.socket.local_addr().ok(),
+                remote_addr: Some(self.peer),
+            },
+            replies: self.replies.clone(),
         }
     }
 }
@@ -496,7 +514,13 @@ where
                 }
                 Ok(identity) => {
                     request.extensions_mut().insert(identity);
-                    inner.call(request).await
+                    let mut response = inner.call(request).await?;
+                    // A Get reply holds its budget until handed on (api::budget).
+                    if let Some(hold) = response.extensions_mut().remove::<ReplyHold>() {
+                        response =
+                            response.map(|body| tonic::body::Body::new(Metered::new(body, hold)));
+                    }
+                    Ok(response)
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, path = request.uri().path(), "refused");

@@ -4,6 +4,7 @@
 //! a tenant named in a request is only compared with it. Domain errors become
 //! statuses in [`status`].
 
+pub mod budget;
 pub mod codec;
 pub mod fair;
 pub mod frame;
@@ -47,6 +48,10 @@ pub struct Limits {
     /// Watch initial states (full or diff) computed at once; the rest wait, and one
     /// tenant holds at most half of these.
     pub initial_state_slots: usize,
+    /// Bytes of Get replies not yet handed to clients, server-wide.
+    pub reply_bytes: usize,
+    /// Time a client has to read a Get reply before it is dropped.
+    pub reply_drain: Duration,
 }
 
 impl Default for Limits {
@@ -59,6 +64,8 @@ impl Default for Limits {
             max_page_entries: 10_000,
             page_bytes: 1 << 20,
             initial_state_slots: 4,
+            reply_bytes: 256 << 20,
+            reply_drain: Duration::from_secs(30),
         }
     }
 }
@@ -129,6 +136,7 @@ pub struct ConfigApi {
     shutdown: Shutdown,
     pages: page::PageTokens,
     initial_states: fair::FairPool,
+    replies: budget::ReplyBudget,
 }
 
 impl ConfigApi {
@@ -140,6 +148,7 @@ impl ConfigApi {
         shutdown: Shutdown,
     ) -> Self {
         let initial_states = fair::FairPool::new(limits.initial_state_slots);
+        let replies = budget::ReplyBudget::new(limits.reply_bytes, limits.reply_drain);
         ConfigApi {
             hub,
             router,
@@ -148,6 +157,7 @@ impl ConfigApi {
             shutdown,
             pages: page::PageTokens::new(),
             initial_states,
+            replies,
         }
     }
 }
@@ -226,6 +236,10 @@ impl ConfigService for ConfigApi {
         request: Request<proto::GetRequest>,
     ) -> Result<Response<proto::GetResponse>, Status> {
         let (_, scope) = caller(&request, &request.get_ref().tenant)?;
+        let connection = request
+            .extensions()
+            .get::<crate::server::ConnInfo>()
+            .map(|c| c.replies.clone());
         let req = request.into_inner();
         if req.keys.len() > self.limits.max_keys {
             return Err(Status::invalid_argument(format!(
@@ -248,6 +262,16 @@ impl ConfigService for ConfigApi {
             0 => self.limits.page_entries,
             n => (n as usize).min(self.limits.max_page_entries),
         };
+        // Reserved before the page is built, so a call waiting for its turn holds
+        // nothing yet: a page is at most page_bytes plus one entry (values are at
+        // most 400,000 bytes).
+        let hold = self
+            .replies
+            .reserve(
+                self.limits.page_bytes.max(512 << 10) + (64 << 10),
+                connection.as_ref(),
+            )
+            .await?;
         let page = self
             .hub
             .snapshot_page(
@@ -298,13 +322,18 @@ impl ConfigService for ConfigApi {
             .as_deref()
             .map(|c| self.pages.encode(request_hash, page.revision, c))
             .unwrap_or_default();
-        Ok(Response::new(proto::GetResponse {
+        let reply = proto::GetResponse {
             entries,
             missing_keys,
             revision: page.revision,
             resume_token: page.resume_token,
             next_page_token,
-        }))
+        };
+        // Held until the client has taken the reply (see `budget`).
+        hold.shrink_to(prost::Message::encoded_len(&reply));
+        let mut response = Response::new(reply);
+        response.extensions_mut().insert(hold);
+        Ok(response)
     }
 
     type WatchStream = WatchStream;
