@@ -244,3 +244,44 @@ async fn pages_stop_at_the_byte_bound_and_missing_keys_are_reported_by_page() {
     assert_eq!(found.len(), 4);
     server.stop().await;
 }
+
+/// `configwatch get` follows the pages: every entry once, in order.
+#[tokio::test]
+async fn the_command_line_get_reads_every_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let mut c = server.client("acme", Role::Writer).await;
+    for i in 0..30 {
+        put(
+            &mut c,
+            &format!("tenant_config_cli/k{i:02}"),
+            &i.to_string(),
+        )
+        .await;
+    }
+    let token = server.token("acme", Role::Reader);
+    let url = server.url();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_configwatch"))
+            .args(["get", "--prefix", "tenant_config_cli/", "--page-size", "7"])
+            .env("CONFIGWATCH_SERVER", url)
+            .env("CONFIGWATCH_TOKEN", token)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let keys: Vec<&str> = lines.iter().map(|l| l["key"].as_str().unwrap()).collect();
+    let want: Vec<String> = (0..30)
+        .map(|i| format!("tenant_config_cli/k{i:02}"))
+        .collect();
+    assert_eq!(keys, want);
+    assert_eq!(lines[29]["value"], 29);
+    server.stop().await;
+}

@@ -129,12 +129,14 @@ fn clamp(bytes: usize, most: usize) -> u32 {
 /// is handed on (or the drain time is over, which resets the stream).
 pub struct Metered<B> {
     inner: B,
-    rest: Bytes,
     state: Arc<Mutex<MeterState>>,
     stop_timer: CancellationToken,
 }
 
+/// Shared with the drain timer, which drops what is left of the reply.
 struct MeterState {
+    /// What the HTTP/2 layer has not taken yet.
+    rest: Bytes,
     hold: Option<Held>,
     expired: bool,
 }
@@ -145,6 +147,7 @@ impl<B> Metered<B> {
         let held = hold.0.lock().unwrap_or_else(|p| p.into_inner()).take();
         let drain = held.as_ref().map(|h| h.drain);
         let state = Arc::new(Mutex::new(MeterState {
+            rest: Bytes::new(),
             hold: held,
             expired: false,
         }));
@@ -158,6 +161,7 @@ impl<B> Metered<B> {
                         let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
                         if s.hold.take().is_some() {
                             s.expired = true;
+                            s.rest = Bytes::new();
                         }
                     }
                 }
@@ -165,14 +169,16 @@ impl<B> Metered<B> {
         }
         Metered {
             inner,
-            rest: Bytes::new(),
             state,
             stop_timer,
         }
     }
 
     fn release(&self) {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).hold = None;
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        s.hold = None;
+        s.rest = Bytes::new();
+        drop(s);
         self.stop_timer.cancel();
     }
 }
@@ -195,21 +201,25 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
         loop {
-            if self.state.lock().unwrap_or_else(|p| p.into_inner()).expired {
-                self.rest = Bytes::new();
-                return Poll::Ready(Some(Err(Status::deadline_exceeded(
-                    "the reply was not read in time",
-                ))));
-            }
-            if !self.rest.is_empty() {
-                let n = self.rest.len().min(PIECE);
-                let piece = self.rest.split_to(n);
-                return Poll::Ready(Some(Ok(Frame::data(piece))));
+            {
+                let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+                if s.expired {
+                    return Poll::Ready(Some(Err(Status::deadline_exceeded(
+                        "the reply was not read in time",
+                    ))));
+                }
+                if !s.rest.is_empty() {
+                    let n = s.rest.len().min(PIECE);
+                    let piece = s.rest.split_to(n);
+                    return Poll::Ready(Some(Ok(Frame::data(piece))));
+                }
             }
             match Pin::new(&mut self.inner).poll_frame(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
-                    Ok(data) => self.rest = data,
+                    Ok(data) => {
+                        self.state.lock().unwrap_or_else(|p| p.into_inner()).rest = data;
+                    }
                     Err(other) => {
                         // Trailers: every byte of the reply was handed on.
                         self.release();
@@ -226,6 +236,95 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        self.rest.is_empty() && self.inner.is_end_stream()
+        let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        !s.expired && s.rest.is_empty() && self.inner.is_end_stream()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt as _;
+
+    /// A body of one data frame and no trailers.
+    fn body(len: usize) -> http_body_util::Full<Bytes> {
+        http_body_util::Full::new(Bytes::from(vec![7u8; len]))
+    }
+
+    struct Plain(http_body_util::Full<Bytes>);
+
+    impl http_body::Body for Plain {
+        type Data = Bytes;
+        type Error = Status;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+            Pin::new(&mut self.0)
+                .poll_frame(cx)
+                .map_err(|never| match never {})
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reply_is_handed_on_in_pieces_and_gives_its_room_back_when_done() -> Result<(), Status>
+    {
+        let budget = ReplyBudget::new(1 << 20, Duration::from_secs(30));
+        let conn = ConnectionReplies::new(256 << 10);
+        let hold = budget.reserve(200_000, Some(&conn)).await?;
+        hold.shrink_to(100_000);
+        assert_eq!(conn.bytes.available_permits(), (256 << 10) - 100_000);
+        let mut metered = Metered::new(Plain(body(100_000)), hold);
+        let mut pieces = 0;
+        let mut total = 0;
+        while let Some(frame) = metered.frame().await {
+            let data = frame?
+                .into_data()
+                .map_err(|_| Status::internal("trailers"))?;
+            assert!(data.len() <= PIECE);
+            pieces += 1;
+            total += data.len();
+        }
+        assert_eq!((total, pieces), (100_000, 7));
+        assert_eq!(conn.bytes.available_permits(), 256 << 10);
+        assert_eq!(budget.total.available_permits(), 1 << 20);
+        Ok(())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reply_not_read_in_time_is_dropped_and_its_room_given_back() -> Result<(), Status> {
+        let budget = ReplyBudget::new(1 << 20, Duration::from_secs(30));
+        let conn = ConnectionReplies::new(256 << 10);
+        let hold = budget.reserve(100_000, Some(&conn)).await?;
+        let mut metered = Metered::new(Plain(body(100_000)), hold);
+        // The client takes one piece, then nothing.
+        let first = metered.frame().await;
+        assert!(first.is_some_and(|f| f.is_ok()));
+        // A second reply on the connection must wait while the first holds its room.
+        let waiting = budget.reserve(200_000, Some(&conn));
+        tokio::pin!(waiting);
+        assert!(
+            tokio::time::timeout(Duration::from_secs(1), &mut waiting)
+                .await
+                .is_err()
+        );
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        let second = tokio::time::timeout(Duration::from_secs(1), &mut waiting).await;
+        assert!(second.is_ok_and(|r| r.is_ok()), "room given back");
+        // And the bytes with it, without the client polling.
+        assert!(metered.state.lock().is_ok_and(|s| s.rest.is_empty()));
+        let next = metered.frame().await;
+        assert!(next.is_some_and(|f| f.is_err_and(|s| s.code() == tonic::Code::DeadlineExceeded)));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn the_server_wide_budget_refuses_after_a_wait() -> Result<(), Status> {
+        tokio::time::pause();
+        let budget = ReplyBudget::new(100_000, Duration::from_secs(30));
+        let _held = budget.reserve(100_000, None).await?;
+        let refused = budget.reserve(10, None).await;
+        assert!(refused.is_err_and(|s| s.code() == tonic::Code::ResourceExhausted));
+        Ok(())
     }
 }
