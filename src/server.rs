@@ -147,12 +147,14 @@ pub async fn serve(
     // their initial state on threads of their own, so that work, whatever its
     // size, never holds up the threads that serve every other call.
     let threads = std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1));
-    let starts = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
-        .thread_name("configwatch-watch-start")
-        .enable_all()
-        .build()
-        .map_err(ServeError::Runtime)?;
+    let starts = StartThreads(Some(
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .thread_name("configwatch-watch-start")
+            .enable_all()
+            .build()
+            .map_err(ServeError::Runtime)?,
+    ));
     let (ready, incoming) = mpsc::channel(64);
     tokio::spawn(accept_loop(
         listener,
@@ -168,7 +170,7 @@ pub async fn serve(
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .layer(AuthLayer {
             auth: app.auth.clone(),
-            starts: starts.handle().clone(),
+            starts: starts.handle(),
         })
         .add_service(health)
         .add_service(reflection_v1)
@@ -190,8 +192,29 @@ pub async fn serve(
             Ok(())
         }
     };
-    starts.shutdown_background();
+    drop(starts);
     Ok(result?)
+}
+
+/// The threads Watch calls start on. Stopped without waiting when dropped (also
+/// when the serve future itself is dropped, inside the caller's runtime).
+struct StartThreads(Option<tokio::runtime::Runtime>);
+
+impl StartThreads {
+    fn handle(&self) -> tokio::runtime::Handle {
+        match &self.0 {
+            Some(rt) => rt.handle().clone(),
+            None => tokio::runtime::Handle::current(),
+        }
+    }
+}
+
+impl Drop for StartThreads {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 /// The HTTP/2 client preface, which every gRPC connection starts with.
