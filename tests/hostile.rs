@@ -545,3 +545,31 @@ async fn unread_get_replies_of_a_large_tenant_stay_bounded() {
     assert!(keys.windows(2).all(|w| w[0] < w[1]));
     drop(unread);
 }
+
+/// Bad limit flags are refused before any port is bound, naming the flag.
+#[test]
+fn bad_limit_flags_are_refused_before_binding() {
+    let dir = tempfile::tempdir().unwrap();
+    for (flag, value) in [
+        ("--max-connections", "0"),
+        ("--max-streams-per-connection", "0"),
+        ("--get-page-entries", "0"),
+        ("--get-page-bytes", "100"),
+        ("--get-page-entries", "20000"),
+        ("--initial-state-slots", "0"),
+        ("--handshake-timeout", "1ms"),
+        ("--request-timeout", "10ms"),
+        ("--reply-bytes-per-connection", "1000"),
+    ] {
+        let out = Command::new(BIN)
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path())
+            .args([flag, value])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{flag} {value}: {stderr}");
+        assert!(stderr.contains(flag), "{flag} {value}: {stderr}");
+        assert!(out.stdout.is_empty(), "{flag} {value} bound a port");
+    }
+}
