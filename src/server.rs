@@ -220,6 +220,9 @@ impl Drop for StartThreads {
 /// The HTTP/2 client preface, which every gRPC connection starts with.
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
+/// Time without a resource error after which an episode of them is over.
+const EPISODE_QUIET: Duration = Duration::from_secs(10);
+
 /// Longest pause between accept attempts while the process is out of descriptors.
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
@@ -247,7 +250,9 @@ pub async fn accept_loop(
         std::collections::VecDeque::with_capacity(max_handshakes);
     let refused = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut backoff = Duration::ZERO;
+    // The current episode of resource errors: how many, and when the last was.
     let mut errors: u64 = 0;
+    let mut last_error = tokio::time::Instant::now();
     loop {
         let accepted = tokio::select! {
             () = stop.cancelled() => return,
@@ -263,6 +268,7 @@ pub async fn accept_loop(
                     );
                 }
                 errors += 1;
+                last_error = tokio::time::Instant::now();
                 backoff = (backoff * 2).clamp(Duration::from_millis(5), MAX_ACCEPT_BACKOFF);
                 tokio::select! {
                     () = stop.cancelled() => return,
@@ -276,7 +282,9 @@ pub async fn accept_loop(
                 continue;
             }
         };
-        if errors > 0 {
+        // An episode ends after a quiet period: at the limit, accepts succeed and
+        // fail in turn, and that is one episode, not one per error.
+        if errors > 0 && last_error.elapsed() >= EPISODE_QUIET {
             tracing::info!(errors, "accepting connections again");
             errors = 0;
         }

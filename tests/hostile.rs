@@ -221,6 +221,54 @@ async fn silent_sockets_beyond_the_file_limit_do_not_lock_out_new_clients() {
     assert!(lines < 20, "{lines} log lines:\n{text}");
 }
 
+/// Item 2: when the process does run out of descriptors (a very low limit), the
+/// accept loop backs off instead of spinning, says so once, and the client already
+/// connected is served as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_descriptors_the_accept_loop_backs_off_and_says_so_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("server.log");
+    let server = start(dir.path(), &["--handshake-timeout", "5s"], Some(40), &log);
+    let writer = token(dir.path(), "acme", Role::Writer);
+    let mut bystander = Bystander::new(server.addr, &writer).await;
+    let baseline = bystander.probe(20).await;
+    let addr = server.addr;
+    let silent: Vec<std::net::TcpStream> = tokio::task::spawn_blocking(move || {
+        (0..300)
+            .filter_map(|_| {
+                std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()
+            })
+            .collect()
+    })
+    .await
+    .unwrap();
+    let cpu_before = cpu(server.pid());
+    let started = Instant::now();
+    let during = bystander.probe(20).await;
+    tokio::time::sleep(Duration::from_secs(3).saturating_sub(started.elapsed())).await;
+    let used = cpu(server.pid()) - cpu_before;
+    let wall = started.elapsed();
+    drop(silent);
+    let text = std::fs::read_to_string(&log).unwrap();
+    let warnings = text.matches("out of resources").count();
+    eprintln!(
+        "out of descriptors: server CPU {used:?} in {wall:?}; {warnings} warning(s); bystander p99 {baseline:?} -> {during:?}"
+    );
+    assert!(
+        text.contains("Too many open files"),
+        "the limit was not reached:\n{text}"
+    );
+    assert_eq!(warnings, 1, "{text}");
+    assert!(
+        used < wall / 4,
+        "the server used {used:?} of CPU in {wall:?}"
+    );
+    assert!(
+        during <= allowed(baseline),
+        "bystander p99 {baseline:?} -> {during:?}"
+    );
+}
+
 /// Item 2: the per-connection stream cap is advertised, and a client that respects
 /// it gets its extra calls once others end.
 #[tokio::test]
