@@ -137,9 +137,13 @@ pub struct ConfigApi {
     pages: page::PageTokens,
     initial_states: fair::FairPool,
     replies: budget::ReplyBudget,
+    /// The runtime serving the calls: a Watch (started on threads of its own, see
+    /// `server`) loads a tenant's view here, so the sources' connections live here.
+    main: tokio::runtime::Handle,
 }
 
 impl ConfigApi {
+    /// Must be called on the runtime that serves the calls.
     pub fn new(
         hub: Arc<Hub>,
         router: Arc<Router>,
@@ -158,6 +162,7 @@ impl ConfigApi {
             pages: page::PageTokens::new(),
             initial_states,
             replies,
+            main: tokio::runtime::Handle::current(),
         }
     }
 }
@@ -375,6 +380,15 @@ impl ConfigService for ConfigApi {
             Known::Versions(_) => "versions",
             Known::Digest(_) => "digest",
         };
+        // A first load reads the sources (DynamoDB, Parameter Store): on the main
+        // runtime, so the connections it opens are driven there, not on the
+        // threads that decode large Watch requests.
+        let load = self.main.spawn({
+            let (hub, scope) = (self.hub.clone(), scope.clone());
+            async move { hub.view(&scope).await.map(|_| ()) }
+        });
+        load.await
+            .map_err(|_| Status::internal("loading the tenant failed; retry"))??;
         // The initial state's cost grows with the tenant and with known_versions:
         // computed a few at a time, fairly between tenants.
         let slot = self
