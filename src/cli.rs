@@ -28,7 +28,7 @@ use crate::keys;
 use crate::model::Scope;
 use crate::proto;
 use crate::proto::config_service_client::ConfigServiceClient;
-use crate::server::{App, serve};
+use crate::server::{App, ConnectionLimits, serve};
 use crate::source::{SourceContext, SourceCounters, ddb_streams, reconcile, sqs_events};
 use crate::store::Router;
 use crate::store::dynamodb::DynamoBackend;
@@ -85,6 +85,49 @@ pub struct ServeArgs {
     /// Most prefixes in one Get or Watch.
     #[arg(long, env = "CONFIGWATCH_MAX_PREFIXES", default_value_t = 64)]
     pub max_prefixes: usize,
+    /// Entries in a Get reply when the request sets no limit.
+    #[arg(long, env = "CONFIGWATCH_GET_PAGE_ENTRIES", default_value_t = 1_000)]
+    pub get_page_entries: usize,
+    /// Most entries in a Get reply, whatever the request's limit.
+    #[arg(
+        long,
+        env = "CONFIGWATCH_GET_MAX_PAGE_ENTRIES",
+        default_value_t = 10_000
+    )]
+    pub get_max_page_entries: usize,
+    /// About the most key and value bytes in a Get reply (a single larger entry
+    /// still goes alone).
+    #[arg(long, env = "CONFIGWATCH_GET_PAGE_BYTES", default_value_t = 1 << 20)]
+    pub get_page_bytes: usize,
+    /// Watch initial states (full, or a diff against known_versions) computed at
+    /// once; more wait their turn, and one tenant takes at most half of them.
+    #[arg(long, env = "CONFIGWATCH_INITIAL_STATE_SLOTS", default_value_t = 4)]
+    pub initial_state_slots: usize,
+    /// Most client connections at once; more are closed at once. Lowered to fit
+    /// the open-file limit.
+    #[arg(long, env = "CONFIGWATCH_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+    /// Time a new connection has to start HTTP/2 before it is closed.
+    #[arg(long, env = "CONFIGWATCH_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub handshake_timeout: Duration,
+    /// Most concurrent calls (HTTP/2 streams) on one connection.
+    #[arg(
+        long,
+        env = "CONFIGWATCH_MAX_STREAMS_PER_CONNECTION",
+        default_value_t = 1_024
+    )]
+    pub max_streams_per_connection: u32,
+    /// Time a call has to send its request and be answered (for Watch, until its
+    /// stream starts); also the time a client has to read a Get reply.
+    #[arg(long, env = "CONFIGWATCH_REQUEST_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub request_timeout: Duration,
+    /// Bytes of Get replies the server holds for clients that have not read them
+    /// yet, in total; beyond it Gets wait, then fail with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "CONFIGWATCH_REPLY_BYTES", default_value_t = 256 << 20)]
+    pub reply_bytes: usize,
+    /// The same, per connection; beyond it that connection's Gets wait.
+    #[arg(long, env = "CONFIGWATCH_REPLY_BYTES_PER_CONNECTION", default_value_t = 8 << 20)]
+    pub reply_bytes_per_connection: usize,
     /// How long shutdown waits for in-flight calls.
     #[arg(long, env = "CONFIGWATCH_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
@@ -353,6 +396,10 @@ pub struct GetArgs {
     /// comma-separated list).
     #[arg(long = "prefix", env = "CONFIGWATCH_PREFIX", value_delimiter = ',')]
     pub prefixes: Vec<String>,
+    /// Entries asked for per page (0: the server's default). Every page is read;
+    /// the entries are printed once all pages read the same state.
+    #[arg(long, env = "CONFIGWATCH_PAGE_SIZE", default_value_t = 0)]
+    pub page_size: u32,
     #[command(flatten)]
     pub client: ClientArgs,
 }
@@ -506,6 +553,7 @@ async fn run_serve(args: ServeArgs) -> Result<(), Failure> {
     if args.max_prefixes == 0 {
         return Err(Failure::usage("--max-prefixes must be at least 1"));
     }
+    let connections = connection_limits(&args)?;
     let aws = args.aws.settings()?;
     if args.new_store && aws.is_some() {
         return Err(Failure::usage(
@@ -538,6 +586,12 @@ async fn run_serve(args: ServeArgs) -> Result<(), Failure> {
         auth: Arc::new(auth),
         limits: Limits {
             max_prefixes: args.max_prefixes,
+            page_entries: args.get_page_entries,
+            max_page_entries: args.get_max_page_entries,
+            page_bytes: args.get_page_bytes,
+            initial_state_slots: args.initial_state_slots,
+            reply_bytes: args.reply_bytes,
+            reply_drain: args.request_timeout,
             ..Limits::default()
         },
         watch: WatchSettings {
@@ -546,6 +600,7 @@ async fn run_serve(args: ServeArgs) -> Result<(), Failure> {
         },
         max_request_bytes: args.max_request_bytes,
         grace: args.shutdown_grace,
+        connections,
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -571,6 +626,80 @@ async fn run_serve(args: ServeArgs) -> Result<(), Failure> {
 /// Builds the AWS backends and starts the sources that bring outside changes in: the
 /// table's stream, the Parameter Store event queue (when given) and reconciliation.
 /// They run until `stop`.
+/// Descriptors kept for everything but client connections (store files, AWS
+/// clients, the listener, logs).
+const RESERVED_FDS: u64 = 64;
+
+/// Checks the limit flags, raises the soft open-file limit to the hard one, and
+/// lowers `--max-connections` when the connections (and the sockets still in
+/// their handshake) would not fit in it.
+fn connection_limits(args: &ServeArgs) -> Result<ConnectionLimits, Failure> {
+    let positive = [
+        ("--get-page-entries", args.get_page_entries),
+        ("--get-max-page-entries", args.get_max_page_entries),
+        ("--initial-state-slots", args.initial_state_slots),
+        ("--max-connections", args.max_connections),
+        (
+            "--max-streams-per-connection",
+            args.max_streams_per_connection as usize,
+        ),
+    ];
+    if let Some((flag, _)) = positive.iter().find(|(_, v)| *v == 0) {
+        return Err(Failure::usage(format!("{flag} must be at least 1")));
+    }
+    if args.get_page_entries > args.get_max_page_entries {
+        return Err(Failure::usage(format!(
+            "--get-page-entries ({}) must not be above --get-max-page-entries ({})",
+            args.get_page_entries, args.get_max_page_entries
+        )));
+    }
+    if args.get_page_bytes < 64 * 1024 || args.get_page_bytes > 3 << 20 {
+        return Err(Failure::usage(
+            "--get-page-bytes must be between 65536 and 3145728, so a page fits a client's default 4 MiB message limit",
+        ));
+    }
+    if args.handshake_timeout < Duration::from_millis(100) {
+        return Err(Failure::usage("--handshake-timeout must be at least 100ms"));
+    }
+    if args.reply_bytes_per_connection < args.get_page_bytes
+        || args.reply_bytes < args.reply_bytes_per_connection
+    {
+        return Err(Failure::usage(
+            "--reply-bytes-per-connection must be at least --get-page-bytes, and --reply-bytes at least --reply-bytes-per-connection",
+        ));
+    }
+    if args.request_timeout < Duration::from_secs(1) {
+        return Err(Failure::usage("--request-timeout must be at least 1s"));
+    }
+    let mut limits = ConnectionLimits {
+        max_connections: args.max_connections,
+        handshake_timeout: args.handshake_timeout,
+        max_streams_per_connection: args.max_streams_per_connection,
+        request_timeout: args.request_timeout,
+        reply_bytes_per_connection: args.reply_bytes_per_connection,
+    };
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(files) => {
+            tracing::info!(open_files = files, "open-file limit");
+            let room = files.saturating_sub(RESERVED_FDS);
+            let wanted = (limits.max_connections + limits.max_handshakes()) as u64;
+            if wanted > room {
+                // Connections and handshakes must both fit: handshakes take an
+                // eighth of the connections (at least 16).
+                let fit = (room.saturating_sub(16) * 8 / 9).max(1);
+                limits.max_connections = usize::try_from(fit).unwrap_or(1);
+                tracing::warn!(
+                    open_files = files,
+                    max_connections = limits.max_connections,
+                    "--max-connections lowered to fit the open-file limit"
+                );
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot read or raise the open-file limit"),
+    }
+    Ok(limits)
+}
+
 async fn start_aws(
     settings: &AwsSettings,
     args: &AwsArgs,
@@ -748,26 +877,58 @@ pub fn entry_json(e: &proto::Entry) -> Value {
     out
 }
 
+/// Times a paged Get starts again when the tenant changes while it pages.
+const GET_ATTEMPTS: usize = 5;
+
 async fn run_get(args: GetArgs) -> Result<(), Failure> {
     let mut client = connect(&args.client).await?;
-    let resp = client
-        .get(proto::GetRequest {
-            keys: args.keys,
-            prefixes: args.prefixes,
-            tenant: String::new(),
-        })
-        .await?
-        .into_inner();
-    for e in &resp.entries {
+    let mut attempt = 0;
+    let (entries, missing) = loop {
+        attempt += 1;
+        match get_all_pages(&mut client, &args).await {
+            Ok(done) => break done,
+            Err(s) if s.code() == tonic::Code::Aborted && attempt < GET_ATTEMPTS => {
+                // The tenant changed between two pages: read it again from the start.
+                continue;
+            }
+            Err(s) => return Err(s.into()),
+        }
+    };
+    for e in &entries {
         println!("{}", entry_json(e));
     }
-    if resp.missing_keys.is_empty() {
+    if missing.is_empty() {
         Ok(())
     } else {
-        Err(Failure::error(format!(
-            "not found: {}",
-            resp.missing_keys.join(", ")
-        )))
+        Err(Failure::error(format!("not found: {}", missing.join(", "))))
+    }
+}
+
+/// Every page of a Get, all of the first page's revision.
+async fn get_all_pages(
+    client: &mut Client,
+    args: &GetArgs,
+) -> Result<(Vec<proto::Entry>, Vec<String>), tonic::Status> {
+    let mut entries = Vec::new();
+    let mut missing = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let resp = client
+            .get(proto::GetRequest {
+                keys: args.keys.clone(),
+                prefixes: args.prefixes.clone(),
+                tenant: String::new(),
+                limit: args.page_size,
+                page_token,
+            })
+            .await?
+            .into_inner();
+        entries.extend(resp.entries);
+        missing.extend(resp.missing_keys);
+        if resp.next_page_token.is_empty() {
+            return Ok((entries, missing));
+        }
+        page_token = resp.next_page_token;
     }
 }
 

@@ -220,6 +220,61 @@ pub struct Snapshot {
     pub resume_token: String,
 }
 
+/// What one page of a `Get` asks for.
+#[derive(Debug, Clone, Copy)]
+pub struct PageRequest<'a> {
+    /// Exact keys to read.
+    pub keys: &'a [String],
+    /// Prefixes to read; with neither keys nor prefixes, the whole scope.
+    pub prefixes: &'a [String],
+    /// Continue after this key (the previous page's cursor).
+    pub after: Option<&'a str>,
+    /// The revision of the first page, when continuing.
+    pub at: Option<u64>,
+    /// Most entries in the page (at least one is always allowed).
+    pub max_entries: usize,
+    /// About the most key and value bytes in the page; a single larger entry still
+    /// goes alone.
+    pub max_bytes: usize,
+}
+
+/// One page of a `Get`.
+#[derive(Debug)]
+pub struct Page {
+    /// Live entries, by key; secrets without values.
+    pub entries: Vec<Arc<Entry>>,
+    /// The revision of the state read: the first page's, on every page.
+    pub revision: u64,
+    pub resume_token: String,
+    /// Every key up to and including this one was considered; more may follow. `None`
+    /// on the last page.
+    pub cursor: Option<Arc<str>>,
+}
+
+/// Why a page cannot continue a paged `Get`.
+#[derive(Debug, thiserror::Error)]
+pub enum PageError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Keys not yet returned changed after the first page's revision (or the
+    /// history no longer shows whether they did): a later page would mix states.
+    #[error(
+        "the tenant changed while paging (keys after the last page changed since revision {0}, or too much changed to tell); start again without page_token"
+    )]
+    Changed(u64),
+}
+
+/// Bytes counted for a secret's value in a page (read on demand; Parameter Store
+/// values are at most this long).
+const SECRET_PAGE_BYTES: usize = 8 * 1024;
+
+/// Bytes counted per entry besides its key and value (version, timestamps, framing).
+const ENTRY_PAGE_OVERHEAD: usize = 32;
+
+/// Besides the entries returned, a page looks at no more than this many deleted
+/// keys, so a scope full of tombstones costs a bounded time per page.
+const PAGE_EXTRA_SCAN: usize = 8 * SCAN_CHUNK;
+
 /// A new watch: its initial state and the handle that yields what follows.
 pub struct Subscription {
     pub mode: InitialMode,
@@ -719,8 +774,136 @@ impl Hub {
         })
     }
 
-    /// Starts a watch: computes the initial state and registers the watcher in one
-    /// step under the view's lock, so no change falls between the two.
+    /// One page of live entries with the given keys or under the given prefixes
+    /// (neither: all), in key order, and a token that resumes a watch on `prefixes`
+    /// from the page's revision.
+    ///
+    /// A page continuing another (`at` and `after` set) serves the state of the
+    /// first page's revision: it is served only if no key after `after` that the
+    /// request covers changed since (as the history shows); otherwise
+    /// [`PageError::Changed`], never a mix of two states. The work under the lock is
+    /// bounded by the page size, the keys asked for and the history limit.
+    pub async fn snapshot_page(
+        &self,
+        scope: &Scope,
+        req: PageRequest<'_>,
+    ) -> Result<Page, PageError> {
+        let view = self.view(scope).await?;
+        let mut keys: Vec<&str> = req
+            .keys
+            .iter()
+            .map(String::as_str)
+            .filter(|k| req.after.is_none_or(|a| *k > a))
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let with_prefixes = req.keys.is_empty() || !req.prefixes.is_empty();
+        let set = PrefixSet::new(req.prefixes.iter().cloned());
+        let covered =
+            |key: &str| (with_prefixes && set.matches(key)) || keys.binary_search(&key).is_ok();
+        let st = lock(&view.state);
+        let revision = match req.at {
+            None => st.revision,
+            Some(at) if at == st.revision => at,
+            Some(at) if at > st.revision || at < st.history_floor => {
+                return Err(PageError::Changed(at));
+            }
+            Some(at) => {
+                let from = st.history.partition_point(|e| e.revision <= at);
+                let changed = st
+                    .history
+                    .range(from..)
+                    .any(|e| req.after.is_none_or(|a| &*e.key > a) && covered(&e.key));
+                if changed {
+                    return Err(PageError::Changed(at));
+                }
+                at
+            }
+        };
+        let mut by_key = keys.iter().copied().peekable();
+        let mut under = with_prefixes
+            .then(|| st.under_after(&set, req.after))
+            .into_iter()
+            .flatten()
+            .peekable();
+        let max_entries = req.max_entries.max(1);
+        let budget = max_entries + PAGE_EXTRA_SCAN;
+        let mut entries: Vec<Arc<Entry>> = Vec::new();
+        let mut bytes = 0usize;
+        let mut scanned = 0usize;
+        let mut cursor: Option<Arc<str>> = None;
+        let mut more = false;
+        loop {
+            let (key, entry, from_key, from_under) = match (by_key.peek(), under.peek()) {
+                (None, None) => break,
+                (Some(k), None) => (*k, st.entries.get(*k), true, false),
+                (None, Some(e)) => (&*e.key, Some(*e), false, true),
+                (Some(k), Some(e)) => match (*k).cmp(&*e.key) {
+                    std::cmp::Ordering::Less => (*k, st.entries.get(*k), true, false),
+                    std::cmp::Ordering::Equal => (&*e.key, Some(*e), true, true),
+                    std::cmp::Ordering::Greater => (&*e.key, Some(*e), false, true),
+                },
+            };
+            if entries.len() == max_entries || scanned == budget {
+                more = true;
+                break;
+            }
+            let live = entry.filter(|e| !e.deleted);
+            if let Some(e) = live {
+                let size = e.key.len()
+                    + ENTRY_PAGE_OVERHEAD
+                    + if e.secret {
+                        SECRET_PAGE_BYTES
+                    } else {
+                        e.value.as_deref().map_or(0, str::len)
+                    };
+                if !entries.is_empty() && bytes + size > req.max_bytes {
+                    more = true;
+                    break;
+                }
+                bytes += size;
+                entries.push(e.clone());
+            }
+            cursor = Some(match entry {
+                Some(e) => e.key.clone(),
+                None => Arc::from(key),
+            });
+            scanned += 1;
+            if from_key {
+                by_key.next();
+            }
+            if from_under {
+                under.next();
+            }
+        }
+        drop(by_key);
+        drop(under);
+        let token_set = if with_prefixes {
+            set
+        } else {
+            PrefixSet::new(req.keys.iter().map(|k| format!("\u{0}{k}")))
+        };
+        Ok(Page {
+            entries,
+            revision,
+            resume_token: self.token(scope, &token_set, revision).encode(),
+            cursor: if more { cursor } else { None },
+        })
+    }
+
+    /// Starts a watch: registers the watcher, then computes its initial state.
+    ///
+    /// Under the view's lock only work bounded by the server's own settings is
+    /// done: the registration, a resume from history (at most the history limit) or
+    /// a digest comparison (cached per revision). The state to send for a full start
+    /// or a diff against the caller's versions is computed afterwards, in chunks of
+    /// [`SCAN_CHUNK`] entries each under a short hold of the lock, so a request with
+    /// 100,000 versions never holds the writers of the tenant back.
+    ///
+    /// Nothing is lost or sent twice: the watcher is registered at revision `R`, so
+    /// every change after `R` reaches its pending set. The chunks send only entries
+    /// applied at or before `R` (those are the state at `R`: a key changed after `R`
+    /// is skipped and arrives, newest version, through the pending set).
     pub async fn subscribe(
         &self,
         scope: &Scope,
@@ -735,53 +918,78 @@ impl Hub {
             prefixes,
             pending: Mutex::new(Pending::default()),
         });
-        let mut st = lock(&view.state);
-        let resumable = resume.filter(|t| {
-            t.epoch == self.epoch
-                && t.filter == filter
-                && t.revision >= st.history_floor
-                && t.revision <= st.revision
-        });
-        let (mode, initial) = if let Some(token) = resumable {
-            let from = st.history.partition_point(|e| e.revision <= token.revision);
-            let missed = st
-                .history
-                .range(from..)
-                .filter(|e| slot.prefixes.matches(&e.key))
-                .cloned()
-                .collect();
-            (InitialMode::Resumed, missed)
-        } else if let Known::Versions(versions) = known
-            && !versions.is_empty()
-        {
-            (InitialMode::Diff, st.diff(&slot.prefixes, versions))
-        } else if let Known::Digest(digest) = known {
-            if *digest != st.digest(&slot.prefixes) {
-                return Err(SubscribeError::DigestDiffers);
-            }
-            (InitialMode::Diff, Vec::new())
-        } else {
-            let all = st
-                .under(&slot.prefixes)
-                .filter(|e| !e.deleted)
-                .cloned()
-                .collect();
-            (InitialMode::Full, all)
+        enum Plan<'k> {
+            Ready(InitialMode, Vec<Arc<Entry>>),
+            Diff(&'k HashMap<String, u64>),
+            Full,
+        }
+        let (plan, revision) = {
+            let mut st = lock(&view.state);
+            let resumable = resume.filter(|t| {
+                t.epoch == self.epoch
+                    && t.filter == filter
+                    && t.revision >= st.history_floor
+                    && t.revision <= st.revision
+            });
+            let plan = if let Some(token) = resumable {
+                let from = st.history.partition_point(|e| e.revision <= token.revision);
+                let missed = st
+                    .history
+                    .range(from..)
+                    .filter(|e| slot.prefixes.matches(&e.key))
+                    .cloned()
+                    .collect();
+                Plan::Ready(InitialMode::Resumed, missed)
+            } else if let Known::Versions(versions) = known
+                && !versions.is_empty()
+            {
+                Plan::Diff(versions)
+            } else if let Known::Digest(digest) = known {
+                if *digest != st.digest(&slot.prefixes) {
+                    return Err(SubscribeError::DigestDiffers);
+                }
+                Plan::Ready(InitialMode::Diff, Vec::new())
+            } else {
+                Plan::Full
+            };
+            st.watchers.push(slot.clone());
+            (plan, st.revision)
         };
-        let revision = st.revision;
-        st.watchers.push(slot.clone());
-        drop(st);
+        // From here a dropped future (the caller went away) unregisters the watcher.
+        let handle = WatchHandle {
+            token_base: self.token(scope, &slot.prefixes, 0),
+            view,
+            slot,
+            delivered: revision,
+        };
+        let (mode, initial) = match plan {
+            Plan::Ready(mode, initial) => (mode, initial),
+            Plan::Full => {
+                let mut all = Vec::new();
+                handle
+                    .view
+                    .scan_at(&handle.slot.prefixes, revision, |e| {
+                        if !e.deleted {
+                            all.push(e.clone());
+                        }
+                    })
+                    .await;
+                (InitialMode::Full, all)
+            }
+            Plan::Diff(versions) => {
+                let out = handle
+                    .view
+                    .diff_at(&handle.slot.prefixes, versions, revision)
+                    .await;
+                (InitialMode::Diff, out)
+            }
+        };
         Ok(Subscription {
             store_id: self.store_id.clone(),
             mode,
             initial,
             revision,
-            handle: WatchHandle {
-                token_base: self.token(scope, &slot.prefixes, 0),
-                view,
-                slot,
-                delivered: revision,
-            },
+            handle,
         })
     }
 
@@ -833,6 +1041,26 @@ impl ViewState {
         })
     }
 
+    /// Entries (tombstones included) under a normalized prefix set whose keys sort
+    /// after `after` (all of them when `None`), in key order.
+    fn under_after<'a>(
+        &'a self,
+        set: &'a PrefixSet,
+        after: Option<&'a str>,
+    ) -> impl Iterator<Item = &'a Arc<Entry>> + 'a {
+        use std::ops::Bound;
+        set.as_slice().iter().flat_map(move |p| {
+            let start = match after {
+                Some(a) if a >= p.as_str() => Bound::Excluded(a),
+                _ => Bound::Included(p.as_str()),
+            };
+            self.entries
+                .range::<str, _>((start, Bound::Unbounded))
+                .take_while(move |(k, _)| k.starts_with(p.as_str()))
+                .map(|(_, e)| e)
+        })
+    }
+
     /// The digest of the live entries under `set` (see [`StateDigest`]).
     fn digest(&mut self, set: &PrefixSet) -> StateDigest {
         if self.digests.0 != self.revision {
@@ -852,12 +1080,55 @@ impl ViewState {
         }
         digest
     }
+}
 
-    /// What a caller holding `known` lacks under `set`: entries at other versions,
-    /// and removals for keys it holds that are deleted or unknown here.
-    fn diff(&self, set: &PrefixSet, known: &HashMap<String, u64>) -> Vec<Arc<Entry>> {
+/// Entries looked at per hold of a view's lock when a watch's initial state is
+/// computed.
+const SCAN_CHUNK: usize = 512;
+
+impl ScopeView {
+    /// Calls `f` with every entry under `set` (tombstones included) applied at or
+    /// before `revision`, in key order, holding the lock for [`SCAN_CHUNK`] entries
+    /// at a time and yielding to other tasks in between.
+    async fn scan_at(&self, set: &PrefixSet, revision: u64, mut f: impl FnMut(&Arc<Entry>)) {
+        let mut after: Option<Arc<str>> = None;
+        loop {
+            let done = {
+                let st = lock(&self.state);
+                let mut seen = 0;
+                let mut last = None;
+                for e in st.under_after(set, after.as_deref()) {
+                    if e.revision <= revision {
+                        f(e);
+                    }
+                    seen += 1;
+                    last = Some(e.key.clone());
+                    if seen == SCAN_CHUNK {
+                        break;
+                    }
+                }
+                after = last.or(after.take());
+                seen < SCAN_CHUNK
+            };
+            if done {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// What a caller holding `known` lacks under `set` in the state at `revision`:
+    /// entries at other versions, and removals for keys it holds that are deleted
+    /// or unknown here. Keys changed after `revision` are left out (the watcher's
+    /// pending set has them).
+    async fn diff_at(
+        &self,
+        set: &PrefixSet,
+        known: &HashMap<String, u64>,
+        revision: u64,
+    ) -> Vec<Arc<Entry>> {
         let mut out: Vec<Arc<Entry>> = Vec::new();
-        for e in self.under(set) {
+        self.scan_at(set, revision, |e| {
             let held = known.get(&*e.key);
             let send = if e.deleted {
                 held.is_some()
@@ -867,15 +1138,21 @@ impl ViewState {
             if send {
                 out.push(e.clone());
             }
-        }
-        let now: Millis = now_millis();
-        let mut unknown: Vec<&String> = known
-            .keys()
-            .filter(|k| set.matches(k) && !self.entries.contains_key(k.as_str()))
-            .collect();
+        })
+        .await;
+        let mut unknown: Vec<&String> = known.keys().filter(|k| set.matches(k)).collect();
         unknown.sort();
-        for key in unknown {
-            out.push(Arc::new(Entry::tombstone(key, 0, now)));
+        let now: Millis = now_millis();
+        for chunk in unknown.chunks(SCAN_CHUNK) {
+            {
+                let st = lock(&self.state);
+                for key in chunk {
+                    if !st.entries.contains_key(key.as_str()) {
+                        out.push(Arc::new(Entry::tombstone(key, 0, now)));
+                    }
+                }
+            }
+            tokio::task::yield_now().await;
         }
         out
     }
@@ -1007,6 +1284,92 @@ mod tests {
             .iter()
             .map(|e| (e.key.to_string(), e.version))
             .collect()
+    }
+
+    /// Writes land while a watch's initial state is read in chunks: the initial
+    /// state plus the deltas that follow equal the view's final state, and no
+    /// version of a key arrives twice. The writes run between the chunks (a
+    /// current-thread runtime runs the writer at each yield).
+    #[tokio::test]
+    async fn changes_during_a_chunked_initial_state_are_neither_lost_nor_repeated()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let scope = Scope::tenant("t").map_err(|e| StoreError::Internal(e.to_string()))?;
+        let n = 5 * SCAN_CHUNK;
+        let keys: Vec<String> = (0..n).map(|i| format!("tenant_config_k{i:05}")).collect();
+        let hub = Arc::new(hub(keys.iter().map(|k| e(k, 1, "1")).collect()));
+        hub.view(&scope).await?;
+        for (mode, known) in [
+            ("full", Known::Nothing),
+            (
+                "diff",
+                // Holds every other key at version 1, and a key the view never had.
+                Known::Versions(
+                    keys.iter()
+                        .step_by(2)
+                        .map(|k| (k.clone(), 1))
+                        .chain([("tenant_config_zz_gone".to_owned(), 3)])
+                        .collect(),
+                ),
+            ),
+        ] {
+            let writer = tokio::spawn({
+                let (hub, scope, keys) = (hub.clone(), scope.clone(), keys.clone());
+                async move {
+                    // Keys at both ends and in the middle, new keys, and deletions,
+                    // spread over the chunks.
+                    for round in 0..40u64 {
+                        let v = 100 + round;
+                        for i in [0, n / 2, n - 1, (round as usize * 61) % n] {
+                            hub.apply(&scope, e(&keys[i], v, "w"));
+                        }
+                        hub.apply(&scope, e(&format!("tenant_config_new{round:02}"), 1, "n"));
+                        hub.apply(&scope, Entry::tombstone(&keys[round as usize + 7], v, 0));
+                        tokio::task::yield_now().await;
+                    }
+                }
+            });
+            let mut sub = hub
+                .subscribe(&scope, PrefixSet::everything(), None, &known)
+                .await?;
+            writer.await?;
+            let mut cache: HashMap<String, u64> = match &known {
+                Known::Versions(v) => v.clone(),
+                _ => HashMap::new(),
+            };
+            let mut seen: std::collections::HashSet<(String, u64)> = Default::default();
+            let mut take = |batch: &[Arc<Entry>], cache: &mut HashMap<String, u64>| {
+                for c in batch {
+                    assert!(
+                        seen.insert((c.key.to_string(), c.version)),
+                        "{mode}: {} v{} twice",
+                        c.key,
+                        c.version
+                    );
+                    if c.deleted {
+                        cache.remove(&*c.key);
+                    } else {
+                        cache.insert(c.key.to_string(), c.version);
+                    }
+                }
+            };
+            take(&sub.initial, &mut cache);
+            while sub.handle.idle_revision().is_none() {
+                let batch = next(&mut sub.handle).await;
+                take(&batch, &mut cache);
+            }
+            let want: HashMap<String, u64> = {
+                let view = hub.view(&scope).await?;
+                let st = lock(&view.state);
+                st.entries
+                    .values()
+                    .filter(|e| !e.deleted)
+                    .map(|e| (e.key.to_string(), e.version))
+                    .collect()
+            };
+            assert_eq!(cache.len(), want.len(), "{mode}");
+            assert_eq!(cache, want, "{mode}");
+        }
+        Ok(())
     }
 
     #[tokio::test]

@@ -5,6 +5,13 @@
 //! before any ConfigService handler: a request without a valid token never reaches
 //! one. Health (`grpc.health.v1`) and reflection answer without a token, as probes and
 //! grpcurl expect.
+//!
+//! Connections come from the server's own accept loop ([`accept_loop`]), which
+//! bounds what sockets can cost: at most `max_connections` at once (more are closed
+//! at once, so the clients already connected stay served), a socket that has not sent
+//! the HTTP/2 preface within the handshake timeout is closed, and when the process
+//! runs out of file descriptors (or the kernel of buffers) accepting backs off and
+//! says so once per episode, instead of spinning on the error.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -12,10 +19,14 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::net::TcpListener;
-use tonic::transport::server::TcpIncoming;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::server::{Connected, TcpConnectInfo};
 use tower::{Layer, Service};
 
+use crate::api::budget::{ConnectionReplies, Metered, ReplyHold};
 use crate::api::{ConfigApi, Limits, Shutdown, WatchSettings};
 use crate::auth::Authenticator;
 use crate::hub::Hub;
@@ -40,6 +51,43 @@ pub struct App {
     pub max_request_bytes: usize,
     /// How long shutdown waits for in-flight calls after ending every Watch.
     pub grace: Duration,
+    pub connections: ConnectionLimits,
+}
+
+/// What one socket may cost, and how many there may be.
+#[derive(Debug, Clone)]
+pub struct ConnectionLimits {
+    /// Connections open at once (handshakes included); more are closed at once.
+    pub max_connections: usize,
+    /// Time a new socket has to send the HTTP/2 preface.
+    pub handshake_timeout: Duration,
+    /// Concurrent streams (calls) per connection, advertised to clients.
+    pub max_streams_per_connection: u32,
+    /// Time a call has to be read and answered (for Watch: until its stream starts).
+    pub request_timeout: Duration,
+    /// Bytes of Get replies a connection's client has not read yet; more Gets on
+    /// it wait.
+    pub reply_bytes_per_connection: usize,
+}
+
+impl ConnectionLimits {
+    /// Sockets that may wait for their HTTP/2 preface at once: an eighth of the
+    /// connection limit, between 16 and 1,024.
+    pub fn max_handshakes(&self) -> usize {
+        (self.max_connections / 8).clamp(16, 1_024)
+    }
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            max_connections: 10_000,
+            handshake_timeout: Duration::from_secs(10),
+            max_streams_per_connection: 1_024,
+            request_timeout: Duration::from_secs(30),
+            reply_bytes_per_connection: 8 << 20,
+        }
+    }
 }
 
 /// Why the server stopped with an error.
@@ -49,6 +97,8 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
     #[error("cannot build the reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    #[error("cannot start the threads that start watches: {0}")]
+    Runtime(std::io::Error),
 }
 
 /// Serves until `shutdown` completes, then ends every Watch with UNAVAILABLE (a
@@ -121,39 +171,328 @@ pub async fn serve(
         stopping.begin();
     });
 
-    // Options on accepted sockets must be set here: the builder's only apply to
-    // listeners it binds itself. Without TCP_NODELAY, every message larger than a
-    // segment waits ~40 ms for a delayed ACK.
-    let incoming = TcpIncoming::from(listener)
-        .with_nodelay(Some(true))
-        .with_keepalive(Some(Duration::from_secs(60)));
+    // Watch calls are decoded (up to --max-request-bytes of known_versions) and get
+    // their initial state on threads of their own, so that work, whatever its
+    // size, never holds up the threads that serve every other call.
+    let threads = std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1));
+    let starts = StartThreads(Some(
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .thread_name("configwatch-watch-start")
+            .enable_all()
+            .build()
+            .map_err(ServeError::Runtime)?,
+    ));
+    let (ready, incoming) = mpsc::channel(64);
+    tokio::spawn(accept_loop(
+        listener,
+        app.connections.clone(),
+        ready,
+        stop.token().clone(),
+    ));
+    let incoming = tokio_stream::wrappers::ReceiverStream::new(incoming);
     let server = tonic::transport::Server::builder()
+        .max_concurrent_streams(Some(app.connections.max_streams_per_connection))
+        .timeout(app.connections.request_timeout)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .layer(AuthLayer {
             auth: app.auth.clone(),
+            starts: starts.handle(),
         })
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(config)
-        .serve_with_incoming_shutdown(incoming, stop.token().clone().cancelled_owned());
+        .serve_with_incoming_shutdown(
+            futures_util::StreamExt::map(incoming, Ok::<_, std::io::Error>),
+            stop.token().clone().cancelled_owned(),
+        );
 
     let drained = async {
         stop.token().cancelled().await;
         tokio::time::sleep(grace).await;
     };
-    tokio::select! {
-        result = server => result?,
-        () = drained => tracing::warn!(?grace, "grace period over; closing remaining connections"),
+    let result = tokio::select! {
+        result = server => result,
+        () = drained => {
+            tracing::warn!(?grace, "grace period over; closing remaining connections");
+            Ok(())
+        }
+    };
+    drop(starts);
+    Ok(result?)
+}
+
+/// The threads Watch calls start on. Stopped without waiting when dropped (also
+/// when the serve future itself is dropped, inside the caller's runtime).
+struct StartThreads(Option<tokio::runtime::Runtime>);
+
+impl StartThreads {
+    fn handle(&self) -> tokio::runtime::Handle {
+        match &self.0 {
+            Some(rt) => rt.handle().clone(),
+            None => tokio::runtime::Handle::current(),
+        }
     }
-    Ok(())
+}
+
+impl Drop for StartThreads {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// The HTTP/2 client preface, which every gRPC connection starts with.
+const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Time without a resource error after which an episode of them is over.
+const EPISODE_QUIET: Duration = Duration::from_secs(10);
+
+/// Longest pause between accept attempts while the process is out of descriptors.
+const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Accepts connections until `stop`, and hands each to the server once it has sent
+/// the HTTP/2 preface.
+///
+/// - A socket that has not sent the preface within the handshake timeout is
+///   closed. At most [`ConnectionLimits::max_handshakes`] sockets wait for theirs:
+///   a new socket beyond that closes the one waiting longest, so a flood of silent
+///   sockets cannot keep a client that speaks at once from getting in.
+/// - Beyond `max_connections` established connections, a new one is closed as soon
+///   as its preface arrives, so the clients already connected stay served.
+/// - Accept errors that mean the process or the kernel is out of something
+///   (descriptors, buffers, memory) pause accepting, with a backoff up to
+///   [`MAX_ACCEPT_BACKOFF`], and are logged once per episode.
+pub async fn accept_loop(
+    listener: TcpListener,
+    limits: ConnectionLimits,
+    ready: mpsc::Sender<Conn>,
+    stop: CancellationToken,
+) {
+    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let max_handshakes = limits.max_handshakes();
+    let mut handshaking: std::collections::VecDeque<CancellationToken> =
+        std::collections::VecDeque::with_capacity(max_handshakes);
+    let refused = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut backoff = Duration::ZERO;
+    // The current episode of resource errors: how many, and when the last was.
+    let mut errors: u64 = 0;
+    let mut last_error = tokio::time::Instant::now();
+    loop {
+        let accepted = tokio::select! {
+            () = stop.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (socket, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) if is_exhaustion(&e) => {
+                if errors == 0 {
+                    tracing::warn!(
+                        error = %e,
+                        "cannot accept connections: out of resources (raise the open-file limit, or lower --max-connections); pausing accepts"
+                    );
+                }
+                errors += 1;
+                last_error = tokio::time::Instant::now();
+                backoff = (backoff * 2).clamp(Duration::from_millis(5), MAX_ACCEPT_BACKOFF);
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                continue;
+            }
+            // The peer went away before the accept (ECONNABORTED and the like).
+            Err(e) => {
+                tracing::debug!(error = %e, "accept failed");
+                continue;
+            }
+        };
+        // An episode ends after a quiet period: at the limit, accepts succeed and
+        // fail in turn, and that is one episode, not one per error.
+        if errors > 0 && last_error.elapsed() >= EPISODE_QUIET {
+            tracing::info!(errors, "accepting connections again");
+            errors = 0;
+        }
+        backoff = Duration::ZERO;
+        // Without TCP_NODELAY, every message larger than a segment waits ~40 ms for
+        // a delayed ACK. Keepalive finds peers that vanished without a FIN.
+        let _ = socket.set_nodelay(true);
+        let _ = socket2::SockRef::from(&socket)
+            .set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(Duration::from_secs(60)));
+        // Tokens of finished handshakes stay in the queue until pushed out;
+        // cancelling those does nothing. Every handshake still waiting is among the
+        // last `max_handshakes` queued.
+        if handshaking.len() == max_handshakes
+            && let Some(oldest) = handshaking.pop_front()
+        {
+            oldest.cancel();
+        }
+        let evicted = stop.child_token();
+        handshaking.push_back(evicted.clone());
+        tokio::spawn(handshake(
+            socket,
+            peer,
+            limits.clone(),
+            slots.clone(),
+            refused.clone(),
+            ready.clone(),
+            evicted,
+        ));
+    }
+}
+
+/// Waits for a socket's HTTP/2 preface and hands it to the server, or closes it.
+async fn handshake(
+    mut socket: TcpStream,
+    peer: std::net::SocketAddr,
+    limits: ConnectionLimits,
+    slots: Arc<Semaphore>,
+    refused: Arc<std::sync::atomic::AtomicU64>,
+    ready: mpsc::Sender<Conn>,
+    evicted: CancellationToken,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let timeout = limits.handshake_timeout;
+    let mut got = [0u8; PREFACE.len()];
+    let read = tokio::select! {
+        () = evicted.cancelled() => return,
+        read = tokio::time::timeout(timeout, socket.read_exact(&mut got)) => read,
+    };
+    match read {
+        Ok(Ok(_)) if &got == PREFACE => {}
+        Ok(Ok(_)) => {
+            tracing::debug!(%peer, "closed: not an HTTP/2 connection");
+            return;
+        }
+        Ok(Err(_)) => return,
+        Err(_) => {
+            tracing::debug!(%peer, ?timeout, "closed: no HTTP/2 preface in time");
+            return;
+        }
+    }
+    let Ok(slot) = slots.clone().try_acquire_owned() else {
+        if refused.fetch_add(1, Relaxed) == 0 {
+            tracing::warn!(
+                max = limits.max_connections,
+                %peer,
+                "connection limit reached: closing new connections until some end (see --max-connections)"
+            );
+        }
+        return;
+    };
+    // One line when refusing ends, once a tenth of the connections are free again.
+    if slots.available_permits() > limits.max_connections / 10 {
+        let was_refusing = refused.swap(0, Relaxed);
+        if was_refusing > 0 {
+            tracing::info!(refused = was_refusing, "below the connection limit again");
+        }
+    }
+    let conn = Conn {
+        socket,
+        replay: 0,
+        peer,
+        replies: ConnectionReplies::new(limits.reply_bytes_per_connection),
+        _slot: slot,
+    };
+    let _ = ready.send(conn).await;
+}
+
+/// Accept errors after which accepting again at once would fail the same way.
+fn is_exhaustion(e: &std::io::Error) -> bool {
+    // EMFILE 24, ENFILE 23, ENOBUFS 105, ENOMEM 12 on Linux.
+    matches!(e.raw_os_error(), Some(24 | 23 | 105 | 12))
+        || e.kind() == std::io::ErrorKind::OutOfMemory
+}
+
+/// An accepted connection that has sent the HTTP/2 preface. It hands the preface
+/// (already read) to the server before the rest of the socket, and holds a slot of
+/// the connection limit until the server drops it.
+pub struct Conn {
+    socket: TcpStream,
+    /// Bytes of [`PREFACE`] already handed on.
+    replay: usize,
+    peer: std::net::SocketAddr,
+    replies: ConnectionReplies,
+    _slot: OwnedSemaphorePermit,
+}
+
+/// What a call knows of its connection (in the request's extensions).
+#[derive(Clone, Debug)]
+pub struct ConnInfo {
+    pub tcp: TcpConnectInfo,
+    /// The connection's share of the budget of unread reply bytes.
+    pub replies: ConnectionReplies,
+}
+
+impl Connected for Conn {
+    type ConnectInfo = ConnInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        ConnInfo {
+            tcp: TcpConnectInfo {
+                local_addr: self.socket.local_addr().ok(),
+                remote_addr: Some(self.peer),
+            },
+            replies: self.replies.clone(),
+        }
+    }
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if self.replay < PREFACE.len() {
+            let rest = &PREFACE[self.replay..];
+            let n = rest.len().min(buf.remaining());
+            buf.put_slice(&rest[..n]);
+            self.replay += n;
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.socket).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.socket).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.socket).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.socket).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.socket).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.socket.is_write_vectored()
+    }
 }
 
 /// Authenticates ConfigService calls before any handler runs.
 #[derive(Clone)]
 struct AuthLayer {
     auth: Arc<Authenticator>,
+    starts: tokio::runtime::Handle,
 }
 
 impl<S> Layer<S> for AuthLayer {
@@ -163,6 +502,7 @@ impl<S> Layer<S> for AuthLayer {
         AuthService {
             inner,
             auth: self.auth.clone(),
+            starts: self.starts.clone(),
         }
     }
 }
@@ -171,6 +511,19 @@ impl<S> Layer<S> for AuthLayer {
 struct AuthService<S> {
     inner: S,
     auth: Arc<Authenticator>,
+    starts: tokio::runtime::Handle,
+}
+
+/// The gRPC path of Watch.
+const WATCH: &str = "/configwatch.v1.ConfigService/Watch";
+
+/// Aborts a spawned task when the call that waits for it is dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -182,6 +535,7 @@ where
         + Send
         + 'static,
     S::Future: Send + 'static,
+    S::Error: Send + 'static,
     B: Send + 'static,
 {
     type Response = S::Response;
@@ -200,11 +554,32 @@ where
             return Box::pin(inner.call(request));
         }
         let auth = self.auth.clone();
+        let starts = self.starts.clone();
         Box::pin(async move {
             match auth.authenticate(request.headers()).await {
+                Ok(identity) if request.uri().path() == WATCH => {
+                    request.extensions_mut().insert(identity);
+                    let mut task = AbortOnDrop(starts.spawn(inner.call(request)));
+                    match (&mut task.0).await {
+                        Ok(response) => response,
+                        Err(e) => {
+                            tracing::error!(error = %e, "a Watch call failed to start");
+                            Ok(
+                                tonic::Status::internal("the Watch call failed to start; retry")
+                                    .into_http(),
+                            )
+                        }
+                    }
+                }
                 Ok(identity) => {
                     request.extensions_mut().insert(identity);
-                    inner.call(request).await
+                    let mut response = inner.call(request).await?;
+                    // A Get reply holds its budget until handed on (api::budget).
+                    if let Some(hold) = response.extensions_mut().remove::<ReplyHold>() {
+                        response =
+                            response.map(|body| tonic::body::Body::new(Metered::new(body, hold)));
+                    }
+                    Ok(response)
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, path = request.uri().path(), "refused");

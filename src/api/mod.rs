@@ -4,8 +4,11 @@
 //! a tenant named in a request is only compared with it. Domain errors become
 //! statuses in [`status`].
 
+pub mod budget;
 pub mod codec;
+pub mod fair;
 pub mod frame;
+pub mod page;
 pub mod status;
 mod watch;
 
@@ -18,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::auth::Identity;
-use crate::hub::{Hub, Known, ResumeToken, StateDigest};
+use crate::hub::{Hub, Known, PageRequest, ResumeToken, StateDigest};
 use crate::keys::{self, PrefixSet};
 use crate::model::{Entry, Scope};
 use crate::proto;
@@ -36,6 +39,19 @@ pub struct Limits {
     pub max_keys: usize,
     /// Entries in one Watch's `known_versions`.
     pub max_known_versions: usize,
+    /// Entries in a Get page when the request sets no `limit`.
+    pub page_entries: usize,
+    /// Most entries in a Get page, whatever the request's `limit`.
+    pub max_page_entries: usize,
+    /// About the most key and value bytes in a Get page (one larger entry still goes).
+    pub page_bytes: usize,
+    /// Watch initial states (full or diff) computed at once; the rest wait, and one
+    /// tenant holds at most half of these.
+    pub initial_state_slots: usize,
+    /// Bytes of Get replies not yet handed to clients, server-wide.
+    pub reply_bytes: usize,
+    /// Time a client has to read a Get reply before it is dropped.
+    pub reply_drain: Duration,
 }
 
 impl Default for Limits {
@@ -44,6 +60,12 @@ impl Default for Limits {
             max_prefixes: 64,
             max_keys: 1_000,
             max_known_versions: 100_000,
+            page_entries: 1_000,
+            max_page_entries: 10_000,
+            page_bytes: 1 << 20,
+            initial_state_slots: 4,
+            reply_bytes: 256 << 20,
+            reply_drain: Duration::from_secs(30),
         }
     }
 }
@@ -112,9 +134,16 @@ pub struct ConfigApi {
     limits: Limits,
     watch: WatchSettings,
     shutdown: Shutdown,
+    pages: page::PageTokens,
+    initial_states: fair::FairPool,
+    replies: budget::ReplyBudget,
+    /// The runtime serving the calls: a Watch (started on threads of its own, see
+    /// `server`) loads a tenant's view here, so the sources' connections live here.
+    main: tokio::runtime::Handle,
 }
 
 impl ConfigApi {
+    /// Must be called on the runtime that serves the calls.
     pub fn new(
         hub: Arc<Hub>,
         router: Arc<Router>,
@@ -122,12 +151,18 @@ impl ConfigApi {
         watch: WatchSettings,
         shutdown: Shutdown,
     ) -> Self {
+        let initial_states = fair::FairPool::new(limits.initial_state_slots);
+        let replies = budget::ReplyBudget::new(limits.reply_bytes, limits.reply_drain);
         ConfigApi {
             hub,
             router,
             limits,
             watch,
             shutdown,
+            pages: page::PageTokens::new(),
+            initial_states,
+            replies,
+            main: tokio::runtime::Handle::current(),
         }
     }
 }
@@ -184,6 +219,12 @@ fn check_prefixes(prefixes: &[String], limits: &Limits) -> Result<(), Status> {
     Ok(())
 }
 
+/// Bytes an entry adds to a Get reply beyond its key and value (version, time,
+/// revision, flags and field tags), rounded up.
+const ENTRY_OVERHEAD: usize = 64;
+/// Bytes of a Get reply beyond its entries (revision, tokens, store id).
+const REPLY_OVERHEAD: usize = 512;
+
 pub(crate) fn to_proto(e: &Entry) -> proto::Entry {
     proto::Entry {
         key: e.key.to_string(),
@@ -206,6 +247,10 @@ impl ConfigService for ConfigApi {
         request: Request<proto::GetRequest>,
     ) -> Result<Response<proto::GetResponse>, Status> {
         let (_, scope) = caller(&request, &request.get_ref().tenant)?;
+        let connection = request
+            .extensions()
+            .get::<crate::server::ConnInfo>()
+            .map(|c| c.replies.clone());
         let req = request.into_inner();
         if req.keys.len() > self.limits.max_keys {
             return Err(Status::invalid_argument(format!(
@@ -218,9 +263,51 @@ impl ConfigService for ConfigApi {
             self.router.route(key)?;
         }
         check_prefixes(&req.prefixes, &self.limits)?;
-        let snap = self.hub.snapshot(&scope, &req.keys, &req.prefixes).await?;
-        let mut entries = Vec::with_capacity(snap.entries.len());
-        for e in &snap.entries {
+        let request_hash = page::request_hash(&scope, &req.keys, &req.prefixes);
+        let cont = if req.page_token.is_empty() {
+            None
+        } else {
+            Some(self.pages.decode(&req.page_token, request_hash)?)
+        };
+        let max_entries = match req.limit {
+            0 => self.limits.page_entries,
+            n => (n as usize).min(self.limits.max_page_entries),
+        };
+        // The page is chosen first: shared entries of the view, so it holds
+        // pointers, not copies. Its reply is built only once its bytes are
+        // reserved, so a call waiting for its turn holds no reply yet, and a
+        // one-key Get reserves what one key needs, not a whole page.
+        let page = self
+            .hub
+            .snapshot_page(
+                &scope,
+                PageRequest {
+                    keys: &req.keys,
+                    prefixes: &req.prefixes,
+                    after: cont.as_ref().map(|c| c.after.as_str()),
+                    at: cont.as_ref().map(|c| c.revision),
+                    max_entries,
+                    max_bytes: self.limits.page_bytes,
+                },
+            )
+            .await?;
+        let estimate: usize = page
+            .entries
+            .iter()
+            .map(|e| {
+                let value = if e.secret {
+                    keys::PARAM_CONFIG.max_value_bytes
+                } else {
+                    e.value.as_deref().map_or(0, str::len)
+                };
+                e.key.len() + value + ENTRY_OVERHEAD
+            })
+            .sum::<usize>()
+            + req.keys.iter().map(|k| k.len() + 8).sum::<usize>()
+            + REPLY_OVERHEAD;
+        let hold = self.replies.reserve(estimate, connection.as_ref()).await?;
+        let mut entries = Vec::with_capacity(page.entries.len());
+        for e in &page.entries {
             if !e.secret {
                 entries.push(to_proto(e));
                 continue;
@@ -235,20 +322,39 @@ impl ConfigService for ConfigApi {
                 _ => {}
             }
         }
+        // Requested keys this page covers (after the previous page's end, up to
+        // its own) that it does not hold.
         let found: BTreeSet<&str> = entries.iter().map(|e| e.key.as_str()).collect();
+        let after = cont.as_ref().map(|c| c.after.as_str());
+        let upto = page.cursor.as_deref();
         let missing_keys = req
             .keys
             .iter()
-            .filter(|k| !found.contains(k.as_str()))
+            .filter(|k| {
+                after.is_none_or(|a| k.as_str() > a)
+                    && upto.is_none_or(|u| k.as_str() <= u)
+                    && !found.contains(k.as_str())
+            })
             .cloned()
             .collect();
-        Ok(Response::new(proto::GetResponse {
+        let next_page_token = page
+            .cursor
+            .as_deref()
+            .map(|c| self.pages.encode(request_hash, page.revision, c))
+            .unwrap_or_default();
+        let reply = proto::GetResponse {
             entries,
             missing_keys,
-            revision: snap.revision,
-            resume_token: snap.resume_token,
+            revision: page.revision,
+            resume_token: page.resume_token,
+            next_page_token,
             store_id: self.hub.store_id().to_string(),
-        }))
+        };
+        // Held until the client has taken the reply (see `budget`).
+        hold.shrink_to(prost::Message::encoded_len(&reply));
+        let mut response = Response::new(reply);
+        response.extensions_mut().insert(hold);
+        Ok(response)
     }
 
     type WatchStream = WatchStream;
@@ -300,10 +406,27 @@ impl ConfigService for ConfigApi {
             Known::Versions(_) => "versions",
             Known::Digest(_) => "digest",
         };
+        // A first load reads the sources (DynamoDB, Parameter Store): on the main
+        // runtime, so the connections it opens are driven there, not on the
+        // threads that decode large Watch requests.
+        let load = self.main.spawn({
+            let (hub, scope) = (self.hub.clone(), scope.clone());
+            async move { hub.view(&scope).await.map(|_| ()) }
+        });
+        load.await
+            .map_err(|_| Status::internal("loading the tenant failed; retry"))??;
+        // The initial state's cost grows with the tenant and with known_versions:
+        // computed a few at a time, fairly between tenants.
+        let slot = self
+            .initial_states
+            .acquire(scope.tenant_id())
+            .await
+            .ok_or_else(|| Status::unavailable("the server is shutting down"))?;
         let sub = self
             .hub
             .subscribe(&scope, PrefixSet::new(req.prefixes), resume, &known)
             .await?;
+        drop(slot);
         tracing::debug!(%scope, subject = %id.subject, mode = ?sub.mode, known = sent, "watch started");
         Ok(Response::new(WatchStream::new(
             sub,

@@ -2,8 +2,9 @@
 
 use tonic::{Code, Status};
 
+use crate::api::page::PageTokenError;
 use crate::auth::AuthError;
-use crate::hub::{BadToken, SubscribeError};
+use crate::hub::{BadToken, PageError, SubscribeError};
 use crate::keys::{KeyError, ValueError};
 use crate::model::IdError;
 use crate::store::StoreError;
@@ -58,6 +59,26 @@ impl From<StoreError> for Status {
                 Status::internal(e.to_string())
             }
             StoreError::Damaged(_) => Status::data_loss(e.to_string()),
+        }
+    }
+}
+
+impl From<PageTokenError> for Status {
+    fn from(e: PageTokenError) -> Self {
+        match e {
+            PageTokenError::OtherRun => Status::failed_precondition(e.to_string()),
+            PageTokenError::Malformed | PageTokenError::OtherRequest => {
+                Status::invalid_argument(e.to_string())
+            }
+        }
+    }
+}
+
+impl From<PageError> for Status {
+    fn from(e: PageError) -> Self {
+        match e {
+            PageError::Store(e) => e.into(),
+            PageError::Changed(_) => Status::aborted(e.to_string()),
         }
     }
 }

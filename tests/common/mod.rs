@@ -17,7 +17,7 @@ use configwatch::hub::{Hub, HubConfig};
 use configwatch::model::Scope;
 use configwatch::proto::config_service_client::ConfigServiceClient;
 use configwatch::proto::{self, WatchResponse};
-use configwatch::server::{App, ServeError, serve};
+use configwatch::server::{App, ConnectionLimits, ServeError, serve};
 use configwatch::store::Router;
 use configwatch::store::embedded::EmbeddedStore;
 use tokio::sync::oneshot;
@@ -51,6 +51,8 @@ pub struct Options {
     pub history: usize,
     pub progress_interval: Duration,
     pub max_request_bytes: usize,
+    pub limits: Limits,
+    pub connections: ConnectionLimits,
 }
 
 impl Default for Options {
@@ -59,6 +61,8 @@ impl Default for Options {
             history: 4096,
             progress_interval: Duration::from_secs(5),
             max_request_bytes: 4 << 20,
+            limits: Limits::default(),
+            connections: ConnectionLimits::default(),
         }
     }
 }
@@ -109,13 +113,14 @@ impl TestServer {
             hub: hub.clone(),
             router,
             auth: Arc::new(auth),
-            limits: Limits::default(),
+            limits: options.limits.clone(),
             watch: WatchSettings {
                 progress_interval: options.progress_interval,
                 ..WatchSettings::default()
             },
             max_request_bytes: options.max_request_bytes,
             grace: Duration::from_secs(2),
+            connections: options.connections.clone(),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -313,6 +318,11 @@ impl ServerProcess {
             .parse()
             .expect("address");
         ServerProcess { child, addr }
+    }
+
+    /// The server's process id (for /proc).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn kill9(mut self) {

@@ -965,6 +965,7 @@ impl Shared {
             keys: vec![key.to_owned()],
             prefixes: Vec::new(),
             tenant: self.tenant.clone(),
+            ..Default::default()
         });
         request.set_timeout(self.opts.call_timeout);
         request.metadata_mut().insert("authorization", header);

@@ -1191,6 +1191,7 @@ impl Writer {
                 keys: vec![key.to_owned()],
                 prefixes: Vec::new(),
                 tenant: String::new(),
+                ..Default::default()
             })
             .await?;
         Ok(r.remove(key))
