@@ -855,25 +855,35 @@ async fn connect(args: &ClientArgs) -> Result<Client, Failure> {
 }
 
 /// A value as JSON for output: the parsed value, or the raw text if it is not JSON.
-fn json_value(text: &str) -> Value {
-    serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_owned()))
+/// A value's JSON text as it goes into a printed line: verbatim (every digit of every
+/// number as the server holds it), or as a JSON string if it is not JSON.
+fn json_value(text: &str) -> String {
+    match serde_json::from_str::<&serde_json::value::RawValue>(text) {
+        Ok(raw) => raw.get().to_owned(),
+        Err(_) => Value::String(text.to_owned()).to_string(),
+    }
 }
 
-/// The line printed for an entry: key, version, then value, deleted or secret.
-pub fn entry_json(e: &proto::Entry) -> Value {
-    let mut out = json!({ "key": e.key, "version": e.version });
-    if let Some(map) = out.as_object_mut() {
-        if e.deleted {
-            map.insert("deleted".into(), json!(true));
-        } else if e.secret && e.value.is_empty() {
-            map.insert("secret".into(), json!(true));
-        } else {
-            map.insert("value".into(), json_value(&e.value));
-            if e.secret {
-                map.insert("secret".into(), json!(true));
-            }
+/// The line printed for an entry: key, version, then value, deleted or secret. The
+/// value is copied as the server sent it, never through a float.
+pub fn entry_json(e: &proto::Entry) -> String {
+    let mut out = format!(
+        "{{\"key\":{},\"version\":{}",
+        Value::String(e.key.clone()),
+        e.version
+    );
+    if e.deleted {
+        out.push_str(",\"deleted\":true");
+    } else if e.secret && e.value.is_empty() {
+        out.push_str(",\"secret\":true");
+    } else {
+        out.push_str(",\"value\":");
+        out.push_str(&json_value(&e.value));
+        if e.secret {
+            out.push_str(",\"secret\":true");
         }
     }
+    out.push('}');
     out
 }
 

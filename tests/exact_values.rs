@@ -254,3 +254,40 @@ async fn the_first_put_to_a_tenant_nobody_has_read_answers_its_revision() {
     assert_eq!(e.code(), Code::NotFound);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn the_command_line_prints_values_with_every_digit() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let mut c = server.client("acme", Role::Writer).await;
+    let written =
+        r#"{"id":123456789012345678901,"x":1E2,"f":0.1000000000000000055511151231257827}"#;
+    put(&mut c, "tenant_config_ids", written).await;
+    let token = server.token("acme", Role::Reader);
+    let url = server.url();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_configwatch"))
+            .args([
+                "get",
+                "tenant_config_ids",
+                "--server",
+                &url,
+                "--token",
+                &token,
+            ])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!(r#"{{"key":"tenant_config_ids","version":1,"value":{written}}}"#)
+    );
+    server.stop().await;
+}
