@@ -300,7 +300,13 @@ impl<B> MeteredStream<B> {
     /// Hands on the next piece of the message and gives back the room of what has
     /// left (the room held never exceeds the bytes still to go).
     fn piece(&mut self) -> Bytes {
-        let piece = self.rest.split_to(self.rest.len().min(PIECE));
+        // The last piece is taken whole: an emptied `rest` would still share the
+        // encoder's buffer, and keep it from being reused while the Watch idles.
+        let piece = if self.rest.len() <= PIECE {
+            std::mem::take(&mut self.rest)
+        } else {
+            self.rest.split_to(PIECE)
+        };
         if let Some(held) = self.held.as_mut() {
             let extra = held.num_permits().saturating_sub(self.rest.len());
             if extra >= held.num_permits() {
