@@ -125,7 +125,8 @@ pub struct ServeArgs {
     /// yet, in total; beyond it Gets wait, then fail with RESOURCE_EXHAUSTED.
     #[arg(long, env = "CONFIGWATCH_REPLY_BYTES", default_value_t = 256 << 20)]
     pub reply_bytes: usize,
-    /// The same, per connection; beyond it that connection's Gets wait.
+    /// The same, per connection, Watch messages included; beyond it that
+    /// connection's Gets wait and its Watches send nothing more until it reads.
     #[arg(long, env = "CONFIGWATCH_REPLY_BYTES_PER_CONNECTION", default_value_t = 8 << 20)]
     pub reply_bytes_per_connection: usize,
     /// How long shutdown waits for in-flight calls.

@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 use tower::{Layer, Service};
 
-use crate::api::budget::{ConnectionReplies, Metered, ReplyHold};
+use crate::api::budget::{ConnectionReplies, Metered, MeteredStream, ReplyHold, StreamBudget};
 use crate::api::{ConfigApi, Limits, Shutdown, WatchSettings};
 use crate::auth::Authenticator;
 use crate::hub::Hub;
@@ -65,8 +65,8 @@ pub struct ConnectionLimits {
     pub max_streams_per_connection: u32,
     /// Time a call has to be read and answered (for Watch: until its stream starts).
     pub request_timeout: Duration,
-    /// Bytes of Get replies a connection's client has not read yet; more Gets on
-    /// it wait.
+    /// Bytes of Get replies and Watch messages a connection's client has not read
+    /// yet; more Gets on it wait, and its Watches send nothing more.
     pub reply_bytes_per_connection: usize,
 }
 
@@ -561,7 +561,17 @@ where
                     request.extensions_mut().insert(identity);
                     let mut task = AbortOnDrop(starts.spawn(inner.call(request)));
                     match (&mut task.0).await {
-                        Ok(response) => response,
+                        // Its messages count against the connection's budget.
+                        Ok(Ok(mut response)) => {
+                            if let Some(budget) = response.extensions_mut().remove::<StreamBudget>()
+                            {
+                                response = response.map(|body| {
+                                    tonic::body::Body::new(MeteredStream::new(body, budget))
+                                });
+                            }
+                            Ok(response)
+                        }
+                        Ok(Err(e)) => Err(e),
                         Err(e) => {
                             tracing::error!(error = %e, "a Watch call failed to start");
                             Ok(

@@ -594,6 +594,93 @@ async fn unread_get_replies_of_a_large_tenant_stay_bounded() {
     drop(unread);
 }
 
+/// Item 1: Watches of a large tenant whose messages are never read count against
+/// their connection's budget of unread replies: 500 of them on one connection do
+/// not hold a message each in the server's memory, and a bystander on another
+/// connection keeps getting every write at its usual speed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unread_watches_of_a_large_tenant_stay_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("server.log");
+    let server = start(dir.path(), &[], None, &log);
+    let writer = token(dir.path(), "acme", Role::Writer);
+    let mut bystander = Bystander::new(server.addr, &writer).await;
+    // About 4 MB: 40 values of 100 KB, so an initial state is 4 messages of ~1 MiB.
+    let big = format!("\"{}\"", "v".repeat(100_000));
+    let mut c = connect(server.addr, Some(&writer)).await;
+    for i in 0..40 {
+        put(&mut c, &format!("tenant_config_big/k{i:03}"), &big).await;
+    }
+    let baseline = bystander.probe(20).await;
+    let before = rss(server.pid());
+
+    // One connection that watches the whole tenant 500 times and reads nothing:
+    // once its 64 KiB window is full, nothing it is sent can leave the server.
+    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let (mut send, conn) = h2::client::Builder::new()
+        .initial_window_size(1 << 16)
+        .initial_connection_window_size(1 << 16)
+        .handshake::<_, Bytes>(tcp)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut unread = Vec::new();
+    for _ in 0..500 {
+        send = send.ready().await.unwrap();
+        let (resp, mut body) = send
+            .send_request(grpc_request(server.addr, "Watch", &writer), false)
+            .unwrap();
+        body.send_data(frame(&proto::WatchRequest::default()), true)
+            .unwrap();
+        unread.push(resp);
+    }
+    // Every Watch starts (its headers arrive)...
+    let mut started = Vec::new();
+    for resp in unread {
+        let resp = tokio::time::timeout(PATIENCE, resp)
+            .await
+            .expect("a Watch started in time")
+            .expect("a response");
+        assert_eq!(resp.status(), http::StatusCode::OK);
+        started.push(resp);
+    }
+    // ...and the server builds what it will of their messages: sampled until its
+    // memory stops growing.
+    let mut peak = rss(server.pid());
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let now = rss(server.pid());
+        let grew = now > peak + (2 << 20);
+        peak = peak.max(now);
+        if !grew || Instant::now() > deadline {
+            break;
+        }
+    }
+    // The bystander's writes are changes for the 500 Watches too; they wait
+    // there, coalesced, while the bystander gets each of its own.
+    let during = bystander.probe(20).await;
+    let after = rss(server.pid());
+    peak = peak.max(after);
+    eprintln!(
+        "unread Watches: 500 started; RSS {} MB -> peak {} MB -> {} MB; bystander p99 {baseline:?} -> {during:?}",
+        before >> 20,
+        peak >> 20,
+        after >> 20
+    );
+    assert!(
+        peak < before + (150 << 20),
+        "500 unread Watches of a 4 MB tenant took RSS from {} MB to {} MB",
+        before >> 20,
+        peak >> 20
+    );
+    assert!(
+        during <= allowed(baseline),
+        "bystander p99 {baseline:?} -> {during:?}"
+    );
+    drop(started);
+}
+
 /// Bad limit flags are refused before any port is bound, naming the flag.
 #[test]
 fn bad_limit_flags_are_refused_before_binding() {

@@ -268,6 +268,94 @@ async fn a_stalled_watcher_neither_slows_others_nor_grows_past_one_entry_per_key
     server.stop().await;
 }
 
+/// Watches whose client leaves them unread fill their connection's budget of
+/// unread replies; their changes then wait in the server, coalesced, and once the
+/// client reads, each Watch gets the newest value of every key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_over_a_full_connection_budget_get_the_newest_values_once_read() {
+    const KEYS: usize = 16;
+    const WATCHES: usize = 6;
+    let dir = tempfile::tempdir().unwrap();
+    let options = Options {
+        connections: configwatch::server::ConnectionLimits {
+            reply_bytes_per_connection: 256 << 10,
+            ..Default::default()
+        },
+        ..Options::default()
+    };
+    let server = TestServer::start_with(dir.path(), options).await;
+    let mut writer = server.client("acme", Role::Writer).await;
+    let payload = "x".repeat(20_000);
+    let mut last = HashMap::new();
+    for i in 0..KEYS {
+        let key = format!("tenant_config_k{i}");
+        let e = put(&mut writer, &key, &format!("\"{i}:{payload}\"")).await;
+        last.insert(key, (e.version, e.value.clone()));
+    }
+    // One connection with small HTTP/2 windows: what it does not read stays in
+    // the server, and its Watches' initial states (~320 KB each) exceed its budget.
+    let token = server.token("acme", Role::Reader);
+    let channel = tonic::transport::Channel::from_shared(server.url())
+        .unwrap()
+        .initial_stream_window_size(65_535)
+        .initial_connection_window_size(65_535)
+        .connect()
+        .await
+        .unwrap();
+    let header: tonic::metadata::MetadataValue<_> = format!("Bearer {token}").parse().unwrap();
+    let mut reader = proto::config_service_client::ConfigServiceClient::with_interceptor(
+        channel,
+        move |mut r: tonic::Request<()>| {
+            r.metadata_mut().insert("authorization", header.clone());
+            Ok(r)
+        },
+    )
+    .max_decoding_message_size(usize::MAX);
+    let mut unread = Vec::new();
+    for _ in 0..WATCHES {
+        unread.push(
+            reader
+                .watch(watch_prefixes(&[]))
+                .await
+                .unwrap()
+                .into_inner(),
+        );
+    }
+    // 400 writes while nothing is read.
+    for i in 0..400 {
+        let key = format!("tenant_config_k{}", i % KEYS);
+        let e = put(&mut writer, &key, &format!("\"w{i}:{payload}\"")).await;
+        last.insert(key, (e.version, e.value.clone()));
+    }
+    let stats = server.hub.watcher_stats();
+    assert!(
+        stats.iter().all(|s| s.high_water <= KEYS),
+        "changes waiting beyond one per key: {stats:?}"
+    );
+    assert!(
+        stats.iter().filter(|s| s.pending > 0).count() >= WATCHES - 1,
+        "the unread Watches should have changes waiting: {stats:?}"
+    );
+    // Read all of them (at once: a connection's budget is shared).
+    let mut readers = Vec::new();
+    for mut stream in unread {
+        let last = last.clone();
+        readers.push(tokio::spawn(async move {
+            let mut cache = HashMap::new();
+            let (init, _) = initial(&mut stream).await;
+            apply(&mut cache, &init);
+            while cache != last {
+                let msg = next(&mut stream).await;
+                apply(&mut cache, &msg.changes);
+            }
+        }));
+    }
+    for r in readers {
+        r.await.unwrap();
+    }
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn an_idle_watch_gets_progress_it_can_resume_from() {
     let dir = tempfile::tempdir().unwrap();

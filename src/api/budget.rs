@@ -9,6 +9,10 @@
 //! control allows (so only a piece waits there, not the reply), and the reservation
 //! ends when the last piece is handed on. A reply not drained within the drain
 //! time is dropped, its stream reset and its bytes given back.
+//!
+//! Watch messages count against the connection's budget the same way
+//! ([`MeteredStream`]): a connection whose client reads nothing holds at most its
+//! budget of Watch messages, however many Watches it opens.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -241,6 +245,141 @@ where
     }
 }
 
+/// What a Watch reply may hold of its connection's budget (in the response's
+/// extensions, from the handler to the body).
+#[derive(Clone, Debug)]
+pub struct StreamBudget {
+    connection: ConnectionReplies,
+    /// Room a message is given before it is built: about the largest message.
+    room: u32,
+}
+
+impl StreamBudget {
+    /// A Watch on `connection` whose messages are about `largest` bytes at most.
+    pub fn new(connection: &ConnectionReplies, largest: usize) -> Self {
+        StreamBudget {
+            connection: connection.clone(),
+            room: clamp(largest, connection.capacity),
+        }
+    }
+}
+
+/// A streaming reply (a Watch) whose messages count against its connection's
+/// budget until the HTTP/2 layer takes them.
+///
+/// Before the inner body is asked for its next message, room for one message is
+/// taken from the connection's budget; while there is none (the client leaves
+/// its replies unread), the stream is not asked, so its changes keep coalescing
+/// where they are. Once the message is built, the room beyond its size is given
+/// back, and the rest as its pieces are handed on. The connection's budget only:
+/// a Watch never waits on what other clients hold. No drain time: a Watch is
+/// long-lived, and HTTP/2 keepalive finds dead peers.
+pub struct MeteredStream<B> {
+    inner: B,
+    budget: tokio_util::sync::PollSemaphore,
+    room: u32,
+    capacity: usize,
+    /// Room held for the message being handed on (or about to be built).
+    held: Option<OwnedSemaphorePermit>,
+    /// What the HTTP/2 layer has not taken yet.
+    rest: Bytes,
+}
+
+impl<B> MeteredStream<B> {
+    pub fn new(inner: B, budget: StreamBudget) -> Self {
+        MeteredStream {
+            inner,
+            budget: tokio_util::sync::PollSemaphore::new(budget.connection.bytes.clone()),
+            room: budget.room,
+            capacity: budget.connection.capacity,
+            held: None,
+            rest: Bytes::new(),
+        }
+    }
+
+    /// Hands on the next piece of the message and gives back the room of what has
+    /// left (the room held never exceeds the bytes still to go).
+    fn piece(&mut self) -> Bytes {
+        // The last piece is taken whole: an emptied `rest` would still share the
+        // encoder's buffer, and keep it from being reused while the Watch idles.
+        let piece = if self.rest.len() <= PIECE {
+            std::mem::take(&mut self.rest)
+        } else {
+            self.rest.split_to(PIECE)
+        };
+        if let Some(held) = self.held.as_mut() {
+            let extra = held.num_permits().saturating_sub(self.rest.len());
+            if extra >= held.num_permits() {
+                self.held = None;
+            } else if extra > 0 {
+                drop(held.split(extra));
+            }
+        }
+        piece
+    }
+}
+
+impl<B> http_body::Body for MeteredStream<B>
+where
+    B: http_body::Body<Data = Bytes, Error = Status> + Unpin,
+{
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        let this = &mut *self;
+        if !this.rest.is_empty() {
+            return Poll::Ready(Some(Ok(Frame::data(this.piece()))));
+        }
+        if this.held.is_none() {
+            match this.budget.poll_acquire_many(cx, this.room) {
+                Poll::Ready(Some(permit)) => this.held = Some(permit),
+                // Closed: never, the connection owns the semaphore. Go unmetered.
+                Poll::Ready(None) => {}
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                Ok(data) => {
+                    // A message larger than the room taken: take what more there
+                    // is without waiting (it is built already), up to the whole
+                    // budget.
+                    if let Some(held) = this.held.as_mut() {
+                        let want = data.len().min(this.capacity);
+                        let more = want.saturating_sub(held.num_permits());
+                        if more > 0
+                            && let Ok(more) = u32::try_from(more)
+                            && let Ok(permit) =
+                                this.budget.clone_inner().try_acquire_many_owned(more)
+                        {
+                            held.merge(permit);
+                        }
+                    }
+                    this.rest = data;
+                    Poll::Ready(Some(Ok(Frame::data(this.piece()))))
+                }
+                Err(trailers) => {
+                    this.held = None;
+                    Poll::Ready(Some(Ok(trailers)))
+                }
+            },
+            other => {
+                // Nothing to send yet (or the end): the room waits for no one.
+                this.held = None;
+                other
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.rest.is_empty() && self.inner.is_end_stream()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -325,6 +464,121 @@ mod tests {
         let _held = budget.reserve(100_000, None).await?;
         let refused = budget.reserve(10, None).await;
         assert!(refused.is_err_and(|s| s.code() == tonic::Code::ResourceExhausted));
+        Ok(())
+    }
+
+    type Frames = http_body_util::StreamBody<
+        futures_util::stream::BoxStream<'static, Result<Frame<Bytes>, Status>>,
+    >;
+
+    /// A Watch-like body: one data frame per message of `sizes`, then nothing
+    /// more (pending, as an idle Watch is); `built` counts the messages taken.
+    fn messages(sizes: &[usize], built: &Arc<std::sync::atomic::AtomicUsize>) -> Frames {
+        use futures_util::StreamExt as _;
+        let built = built.clone();
+        let frames: Vec<_> = sizes
+            .iter()
+            .map(|&n| Ok(Frame::data(Bytes::from(vec![1u8; n]))))
+            .collect();
+        http_body_util::StreamBody::new(
+            futures_util::stream::iter(frames)
+                .inspect(move |_| {
+                    built.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                })
+                .chain(futures_util::stream::pending())
+                .boxed(),
+        )
+    }
+
+    async fn data(body: &mut MeteredStream<Frames>) -> Result<Bytes, Status> {
+        let frame = tokio::time::timeout(Duration::from_secs(1), body.frame())
+            .await
+            .map_err(|_| Status::internal("no frame"))?
+            .ok_or_else(|| Status::internal("ended"))??;
+        frame.into_data().map_err(|_| Status::internal("trailers"))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_watch_message_holds_its_room_until_its_pieces_are_handed_on() -> Result<(), Status> {
+        let conn = ConnectionReplies::new(256 << 10);
+        let built = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut body = MeteredStream::new(
+            messages(&[40_000, 100], &built),
+            StreamBudget::new(&conn, 64 << 10),
+        );
+        let free = || conn.bytes.available_permits();
+        // The first piece out: the message's other bytes are held, not the room.
+        let mut left = 40_000;
+        while left > 0 {
+            let piece = data(&mut body).await?;
+            assert_eq!(piece.len(), left.min(PIECE));
+            left -= piece.len();
+            assert_eq!(free(), (256 << 10) - left);
+        }
+        assert_eq!(data(&mut body).await?.len(), 100);
+        assert_eq!(free(), 256 << 10);
+        // Idle: no message, no room held.
+        assert!(
+            tokio::time::timeout(Duration::from_secs(1), body.frame())
+                .await
+                .is_err()
+        );
+        assert_eq!(free(), 256 << 10);
+        assert_eq!(built.load(std::sync::atomic::Ordering::SeqCst), 2);
+        Ok(())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_connection_budget_keeps_the_next_watch_message_unbuilt() -> Result<(), Status> {
+        let conn = ConnectionReplies::new(100_000);
+        let built = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut body = MeteredStream::new(
+            messages(&[30_000], &built),
+            StreamBudget::new(&conn, 50_000),
+        );
+        // Unread replies on the connection hold 60,000 of its 100,000 bytes.
+        let unread = conn.bytes.clone().acquire_many_owned(60_000).await;
+        let unread = unread.map_err(|_| Status::internal("closed"))?;
+        assert!(
+            tokio::time::timeout(Duration::from_secs(10), body.frame())
+                .await
+                .is_err()
+        );
+        assert_eq!(
+            built.load(std::sync::atomic::Ordering::SeqCst),
+            0,
+            "not built"
+        );
+        drop(unread);
+        assert_eq!(data(&mut body).await?.len(), PIECE);
+        assert_eq!(built.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(conn.bytes.available_permits(), 100_000 - (30_000 - PIECE));
+        Ok(())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_watch_message_larger_than_the_budget_still_goes_alone() -> Result<(), Status> {
+        let conn = ConnectionReplies::new(50_000);
+        let built = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut big = MeteredStream::new(
+            messages(&[200_000], &built),
+            StreamBudget::new(&conn, 1 << 20),
+        );
+        let mut other =
+            MeteredStream::new(messages(&[10], &built), StreamBudget::new(&conn, 1 << 20));
+        let mut left = 200_000 - data(&mut big).await?.len();
+        // It holds the whole budget: another Watch on the connection waits.
+        assert_eq!(conn.bytes.available_permits(), 0);
+        assert!(
+            tokio::time::timeout(Duration::from_secs(1), other.frame())
+                .await
+                .is_err()
+        );
+        while left > 0 {
+            left -= data(&mut big).await?.len();
+        }
+        assert_eq!(data(&mut other).await?.len(), 10);
+        assert_eq!(conn.bytes.available_permits(), 50_000);
         Ok(())
     }
 }

@@ -364,6 +364,11 @@ impl ConfigService for ConfigApi {
         request: Request<proto::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let (id, scope) = caller(&request, &request.get_ref().tenant)?;
+        // Its messages count against the connection's budget of unread replies.
+        let budget = request
+            .extensions()
+            .get::<crate::server::ConnInfo>()
+            .map(|c| budget::StreamBudget::new(&c.replies, self.watch.max_batch_bytes));
         let req = request.into_inner();
         check_prefixes(&req.prefixes, &self.limits)?;
         if req.known_versions.len() > self.limits.max_known_versions {
@@ -428,12 +433,16 @@ impl ConfigService for ConfigApi {
             .await?;
         drop(slot);
         tracing::debug!(%scope, subject = %id.subject, mode = ?sub.mode, known = sent, "watch started");
-        Ok(Response::new(WatchStream::new(
+        let mut response = Response::new(WatchStream::new(
             sub,
             &self.watch,
             id.expires_at,
             &self.shutdown,
-        )))
+        ));
+        if let Some(budget) = budget {
+            response.extensions_mut().insert(budget);
+        }
+        Ok(response)
     }
 
     async fn put(
