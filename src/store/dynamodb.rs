@@ -55,7 +55,7 @@ use crate::keys::{self, TENANT_CONFIG};
 use crate::model::{Entry, Millis, Scope};
 
 /// One DynamoDB item, as the SDK hands it over.
-pub(crate) type Item = HashMap<String, AttributeValue>;
+pub type Item = HashMap<String, AttributeValue>;
 
 const PK: &str = "pk";
 const SK: &str = "sk";
@@ -88,7 +88,7 @@ pub enum ItemError {
 
 /// An item read as configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct ParsedItem {
+pub struct ParsedItem {
     pub scope: Scope,
     pub entry: Entry,
     /// Whether the item carries a `version` attribute (a tool that writes none
@@ -158,14 +158,14 @@ fn string_attr<'a>(item: &'a Item, name: &'static str) -> Result<&'a str, ItemEr
 }
 
 /// The scope and key an item (or a stream record's keys) names.
-pub(crate) fn parse_item_keys(item: &Item) -> Result<(Scope, String), ItemError> {
+pub fn parse_item_keys(item: &Item) -> Result<(Scope, String), ItemError> {
     let scope = parse_partition(string_attr(item, PK)?)?;
     let key = parse_sort_key(string_attr(item, SK)?)?;
     Ok((scope, key))
 }
 
 /// Whether an item is live: `isActive` missing or true.
-pub(crate) fn item_active(item: &Item) -> Result<bool, ItemError> {
+pub fn item_active(item: &Item) -> Result<bool, ItemError> {
     match item.get(IS_ACTIVE) {
         None | Some(AttributeValue::Null(_)) => Ok(true),
         Some(AttributeValue::Bool(b)) => Ok(*b),
@@ -177,7 +177,7 @@ pub(crate) fn item_active(item: &Item) -> Result<bool, ItemError> {
 }
 
 /// An item's `version`; `None` when it has none.
-pub(crate) fn item_version(item: &Item) -> Result<Option<u64>, ItemError> {
+pub fn item_version(item: &Item) -> Result<Option<u64>, ItemError> {
     match item.get(VERSION) {
         None | Some(AttributeValue::Null(_)) => Ok(None),
         Some(AttributeValue::N(n)) => {
@@ -197,7 +197,7 @@ pub(crate) fn item_version(item: &Item) -> Result<Option<u64>, ItemError> {
 }
 
 /// Reads an item as configuration: a live entry, or a tombstone when soft-deleted.
-pub(crate) fn parse_item(item: &Item) -> Result<ParsedItem, ItemError> {
+pub fn parse_item(item: &Item) -> Result<ParsedItem, ItemError> {
     let (scope, key) = parse_item_keys(item)?;
     let active = item_active(item)?;
     let version = item_version(item)?;
@@ -239,7 +239,7 @@ fn now_text() -> String {
 }
 
 /// A JSON value as an attribute. Numbers keep serde_json's text of them.
-pub(crate) fn json_to_attr(value: &Value) -> AttributeValue {
+pub fn json_to_attr(value: &Value) -> AttributeValue {
     match value {
         Value::Null => AttributeValue::Null(true),
         Value::Bool(b) => AttributeValue::Bool(*b),
@@ -261,7 +261,7 @@ fn number(text: &str) -> Result<serde_json::Number, String> {
 
 /// An attribute as JSON. Maps come out with sorted keys and sets sorted, so the same
 /// item always reads as the same text.
-pub(crate) fn attr_to_json(attr: &AttributeValue) -> Result<Value, String> {
+pub fn attr_to_json(attr: &AttributeValue) -> Result<Value, String> {
     let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
     Ok(match attr {
         AttributeValue::Null(_) => Value::Null,
