@@ -245,6 +245,10 @@ pub enum ValueError {
     SecretNotAllowed { key: String, allowed: &'static str },
     #[error("secret value for '{key}' must be a JSON string")]
     SecretNotString { key: String },
+    #[error(
+        "value for '{key}' has the number {number}, which cannot be kept exactly (integers must fit in 64 bits, other numbers in a double); send it as a JSON string"
+    )]
+    InexactNumber { key: String, number: String },
 }
 
 /// Validates a value for a key of `family` and returns it in canonical (compact) JSON.
@@ -299,6 +303,14 @@ pub fn validate_value(
             }
         }
     }
+    // Values come back exactly as written: a number the parsed value would round is
+    // refused rather than stored rounded.
+    if let Some(number) = inexact_number(value) {
+        return Err(ValueError::InexactNumber {
+            key: key.to_owned(),
+            number: quote_number(number),
+        });
+    }
     // Compact form: what is stored and pushed does not depend on the writer's spacing.
     let compact = parsed.to_string();
     if compact.len() > family.max_value_bytes {
@@ -310,6 +322,110 @@ pub fn validate_value(
         });
     }
     Ok(compact)
+}
+
+/// Longest number quoted back in a refusal.
+const QUOTED_NUMBER_CHARS: usize = 40;
+
+/// Whether a JSON number comes back with the value written: integers within 64 bits
+/// do; other numbers when the double they read as prints back as the same decimal
+/// value (`0.1`, `1.5e3`, not `123456789012345678901` or `0.10000000000000000001`).
+/// The spelling may change (`1.5e3` comes back as `1500.0`), the value may not.
+pub fn number_is_exact(text: &str) -> bool {
+    match serde_json::from_str::<serde_json::Number>(text) {
+        Ok(n) => decimal(text).is_some_and(|d| Some(d) == decimal(&n.to_string())),
+        Err(_) => false,
+    }
+}
+
+/// A JSON number's exact value: (negative, significant digits, power of ten), zero
+/// as (false, "", 0). `None` for text that is not a JSON number.
+fn decimal(text: &str) -> Option<(bool, String, i64)> {
+    let (negative, rest) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text),
+    };
+    let (mantissa, exponent) = match rest.find(['e', 'E']) {
+        Some(at) => (&rest[..at], &rest[at + 1..]),
+        None => (rest, "0"),
+    };
+    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let exponent = exponent.strip_prefix('+').unwrap_or(exponent);
+    let (exp_negative, exp_digits) = match exponent.strip_prefix('-') {
+        Some(digits) => (true, digits),
+        None => (false, exponent),
+    };
+    let digits_only = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits_only(int) || !(frac.is_empty() || digits_only(frac)) || !digits_only(exp_digits) {
+        return None;
+    }
+    // Exponents beyond any double saturate: such numbers are never exact anyway.
+    let mut power = exp_digits.bytes().fold(0i64, |p, b| {
+        p.saturating_mul(10).saturating_add(i64::from(b - b'0'))
+    });
+    if exp_negative {
+        power = -power;
+    }
+    power = power.saturating_sub(i64::try_from(frac.len()).unwrap_or(i64::MAX));
+    let mut digits: String = int
+        .chars()
+        .chain(frac.chars())
+        .skip_while(|&c| c == '0')
+        .collect();
+    while digits.ends_with('0') {
+        digits.pop();
+        power = power.saturating_add(1);
+    }
+    if digits.is_empty() {
+        return Some((false, String::new(), 0));
+    }
+    Some((negative, digits, power))
+}
+
+/// The first number in valid JSON text that would not keep its exact value.
+fn inexact_number(json: &str) -> Option<&str> {
+    let bytes = json.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => {
+                // Past the string, skipping escaped characters.
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'"' {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+                i += 1;
+            }
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                while i < bytes.len()
+                    && matches!(bytes[i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')
+                {
+                    i += 1;
+                }
+                let number = &json[start..i];
+                if !number_is_exact(number) {
+                    return Some(number);
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+/// A number as a refusal quotes it: at most [`QUOTED_NUMBER_CHARS`] characters.
+fn quote_number(number: &str) -> String {
+    if number.len() <= QUOTED_NUMBER_CHARS {
+        number.to_owned()
+    } else {
+        // Numbers are ASCII: any byte index is a character boundary.
+        format!(
+            "{}... ({} characters)",
+            &number[..QUOTED_NUMBER_CHARS],
+            number.len()
+        )
+    }
 }
 
 #[cfg(test)]
@@ -451,5 +567,52 @@ mod tests {
             validate_value(&PARAM_CONFIG, "k", &big, false),
             Err(ValueError::TooLarge { max: 8192, .. })
         ));
+    }
+    /// Found by the json_value fuzz target: `333333333333333333333` was accepted and
+    /// stored as `3.333333333333334e+20`.
+    #[test]
+    fn numbers_that_would_not_come_back_exactly_are_refused() {
+        let key = "tenant_config_ids";
+        let fuzz_input = std::str::from_utf8(&[0x33; 21]).unwrap_or_default();
+        for value in [
+            fuzz_input,
+            r#"{"id":123456789012345678901}"#,
+            "[1, 18446744073709551616]",
+            "-9223372036854775809",
+            "0.10000000000000000001",
+            "1e-400",
+        ] {
+            match validate_value(&TENANT_CONFIG, key, value, false) {
+                Err(ValueError::InexactNumber { key: k, number }) => {
+                    assert_eq!(k, key);
+                    assert!(value.contains(&number), "{number} not in {value}");
+                }
+                other => panic!("{value}: {other:?}"),
+            }
+        }
+        // A long number is quoted shortened.
+        let long = "1".repeat(300);
+        let message = validate_value(&TENANT_CONFIG, key, &long, false)
+            .map_err(|e| e.to_string())
+            .err()
+            .unwrap_or_default();
+        assert!(
+            message.contains("(300 characters)") && message.len() < 300,
+            "{message}"
+        );
+        // Exact numbers pass; compaction may respell them, never change their value.
+        assert_eq!(
+            validate_value(
+                &TENANT_CONFIG,
+                key,
+                r#"[18446744073709551615, -9223372036854775808, 0.1, 1.5e3, 2.50, 1e300, -0, "1e999"]"#,
+                false
+            ),
+            Ok(
+                r#"[18446744073709551615,-9223372036854775808,0.1,1500.0,2.5,1e+300,-0.0,"1e999"]"#
+                    .into()
+            )
+        );
+        assert!(number_is_exact("-6.7596900525965135e-155"));
     }
 }
