@@ -382,10 +382,19 @@ impl Authenticator {
             }
         };
         // The same moment a unary call starts refusing the token: exp plus leeway.
-        let expires_at = claims
-            .get("exp")
-            .and_then(numeric_date)
-            .map(|s| UNIX_EPOCH + Duration::from_secs(s) + rules.leeway);
+        // An exp beyond what the clock can hold is refused, not added up to a panic.
+        let expires_at = match claims.get("exp").and_then(numeric_date) {
+            None => None,
+            Some(s) => Some(
+                UNIX_EPOCH
+                    .checked_add(Duration::from_secs(s))
+                    .and_then(|t| t.checked_add(rules.leeway))
+                    .ok_or_else(|| AuthError::BadClaim {
+                        claim: "exp".into(),
+                        reason: "it is too far in the future".into(),
+                    })?,
+            ),
+        };
         let scope = match tenant {
             Some(t) => Some(Scope::new(t, service)?),
             None => None,
@@ -715,6 +724,27 @@ mod tests {
             id.expires_at,
             Some(UNIX_EPOCH + Duration::from_secs(exp + 5))
         );
+        Ok(())
+    }
+    /// Found by the token fuzz target: a correctly signed token whose exp is near
+    /// u64::MAX panicked the auth path ("overflow when adding duration to
+    /// `SystemTime`"). It is refused, UNAUTHENTICATED, every time (cached or not).
+    #[tokio::test]
+    async fn an_exp_beyond_the_clock_is_refused_not_a_panic() -> TestResult {
+        let keys = TestKeys::new()?;
+        let auth = auth(&keys, 5, 4);
+        for exp in [u64::MAX, 1 << 63, i64::MAX as u64] {
+            let token = keys.sign(&claims(exp))?;
+            for _ in 0..2 {
+                let refused = auth.verify(&token).await;
+                assert!(
+                    matches!(&refused, Err(AuthError::BadClaim { claim, .. }) if claim == "exp"),
+                    "exp {exp}: {refused:?}"
+                );
+                let status = tonic::Status::from(refused.err().ok_or("accepted")?);
+                assert_eq!(status.code(), tonic::Code::Unauthenticated);
+            }
+        }
         Ok(())
     }
 }
