@@ -259,29 +259,42 @@ fn number(text: &str) -> Result<serde_json::Number, String> {
         .map_err(|_| format!("'{text}' is not a number JSON can hold"))
 }
 
+/// Deepest nesting of lists and maps read from an item. DynamoDB itself allows 32
+/// levels; anything deeper than this (from another store or an emulator) is refused,
+/// so every value served is JSON that parsers with a nesting limit (serde_json's is
+/// 128) can read, and reading it cannot exhaust the stack.
+pub const MAX_NESTING: usize = 100;
+
 /// An attribute as JSON. Maps come out with sorted keys and sets sorted, so the same
 /// item always reads as the same text.
 pub fn attr_to_json(attr: &AttributeValue) -> Result<Value, String> {
+    attr_to_json_within(attr, MAX_NESTING)
+}
+
+fn attr_to_json_within(attr: &AttributeValue, depth: usize) -> Result<Value, String> {
     let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+    if matches!(attr, AttributeValue::L(_) | AttributeValue::M(_)) && depth == 0 {
+        return Err(format!(
+            "lists and maps are nested deeper than {MAX_NESTING} levels"
+        ));
+    }
+    let inner = |v: &AttributeValue| attr_to_json_within(v, depth.saturating_sub(1));
     Ok(match attr {
         AttributeValue::Null(_) => Value::Null,
         AttributeValue::Bool(b) => Value::Bool(*b),
         AttributeValue::N(n) => Value::Number(number(n)?),
         AttributeValue::S(s) => Value::String(s.clone()),
         AttributeValue::B(blob) => Value::String(b64(blob.as_ref())),
-        AttributeValue::L(items) => Value::Array(
-            items
-                .iter()
-                .map(attr_to_json)
-                .collect::<Result<Vec<_>, _>>()?,
-        ),
+        AttributeValue::L(items) => {
+            Value::Array(items.iter().map(inner).collect::<Result<Vec<_>, _>>()?)
+        }
         AttributeValue::M(map) => {
             let mut names: Vec<&String> = map.keys().collect();
             names.sort();
             let mut out = serde_json::Map::with_capacity(map.len());
             for name in names {
                 if let Some(v) = map.get(name) {
-                    out.insert(name.clone(), attr_to_json(v)?);
+                    out.insert(name.clone(), inner(v)?);
                 }
             }
             Value::Object(out)
@@ -810,6 +823,37 @@ mod tests {
         }
         let json = attr_to_json(&AttributeValue::N("-6.7596900525965135e-155".into()))?;
         assert_eq!(json.to_string(), "-6.7596900525965135e-155");
+        Ok(())
+    }
+    /// Found by the ddb_record fuzz target: an item whose config nested lists
+    /// deeper than serde_json reads (128 levels) was served as a value no client
+    /// could parse. Items nested deeper than MAX_NESTING are refused with a reason.
+    #[test]
+    fn items_nested_too_deep_are_refused() -> Result<(), Box<dyn std::error::Error>> {
+        let nested = |levels: usize| {
+            (0..levels).fold(AttributeValue::Bool(true), |inner, i| {
+                if i % 2 == 0 {
+                    AttributeValue::L(vec![inner])
+                } else {
+                    AttributeValue::M([("a".to_owned(), inner)].into())
+                }
+            })
+        };
+        let item = |config| {
+            item(&[
+                ("pk", s("TENANT#acme")),
+                ("sk", s("CONFIG#deep")),
+                ("config", config),
+            ])
+        };
+        let deep = parse_item(&item(nested(200)));
+        assert!(
+            matches!(&deep, Err(ItemError::BadAttribute { name: "config", reason }) if reason.contains("nested deeper")),
+            "{deep:?}"
+        );
+        let parsed = parse_item(&item(nested(MAX_NESTING)))?;
+        let value = parsed.entry.value.as_deref().ok_or("no value")?;
+        serde_json::from_str::<Value>(value)?;
         Ok(())
     }
 }
