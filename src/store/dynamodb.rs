@@ -259,7 +259,7 @@ fn number(text: &str) -> Result<serde_json::Number, String> {
         .map_err(|_| format!("'{text}' is not a number JSON can hold"))
 }
 
-/// Deepest nesting of lists and maps read from an item. DynamoDB itself allows 32
+/// Deepest nesting of lists, maps and sets read from an item. DynamoDB itself allows 32
 /// levels; anything deeper than this (from another store or an emulator) is refused,
 /// so every value served is JSON that parsers with a nesting limit (serde_json's is
 /// 128) can read, and reading it cannot exhaust the stack.
@@ -273,9 +273,18 @@ pub fn attr_to_json(attr: &AttributeValue) -> Result<Value, String> {
 
 fn attr_to_json_within(attr: &AttributeValue, depth: usize) -> Result<Value, String> {
     let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
-    if matches!(attr, AttributeValue::L(_) | AttributeValue::M(_)) && depth == 0 {
+    // Sets count as a level: each reads as a JSON array.
+    let nests = matches!(
+        attr,
+        AttributeValue::L(_)
+            | AttributeValue::M(_)
+            | AttributeValue::Ss(_)
+            | AttributeValue::Ns(_)
+            | AttributeValue::Bs(_)
+    );
+    if nests && depth == 0 {
         return Err(format!(
-            "lists and maps are nested deeper than {MAX_NESTING} levels"
+            "lists, maps and sets are nested deeper than {MAX_NESTING} levels"
         ));
     }
     let inner = |v: &AttributeValue| attr_to_json_within(v, depth.saturating_sub(1));
@@ -854,6 +863,16 @@ mod tests {
         let parsed = parse_item(&item(nested(MAX_NESTING)))?;
         let value = parsed.entry.value.as_deref().ok_or("no value")?;
         serde_json::from_str::<Value>(value)?;
+        // A set reads as an array, so it counts as a level, and what is read once
+        // reads the same after a write and a second read.
+        let with_set = |levels: usize| {
+            (0..levels).fold(AttributeValue::Ss(vec!["x".into()]), |inner, _| {
+                AttributeValue::L(vec![inner])
+            })
+        };
+        assert!(attr_to_json(&with_set(MAX_NESTING)).is_err());
+        let json = attr_to_json(&with_set(MAX_NESTING - 1))?;
+        assert_eq!(attr_to_json(&json_to_attr(&json))?, json);
         Ok(())
     }
 }
