@@ -355,10 +355,17 @@ pub fn removal(record: &ChangeRecord) -> Result<Removal, ItemError> {
             key,
             version,
         },
+        // A live item's tombstone goes one above it; an item already at the highest
+        // version has no version left for one, so the record cannot be applied.
         Some(Ok((Some(version), true))) => Removal::Tombstone {
             scope,
             key,
-            version: version + 1,
+            version: version
+                .checked_add(1)
+                .ok_or_else(|| ItemError::BadAttribute {
+                    name: "version",
+                    reason: format!("{version} leaves no version for its tombstone"),
+                })?,
         },
         // No version to go by: one above whatever is served.
         _ => Removal::AboveServed { scope, key },
@@ -1517,6 +1524,34 @@ mod tests {
         assert!(s.held("fresh").is_none());
         assert!(s.held("b").is_some_and(|e| e.deleted && e.version == 2));
         s.stop().await
+    }
+
+    /// A REMOVE of a live item at version u64::MAX overflowed computing its
+    /// tombstone's version (a panic with overflow checks; wrapped to version 0, a
+    /// delete every cache ignores, without). It is refused as a bad record.
+    #[test]
+    fn a_remove_at_the_highest_version_is_refused_not_overflowed() {
+        let mut record = put_record("9", "a", Some(u64::MAX), "1");
+        record.kind = ChangeKind::Remove;
+        record.old_image = record.new_image.take();
+        let refused = removal(&record);
+        assert!(
+            matches!(
+                &refused,
+                Err(ItemError::BadAttribute {
+                    name: "version",
+                    ..
+                })
+            ),
+            "{refused:?}"
+        );
+        let mut record = put_record("10", "a", Some(7), "1");
+        record.kind = ChangeKind::Remove;
+        record.old_image = record.new_image.take();
+        assert!(matches!(
+            removal(&record),
+            Ok(Removal::Tombstone { version: 8, .. })
+        ));
     }
 
     #[test]
