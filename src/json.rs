@@ -27,7 +27,7 @@ pub enum Json {
     Number(String),
     String(String),
     Array(Vec<Json>),
-    /// Members by name (a repeated name keeps its last value, as in serde_json).
+    /// Members by name (a name appears once: text that repeats one is refused).
     Object(BTreeMap<String, Json>),
 }
 
@@ -140,11 +140,22 @@ fn from_raw(text: &str, depth: usize, max_depth: usize) -> Result<Json, JsonErro
     Ok(match text.as_bytes().first() {
         Some(b'{') => {
             nested()?;
-            let members: BTreeMap<String, &RawValue> =
-                serde_json::from_str(text).map_err(syntax)?;
+            let Members(members) = serde_json::from_str(text).map_err(syntax)?;
             let mut out = BTreeMap::new();
             for (name, value) in members {
-                out.insert(name, from_raw(value.get(), depth + 1, max_depth)?);
+                let value = from_raw(value.get(), depth + 1, max_depth)?;
+                if out.contains_key(&name) {
+                    // A repeated name would mean one thing to one reader and another
+                    // to the next (and DynamoDB keeps one): refused, not guessed.
+                    let mut shown: String = name.chars().take(64).collect();
+                    if shown.len() < name.len() {
+                        shown.push_str("...");
+                    }
+                    return Err(JsonError::Syntax(format!(
+                        "the member name {shown:?} appears twice in one object"
+                    )));
+                }
+                out.insert(name, value);
             }
             Json::Object(out)
         }
@@ -166,6 +177,32 @@ fn from_raw(text: &str, depth: usize, max_depth: usize) -> Result<Json, JsonErro
         Some(_) => Json::Number(text.to_owned()),
         None => return Err(JsonError::Syntax("empty value".into())),
     })
+}
+
+/// An object's members in the order written, repeated names included.
+struct Members<'a>(Vec<(String, &'a RawValue)>);
+
+impl<'de: 'a, 'a> serde::Deserialize<'de> for Members<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Visit<'a> {
+            type Value = Members<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Members<'a>, A::Error> {
+                let mut out = Vec::new();
+                while let Some(member) = map.next_entry::<String, &'de RawValue>()? {
+                    out.push(member);
+                }
+                Ok(Members(out))
+            }
+        }
+        d.deserialize_map(Visit(std::marker::PhantomData))
+    }
 }
 
 /// Valid JSON text without the whitespace between its tokens; everything else
@@ -290,6 +327,19 @@ mod tests {
         ));
         assert!(!same_number("-1", "1"));
         assert!(!same_number("1e2", "1e3"));
+    }
+
+    #[test]
+    fn a_repeated_member_name_is_refused() {
+        // Found by the json_value fuzz target: the first of two "" members held a
+        // number out of range that only the last one's value was checked against.
+        let text = r#"{"":[12333133333333.133333e3456789,7],"":null}"#;
+        let refused = Json::parse(text, 32);
+        assert!(
+            matches!(&refused, Err(JsonError::Syntax(why)) if why.contains("appears twice")),
+            "{refused:?}"
+        );
+        assert!(Json::parse(r#"{"a":{"x":1},"b":{"x":2}}"#, 32).is_ok());
     }
 
     #[test]

@@ -27,6 +27,19 @@ pub struct IdError {
     pub id: String,
 }
 
+/// An invalid id as an error quotes it: its first [`MAX_ID_BYTES`] bytes (at a
+/// character boundary), so a refusal stays small whatever the caller sent.
+fn quoted_id(id: &str) -> String {
+    if id.len() <= MAX_ID_BYTES {
+        return id.to_owned();
+    }
+    let mut end = MAX_ID_BYTES;
+    while !id.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} bytes)", &id[..end], id.len())
+}
+
 fn valid_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= MAX_ID_BYTES
@@ -47,7 +60,7 @@ impl Scope {
         if !valid_id(tenant) {
             return Err(IdError {
                 what: "tenant",
-                id: tenant.to_owned(),
+                id: quoted_id(tenant),
             });
         }
         let service = match service {
@@ -56,7 +69,7 @@ impl Scope {
             Some(s) => {
                 return Err(IdError {
                     what: "service",
-                    id: s.to_owned(),
+                    id: quoted_id(s),
                 });
             }
         };
@@ -198,5 +211,27 @@ mod tests {
         }
         assert!(Scope::new("acme", Some("x/y")).is_err());
         assert!(Scope::tenant(&"t".repeat(129)).is_err());
+    }
+    /// The request fuzz target's refusal-size check: a Get naming a 3,000-byte
+    /// tenant was refused with a 3,110-byte message that quoted all of it (gRPC
+    /// carries the message in metadata, limited to 8 KiB in all).
+    #[test]
+    fn refusals_quote_long_ids_shortened() {
+        let long = "x".repeat(3000);
+        let e = Scope::tenant(&long)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.len() < 400 && e.contains("(3000 bytes)"), "{e}");
+        let e = Scope::new("acme", Some(&"é".repeat(1000)))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.len() < 400 && e.contains("service id"), "{e}");
+        let e = Scope::tenant("a b")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains(r#""a b""#), "{e}");
     }
 }

@@ -205,7 +205,8 @@ fn require_writer(id: &Identity) -> Result<(), Status> {
     }
 }
 
-fn check_prefixes(prefixes: &[String], limits: &Limits) -> Result<(), Status> {
+/// Validates a Get's or Watch's prefixes against the limits.
+pub fn check_prefixes(prefixes: &[String], limits: &Limits) -> Result<(), Status> {
     if prefixes.len() > limits.max_prefixes {
         return Err(Status::invalid_argument(format!(
             "{} prefixes given; the limit is {}",

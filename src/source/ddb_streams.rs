@@ -73,7 +73,7 @@ use crate::hub::Hub;
 use crate::model::{Entry, Scope, now_millis};
 use crate::store::StoreError;
 use crate::store::dynamodb::{
-    DynamoBackend, Failure, ParsedItem, classify, item_active, item_version, parse_item,
+    DynamoBackend, Failure, ItemError, ParsedItem, classify, item_active, item_version, parse_item,
     parse_item_keys, same_json,
 };
 
@@ -307,7 +307,9 @@ fn convert_image(image: &HashMap<String, st::AttributeValue>) -> Image {
     image.iter().map(|(k, v)| (k.clone(), convert(v))).collect()
 }
 
-fn convert_record(record: &st::Record) -> Option<ChangeRecord> {
+/// A stream record as configwatch reads it; `None` when it lacks what every record
+/// has (its data, event name or sequence number).
+pub fn convert_record(record: &st::Record) -> Option<ChangeRecord> {
     let data = record.dynamodb()?;
     let kind = match record.event_name()? {
         st::OperationType::Insert => ChangeKind::Insert,
@@ -321,6 +323,52 @@ fn convert_record(record: &st::Record) -> Option<ChangeRecord> {
         keys: data.keys().map(convert_image).unwrap_or_default(),
         new_image: data.new_image().map(convert_image),
         old_image: data.old_image().map(convert_image),
+    })
+}
+
+/// What a REMOVE record asks of the hub.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Removal {
+    /// A tombstone at this version.
+    Tombstone {
+        scope: Scope,
+        key: String,
+        version: u64,
+    },
+    /// A tombstone one above whatever is served: the record has no usable version.
+    AboveServed { scope: Scope, key: String },
+}
+
+/// Reads a REMOVE record: the key from its old image (or its keys), and the version
+/// its tombstone takes.
+pub fn removal(record: &ChangeRecord) -> Result<Removal, ItemError> {
+    let image = record.old_image.as_ref().unwrap_or(&record.keys);
+    let (scope, key) = parse_item_keys(image)?;
+    let old = record
+        .old_image
+        .as_ref()
+        .map(|old| Ok::<_, ItemError>((item_version(old)?, item_active(old)?)));
+    Ok(match old {
+        // An item already soft-deleted: its tombstone is at its own version.
+        Some(Ok((Some(version), false))) => Removal::Tombstone {
+            scope,
+            key,
+            version,
+        },
+        // A live item's tombstone goes one above it; an item already at the highest
+        // version has no version left for one, so the record cannot be applied.
+        Some(Ok((Some(version), true))) => Removal::Tombstone {
+            scope,
+            key,
+            version: version
+                .checked_add(1)
+                .ok_or_else(|| ItemError::BadAttribute {
+                    name: "version",
+                    reason: format!("{version} leaves no version for its tombstone"),
+                })?,
+        },
+        // No version to go by: one above whatever is served.
+        _ => Removal::AboveServed { scope, key },
     })
 }
 
@@ -840,28 +888,20 @@ impl<S: StreamApi, V: VersionWriter> Reader<S, V> {
     }
 
     fn apply_remove(&self, record: &ChangeRecord) {
-        let image = record.old_image.as_ref().unwrap_or(&record.keys);
-        let (scope, key) = match parse_item_keys(image) {
-            Ok(found) => found,
+        let applied = match removal(record) {
+            Ok(Removal::Tombstone {
+                scope,
+                key,
+                version,
+            }) => self
+                .hub()
+                .apply(&scope, Entry::tombstone(&key, version, now_millis())),
+            Ok(Removal::AboveServed { scope, key }) => self.hub().remove_if_live(&scope, &key),
             Err(e) => {
                 tracing::warn!(sequence = %record.sequence, error = %e, "skipping a REMOVE record that names no configuration key");
                 SourceCounters::add(&self.ctx.counters.stream_records_skipped, 1);
                 return;
             }
-        };
-        let old = record.old_image.as_ref().map(|old| {
-            Ok::<_, crate::store::dynamodb::ItemError>((item_version(old)?, item_active(old)?))
-        });
-        let applied = match old {
-            // An item already soft-deleted: its tombstone is at its own version.
-            Some(Ok((Some(version), false))) => self
-                .hub()
-                .apply(&scope, Entry::tombstone(&key, version, now_millis())),
-            Some(Ok((Some(version), true))) => self
-                .hub()
-                .apply(&scope, Entry::tombstone(&key, version + 1, now_millis())),
-            // No version to go by: one above whatever is served.
-            _ => self.hub().remove_if_live(&scope, &key),
         };
         if applied.is_some() {
             SourceCounters::add(&self.ctx.counters.stream_records_applied, 1);
@@ -1479,6 +1519,34 @@ mod tests {
         assert!(s.held("fresh").is_none());
         assert!(s.held("b").is_some_and(|e| e.deleted && e.version == 2));
         s.stop().await
+    }
+
+    /// A REMOVE of a live item at version u64::MAX overflowed computing its
+    /// tombstone's version (a panic with overflow checks; wrapped to version 0, a
+    /// delete every cache ignores, without). It is refused as a bad record.
+    #[test]
+    fn a_remove_at_the_highest_version_is_refused_not_overflowed() {
+        let mut record = put_record("9", "a", Some(u64::MAX), "1");
+        record.kind = ChangeKind::Remove;
+        record.old_image = record.new_image.take();
+        let refused = removal(&record);
+        assert!(
+            matches!(
+                &refused,
+                Err(ItemError::BadAttribute {
+                    name: "version",
+                    ..
+                })
+            ),
+            "{refused:?}"
+        );
+        let mut record = put_record("10", "a", Some(7), "1");
+        record.kind = ChangeKind::Remove;
+        record.old_image = record.new_image.take();
+        assert!(matches!(
+            removal(&record),
+            Ok(Removal::Tombstone { version: 8, .. })
+        ));
     }
 
     #[test]

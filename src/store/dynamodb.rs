@@ -55,7 +55,7 @@ use crate::keys::{self, TENANT_CONFIG};
 use crate::model::{Entry, Millis, Scope};
 
 /// One DynamoDB item, as the SDK hands it over.
-pub(crate) type Item = HashMap<String, AttributeValue>;
+pub type Item = HashMap<String, AttributeValue>;
 
 const PK: &str = "pk";
 const SK: &str = "sk";
@@ -88,7 +88,7 @@ pub enum ItemError {
 
 /// An item read as configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct ParsedItem {
+pub struct ParsedItem {
     pub scope: Scope,
     pub entry: Entry,
     /// Whether the item carries a `version` attribute (a tool that writes none
@@ -158,14 +158,14 @@ fn string_attr<'a>(item: &'a Item, name: &'static str) -> Result<&'a str, ItemEr
 }
 
 /// The scope and key an item (or a stream record's keys) names.
-pub(crate) fn parse_item_keys(item: &Item) -> Result<(Scope, String), ItemError> {
+pub fn parse_item_keys(item: &Item) -> Result<(Scope, String), ItemError> {
     let scope = parse_partition(string_attr(item, PK)?)?;
     let key = parse_sort_key(string_attr(item, SK)?)?;
     Ok((scope, key))
 }
 
 /// Whether an item is live: `isActive` missing or true.
-pub(crate) fn item_active(item: &Item) -> Result<bool, ItemError> {
+pub fn item_active(item: &Item) -> Result<bool, ItemError> {
     match item.get(IS_ACTIVE) {
         None | Some(AttributeValue::Null(_)) => Ok(true),
         Some(AttributeValue::Bool(b)) => Ok(*b),
@@ -177,7 +177,7 @@ pub(crate) fn item_active(item: &Item) -> Result<bool, ItemError> {
 }
 
 /// An item's `version`; `None` when it has none.
-pub(crate) fn item_version(item: &Item) -> Result<Option<u64>, ItemError> {
+pub fn item_version(item: &Item) -> Result<Option<u64>, ItemError> {
     match item.get(VERSION) {
         None | Some(AttributeValue::Null(_)) => Ok(None),
         Some(AttributeValue::N(n)) => {
@@ -197,7 +197,7 @@ pub(crate) fn item_version(item: &Item) -> Result<Option<u64>, ItemError> {
 }
 
 /// Reads an item as configuration: a live entry, or a tombstone when soft-deleted.
-pub(crate) fn parse_item(item: &Item) -> Result<ParsedItem, ItemError> {
+pub fn parse_item(item: &Item) -> Result<ParsedItem, ItemError> {
     let (scope, key) = parse_item_keys(item)?;
     let active = item_active(item)?;
     let version = item_version(item)?;
@@ -240,7 +240,7 @@ fn now_text() -> String {
 
 /// A JSON value as an attribute. Numbers keep their text as written, so DynamoDB
 /// receives exactly the number the writer sent.
-pub(crate) fn json_to_attr(value: &Json) -> AttributeValue {
+pub fn json_to_attr(value: &Json) -> AttributeValue {
     match value {
         Json::Null => AttributeValue::Null(true),
         Json::Bool(b) => AttributeValue::Bool(*b),
@@ -264,25 +264,47 @@ fn number(text: &str) -> Result<Json, String> {
     }
 }
 
+/// Deepest nesting of lists, maps and sets read from an item. DynamoDB itself allows 32
+/// levels; anything deeper than this (from another store or an emulator) is refused,
+/// so every value served is JSON that parsers with a nesting limit (serde_json's is
+/// 128) can read, and reading it cannot exhaust the stack.
+pub const MAX_NESTING: usize = 100;
+
 /// An attribute as JSON. Maps come out with sorted keys and sets sorted, so the same
 /// item always reads as the same text; numbers come out with DynamoDB's digits.
-pub(crate) fn attr_to_json(attr: &AttributeValue) -> Result<Json, String> {
+pub fn attr_to_json(attr: &AttributeValue) -> Result<Json, String> {
+    attr_to_json_within(attr, MAX_NESTING)
+}
+
+fn attr_to_json_within(attr: &AttributeValue, depth: usize) -> Result<Json, String> {
     let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+    // Sets count as a level: each reads as a JSON array.
+    let nests = matches!(
+        attr,
+        AttributeValue::L(_)
+            | AttributeValue::M(_)
+            | AttributeValue::Ss(_)
+            | AttributeValue::Ns(_)
+            | AttributeValue::Bs(_)
+    );
+    if nests && depth == 0 {
+        return Err(format!(
+            "lists, maps and sets are nested deeper than {MAX_NESTING} levels"
+        ));
+    }
+    let inner = |v: &AttributeValue| attr_to_json_within(v, depth.saturating_sub(1));
     Ok(match attr {
         AttributeValue::Null(_) => Json::Null,
         AttributeValue::Bool(b) => Json::Bool(*b),
         AttributeValue::N(n) => number(n)?,
         AttributeValue::S(s) => Json::String(s.clone()),
         AttributeValue::B(blob) => Json::String(b64(blob.as_ref())),
-        AttributeValue::L(items) => Json::Array(
-            items
-                .iter()
-                .map(attr_to_json)
-                .collect::<Result<Vec<_>, _>>()?,
-        ),
+        AttributeValue::L(items) => {
+            Json::Array(items.iter().map(inner).collect::<Result<Vec<_>, _>>()?)
+        }
         AttributeValue::M(map) => Json::Object(
             map.iter()
-                .map(|(k, v)| Ok((k.clone(), attr_to_json(v)?)))
+                .map(|(k, v)| Ok((k.clone(), inner(v)?)))
                 .collect::<Result<_, String>>()?,
         ),
         AttributeValue::Ss(set) => {
@@ -788,5 +810,60 @@ mod tests {
             r#"{"id":123456789012345678901}"#,
             r#"{"id":123456789012345678902}"#
         ));
+    }
+
+    /// Found by the ddb_record fuzz target: a number read from an item, written back
+    /// and read again came back one unit in the last place off.
+    #[test]
+    fn numbers_survive_a_read_write_read() -> Result<(), Box<dyn std::error::Error>> {
+        for text in ["-6.7596900525965135e-155", "0.1", "1.7976931348623157e308"] {
+            let json = attr_to_json(&AttributeValue::N(text.into()))?;
+            assert_eq!(attr_to_json(&json_to_attr(&json))?, json, "{text}");
+        }
+        let json = attr_to_json(&AttributeValue::N("-6.7596900525965135e-155".into()))?;
+        assert_eq!(json.to_text(), "-6.7596900525965135e-155");
+        Ok(())
+    }
+
+    /// Found by the ddb_record fuzz target: an item whose config nested lists
+    /// deeper than serde_json reads (128 levels) was served as a value no client
+    /// could parse. Items nested deeper than MAX_NESTING are refused with a reason.
+    #[test]
+    fn items_nested_too_deep_are_refused() -> Result<(), Box<dyn std::error::Error>> {
+        let nested = |levels: usize| {
+            (0..levels).fold(AttributeValue::Bool(true), |inner, i| {
+                if i % 2 == 0 {
+                    AttributeValue::L(vec![inner])
+                } else {
+                    AttributeValue::M([("a".to_owned(), inner)].into())
+                }
+            })
+        };
+        let item = |config| {
+            item(&[
+                ("pk", s("TENANT#acme")),
+                ("sk", s("CONFIG#deep")),
+                ("config", config),
+            ])
+        };
+        let deep = parse_item(&item(nested(200)));
+        assert!(
+            matches!(&deep, Err(ItemError::BadAttribute { name: "config", reason }) if reason.contains("nested deeper")),
+            "{deep:?}"
+        );
+        let parsed = parse_item(&item(nested(MAX_NESTING)))?;
+        let value = parsed.entry.value.as_deref().ok_or("no value")?;
+        Json::parse(value, json::MAX_DEPTH)?;
+        // A set reads as an array, so it counts as a level, and what is read once
+        // reads the same after a write and a second read.
+        let with_set = |levels: usize| {
+            (0..levels).fold(AttributeValue::Ss(vec!["x".into()]), |inner, _| {
+                AttributeValue::L(vec![inner])
+            })
+        };
+        assert!(attr_to_json(&with_set(MAX_NESTING)).is_err());
+        let json = attr_to_json(&with_set(MAX_NESTING - 1))?;
+        assert_eq!(attr_to_json(&json_to_attr(&json))?, json);
+        Ok(())
     }
 }
