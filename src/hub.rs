@@ -211,15 +211,6 @@ pub struct Resync {
     pub regressed: Vec<(String, u64, u64)>,
 }
 
-/// A snapshot for `Get`.
-#[derive(Debug)]
-pub struct Snapshot {
-    /// Live entries, by key; secrets without values.
-    pub entries: Vec<Arc<Entry>>,
-    pub revision: u64,
-    pub resume_token: String,
-}
-
 /// What one page of a `Get` asks for.
 #[derive(Debug, Clone, Copy)]
 pub struct PageRequest<'a> {
@@ -740,38 +731,6 @@ impl Hub {
             revision,
             filter: filter_hash(scope, prefixes),
         }
-    }
-
-    /// Live entries with the given keys or under the given prefixes (neither: all),
-    /// and a token that resumes a watch on `prefixes` from exactly this state.
-    pub async fn snapshot(
-        &self,
-        scope: &Scope,
-        keys: &[String],
-        prefixes: &[String],
-    ) -> Result<Snapshot, StoreError> {
-        let view = self.view(scope).await?;
-        let st = lock(&view.state);
-        let mut out: BTreeMap<Arc<str>, Arc<Entry>> = BTreeMap::new();
-        for key in keys {
-            if let Some(e) = st.entries.get(key.as_str()).filter(|e| !e.deleted) {
-                out.insert(e.key.clone(), e.clone());
-            }
-        }
-        let set = if keys.is_empty() || !prefixes.is_empty() {
-            let set = PrefixSet::new(prefixes.iter().cloned());
-            for e in st.under(&set).filter(|e| !e.deleted) {
-                out.insert(e.key.clone(), e.clone());
-            }
-            set
-        } else {
-            PrefixSet::new(keys.iter().map(|k| format!("\u{0}{k}")))
-        };
-        Ok(Snapshot {
-            entries: out.into_values().collect(),
-            revision: st.revision,
-            resume_token: self.token(scope, &set, st.revision).encode(),
-        })
     }
 
     /// One page of live entries with the given keys or under the given prefixes
@@ -1542,7 +1501,19 @@ mod tests {
     -> Result<(), Box<dyn std::error::Error>> {
         let scope = Scope::tenant("t").map_err(|e| StoreError::Internal(e.to_string()))?;
         let hub = hub(vec![]);
-        let snap = hub.snapshot(&scope, &[], &[]).await?;
+        let snap = hub
+            .snapshot_page(
+                &scope,
+                PageRequest {
+                    keys: &[],
+                    prefixes: &[],
+                    after: None,
+                    at: None,
+                    max_entries: 1_000,
+                    max_bytes: 1 << 20,
+                },
+            )
+            .await?;
         let token = ResumeToken::decode(&snap.resume_token)
             .ok()
             .flatten()

@@ -103,15 +103,6 @@ impl Json {
         }
     }
 
-    /// The deepest nesting of arrays and objects (a scalar is 0).
-    pub fn depth(&self) -> usize {
-        match self {
-            Json::Array(items) => 1 + items.iter().map(Json::depth).max().unwrap_or(0),
-            Json::Object(members) => 1 + members.values().map(Json::depth).max().unwrap_or(0),
-            _ => 0,
-        }
-    }
-
     /// Every number's text, depth first.
     pub fn numbers<'a>(&'a self, out: &mut Vec<&'a str>) {
         match self {
