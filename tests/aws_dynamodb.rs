@@ -583,14 +583,7 @@ async fn numbers_keep_every_digit_through_dynamodb_and_its_stream() {
     );
 
     // A fresh load reads the same digits.
-    let got = c
-        .get(proto::GetRequest {
-            keys: vec!["tenant_config_ids".into()],
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let got = get_keys(&mut c, &["tenant_config_ids"]).await;
     assert!(got.entries[0].value.contains("123456789012345678902"));
     env.stop().await;
 }

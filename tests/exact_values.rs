@@ -27,28 +27,14 @@ async fn numbers_come_back_exactly_as_written_through_get_and_watch() {
     assert_eq!(e.value, written, "the Put answer");
     let pushed = changes(&mut w, 1).await;
     assert_eq!(pushed[0].value, written, "the Watch delta");
-    let got = c
-        .get(proto::GetRequest {
-            keys: vec!["tenant_config_ids".into()],
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let got = get_keys(&mut c, &["tenant_config_ids"]).await;
     assert_eq!(got.entries[0].value, written, "Get");
 
     // After a restart, from the store itself.
     server.stop().await;
     let server = TestServer::start(dir.path()).await;
     let mut c = server.client("acme", Role::Writer).await;
-    let got = c
-        .get(proto::GetRequest {
-            keys: vec!["tenant_config_ids".into()],
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let got = get_keys(&mut c, &["tenant_config_ids"]).await;
     assert_eq!(got.entries[0].value, written, "Get after a restart");
     server.stop().await;
 }
@@ -231,14 +217,7 @@ async fn the_first_put_to_a_tenant_nobody_has_read_answers_its_revision() {
     let mut c = server.client("acme", Role::Writer).await;
     let written = put(&mut c, "tenant_config_b", "2").await;
     assert_ne!(written.revision, 0, "the Put answer names a revision");
-    let got = c
-        .get(proto::GetRequest {
-            keys: vec!["tenant_config_b".into()],
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let got = get_keys(&mut c, &["tenant_config_b"]).await;
     assert_eq!(got.entries[0].version, written.version);
     assert_eq!(got.entries[0].revision, written.revision);
     let deleted = delete(&mut c, "tenant_config_a").await;

@@ -200,6 +200,18 @@ pub async fn put(client: &mut Client, key: &str, value: &str) -> proto::Entry {
         .expect("entry")
 }
 
+/// A Get of exact keys.
+pub async fn get_keys(client: &mut Client, keys: &[&str]) -> proto::GetResponse {
+    client
+        .get(proto::GetRequest {
+            keys: keys.iter().map(|k| (*k).to_owned()).collect(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|s| panic!("get {keys:?}: {s:?}"))
+        .into_inner()
+}
+
 pub async fn delete(client: &mut Client, key: &str) -> proto::Entry {
     client
         .delete(proto::DeleteRequest {
