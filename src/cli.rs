@@ -710,8 +710,10 @@ async fn start_aws(
     let sdk = crate::aws::sdk_config(args.region.clone()).await;
     let dynamodb = aws_sdk_dynamodb::Client::new(&sdk);
     // The identity comes from the table: wait for it as the stream reader would.
-    let mut backoff =
-        crate::backoff::Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+    let mut backoff = configwatch_client::Retry::new(configwatch_client::Backoff::doubling(
+        Duration::from_millis(500),
+        Duration::from_secs(30),
+    ));
     let store_id = loop {
         match crate::store::identity::aws_store_id(&dynamodb, &settings.table, &settings.ssm_root)
             .await
@@ -719,7 +721,7 @@ async fn start_aws(
             Ok(id) => break id,
             Err(e) => tracing::error!(error = %e, "cannot derive the store identity yet; retrying"),
         }
-        tokio::time::sleep(backoff.next_delay()).await;
+        tokio::time::sleep(backoff.failed()).await;
     };
     tracing::info!(%store_id, "store identity derived from the table and the Parameter Store root");
     let ssm = Arc::new(SsmBackend::new(

@@ -26,7 +26,6 @@
 pub mod api;
 pub mod auth;
 pub mod aws;
-pub mod backoff;
 pub mod cli;
 pub mod hub;
 pub mod json;

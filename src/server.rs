@@ -277,7 +277,10 @@ pub async fn accept_loop(
     let mut handshaking: std::collections::VecDeque<CancellationToken> =
         std::collections::VecDeque::with_capacity(max_handshakes);
     let refused = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let mut backoff = Duration::ZERO;
+    let mut backoff = configwatch_client::Retry::new(configwatch_client::Backoff::doubling(
+        Duration::from_millis(5),
+        MAX_ACCEPT_BACKOFF,
+    ));
     // The current episode of resource errors: how many, and when the last was.
     let mut errors: u64 = 0;
     let mut last_error = tokio::time::Instant::now();
@@ -297,10 +300,9 @@ pub async fn accept_loop(
                 }
                 errors += 1;
                 last_error = tokio::time::Instant::now();
-                backoff = (backoff * 2).clamp(Duration::from_millis(5), MAX_ACCEPT_BACKOFF);
                 tokio::select! {
                     () = stop.cancelled() => return,
-                    () = tokio::time::sleep(backoff) => {}
+                    () = tokio::time::sleep(backoff.failed()) => {}
                 }
                 continue;
             }
@@ -316,7 +318,7 @@ pub async fn accept_loop(
             tracing::info!(errors, "accepting connections again");
             errors = 0;
         }
-        backoff = Duration::ZERO;
+        backoff.succeeded();
         // Without TCP_NODELAY, every message larger than a segment waits ~40 ms for
         // a delayed ACK. Keepalive finds peers that vanished without a FIN.
         let _ = socket.set_nodelay(true);

@@ -68,7 +68,6 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{SourceContext, SourceCounters};
-use crate::backoff::Backoff;
 use crate::hub::Hub;
 use crate::model::{Entry, Scope, now_millis};
 use crate::store::StoreError;
@@ -76,6 +75,7 @@ use crate::store::dynamodb::{
     DynamoBackend, Failure, ItemError, ParsedItem, classify, item_active, item_version, parse_item,
     parse_item_keys, same_json,
 };
+use configwatch_client::{Backoff, Retry};
 
 /// An item image from a stream record.
 pub type Image = HashMap<String, AttributeValue>;
@@ -517,7 +517,10 @@ pub async fn run(
     table: String,
     shutdown: CancellationToken,
 ) {
-    let mut backoff = Backoff::new(settings.poll_interval, settings.max_backoff);
+    let mut backoff = Retry::new(Backoff::doubling(
+        settings.poll_interval,
+        settings.max_backoff,
+    ));
     let arn = loop {
         match stream_arn(&dynamodb, &table).await {
             Ok(arn) => break arn,
@@ -525,7 +528,7 @@ pub async fn run(
         }
         tokio::select! {
             () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(backoff.next_delay()) => {}
+            () = tokio::time::sleep(backoff.failed()) => {}
         }
     };
     tracing::info!(%table, stream = %arn, "reading the DynamoDB stream");
@@ -542,7 +545,10 @@ pub async fn run_with<S: StreamApi, V: VersionWriter>(
     versions: V,
     shutdown: CancellationToken,
 ) {
-    let mut backoff = Backoff::new(settings.poll_interval, settings.max_backoff);
+    let mut backoff = Retry::new(Backoff::doubling(
+        settings.poll_interval,
+        settings.max_backoff,
+    ));
     let poll = settings.poll_interval;
     let mut reader = Reader::new(ctx, settings, api, versions);
     loop {
@@ -551,9 +557,9 @@ pub async fn run_with<S: StreamApi, V: VersionWriter>(
             trouble = reader.tick() => trouble,
         };
         let wait = if trouble {
-            backoff.next_delay()
+            backoff.failed()
         } else {
-            backoff.reset();
+            backoff.succeeded();
             poll
         };
         tokio::select! {

@@ -45,10 +45,10 @@ use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 use super::{SourceContext, SourceCounters};
-use crate::backoff::Backoff;
 use crate::model::Entry;
 use crate::store::ssm::SsmBackend;
 use crate::store::{Backend, StoreError};
+use configwatch_client::{Backoff, Retry};
 
 /// The `source` of Parameter Store events.
 pub const EVENT_SOURCE: &str = "aws.ssm";
@@ -181,7 +181,7 @@ pub async fn run(
         .operation_timeout(wait + TIMEOUT_MARGIN)
         .operation_attempt_timeout(wait + TIMEOUT_MARGIN)
         .build();
-    let mut backoff = Backoff::new(settings.retry_base, settings.retry_max);
+    let mut backoff = Retry::new(Backoff::doubling(settings.retry_base, settings.retry_max));
     tracing::info!(queue = %queue_url, root = backend.root(), "reading Parameter Store events");
     loop {
         let receive = sqs
@@ -201,11 +201,11 @@ pub async fn run(
         };
         let messages = match received {
             Ok(out) => {
-                backoff.reset();
+                backoff.succeeded();
                 out.messages.unwrap_or_default()
             }
             Err(e) => {
-                let delay = backoff.next_delay();
+                let delay = backoff.failed();
                 tracing::warn!(
                     queue = %queue_url,
                     error = %DisplayErrorContext(&e),

@@ -53,9 +53,9 @@ use aws_sdk_ssm::types::{Parameter, ParameterTier, ParameterType};
 use serde_json::Value;
 
 use super::{Backend, StoreError, Write, check_expected};
-use crate::backoff::Backoff;
 use crate::keys::{self, PARAM_CONFIG};
 use crate::model::{Entry, Scope, now_millis};
+use configwatch_client::{Backoff, Retry};
 
 /// Attempts of a read (`GetParametersByPath` page, `GetParameter`) before it is
 /// reported [`StoreError::Unavailable`].
@@ -138,7 +138,13 @@ impl SsmBackend {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, StoreError>>,
     {
-        retrying(what, READ_ATTEMPTS, Backoff::new(RETRY_BASE, RETRY_MAX), op).await
+        retrying(
+            what,
+            READ_ATTEMPTS,
+            Retry::new(Backoff::doubling(RETRY_BASE, RETRY_MAX)),
+            op,
+        )
+        .await
     }
 
     /// The parameter, or `None` when it does not exist.
@@ -352,7 +358,7 @@ impl Backend for SsmBackend {
 async fn retrying<T, F, Fut>(
     what: &str,
     attempts: u32,
-    mut backoff: Backoff,
+    mut backoff: Retry,
     mut op: F,
 ) -> Result<T, StoreError>
 where
@@ -363,7 +369,7 @@ where
     loop {
         match op().await {
             Err(StoreError::Unavailable(reason)) if attempt < attempts => {
-                let delay = backoff.next_delay();
+                let delay = backoff.failed();
                 tracing::debug!(
                     what,
                     attempt,
@@ -751,7 +757,12 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn reads_retry_passing_failures_a_bounded_number_of_times() {
         let calls = AtomicU32::new(0);
-        let backoff = || Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
+        let backoff = || {
+            Retry::new(Backoff::doubling(
+                Duration::from_millis(100),
+                Duration::from_secs(1),
+            ))
+        };
         let got = retrying("test", 5, backoff(), || async {
             if calls.fetch_add(1, Ordering::Relaxed) < 2 {
                 Err(StoreError::Unavailable("throttled".into()))

@@ -1,4 +1,6 @@
-//! Jittered exponential backoff between reconnection attempts.
+//! Jittered exponential backoff: the one retry policy of configwatch. The client's
+//! reconnects, the server's source tasks and accept loop, the CLI and the benchmark
+//! all wait by it ([`Backoff`] is the policy, [`Retry`] one caller's count of failures).
 
 use std::time::Duration;
 
@@ -64,9 +66,52 @@ impl Backoff {
         Duration::try_from_secs_f64(secs).unwrap_or(self.max)
     }
 
-    /// The delay before retry `attempt`, with a random jitter.
-    pub(crate) fn delay(&self, attempt: u32) -> Duration {
+    /// The delay before retry `attempt` (0 for the first retry), with a random jitter.
+    pub fn delay(&self, attempt: u32) -> Duration {
         self.delay_with(attempt, rand::random::<f64>())
+    }
+
+    /// A policy from `initial` doubling to `max`, half of each delay random.
+    pub fn doubling(initial: Duration, max: Duration) -> Self {
+        Backoff {
+            initial,
+            max: max.max(initial),
+            ..Backoff::default()
+        }
+    }
+}
+
+/// One caller's failures in a row under a [`Backoff`] policy: each failure waits
+/// longer, a success starts over.
+#[derive(Debug, Clone)]
+pub struct Retry {
+    policy: Backoff,
+    failures: u32,
+}
+
+impl Retry {
+    pub fn new(policy: Backoff) -> Self {
+        Retry {
+            policy,
+            failures: 0,
+        }
+    }
+
+    /// Records a failure and returns how long to wait before the next attempt.
+    pub fn failed(&mut self) -> Duration {
+        let delay = self.policy.delay(self.failures);
+        self.failures = self.failures.saturating_add(1);
+        delay
+    }
+
+    /// Records a success: the next failure waits the initial delay again.
+    pub fn succeeded(&mut self) {
+        self.failures = 0;
+    }
+
+    /// Failures since the last success.
+    pub fn failures(&self) -> u32 {
+        self.failures
     }
 }
 
@@ -86,6 +131,23 @@ mod tests {
             let d = b.delay(n);
             assert!(d <= Duration::from_secs(30), "{d:?}");
         }
+    }
+
+    #[test]
+    fn retry_grows_and_starts_over() {
+        let mut r = Retry::new(Backoff {
+            jitter: 0.0,
+            ..Backoff::doubling(Duration::from_millis(100), Duration::from_secs(1))
+        });
+        assert_eq!(r.failed(), Duration::from_millis(100));
+        assert_eq!(r.failed(), Duration::from_millis(200));
+        for _ in 0..10 {
+            assert!(r.failed() <= Duration::from_secs(1));
+        }
+        assert_eq!(r.failed(), Duration::from_secs(1));
+        assert_eq!(r.failures(), 13);
+        r.succeeded();
+        assert_eq!(r.failed(), Duration::from_millis(100));
     }
 
     #[test]

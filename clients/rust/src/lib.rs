@@ -62,7 +62,7 @@ mod token;
 mod watch;
 mod wire;
 
-pub use backoff::Backoff;
+pub use backoff::{Backoff, Retry};
 pub use cache::{Cause, Change, ChangeKind, SyncMode};
 pub use changes::ChangeStream;
 pub use client::{Client, ClientBuilder, Entry, SnapshotStatus, Source, State, Status, Versioned};
