@@ -1,6 +1,6 @@
 /**
  * A ConfigWatchClient driven over stdin/stdout: the TypeScript side of the Rust
- * convergence test (clients/rust/tests/convergence.rs). Not a test by itself
+ * convergence test (clients/rust/tests/convergence/). Not a test by itself
  * (`npm test` runs dist/test/*.test.js only); `npm run build` compiles it to
  * dist/test/convergence-client.js.
  *

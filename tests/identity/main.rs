@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "../common/mod.rs"]
 mod common;
 
 use std::sync::Arc;
@@ -29,9 +30,9 @@ use tonic::Code;
 const ISSUER: &str = "https://issuer.test";
 const CLIENT: &str = "client-a";
 const KID: &str = "test-key-1";
-const PRIVATE: &[u8] = include_bytes!("fixtures/test-rs256.pem");
-const PUBLIC: &[u8] = include_bytes!("fixtures/test-rs256.pub.pem");
-const JWKS: &str = include_str!("fixtures/test-rs256.jwks.json");
+const PRIVATE: &[u8] = include_bytes!("../fixtures/test-rs256.pem");
+const PUBLIC: &[u8] = include_bytes!("../fixtures/test-rs256.pub.pem");
+const JWKS: &str = include_str!("../fixtures/test-rs256.jwks.json");
 
 /// A JWKS endpoint on 127.0.0.1 that counts its fetches and can be made to fail.
 struct JwksServer {

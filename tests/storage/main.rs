@@ -3,6 +3,7 @@
 //! into deletions pushed to clients.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "../common/mod.rs"]
 mod common;
 
 use std::collections::BTreeMap;
