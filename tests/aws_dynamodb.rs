@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_dynamodb::types::AttributeValue;
-use common::moto::Moto;
 use common::*;
 use configwatch::auth::Role;
 use configwatch::keys;
@@ -20,6 +19,7 @@ use configwatch::source::ddb_streams::{self, StreamSettings};
 use configwatch::source::{SourceContext, SourceCounters};
 use configwatch::store::Router;
 use configwatch::store::dynamodb::DynamoBackend;
+use configwatch_test_support::moto::Moto;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::Code;

@@ -10,32 +10,26 @@ mod common;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_ssm::types::ParameterType;
-use common::moto::{Moto, REGION, ROOT, Resources};
 use common::*;
 use configwatch::auth::Role;
-use configwatch::auth::local::LocalKey;
-use configwatch::model::Scope;
 use configwatch::proto::{self, watch_response::InitialMode};
+use configwatch_test_support::moto::{Moto, REGION, ROOT, Resources};
+use configwatch_test_support::{ServerProcess, wait_for};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-const BIN: &str = env!("CARGO_BIN_EXE_configwatch");
 const TENANT: &str = "acme";
 
 /// Starts the binary on 127.0.0.1 port 0 with `--backend aws` against `moto`.
-fn start_server(dir: &Path, moto: &Moto, res: &Resources) -> ServerProcess {
-    let mut command = Command::new(BIN);
+async fn start_server(dir: &Path, moto: &Moto, res: &Resources) -> ServerProcess {
+    let mut command = serve_command(dir, &["--backend", "aws"]);
     command
-        .args(["serve", "--backend", "aws", "--listen", "127.0.0.1:0"])
-        .arg("--data-dir")
-        .arg(dir)
         .args(["--table", &res.table, "--queue-url", &res.queue_url])
         .args(["--ssm-root", ROOT, "--region", REGION])
         .args([
@@ -47,9 +41,8 @@ fn start_server(dir: &Path, moto: &Moto, res: &Resources) -> ServerProcess {
         .env("AWS_ENDPOINT_URL", &moto.endpoint)
         .env("AWS_ACCESS_KEY_ID", "test")
         .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("CONFIGWATCH_LOG", "warn");
-    ServerProcess::spawn(command)
+        .env("AWS_EC2_METADATA_DISABLED", "true");
+    ServerProcess::start(command).await
 }
 
 /// What a key should be: its value as JSON, or deleted. `version` is checked for
@@ -146,17 +139,9 @@ async fn killed_and_restarted_while_changes_arrive_watchers_converge_and_miss_no
     let ddb = moto.dynamodb().await;
     let ssm = moto.ssm().await;
     let dir = tempfile::tempdir().unwrap();
-    let (key, _) = LocalKey::load_or_create(dir.path()).unwrap();
-    let token = key
-        .issue(
-            &Scope::tenant(TENANT).unwrap(),
-            Role::Reader,
-            Duration::from_secs(600),
-            "test",
-        )
-        .unwrap();
+    let token = token(dir.path(), TENANT, Role::Reader);
 
-    let first = start_server(dir.path(), &moto, &res);
+    let first = start_server(dir.path(), &moto, &res).await;
     let (addr_tx, addr_rx) = watch::channel(first.addr);
     let mut server = Some(first);
     let state = Arc::new(Mutex::new(WatcherState::default()));
@@ -173,12 +158,12 @@ async fn killed_and_restarted_while_changes_arrive_watchers_converge_and_miss_no
         if (i == 40 || i == 100)
             && let Some(running) = server.take()
         {
-            running.kill9();
+            running.kill9().await;
             kills += 1;
             down_since = Instant::now();
         }
         if server.is_none() && down_since.elapsed() > Duration::from_millis(700) {
-            let started = start_server(dir.path(), &moto, &res);
+            let started = start_server(dir.path(), &moto, &res).await;
             addr_tx.send(started.addr).unwrap();
             server = Some(started);
         }
@@ -276,7 +261,7 @@ async fn killed_and_restarted_while_changes_arrive_watchers_converge_and_miss_no
     let server = match server {
         Some(running) => running,
         None => {
-            let started = start_server(dir.path(), &moto, &res);
+            let started = start_server(dir.path(), &moto, &res).await;
             addr_tx.send(started.addr).unwrap();
             started
         }
@@ -285,7 +270,6 @@ async fn killed_and_restarted_while_changes_arrive_watchers_converge_and_miss_no
     let writes_took = started.elapsed();
 
     // Writes have stopped: the watcher must converge on exactly the sources' state.
-    let deadline = Instant::now() + Duration::from_secs(45);
     let matches = |cache: &Cache| {
         let live: BTreeMap<&String, &Value> = cache
             .iter()
@@ -301,20 +285,17 @@ async fn killed_and_restarted_while_changes_arrive_watchers_converge_and_miss_no
                 _ => true,
             })
     };
-    loop {
-        let (done, snapshot) = {
-            let s = state.lock().unwrap();
-            (matches(&s.cache), s.cache.clone())
-        };
-        if done {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the watcher did not converge after {writes_took:?} of writes.\nholds: {snapshot:#?}\nsources: {truth:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for(
+        Duration::from_secs(45),
+        || {
+            let snapshot = state.lock().unwrap().cache.clone();
+            format!(
+                "the watcher to converge after {writes_took:?} of writes.\nholds: {snapshot:#?}\nsources: {truth:#?}"
+            )
+        },
+        || matches(&state.lock().unwrap().cache),
+    )
+    .await;
     let (regressions, connects) = {
         let s = state.lock().unwrap();
         (s.regressions.clone(), s.connects)

@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_dynamodb::types::AttributeValue;
-use common::moto::{Moto, ROOT};
 use common::*;
 use configwatch::auth::Role;
 use configwatch::auth::local::LocalKey;
@@ -20,6 +19,7 @@ use configwatch::proto;
 use configwatch::store::dynamodb::DynamoBackend;
 use configwatch::store::ssm::SsmBackend;
 use configwatch::store::{Backend, Router};
+use configwatch_test_support::moto::{Moto, ROOT};
 use tonic::Code;
 
 fn keys_of(r: proto::GetResponse) -> Vec<String> {

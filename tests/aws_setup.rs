@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::moto::{Moto, ROOT};
+use configwatch_test_support::moto::{Moto, ROOT};
 
 #[tokio::test]
 async fn the_template_rule_routes_parameter_changes_under_the_root_to_the_queue() {

@@ -245,7 +245,7 @@ async fn the_command_line_prints_values_with_every_digit() {
     let token = server.token("acme", Role::Reader);
     let url = server.url();
     let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_configwatch"))
+        std::process::Command::new(BIN)
             .args([
                 "get",
                 "tenant_config_ids",

@@ -262,7 +262,7 @@ async fn the_command_line_get_reads_every_page() {
     let token = server.token("acme", Role::Reader);
     let url = server.url();
     let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_configwatch"))
+        std::process::Command::new(BIN)
             .args(["get", "--prefix", "tenant_config_cli/", "--page-size", "7"])
             .env("CONFIGWATCH_SERVER", url)
             .env("CONFIGWATCH_TOKEN", token)

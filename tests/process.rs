@@ -11,37 +11,18 @@ use std::process::{Command, Stdio};
 
 use common::*;
 use configwatch::auth::Role;
-use configwatch::auth::local::LocalKey;
-use configwatch::model::Scope;
 use configwatch::proto;
-
-const BIN: &str = env!("CARGO_BIN_EXE_configwatch");
+use configwatch_test_support::ServerProcess;
 
 /// Starts the binary on 127.0.0.1 port 0.
-fn start_server(dir: &Path) -> ServerProcess {
-    let mut command = Command::new(BIN);
-    command
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir)
-        .env("CONFIGWATCH_LOG", "warn");
-    ServerProcess::spawn(command)
-}
-
-fn token(dir: &Path, tenant: &str, role: Role) -> String {
-    let (key, _) = LocalKey::load_or_create(dir).unwrap();
-    key.issue(
-        &Scope::tenant(tenant).unwrap(),
-        role,
-        std::time::Duration::from_secs(600),
-        "test",
-    )
-    .unwrap()
+async fn start_server(dir: &Path) -> ServerProcess {
+    ServerProcess::start(serve_command(dir, &[])).await
 }
 
 #[tokio::test]
 async fn acknowledged_writes_survive_kill_9() {
     let dir = tempfile::tempdir().unwrap();
-    let server = start_server(dir.path());
+    let server = start_server(dir.path()).await;
     let t = token(dir.path(), "acme", Role::Writer);
     let c = connect(server.addr, Some(&t)).await;
     // Concurrent writers, so commits interleave; every acknowledged one must survive.
@@ -65,9 +46,9 @@ async fn acknowledged_writes_survive_kill_9() {
     let mut c2 = c.clone();
     put(&mut c2, "tenant_config_w0-0", "\"second version\"").await;
     delete(&mut c2, "tenant_config_w1-1").await;
-    server.kill9();
+    server.kill9().await;
 
-    let server = start_server(dir.path());
+    let server = start_server(dir.path()).await;
     let mut c = connect(server.addr, Some(&t)).await;
     let all = c
         .get(proto::GetRequest::default())
@@ -100,7 +81,7 @@ fn cli(args: &[&str], server: &ServerProcess, token: &str) -> std::process::Outp
 #[tokio::test]
 async fn the_command_line_client() {
     let dir = tempfile::tempdir().unwrap();
-    let server = start_server(dir.path());
+    let server = start_server(dir.path()).await;
     let out = Command::new(BIN)
         .args([
             "token",
@@ -251,13 +232,9 @@ async fn tokens_and_secret_values_never_reach_the_logs() {
     let dir = tempfile::tempdir().unwrap();
     let log_path = dir.path().join("server.log");
     let log = std::fs::File::create(&log_path).unwrap();
-    let mut command = Command::new(BIN);
-    command
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.path())
-        .env("CONFIGWATCH_LOG", "trace")
-        .stderr(log);
-    let server = ServerProcess::spawn(command);
+    let mut command = serve_command(dir.path(), &[]);
+    command.env("CONFIGWATCH_LOG", "trace").stderr(log);
+    let server = ServerProcess::start(command).await;
     let addr = server.addr;
 
     let good = token(dir.path(), "acme", Role::Writer);
@@ -280,7 +257,7 @@ async fn tokens_and_secret_values_never_reach_the_logs() {
     let mut garbage = connect(addr, Some("not.a.jwt")).await;
     garbage.get(proto::GetRequest::default()).await.unwrap_err();
     drop((w, c, bad, garbage));
-    server.kill9();
+    server.kill9().await;
 
     let logged = std::fs::read_to_string(&log_path).unwrap();
     assert!(logged.len() > 1_000, "trace logging produced output");

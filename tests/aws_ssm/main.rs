@@ -16,7 +16,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_ssm::types::ParameterType;
-use common::moto::{Moto, ROOT, Resources};
 use common::*;
 use configwatch::api::status::CURRENT_VERSION_METADATA;
 use configwatch::auth::Role;
@@ -27,6 +26,7 @@ use configwatch::source::sqs_events::{self, SqsSettings};
 use configwatch::source::{SourceContext, SourceCounters, reconcile};
 use configwatch::store::ssm::{SsmBackend, served_version};
 use configwatch::store::{Backend, Router};
+use configwatch_test_support::moto::{Moto, ROOT, Resources};
 use serde_json::json;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;

@@ -1,8 +1,9 @@
-//! Test support: a configwatch server on 127.0.0.1:0 in this process, clients with
-//! tokens, and helpers to read Watch streams with deadlines instead of sleeps.
+//! Test support that needs the library: a configwatch server on 127.0.0.1:0 in this
+//! process, clients with tokens signed by its key, the binary's `serve` command, and
+//! helpers to read Watch streams with deadlines instead of sleeps. What needs no
+//! server internals (server processes, moto, polling) is in the
+//! `configwatch-test-support` crate (tests/support).
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
-
-pub mod moto;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -28,8 +29,10 @@ use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
-/// How long a test waits for something that should happen at once.
-pub const PATIENCE: Duration = Duration::from_secs(10);
+pub use configwatch_test_support::PATIENCE;
+
+/// The server binary, as this package's build made it.
+pub const BIN: &str = env!("CARGO_BIN_EXE_configwatch");
 
 #[derive(Clone)]
 pub struct Bearer(Option<MetadataValue<tonic::metadata::Ascii>>);
@@ -302,50 +305,23 @@ pub fn apply(cache: &mut HashMap<String, (u64, String)>, changes: &[proto::Entry
     }
 }
 
-/// A `configwatch` process started by a test: `kill -9` it, or it is killed when
-/// dropped.
-pub struct ServerProcess {
-    child: std::process::Child,
-    pub addr: SocketAddr,
+/// `configwatch serve` on 127.0.0.1 port 0 with `dir`, logging at `warn`, with
+/// `extra` arguments.
+pub fn serve_command(dir: &Path, extra: &[&str]) -> std::process::Command {
+    let mut command = configwatch_test_support::serve_command(Path::new(BIN), dir, 0);
+    command.args(extra);
+    command
 }
 
-impl ServerProcess {
-    /// Runs `command` (a `configwatch serve ... --listen 127.0.0.1:0`; its stderr as
-    /// the command sets it) and waits for the `listening on ADDR` line it prints first.
-    pub fn spawn(mut command: std::process::Command) -> ServerProcess {
-        use std::io::BufRead;
-        let mut child = command
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("start configwatch");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut line = String::new();
-        std::io::BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read");
-        let addr = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .parse()
-            .expect("address");
-        ServerProcess { child, addr }
-    }
-
-    /// The server's process id (for /proc).
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    pub fn kill9(mut self) {
-        self.child.kill().expect("SIGKILL");
-        self.child.wait().expect("reap");
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A token for `tenant` signed with the key in `dir` (the one a server started on
+/// `dir` uses), valid for 10 minutes.
+pub fn token(dir: &Path, tenant: &str, role: Role) -> String {
+    let (key, _) = LocalKey::load_or_create(dir).unwrap();
+    key.issue(
+        &Scope::tenant(tenant).unwrap(),
+        role,
+        Duration::from_secs(600),
+        "test",
+    )
+    .unwrap()
 }

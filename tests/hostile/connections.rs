@@ -9,7 +9,7 @@ use super::*;
 async fn silent_sockets_beyond_the_file_limit_do_not_lock_out_new_clients() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("server.log");
-    let server = start(dir.path(), &["--handshake-timeout", "2s"], Some(256), &log);
+    let server = start(dir.path(), &["--handshake-timeout", "2s"], Some(256), &log).await;
     let writer = token(dir.path(), "acme", Role::Writer);
     let mut bystander = Bystander::new(server.addr, &writer).await;
     let baseline = bystander.probe(20).await;
@@ -77,7 +77,7 @@ async fn silent_sockets_beyond_the_file_limit_do_not_lock_out_new_clients() {
 async fn out_of_descriptors_the_accept_loop_backs_off_and_says_so_once() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("server.log");
-    let server = start(dir.path(), &["--handshake-timeout", "5s"], Some(40), &log);
+    let server = start(dir.path(), &["--handshake-timeout", "5s"], Some(40), &log).await;
     let writer = token(dir.path(), "acme", Role::Writer);
     let mut bystander = Bystander::new(server.addr, &writer).await;
     let baseline = bystander.probe(20).await;
@@ -129,7 +129,8 @@ async fn the_stream_cap_is_advertised_and_enforced() {
         &["--max-streams-per-connection", "4"],
         None,
         &log,
-    );
+    )
+    .await;
     let reader = token(dir.path(), "acme", Role::Reader);
     let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
     let (send, mut conn) = h2::client::handshake(tcp).await.unwrap();
@@ -180,7 +181,7 @@ async fn the_stream_cap_is_advertised_and_enforced() {
 async fn request_bodies_that_never_end_are_cut_off() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("server.log");
-    let server = start(dir.path(), &["--request-timeout", "5s"], None, &log);
+    let server = start(dir.path(), &["--request-timeout", "5s"], None, &log).await;
     let writer = token(dir.path(), "acme", Role::Writer);
     let mut bystander = Bystander::new(server.addr, &writer).await;
     let baseline = bystander.probe(20).await;
@@ -214,17 +215,7 @@ async fn request_bodies_that_never_end_are_cut_off() {
     }
     // Until the server has read what was sent (its memory stops growing), then
     // while it holds the 4,000 calls open.
-    let mut peak = rss(server.pid());
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let now = rss(server.pid());
-        let grew = now > peak + (2 << 20);
-        peak = peak.max(now);
-        if !grew || Instant::now() > deadline {
-            break;
-        }
-    }
+    let peak = settled_rss(server.pid(), Duration::from_millis(200), PATIENCE).await;
     let during = bystander.probe(20).await;
     // Every call is answered (with a timeout) without the client ever finishing.
     for resp in answers {

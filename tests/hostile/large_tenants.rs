@@ -9,7 +9,7 @@ use super::*;
 async fn huge_known_versions_do_not_slow_a_writer_of_the_same_tenant() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("server.log");
-    let server = start(dir.path(), &[], None, &log);
+    let server = start(dir.path(), &[], None, &log).await;
     let writer = token(dir.path(), "acme", Role::Writer);
     let mut bystander = Bystander::new(server.addr, &writer).await;
     // The tenant holds 2,000 keys; the hostile watchers claim 100,000.
@@ -65,9 +65,12 @@ async fn huge_known_versions_do_not_slow_a_writer_of_the_same_tenant() {
         }));
     }
     // Let the flood build up, then measure.
-    while completed.load(std::sync::atomic::Ordering::Relaxed) < 2 {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for(
+        FLOOD_BUILDS_UP,
+        || "two hostile Watches with their initial state".into(),
+        || completed.load(std::sync::atomic::Ordering::Relaxed) >= 2,
+    )
+    .await;
     let during = bystander.probe(30).await;
     stop.cancel();
     for h in hostile {
@@ -90,7 +93,7 @@ async fn huge_known_versions_do_not_slow_a_writer_of_the_same_tenant() {
 async fn unread_get_replies_of_a_large_tenant_stay_bounded() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("server.log");
-    let server = start(dir.path(), &[], None, &log);
+    let server = start(dir.path(), &[], None, &log).await;
     let writer = token(dir.path(), "acme", Role::Writer);
     let mut bystander = Bystander::new(server.addr, &writer).await;
     // About 12 MB: 120 values of 100 KB.
@@ -199,7 +202,7 @@ async fn unread_get_replies_of_a_large_tenant_stay_bounded() {
 async fn unread_watches_of_a_large_tenant_stay_bounded() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("server.log");
-    let server = start(dir.path(), &[], None, &log);
+    let server = start(dir.path(), &[], None, &log).await;
     let writer = token(dir.path(), "acme", Role::Writer);
     let mut bystander = Bystander::new(server.addr, &writer).await;
     // About 4 MB: 40 values of 100 KB, so an initial state is 4 messages of ~1 MiB.
@@ -243,17 +246,7 @@ async fn unread_watches_of_a_large_tenant_stay_bounded() {
     }
     // ...and the server builds what it will of their messages: sampled until its
     // memory stops growing.
-    let mut peak = rss(server.pid());
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let now = rss(server.pid());
-        let grew = now > peak + (2 << 20);
-        peak = peak.max(now);
-        if !grew || Instant::now() > deadline {
-            break;
-        }
-    }
+    let mut peak = settled_rss(server.pid(), Duration::from_millis(300), PATIENCE).await;
     // The bystander's writes are changes for the 500 Watches too; they wait
     // there, coalesced, while the bystander gets each of its own.
     let during = bystander.probe(20).await;

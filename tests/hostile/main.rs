@@ -20,69 +20,24 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::*;
 use configwatch::auth::Role;
-use configwatch::auth::local::LocalKey;
-use configwatch::model::Scope;
 use configwatch::proto;
+use configwatch_test_support::procfs::{cpu, rss, settled_rss};
+use configwatch_test_support::{ServerProcess, under_file_limit, wait_for};
 use tonic::codec::Streaming;
 
-const BIN: &str = env!("CARGO_BIN_EXE_configwatch");
+/// How long a flood of hostile calls may take to build up before the measurement
+/// (generous: the machine may be shared).
+const FLOOD_BUILDS_UP: Duration = Duration::from_secs(60);
 
 /// Starts the binary on 127.0.0.1 port 0 with `args`, under `ulimit -n` when given,
 /// logging at `warn` into `log`.
-fn start(dir: &Path, args: &[&str], nofile: Option<u32>, log: &Path) -> ServerProcess {
-    let mut command = match nofile {
-        Some(n) => {
-            let mut c = Command::new("sh");
-            c.args(["-c", &format!("ulimit -n {n} && exec \"$0\" \"$@\""), BIN]);
-            c
-        }
-        None => Command::new(BIN),
-    };
-    command
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir)
-        .args(args)
-        .env("CONFIGWATCH_LOG", "warn")
-        .stderr(Stdio::from(std::fs::File::create(log).unwrap()));
-    ServerProcess::spawn(command)
-}
-
-fn token(dir: &Path, tenant: &str, role: Role) -> String {
-    let (key, _) = LocalKey::load_or_create(dir).unwrap();
-    key.issue(
-        &Scope::tenant(tenant).unwrap(),
-        role,
-        Duration::from_secs(600),
-        "test",
-    )
-    .unwrap()
-}
-
-/// The server's resident memory in bytes.
-fn rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .expect("VmRSS");
-    let kb: u64 = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|v| v.parse().ok())
-        .expect("VmRSS value");
-    kb * 1024
-}
-
-/// CPU time the server used so far (user + system).
-fn cpu(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    // Fields after the command name (in parentheses): state is field 3, utime 14,
-    // stime 15.
-    let rest = &stat[stat.rfind(')').unwrap() + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    // USER_HZ is 100 on Linux.
-    Duration::from_millis(ticks * 10)
+async fn start(dir: &Path, args: &[&str], nofile: Option<u32>, log: &Path) -> ServerProcess {
+    let mut command = serve_command(dir, args);
+    if let Some(n) = nofile {
+        command = under_file_limit(n, command);
+    }
+    command.stderr(Stdio::from(std::fs::File::create(log).unwrap()));
+    ServerProcess::start(command).await
 }
 
 /// A well-behaved client of its own tenant: a Watch on its keys and Puts it times

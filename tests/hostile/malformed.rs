@@ -11,7 +11,7 @@ async fn a_flood_of_malformed_input_is_refused_without_slowing_others() {
     use jsonwebtoken::{Algorithm, EncodingKey, Header};
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("server.log");
-    let server = start(dir.path(), &[], None, &log);
+    let server = start(dir.path(), &[], None, &log).await;
     let writer = token(dir.path(), "acme", Role::Writer);
     let mut bystander = Bystander::new(server.addr, &writer).await;
     let baseline = bystander.probe(30).await;
@@ -112,9 +112,12 @@ async fn a_flood_of_malformed_input_is_refused_without_slowing_others() {
             }
         }));
     }
-    while refused.load(std::sync::atomic::Ordering::Relaxed) < 200 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for(
+        FLOOD_BUILDS_UP,
+        || "200 malformed calls refused".into(),
+        || refused.load(std::sync::atomic::Ordering::Relaxed) >= 200,
+    )
+    .await;
     let during = bystander.probe(30).await;
     stop.cancel();
     for f in flood {

@@ -16,7 +16,6 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
-use common::moto::Moto;
 use common::*;
 use configwatch::auth::jwks::{JwksKeySource, JwksSettings};
 use configwatch::auth::local::LocalKey;
@@ -26,6 +25,7 @@ use configwatch::proto;
 use configwatch::proto::watch_response::InitialMode;
 use configwatch::store::Router;
 use configwatch::store::embedded::EmbeddedStore;
+use configwatch_test_support::moto::Moto;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

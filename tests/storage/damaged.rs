@@ -188,7 +188,7 @@ async fn serve_names_the_damaged_keys_at_start() {
     let log = reference.path().join("stderr.log");
     let mut command = serve_command(reference.path(), &[]);
     command.stderr(std::fs::File::create(&log).unwrap());
-    let server = ServerProcess::spawn(command);
+    let server = ServerProcess::start(command).await;
     let t = token(reference.path(), "t1", Role::Reader);
     let mut c = connect(server.addr, Some(&t)).await;
     let refused = get_all(&mut c).await.unwrap_err();
@@ -220,7 +220,7 @@ async fn serve_names_the_damaged_keys_at_start() {
     let t0 = token(reference.path(), "t0", Role::Reader);
     let mut c0 = connect(server.addr, Some(&t0)).await;
     assert_eq!(get_all(&mut c0).await.unwrap().entries.len(), 5);
-    server.kill9();
+    server.kill9().await;
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("tenant_config_k03"), "{text}");
     assert!(text.contains("damaged"), "{text}");

@@ -46,14 +46,12 @@ async fn config_health(addr: std::net::SocketAddr) -> i32 {
 }
 
 async fn wait_for_health(addr: std::net::SocketAddr, want: ServingStatus) {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        if config_health(addr).await == want as i32 {
-            return;
-        }
-        assert!(Instant::now() < deadline, "health never became {want:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        PATIENCE,
+        || format!("health to become {want:?}"),
+        || async move { (config_health(addr).await == want as i32).then_some(()) },
+    )
+    .await
 }
 
 #[tokio::test]
@@ -118,24 +116,30 @@ async fn a_full_disk_fails_writes_with_unavailable_and_recovers_without_restart(
 
     // Space comes back: writes work again by themselves.
     std::fs::remove_file(&filler).unwrap();
-    let deadline = Instant::now() + PATIENCE;
-    let entry = loop {
-        match writer
-            .put(proto::PutRequest {
-                key: "tenant_config_small".into(),
-                value: "2".into(),
-                ..Default::default()
-            })
-            .await
-        {
-            Ok(r) => break r.into_inner().entry.unwrap(),
-            Err(s) => {
-                assert_eq!(s.code(), Code::Unavailable, "{s:?}");
-                assert!(Instant::now() < deadline, "never recovered: {s:?}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+    let entry = eventually(
+        PATIENCE,
+        || "writes to work again (each refusal meanwhile UNAVAILABLE)".into(),
+        || {
+            let mut writer = writer.clone();
+            async move {
+                match writer
+                    .put(proto::PutRequest {
+                        key: "tenant_config_small".into(),
+                        value: "2".into(),
+                        ..Default::default()
+                    })
+                    .await
+                {
+                    Ok(r) => Some(r.into_inner().entry.unwrap()),
+                    Err(s) => {
+                        assert_eq!(s.code(), Code::Unavailable, "{s:?}");
+                        None
+                    }
+                }
             }
-        }
-    };
+        },
+    )
+    .await;
     assert_eq!(entry.version, 1);
     wait_for_health(server.addr, ServingStatus::Serving).await;
     // The bystander's watch sees its own next write.

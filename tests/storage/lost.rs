@@ -7,7 +7,7 @@ use super::*;
 async fn a_lost_database_stops_the_server_and_new_store_starts_one_that_clients_notice() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join(DB_FILE);
-    let server = ServerProcess::spawn(serve_command(dir.path(), &[]));
+    let server = ServerProcess::start(serve_command(dir.path(), &[])).await;
     let t = token(dir.path(), "acme", Role::Writer);
     let mut c = connect(server.addr, Some(&t)).await;
     for i in 0..3 {
@@ -19,7 +19,7 @@ async fn a_lost_database_stops_the_server_and_new_store_starts_one_that_clients_
     let (_, done) = initial(&mut w).await;
     assert_eq!(done.store_id, before.store_id);
     drop((w, c));
-    server.kill9();
+    server.kill9().await;
     let saved = std::fs::read(&db).unwrap();
 
     // Deleted, then empty: start-up refuses, saying what happened and what to do.
@@ -50,18 +50,18 @@ async fn a_lost_database_stops_the_server_and_new_store_starts_one_that_clients_
     }
     // Put back, it serves its data as before.
     std::fs::write(&db, &saved).unwrap();
-    let server = ServerProcess::spawn(serve_command(dir.path(), &[]));
+    let server = ServerProcess::start(serve_command(dir.path(), &[])).await;
     let mut c = connect(server.addr, Some(&t)).await;
     let again = get_all(&mut c).await.unwrap();
     assert_eq!(again.store_id, before.store_id);
     assert_eq!(again.entries.len(), 3);
-    server.kill9();
+    server.kill9().await;
 
     // Started afresh on purpose: a new identity, and a client that comes back with
     // the old store's token and versions gets the full (empty) state, with no
     // removals that would wipe its cache.
     std::fs::remove_file(&db).unwrap();
-    let server = ServerProcess::spawn(serve_command(dir.path(), &["--new-store"]));
+    let server = ServerProcess::start(serve_command(dir.path(), &["--new-store"])).await;
     let mut c = connect(server.addr, Some(&t)).await;
     let fresh = get_all(&mut c).await.unwrap();
     assert_eq!(fresh.store_id.len(), 26);
@@ -86,7 +86,7 @@ async fn a_lost_database_stops_the_server_and_new_store_starts_one_that_clients_
     assert_eq!(done.initial_mode, InitialMode::Full as i32);
     assert_eq!(done.store_id, fresh.store_id);
     assert!(entries.is_empty(), "{entries:?}");
-    server.kill9();
+    server.kill9().await;
 }
 
 #[tokio::test]
@@ -184,7 +184,7 @@ async fn create_table(ddb: &aws_sdk_dynamodb::Client, name: &str) {
 #[tokio::test]
 async fn aws_a_recreated_table_has_a_new_store_identity() {
     use configwatch::store::identity::aws_store_id;
-    let moto = common::moto::Moto::start();
+    let moto = configwatch_test_support::moto::Moto::start();
     let ddb = moto.dynamodb().await;
     create_table(&ddb, "identity").await;
     let first = aws_store_id(&ddb, "identity", "/config-service")

@@ -4,8 +4,8 @@
 //! sends Parameter Store changes to the queue.
 //!
 //! moto_server is found through `CONFIGWATCH_MOTO_SERVER`, else on PATH;
-//! `tests/run` installs it into a virtualenv and sets the variable.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+//! `tests/run` installs it into a virtualenv and sets the variable. This module knows
+//! the template's resources and the AWS SDK, nothing of configwatch's code.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -271,7 +271,10 @@ impl Moto {
 
 /// The EventBridge pattern of the template's rule, with its root filled in.
 pub fn template_event_pattern(root: &str) -> Value {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/configwatch.cfn.json");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../deploy/configwatch.cfn.json"
+    );
     let template: Value =
         serde_json::from_str(&std::fs::read_to_string(path).expect("read template"))
             .expect("template is JSON");

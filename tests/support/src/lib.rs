@@ -1,0 +1,37 @@
+//! Test support shared by every test suite of the workspace (the server's `tests/`
+//! and the Rust client's `clients/rust/tests/`): what a test needs that is not
+//! configwatch's own code.
+//!
+//! - [`process`]: the `configwatch` binary as a child process on 127.0.0.1 port 0
+//!   (its address read from its first line), stopped with SIGTERM or `kill -9`;
+//!   commands that must exit by themselves.
+//! - [`token`]: tokens minted by the binary's own `token` command.
+//! - [`wait`]: waiting for a condition by polling it against a deadline, never by a
+//!   fixed sleep.
+//! - [`moto`]: a private moto server (AWS emulator) with the resources of the
+//!   CloudFormation template.
+//! - [`procfs`]: a process's resident memory and CPU time from `/proc`.
+//! - [`temp_dir`]: a temporary directory, removed when dropped.
+//!
+//! Boundary: this crate knows the binary's command line and output, the AWS SDK and
+//! the operating system; it does not link configwatch. Whatever needs the library
+//! (an in-process server, tokens signed with its key type) stays in the server's
+//! `tests/common/`, on top of this crate.
+
+// Test support: a failed step is a failed test, so panicking is how it reports.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+pub mod moto;
+pub mod process;
+pub mod procfs;
+pub mod token;
+pub mod wait;
+
+pub use process::{ServerProcess, run_to_exit, serve_command, server_bin, under_file_limit};
+pub use token::mint_token;
+pub use wait::{PATIENCE, eventually, poll, wait_for};
+
+/// A temporary directory, removed with its contents when dropped.
+pub fn temp_dir() -> tempfile::TempDir {
+    tempfile::tempdir().expect("a temporary directory")
+}
