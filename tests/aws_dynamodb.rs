@@ -20,6 +20,7 @@ use configwatch::source::{SourceContext, SourceCounters};
 use configwatch::store::Router;
 use configwatch::store::dynamodb::DynamoBackend;
 use configwatch_test_support::moto::Moto;
+use configwatch_test_support::{eventually, poll, wait_for};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
@@ -98,22 +99,26 @@ impl Env {
     /// Returns once the reader has read a record: its iterators are in place, so
     /// every later change goes through the stream.
     async fn ready(&self) {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        let mut i = 0u64;
-        while read(&self.counters.stream_records_read) == 0 {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the reader never read a record"
-            );
-            i += 1;
-            self.put_item("probe", "probe", Some(i), n(i)).await;
-            for _ in 0..10 {
+        // A probe item written again (a new version each time) until one is read.
+        let probes = std::cell::Cell::new(0u64);
+        eventually(
+            PATIENCE,
+            || "the reader to read a record".into(),
+            || async {
                 if read(&self.counters.stream_records_read) > 0 {
-                    break;
+                    return Some(());
                 }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
+                let i = probes.get() + 1;
+                probes.set(i);
+                self.put_item("probe", "probe", Some(i), n(i)).await;
+                poll(Duration::from_millis(200), || {
+                    std::future::ready((read(&self.counters.stream_records_read) > 0).then_some(()))
+                })
+                .await
+                .ok()
+            },
+        )
+        .await;
         assert!(
             read(&self.counters.stream_gaps) >= 1,
             "a first start is a gap"
@@ -414,11 +419,12 @@ async fn writes_through_configwatch_land_in_dynamodb_with_versions_and_conflicts
     );
 
     // The stream brings our own writes back: nothing to re-version, nothing new.
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while read(&env.counters.stream_records_read) < 1 + 4 {
-        assert!(tokio::time::Instant::now() < deadline, "records not read");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for(
+        PATIENCE,
+        || "the probe and the 4 writes read".into(),
+        || read(&env.counters.stream_records_read) >= 5,
+    )
+    .await;
     assert_eq!(read(&env.counters.stream_reversioned), 0);
     assert_eq!(env.raw("acme", "limits").await.unwrap()["version"], n(4));
     let got = c

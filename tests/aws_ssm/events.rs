@@ -62,9 +62,11 @@ async fn parameters_created_updated_and_deleted_in_ssm_reach_a_watcher() {
     assert!(again[0].version > deleted[0].version);
     assert_eq!(again[0].value, "\"postgres://b\"");
 
-    eventually("every message handled and deleted", || async {
-        env.count(|c| &c.sqs_messages_applied) == 5
-    })
+    wait_for(
+        PATIENCE,
+        || "every message handled and deleted".into(),
+        || env.count(|c| &c.sqs_messages_applied) == 5,
+    )
     .await;
     assert_eq!(env.count(|c| &c.sqs_messages_malformed), 0);
     env.stop().await;
@@ -207,30 +209,33 @@ async fn malformed_and_outside_root_messages_are_counted_left_to_the_dlq_and_los
     assert_eq!(got[0].value, "\"after the bad ones\"");
 
     // The bad messages are not deleted: the redrive policy moves them to the DLQ.
-    let mut in_dlq: BTreeMap<String, String> = BTreeMap::new();
-    let deadline = Instant::now() + PATIENCE;
-    while in_dlq.len() < 3 {
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for the dead-letter queue: {in_dlq:?}"
-        );
-        let out = env
-            .sqs
-            .receive_message()
-            .queue_url(&env.res.dlq_url)
-            .max_number_of_messages(10)
-            .visibility_timeout(60)
-            .wait_time_seconds(1)
-            .send()
-            .await
-            .unwrap();
-        for m in out.messages() {
-            in_dlq.insert(
-                m.message_id().unwrap().to_owned(),
-                m.body().unwrap().to_owned(),
-            );
-        }
-    }
+    let in_dlq: RefCell<BTreeMap<String, String>> = RefCell::default();
+    eventually(
+        PATIENCE,
+        || format!("the dead-letter queue: {:?}", in_dlq.borrow()),
+        || async {
+            let out = env
+                .sqs
+                .receive_message()
+                .queue_url(&env.res.dlq_url)
+                .max_number_of_messages(10)
+                .visibility_timeout(60)
+                .wait_time_seconds(1)
+                .send()
+                .await
+                .unwrap();
+            let mut held = in_dlq.borrow_mut();
+            for m in out.messages() {
+                held.insert(
+                    m.message_id().unwrap().to_owned(),
+                    m.body().unwrap().to_owned(),
+                );
+            }
+            (held.len() >= 3).then_some(())
+        },
+    )
+    .await;
+    let in_dlq = in_dlq.into_inner();
     let bodies: BTreeSet<&str> = in_dlq.values().map(String::as_str).collect();
     assert_eq!(
         bodies,
@@ -243,9 +248,11 @@ async fn malformed_and_outside_root_messages_are_counted_left_to_the_dlq_and_los
     env.put_param(&url, "later", ParameterType::String).await;
     env.moto.ssm_change_event(&url, "Update", "String").await;
     assert_eq!(changes_soon(&mut w, 1).await[0].value, "\"later\"");
-    eventually("the good messages deleted", || async {
-        env.count(|c| &c.sqs_messages_applied) == 2
-    })
+    wait_for(
+        PATIENCE,
+        || "the good messages deleted".into(),
+        || env.count(|c| &c.sqs_messages_applied) == 2,
+    )
     .await;
     assert_eq!(
         (

@@ -10,8 +10,8 @@ mod common;
 mod events;
 mod writes;
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,9 +27,9 @@ use configwatch::source::{SourceContext, SourceCounters, reconcile};
 use configwatch::store::ssm::{SsmBackend, served_version};
 use configwatch::store::{Backend, Router};
 use configwatch_test_support::moto::{Moto, ROOT, Resources};
+use configwatch_test_support::{eventually, wait_for};
 use serde_json::json;
 use tokio::task::JoinHandle;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
 
@@ -174,19 +174,6 @@ impl Env {
 
 fn name(path: &str) -> String {
     format!("{ROOT}/{path}")
-}
-
-/// Polls `check` until it holds, failing after PATIENCE.
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + PATIENCE;
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// The next `count` changes, within PATIENCE overall (progress messages would keep
