@@ -1,6 +1,8 @@
 //! Test harness: real `configwatch` server processes on 127.0.0.1 port 0 with
 //! temporary data directories, tokens from the server's own `token` command, writes
-//! through the generated gRPC client, and `wait_for` to poll with a deadline.
+//! through the generated gRPC client, and `wait_for` to poll with a deadline. The
+//! process, token and polling parts are the workspace's `configwatch-test-support`
+//! crate; this module adds what is this client's: builders, a writer, cache states.
 //!
 //! The server binary is `$CONFIGWATCH_BIN`, else `<target dir>/debug/configwatch`
 //! (`$CARGO_TARGET_DIR`, else the workspace's `target/`).
@@ -9,59 +11,17 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use configwatch_client::proto::{self, config_service_client::ConfigServiceClient};
 use configwatch_client::{Backoff, Change, ChangeKind, Client, ClientBuilder};
-use tokio::io::{AsyncBufReadExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdout, Command};
-use tokio::time::Instant;
+use configwatch_test_support::{ServerProcess, eventually, mint_token, serve_command};
+pub use configwatch_test_support::{server_bin, wait_for};
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 
 pub const TENANT: &str = "acme";
-
-/// The configwatch server binary.
-pub fn bin() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let p = match std::env::var_os("CONFIGWATCH_BIN") {
-        Some(p) => PathBuf::from(p),
-        None => {
-            let target = match std::env::var_os("CARGO_TARGET_DIR") {
-                Some(t) if Path::new(&t).is_absolute() => PathBuf::from(t),
-                Some(t) => root.join(t),
-                None => root.join("target"),
-            };
-            target.join("debug").join("configwatch")
-        }
-    };
-    assert!(
-        p.is_file(),
-        "the configwatch server binary is not at {}: run `cargo build --bin configwatch` \
-         first (or set CONFIGWATCH_BIN)",
-        p.display()
-    );
-    p
-}
-
-/// Polls `cond` every 10 ms until it holds; panics with `what()` after `timeout`.
-pub async fn wait_for(
-    timeout: Duration,
-    what: impl Fn() -> String,
-    mut cond: impl FnMut() -> bool,
-) {
-    let deadline = Instant::now() + timeout;
-    while !cond() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {}",
-            what()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
 
 /// Fast reconnects, for tests.
 pub fn fast_backoff() -> Backoff {
@@ -74,9 +34,7 @@ pub fn fast_backoff() -> Backoff {
 
 /// One configwatch server process.
 pub struct Server {
-    child: Option<Child>,
-    /// Kept open: the server may print more, and a closed pipe would fail it.
-    stdout: Option<Lines<BufReader<ChildStdout>>>,
+    process: Option<ServerProcess>,
     pub port: u16,
     pub data_dir: PathBuf,
     log: PathBuf,
@@ -86,8 +44,7 @@ impl Server {
     /// Starts a server on 127.0.0.1 port 0 with `data_dir`.
     pub async fn start(data_dir: &Path) -> Server {
         let mut s = Server {
-            child: None,
-            stdout: None,
+            process: None,
             port: 0,
             data_dir: data_dir.to_owned(),
             log: data_dir.with_extension("log"),
@@ -106,29 +63,20 @@ impl Server {
 
     /// SIGKILL, and wait for the process to be gone.
     pub async fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill().await;
+        if let Some(process) = self.process.take() {
+            process.kill9().await;
         }
-        self.stdout = None;
     }
 
     /// SIGTERM (graceful shutdown), and wait for the process to exit.
     pub async fn terminate(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let pid = child.id().expect("running").to_string();
-            let st = Command::new("kill")
-                .args(["-TERM", &pid])
-                .status()
+        if let Some(process) = self.process.take() {
+            let exit = process
+                .terminate(Duration::from_secs(20))
                 .await
-                .unwrap();
-            assert!(st.success());
-            let exit = tokio::time::timeout(Duration::from_secs(20), child.wait())
-                .await
-                .expect("the server exits within 20 s of SIGTERM")
-                .unwrap();
+                .unwrap_or_else(|e| panic!("{e}"));
             assert!(exit.success(), "{exit:?}\n{}", self.logs());
         }
-        self.stdout = None;
     }
 
     /// Starts again on the same port and data directory.
@@ -139,66 +87,49 @@ impl Server {
 
     async fn spawn(&mut self, port: u16) {
         // A port just freed by a killed server may take a moment to be bindable again.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            match self.spawn_once(port).await {
-                Ok(()) => return,
-                Err(e) => {
-                    let logs = self.logs();
-                    assert!(
-                        port != 0 && Instant::now() < deadline && logs.contains("in use"),
-                        "{e}\n--- server log ---\n{logs}"
-                    );
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+        let this = &*self;
+        let process = eventually(
+            Duration::from_secs(10),
+            || {
+                format!(
+                    "port {port} to be free\n--- server log ---\n{}",
+                    this.logs()
+                )
+            },
+            || async move {
+                match ServerProcess::try_start(this.command(port)).await {
+                    Ok(process) => Some(process),
+                    Err(e) => {
+                        let logs = this.logs();
+                        assert!(
+                            port != 0 && logs.contains("in use"),
+                            "{e}\n--- server log ---\n{logs}"
+                        );
+                        None
+                    }
                 }
-            }
-        }
+            },
+        )
+        .await;
+        self.port = process.addr.port();
+        self.process = Some(process);
     }
 
-    async fn spawn_once(&mut self, port: u16) -> Result<(), String> {
+    fn command(&self, port: u16) -> std::process::Command {
         let log = std::fs::File::create(&self.log).unwrap();
-        let mut child = Command::new(bin())
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-            .arg("--data-dir")
-            .arg(&self.data_dir)
+        let mut command = serve_command(&server_bin(), &self.data_dir, port);
+        command
             .args(["--progress-interval", "1s"])
             .env("CONFIGWATCH_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log))
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", bin().display()))?;
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
-            .await
-            .map_err(|_| "the server did not print its address within 10 s".to_owned())?
-            .map_err(|e| e.to_string())?;
-        let Some(line) = line else {
-            let _ = child.kill().await;
-            return Err("the server exited before listening".into());
-        };
-        let addr = line
-            .trim()
-            .strip_prefix("listening on 127.0.0.1:")
-            .ok_or_else(|| format!("unexpected first line {line:?}"))?;
-        self.port = addr.parse().map_err(|e| format!("{line:?}: {e}"))?;
-        self.child = Some(child);
-        self.stdout = Some(lines);
-        Ok(())
+            .stderr(log);
+        command
     }
 
     /// A token signed with this server's key.
     pub async fn token(&self, tenant: &str, role: &str, ttl: &str) -> String {
-        let out = Command::new(bin())
-            .args(["token", "--tenant", tenant, "--role", role, "--ttl", ttl])
-            .arg("--data-dir")
-            .arg(&self.data_dir)
-            .output()
+        mint_token(&server_bin(), &self.data_dir, tenant, role, ttl)
             .await
-            .unwrap();
-        assert!(out.status.success(), "{out:?}");
-        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// A writer for `tenant`, connected now.
@@ -220,14 +151,6 @@ impl Server {
         let token = self.token(tenant, "reader", "1h").await;
         Client::builder(self.url(), tenant, configwatch_client::static_token(token))
             .backoff(fast_backoff())
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(child) = &mut self.child {
-            let _ = child.start_kill();
-        }
     }
 }
 

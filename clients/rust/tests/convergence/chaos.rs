@@ -93,7 +93,7 @@ pub(crate) struct ChaosStats {
 }
 
 pub(crate) struct Chaos {
-    pub(crate) server: ServerProcess,
+    pub(crate) server: Server,
     pub(crate) proxy: Proxy,
     pub(crate) server_addr: watch::Sender<SocketAddr>,
     pub(crate) stats: ChaosStats,

@@ -50,6 +50,7 @@ use server::*;
 use ts_client::*;
 use writer::*;
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -74,7 +75,8 @@ use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
-use common::{TENANT, bin, fast_backoff};
+use common::{TENANT, fast_backoff};
+use configwatch_test_support::{ServerProcess, mint_token, poll, serve_command, server_bin};
 
 /// How long the clients wait for a silent stream before reopening it. The server
 /// sends progress every 500 ms here.
@@ -248,7 +250,7 @@ async fn run(config: &Config, driver: &Driver, dir: &Path) -> Result<Stats, Stri
     let mut writes_rng = StdRng::seed_from_u64(config.seed);
     let mut chaos_rng = StdRng::seed_from_u64(config.seed ^ 0x9e37_79b9_7f4a_7c15);
 
-    let mut server = ServerProcess::new(dir.join("data"), dir.to_owned());
+    let mut server = Server::new(dir.join("data"), dir.to_owned());
     let first = server.start(4096).await?;
     let proxy = Proxy::start(first)
         .await
@@ -272,7 +274,7 @@ async fn run(config: &Config, driver: &Driver, dir: &Path) -> Result<Stats, Stri
     };
     let _refresher = AbortOnDrop(refresher);
 
-    let writer_token = mint_token(&server.data_dir, "writer", "24h").await?;
+    let writer_token = mint_token(&server_bin(), &server.data_dir, TENANT, "writer", "24h").await?;
     let mut writer = Writer::new(server_rx, &writer_token, &keys);
 
     // Clients start before the first write: nothing can be applied before their
@@ -305,7 +307,7 @@ async fn run(config: &Config, driver: &Driver, dir: &Path) -> Result<Stats, Stri
     for round in 1..=config.rounds {
         let plan = plan_round(&mut chaos_rng, round, config.writes);
         let (progress, progress_rx) = watch::channel(0usize);
-        let failed = |server: &ServerProcess, e: String| {
+        let failed = |server: &Server, e: String| {
             format!(
                 "round {round}: {e}\nplan: {plan:?}\n--- server log (last lines) ---\n{}",
                 server.log_tail(40)
@@ -379,49 +381,39 @@ async fn check_convergence(
             lost.join("\n  ")
         ));
     }
-    let deadline = Instant::now() + CONVERGE_WITHIN;
-    loop {
-        let mut waiting = Vec::new();
-        for c in rust {
-            let view = c.view();
-            if !view.violations.is_empty() || view.failed {
-                return Err(format!("{}: {}", c.name, view.describe()));
-            }
-            let m = view.mismatches(&truth, &c.prefixes, writer.keys());
-            if !m.is_empty() {
-                waiting.push((c.name.clone(), view, m));
-            }
-        }
-        for c in ts.iter_mut() {
-            let view = c.dump().await?.view;
-            if !view.violations.is_empty() || view.failed {
-                return Err(format!("{}: {}", c.name, view.describe()));
-            }
-            let m = view.mismatches(&truth, &c.prefixes, writer.keys());
-            if !m.is_empty() {
-                waiting.push((c.name.clone(), view, m));
+    let keys: Vec<String> = writer.keys().cloned().collect();
+    let waiting = RefCell::new(Vec::new());
+    // Locked across the awaits of one check; the checks never overlap.
+    let ts = tokio::sync::Mutex::new(ts);
+    let converged = poll(CONVERGE_WITHIN, || async {
+        let mut ts = ts.lock().await;
+        match not_converged(&truth, &keys, rust, &mut ts).await {
+            Err(e) => Some(Err(e)),
+            Ok(left) if left.is_empty() => Some(Ok(())),
+            Ok(left) => {
+                *waiting.borrow_mut() = left;
+                None
             }
         }
-        if waiting.is_empty() {
-            break;
-        }
-        if Instant::now() >= deadline {
-            let mut msg = format!(
-                "{} client(s) did not converge within {CONVERGE_WITHIN:?}:",
-                waiting.len()
+    })
+    .await;
+    if converged.is_err() {
+        let waiting = waiting.into_inner();
+        let mut msg = format!(
+            "{} client(s) did not converge within {CONVERGE_WITHIN:?}:",
+            waiting.len()
+        );
+        for (name, view, m) in waiting {
+            let _ = write!(
+                msg,
+                "\n{name} ({}):\n  {}",
+                view.status,
+                m.iter().take(12).cloned().collect::<Vec<_>>().join("\n  ")
             );
-            for (name, view, m) in waiting {
-                let _ = write!(
-                    msg,
-                    "\n{name} ({}):\n  {}",
-                    view.status,
-                    m.iter().take(12).cloned().collect::<Vec<_>>().join("\n  ")
-                );
-            }
-            return Err(msg);
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        return Err(msg);
     }
+    converged.ok().transpose()?;
     // Nothing may have moved in the meantime: no writes happen now.
     let again = writer.truth().await?;
     if again != truth {
@@ -430,6 +422,38 @@ async fn check_convergence(
         ));
     }
     Ok(())
+}
+
+/// The clients whose cache does not equal `truth` yet, with their view and what
+/// differs; an error for a client that broke a rule or failed.
+async fn not_converged(
+    truth: &Truth,
+    keys: &[String],
+    rust: &[RustClient],
+    ts: &mut [TsClient],
+) -> Result<Vec<(String, ClientView, Vec<String>)>, String> {
+    let mut waiting = Vec::new();
+    for c in rust {
+        let view = c.view();
+        if !view.violations.is_empty() || view.failed {
+            return Err(format!("{}: {}", c.name, view.describe()));
+        }
+        let m = view.mismatches(truth, &c.prefixes, keys.iter());
+        if !m.is_empty() {
+            waiting.push((c.name.clone(), view, m));
+        }
+    }
+    for c in ts.iter_mut() {
+        let view = c.dump().await?.view;
+        if !view.violations.is_empty() || view.failed {
+            return Err(format!("{}: {}", c.name, view.describe()));
+        }
+        let m = view.mismatches(truth, &c.prefixes, keys.iter());
+        if !m.is_empty() {
+            waiting.push((c.name.clone(), view, m));
+        }
+    }
+    Ok(waiting)
 }
 
 // ------------------------------------------------------------------ odds and ends
