@@ -13,7 +13,7 @@ use tonic::Code;
 
 #[tokio::test]
 async fn put_then_get() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = temp_dir();
     let server = TestServer::start(dir.path()).await;
     let mut c = server.client("acme", Role::Writer).await;
     let e = put(&mut c, "tenant_config_flags", "{ \"dark\": true }").await;
@@ -58,7 +58,7 @@ async fn put_then_get() {
 
 #[tokio::test]
 async fn a_watcher_gets_puts_and_deletes_in_order_only_for_its_prefixes() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = temp_dir();
     let server = TestServer::start(dir.path()).await;
     let mut c = server.client("acme", Role::Writer).await;
     put(&mut c, "param_config_db/url", "\"before\"").await;
@@ -94,7 +94,7 @@ async fn a_watcher_gets_puts_and_deletes_in_order_only_for_its_prefixes() {
 
 #[tokio::test]
 async fn get_token_resumes_a_watch_without_gap_or_repeat() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = temp_dir();
     let server = TestServer::start(dir.path()).await;
     let mut c = server.client("acme", Role::Writer).await;
     put(&mut c, "tenant_config_a", "1").await;
@@ -120,7 +120,7 @@ async fn get_token_resumes_a_watch_without_gap_or_repeat() {
 
 #[tokio::test]
 async fn tenants_are_isolated_whatever_the_request_says() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = temp_dir();
     let server = TestServer::start(dir.path()).await;
     let mut a = server.client("tenant-a", Role::Writer).await;
     let mut b = server.client("tenant-b", Role::Writer).await;
@@ -209,7 +209,7 @@ async fn tenants_are_isolated_whatever_the_request_says() {
 
 #[tokio::test]
 async fn compare_and_set_conflicts_name_the_current_version() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = temp_dir();
     let server = TestServer::start(dir.path()).await;
     let mut c = server.client("acme", Role::Writer).await;
     let create = |v: Option<u64>| proto::PutRequest {
@@ -278,7 +278,7 @@ async fn compare_and_set_conflicts_name_the_current_version() {
 
 #[tokio::test]
 async fn secrets_are_pushed_as_metadata_and_read_on_demand() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = temp_dir();
     let server = TestServer::start(dir.path()).await;
     let mut c = server.client("acme", Role::Writer).await;
     let mut w = watch(&mut c, watch_prefixes(&["param_config_"])).await;
@@ -317,7 +317,7 @@ async fn secrets_are_pushed_as_metadata_and_read_on_demand() {
 
 #[tokio::test]
 async fn bad_input_gets_a_clear_status_and_hurts_no_one() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = temp_dir();
     let server = TestServer::start_with(
         dir.path(),
         Options {
@@ -462,7 +462,7 @@ async fn bad_input_gets_a_clear_status_and_hurts_no_one() {
 
 #[tokio::test]
 async fn health_and_reflection_answer_without_a_token() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = temp_dir();
     let server = TestServer::start(dir.path()).await;
     let channel = tonic::transport::Channel::from_shared(server.url())
         .unwrap()
@@ -513,7 +513,7 @@ async fn health_and_reflection_answer_without_a_token() {
 
 #[tokio::test]
 async fn an_empty_watch_still_completes_its_initial_state() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = temp_dir();
     let server = TestServer::start(dir.path()).await;
     let mut c = server.client("fresh", Role::Reader).await;
     let mut w = watch(&mut c, watch_prefixes(&[])).await;
@@ -525,7 +525,7 @@ async fn an_empty_watch_still_completes_its_initial_state() {
 
 #[tokio::test]
 async fn values_at_the_size_limit_travel_whole_through_put_get_and_watch() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = temp_dir();
     let server = TestServer::start(dir.path()).await;
     let mut c = server.client("acme", Role::Writer).await;
     let mut w = watch(&mut c, watch_prefixes(&["tenant_config_"])).await;

@@ -58,7 +58,7 @@ impl Env {
         let res = moto.create_resources(Duration::from_secs(2)).await;
         let ddb = moto.dynamodb().await;
         let backend = Arc::new(DynamoBackend::new(ddb.clone(), &res.table));
-        let dir = tempfile::tempdir().unwrap();
+        let dir = temp_dir();
         let server = TestServer::start_routed(
             dir.path(),
             Router::new(vec![(&keys::TENANT_CONFIG, backend)]),

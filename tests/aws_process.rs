@@ -138,7 +138,7 @@ async fn killed_and_restarted_while_changes_arrive_watchers_converge_and_miss_no
     let res = moto.create_resources(Duration::from_secs(2)).await;
     let ddb = moto.dynamodb().await;
     let ssm = moto.ssm().await;
-    let dir = tempfile::tempdir().unwrap();
+    let dir = temp_dir();
     let token = token(dir.path(), TENANT, Role::Reader);
 
     let first = start_server(dir.path(), &moto, &res).await;

@@ -53,7 +53,7 @@ async fn service_tokens_stay_in_their_partition_and_subtree_and_tenants_never_me
             Arc::new(SsmBackend::new(ssm.clone(), ROOT)),
         ),
     ]);
-    let dir = tempfile::tempdir().unwrap();
+    let dir = temp_dir();
     let server = TestServer::start_routed(dir.path(), router, Options::default()).await;
     let (key, _) = LocalKey::load_or_create(dir.path()).unwrap();
     let token = |tenant: &str, service: Option<&str>, role| {

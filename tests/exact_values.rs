@@ -16,7 +16,7 @@ use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 
 #[tokio::test]
 async fn numbers_come_back_exactly_as_written_through_get_and_watch() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = temp_dir();
     let server = TestServer::start(dir.path()).await;
     let mut c = server.client("acme", Role::Writer).await;
     let mut w = watch(&mut c, watch_prefixes(&["tenant_config_"])).await;
@@ -41,7 +41,7 @@ async fn numbers_come_back_exactly_as_written_through_get_and_watch() {
 
 #[tokio::test]
 async fn a_number_that_cannot_be_kept_exactly_is_refused_and_nothing_is_written() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = temp_dir();
     let server = TestServer::start(dir.path()).await;
     let mut c = server.client("acme", Role::Writer).await;
     for value in ["{\"n\":123456789012345678901234567890123456789}", "[1e400]"] {
@@ -133,7 +133,7 @@ async fn raw_call(server: &TestServer, method: &str, body: Vec<u8>) -> tonic::St
 
 #[tokio::test]
 async fn a_request_that_cannot_be_decoded_is_invalid_argument() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = temp_dir();
     let server = TestServer::start(dir.path()).await;
     // PutRequest.key (field 1) with bytes that are not UTF-8.
     let status = raw_call(&server, "Put", vec![0x0a, 0x02, 0xff, 0xfe]).await;
@@ -154,7 +154,7 @@ async fn a_request_that_cannot_be_decoded_is_invalid_argument() {
 
 #[tokio::test]
 async fn text_that_is_not_a_resume_token_is_invalid_argument() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = temp_dir();
     let server = TestServer::start(dir.path()).await;
     let mut c = server.client("acme", Role::Writer).await;
     put(&mut c, "tenant_config_a", "1").await;
@@ -206,7 +206,7 @@ async fn text_that_is_not_a_resume_token_is_invalid_argument() {
 
 #[tokio::test]
 async fn the_first_put_to_a_tenant_nobody_has_read_answers_its_revision() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = temp_dir();
     let server = TestServer::start(dir.path()).await;
     let mut c = server.client("acme", Role::Writer).await;
     put(&mut c, "tenant_config_a", "1").await;
@@ -236,7 +236,7 @@ async fn the_first_put_to_a_tenant_nobody_has_read_answers_its_revision() {
 
 #[tokio::test]
 async fn the_command_line_prints_values_with_every_digit() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = temp_dir();
     let server = TestServer::start(dir.path()).await;
     let mut c = server.client("acme", Role::Writer).await;
     let written =

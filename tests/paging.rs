@@ -35,7 +35,7 @@ fn prefix_page(prefix: &str, limit: u32, page_token: &str) -> proto::GetRequest 
 
 #[tokio::test]
 async fn pages_serve_one_revision_and_refuse_when_later_keys_change() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = temp_dir();
     let server = server_with(dir.path(), Limits::default(), 4096).await;
     let mut c = server.client("acme", Role::Writer).await;
     for i in 0..25 {
@@ -100,7 +100,7 @@ async fn pages_serve_one_revision_and_refuse_when_later_keys_change() {
 
 #[tokio::test]
 async fn a_page_is_refused_when_the_history_no_longer_reaches_its_revision() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = temp_dir();
     let server = server_with(dir.path(), Limits::default(), 4).await;
     let mut c = server.client("acme", Role::Writer).await;
     for i in 0..6 {
@@ -126,7 +126,7 @@ async fn a_page_is_refused_when_the_history_no_longer_reaches_its_revision() {
 
 #[tokio::test]
 async fn page_tokens_are_checked_and_bound_to_their_request() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = temp_dir();
     let server = TestServer::start(dir.path()).await;
     let mut c = server.client("acme", Role::Writer).await;
     for i in 0..3 {
@@ -175,7 +175,7 @@ async fn page_tokens_are_checked_and_bound_to_their_request() {
 
 #[tokio::test]
 async fn pages_stop_at_the_byte_bound_and_missing_keys_are_reported_by_page() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = temp_dir();
     let limits = Limits {
         page_bytes: 1 << 20,
         ..Limits::default()
@@ -248,7 +248,7 @@ async fn pages_stop_at_the_byte_bound_and_missing_keys_are_reported_by_page() {
 /// `configwatch get` follows the pages: every entry once, in order.
 #[tokio::test]
 async fn the_command_line_get_reads_every_page() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = temp_dir();
     let server = TestServer::start(dir.path()).await;
     let mut c = server.client("acme", Role::Writer).await;
     for i in 0..30 {

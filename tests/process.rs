@@ -21,7 +21,7 @@ async fn start_server(dir: &Path) -> ServerProcess {
 
 #[tokio::test]
 async fn acknowledged_writes_survive_kill_9() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = temp_dir();
     let server = start_server(dir.path()).await;
     let t = token(dir.path(), "acme", Role::Writer);
     let c = connect(server.addr, Some(&t)).await;
@@ -80,7 +80,7 @@ fn cli(args: &[&str], server: &ServerProcess, token: &str) -> std::process::Outp
 
 #[tokio::test]
 async fn the_command_line_client() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = temp_dir();
     let server = start_server(dir.path()).await;
     let out = Command::new(BIN)
         .args([
@@ -160,7 +160,7 @@ async fn the_command_line_client() {
 
 #[test]
 fn bad_configuration_exits_64_before_binding() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = temp_dir();
     let out = Command::new(BIN)
         .args([
             "serve",
@@ -229,7 +229,7 @@ fn bad_configuration_exits_64_before_binding() {
 
 #[tokio::test]
 async fn tokens_and_secret_values_never_reach_the_logs() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = temp_dir();
     let log_path = dir.path().join("server.log");
     let log = std::fs::File::create(&log_path).unwrap();
     let mut command = serve_command(dir.path(), &[]);

@@ -17,7 +17,7 @@ use tonic::Code;
 
 #[tokio::test]
 async fn a_resumed_watcher_gets_exactly_the_changes_it_missed() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = temp_dir();
     let server = TestServer::start(dir.path()).await;
     let mut c = server.client("acme", Role::Writer).await;
     put(&mut c, "tenant_config_seen", "0").await;
@@ -67,7 +67,7 @@ async fn a_resumed_watcher_gets_exactly_the_changes_it_missed() {
 
 #[tokio::test]
 async fn after_a_restart_known_versions_get_only_the_difference() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = temp_dir();
     let server = TestServer::start(dir.path()).await;
     let mut c = server.client("acme", Role::Writer).await;
     for i in 0..20 {
@@ -133,7 +133,7 @@ async fn after_a_restart_known_versions_get_only_the_difference() {
 /// exactly the difference. A digest that is not 16 bytes is INVALID_ARGUMENT.
 #[tokio::test]
 async fn after_a_restart_a_digest_of_the_versions_held_is_enough_when_nothing_changed() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = temp_dir();
     let server = TestServer::start(dir.path()).await;
     let mut c = server.client("acme", Role::Writer).await;
     for i in 0..20 {
@@ -210,7 +210,7 @@ async fn after_a_restart_a_digest_of_the_versions_held_is_enough_when_nothing_ch
 async fn a_stalled_watcher_neither_slows_others_nor_grows_past_one_entry_per_key() {
     const KEYS: usize = 16;
     const WRITES: usize = 1_600;
-    let dir = tempfile::tempdir().unwrap();
+    let dir = temp_dir();
     let server = TestServer::start(dir.path()).await;
     let mut writer = server.client("acme", Role::Writer).await;
     // Separate connections, as separate services would have.
@@ -275,7 +275,7 @@ async fn a_stalled_watcher_neither_slows_others_nor_grows_past_one_entry_per_key
 async fn watches_over_a_full_connection_budget_get_the_newest_values_once_read() {
     const KEYS: usize = 16;
     const WATCHES: usize = 6;
-    let dir = tempfile::tempdir().unwrap();
+    let dir = temp_dir();
     let options = Options {
         connections: configwatch::server::ConnectionLimits {
             reply_bytes_per_connection: 256 << 10,
@@ -396,7 +396,7 @@ async fn an_idle_watch_gets_progress_it_can_resume_from() {
 
 #[tokio::test]
 async fn shutdown_ends_watches_with_a_status_to_resume_from() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = temp_dir();
     let server = TestServer::start(dir.path()).await;
     let mut c = server.client("acme", Role::Reader).await;
     let mut w = watch(&mut c, watch_prefixes(&[])).await;
@@ -436,8 +436,8 @@ fn now() -> u64 {
 
 #[tokio::test]
 async fn bad_tokens_are_unauthenticated_with_a_reason() {
-    let dir = tempfile::tempdir().unwrap();
-    let other = tempfile::tempdir().unwrap();
+    let dir = temp_dir();
+    let other = temp_dir();
     let server = TestServer::start(dir.path()).await;
     let foreign = TestServer::start(other.path()).await;
     let expired = sign(

@@ -54,7 +54,7 @@ async fn start() -> Env {
     let ssm = moto.ssm().await;
     let sqs = moto.sqs().await;
     let backend = Arc::new(SsmBackend::new(ssm.clone(), ROOT));
-    let dir = tempfile::tempdir().unwrap();
+    let dir = temp_dir();
     let router = Router::new(vec![(
         &keys::PARAM_CONFIG,
         backend.clone() as Arc<dyn Backend>,

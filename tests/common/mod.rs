@@ -3,7 +3,8 @@
 //! helpers to read Watch streams with deadlines instead of sleeps. What needs no
 //! server internals (server processes, moto, polling) is in the
 //! `configwatch-test-support` crate (tests/support).
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+// Each suite uses a part of this module (and of what it passes on).
+#![allow(dead_code, unused_imports, clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -29,7 +30,7 @@ use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
-pub use configwatch_test_support::PATIENCE;
+pub use configwatch_test_support::{PATIENCE, temp_dir};
 
 /// The server binary, as this package's build made it.
 pub const BIN: &str = env!("CARGO_BIN_EXE_configwatch");

@@ -7,7 +7,7 @@ use super::*;
 /// make the accept loop spin.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_sockets_beyond_the_file_limit_do_not_lock_out_new_clients() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = temp_dir();
     let log = dir.path().join("server.log");
     let server = start(dir.path(), &["--handshake-timeout", "2s"], Some(256), &log).await;
     let writer = token(dir.path(), "acme", Role::Writer);
@@ -75,7 +75,7 @@ async fn silent_sockets_beyond_the_file_limit_do_not_lock_out_new_clients() {
 /// connected is served as before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn out_of_descriptors_the_accept_loop_backs_off_and_says_so_once() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = temp_dir();
     let log = dir.path().join("server.log");
     let server = start(dir.path(), &["--handshake-timeout", "5s"], Some(40), &log).await;
     let writer = token(dir.path(), "acme", Role::Writer);
@@ -122,7 +122,7 @@ async fn out_of_descriptors_the_accept_loop_backs_off_and_says_so_once() {
 /// it gets its extra calls once others end.
 #[tokio::test]
 async fn the_stream_cap_is_advertised_and_enforced() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = temp_dir();
     let log = dir.path().join("server.log");
     let server = start(
         dir.path(),
@@ -179,7 +179,7 @@ async fn the_stream_cap_is_advertised_and_enforced() {
 /// the memory they held is given back; a bystander is not slowed meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_bodies_that_never_end_are_cut_off() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = temp_dir();
     let log = dir.path().join("server.log");
     let server = start(dir.path(), &["--request-timeout", "5s"], None, &log).await;
     let writer = token(dir.path(), "acme", Role::Writer);
@@ -249,7 +249,7 @@ async fn request_bodies_that_never_end_are_cut_off() {
 /// Bad limit flags are refused before any port is bound, naming the flag.
 #[test]
 fn bad_limit_flags_are_refused_before_binding() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = temp_dir();
     for (flag, value) in [
         ("--max-connections", "0"),
         ("--max-streams-per-connection", "0"),

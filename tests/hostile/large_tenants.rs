@@ -7,7 +7,7 @@ use super::*;
 /// writers back: the diff runs outside the view's lock, a few at a time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn huge_known_versions_do_not_slow_a_writer_of_the_same_tenant() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = temp_dir();
     let log = dir.path().join("server.log");
     let server = start(dir.path(), &[], None, &log).await;
     let writer = token(dir.path(), "acme", Role::Writer);
@@ -91,7 +91,7 @@ async fn huge_known_versions_do_not_slow_a_writer_of_the_same_tenant() {
 /// by a client with the default 4 MiB message limit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unread_get_replies_of_a_large_tenant_stay_bounded() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = temp_dir();
     let log = dir.path().join("server.log");
     let server = start(dir.path(), &[], None, &log).await;
     let writer = token(dir.path(), "acme", Role::Writer);
@@ -200,7 +200,7 @@ async fn unread_get_replies_of_a_large_tenant_stay_bounded() {
 /// connection keeps getting every write at its usual speed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unread_watches_of_a_large_tenant_stay_bounded() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = temp_dir();
     let log = dir.path().join("server.log");
     let server = start(dir.path(), &[], None, &log).await;
     let writer = token(dir.path(), "acme", Role::Writer);

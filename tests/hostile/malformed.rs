@@ -9,7 +9,7 @@ use super::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_malformed_input_is_refused_without_slowing_others() {
     use jsonwebtoken::{Algorithm, EncodingKey, Header};
-    let dir = tempfile::tempdir().unwrap();
+    let dir = temp_dir();
     let log = dir.path().join("server.log");
     let server = start(dir.path(), &[], None, &log).await;
     let writer = token(dir.path(), "acme", Role::Writer);

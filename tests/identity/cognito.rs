@@ -177,7 +177,7 @@ async fn cognito_server_with(
 async fn a_real_cognito_id_token_works_end_to_end() {
     let moto = Moto::start();
     let (pool, client, id_token, access_token) = cognito_user(&moto, "acme", &["writer"]).await;
-    let dir = tempfile::tempdir().unwrap();
+    let dir = temp_dir();
     let server = cognito_server(dir.path(), &moto, &pool, &client, TokenUse::Id).await;
     let mut c = connect(server.addr, Some(&id_token)).await;
     let mut w = watch(&mut c, watch_prefixes(&[])).await;
@@ -205,7 +205,7 @@ async fn a_real_cognito_id_token_works_end_to_end() {
 async fn access_tokens_work_with_token_use_access_when_they_carry_the_tenant() {
     let moto = Moto::start();
     let (pool, client, _, access_token) = cognito_user(&moto, "acme", &["reader"]).await;
-    let dir = tempfile::tempdir().unwrap();
+    let dir = temp_dir();
     let server = cognito_server(dir.path(), &moto, &pool, &client, TokenUse::Access).await;
     // Cognito access tokens carry no custom claims unless a pre-token-generation
     // trigger adds them: refused, saying which claim is missing.
@@ -217,7 +217,7 @@ async fn access_tokens_work_with_token_use_access_when_they_carry_the_tenant() {
 
     // An access token that does carry the tenant (as such a trigger makes) works.
     let jwks = jwks_server(JWKS.into()).await;
-    let dir = tempfile::tempdir().unwrap();
+    let dir = temp_dir();
     let (server, _) = jwks_server_with_rules(dir.path(), &jwks, TokenUse::Access).await;
     let claims = json!({
         "iss": ISSUER,
@@ -239,7 +239,7 @@ async fn access_tokens_work_with_token_use_access_when_they_carry_the_tenant() {
 
 #[tokio::test]
 async fn a_relay_reads_the_tenant_it_names_and_writes_nothing() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = temp_dir();
     let server = TestServer::start(dir.path()).await;
     let mut acme = server.client("acme", Role::Writer).await;
     put(&mut acme, "tenant_config_flags", "1").await;
@@ -333,7 +333,7 @@ async fn a_user_who_writes_relay_into_their_role_attribute_reads_no_other_tenant
     let (mallory, _) = pool.sign_in("mallory").await;
     assert_eq!(payload(&mallory)["custom:role"], json!("relay"));
 
-    let dir = tempfile::tempdir().unwrap();
+    let dir = temp_dir();
     let server = cognito_server(dir.path(), &moto, &pool.id, &pool.client, TokenUse::Id).await;
     let mut globex = connect(server.addr, Some(&pool.sign_in("globex-writer").await.0)).await;
     put(&mut globex, "tenant_config_secret", "\"globex only\"").await;
@@ -395,7 +395,7 @@ async fn a_user_who_writes_relay_into_their_role_attribute_reads_no_other_tenant
 
     // With `--role-claim custom:role` (declared admin-only), the attribute gives
     // roles, but relay from it is refused outright.
-    let dir = tempfile::tempdir().unwrap();
+    let dir = temp_dir();
     let server = cognito_server_with(
         dir.path(),
         &moto,

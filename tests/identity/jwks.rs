@@ -5,7 +5,7 @@ use super::*;
 
 #[tokio::test]
 async fn the_attack_suite_is_refused_and_leaks_nothing() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = temp_dir();
     let jwks = jwks_server(JWKS.into()).await;
     let (server, _) = jwks_server_with_rules(dir.path(), &jwks, TokenUse::Id).await;
     let mut good = connect(server.addr, Some(&rs256(&good_claims(), KID))).await;
@@ -122,7 +122,7 @@ async fn the_attack_suite_is_refused_and_leaks_nothing() {
 
 #[tokio::test]
 async fn a_flood_of_unknown_kids_fetches_the_jwks_a_bounded_number_of_times() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = temp_dir();
     let jwks = jwks_server(JWKS.into()).await;
     let (server, keys) = jwks_server_with_rules(dir.path(), &jwks, TokenUse::Any).await;
     assert_eq!(jwks.fetches.load(Ordering::SeqCst), 1, "one fetch at start");
@@ -154,7 +154,7 @@ async fn a_flood_of_unknown_kids_fetches_the_jwks_a_bounded_number_of_times() {
 
 #[tokio::test]
 async fn a_jwks_outage_keeps_serving_with_the_cached_keys() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = temp_dir();
     let jwks = jwks_server(JWKS.into()).await;
     let (server, keys) = jwks_server_with_rules(dir.path(), &jwks, TokenUse::Any).await;
     jwks.failing.store(true, Ordering::SeqCst);
@@ -170,7 +170,7 @@ async fn a_jwks_outage_keeps_serving_with_the_cached_keys() {
 
 #[tokio::test]
 async fn with_no_keys_at_all_calls_are_unavailable_not_unauthenticated() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = temp_dir();
     let jwks = jwks_server(JWKS.into()).await;
     jwks.failing.store(true, Ordering::SeqCst);
     let (server, _) = jwks_server_with_rules(dir.path(), &jwks, TokenUse::Any).await;
@@ -186,7 +186,7 @@ async fn with_no_keys_at_all_calls_are_unavailable_not_unauthenticated() {
 /// authenticator itself.
 #[tokio::test]
 async fn a_tampered_token_is_refused_while_its_valid_original_is_cached() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = temp_dir();
     let jwks = jwks_server(JWKS.into()).await;
     let (server, keys) = jwks_server_with_rules(dir.path(), &jwks, TokenUse::Id).await;
     let mut reader_claims = good_claims();

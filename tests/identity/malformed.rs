@@ -8,7 +8,7 @@ use super::*;
 /// a huge iat or nbf) is refused, and the server goes on serving.
 #[tokio::test]
 async fn a_token_dated_past_the_year_9999_is_refused_and_the_server_keeps_serving() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = temp_dir();
     let server = TestServer::start(dir.path()).await;
     let mut writer = server.client("acme", Role::Writer).await;
     put(&mut writer, "tenant_config_a", "1").await;
@@ -57,7 +57,7 @@ async fn a_token_dated_past_the_year_9999_is_refused_and_the_server_keeps_servin
 /// (issuer `configwatch`) and with a JWKS.
 #[tokio::test]
 async fn a_token_without_a_single_string_issuer_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = temp_dir();
     let server = TestServer::start(dir.path()).await;
     let local = |iss: Option<Value>| {
         let mut c = json!({"custom:tenantId": "acme", "exp": now() + 600});
@@ -87,7 +87,7 @@ async fn a_token_without_a_single_string_issuer_is_refused() {
     server.stop().await;
 
     let jwks = jwks_server(JWKS.into()).await;
-    let dir = tempfile::tempdir().unwrap();
+    let dir = temp_dir();
     let (server, _) = jwks_server_with_rules(dir.path(), &jwks, TokenUse::Id).await;
     let with_iss = |iss: Option<Value>| {
         let mut c = good_claims();
@@ -118,7 +118,7 @@ async fn a_token_without_a_single_string_issuer_is_refused() {
 #[tokio::test]
 async fn a_token_with_a_crit_header_is_refused() {
     let jwks = jwks_server(JWKS.into()).await;
-    let dir = tempfile::tempdir().unwrap();
+    let dir = temp_dir();
     let (server, _) = jwks_server_with_rules(dir.path(), &jwks, TokenUse::Id).await;
     for crit in [vec!["exp"], vec!["http://example.invalid/ext"], vec![]] {
         let mut header = Header::new(Algorithm::RS256);
@@ -134,7 +134,7 @@ async fn a_token_with_a_crit_header_is_refused() {
     }
     server.stop().await;
 
-    let dir = tempfile::tempdir().unwrap();
+    let dir = temp_dir();
     let server = TestServer::start(dir.path()).await;
     let mut header = Header::new(Algorithm::EdDSA);
     header.crit = Some(vec!["b64".into()]);
@@ -153,7 +153,7 @@ async fn a_token_with_a_crit_header_is_refused() {
 #[tokio::test]
 async fn a_provider_token_without_token_use_is_refused_under_token_use_any() {
     let jwks = jwks_server(JWKS.into()).await;
-    let dir = tempfile::tempdir().unwrap();
+    let dir = temp_dir();
     let (server, _) = jwks_server_with_rules(dir.path(), &jwks, TokenUse::Any).await;
     connect(server.addr, Some(&rs256(&good_claims(), KID)))
         .await
@@ -171,7 +171,7 @@ async fn a_provider_token_without_token_use_is_refused_under_token_use_any() {
     .await;
     server.stop().await;
 
-    let dir = tempfile::tempdir().unwrap();
+    let dir = temp_dir();
     let server = TestServer::start(dir.path()).await;
     let mut c = server.client("acme", Role::Writer).await;
     put(&mut c, "tenant_config_a", "1").await;
@@ -183,7 +183,7 @@ async fn a_provider_token_without_token_use_is_refused_under_token_use_any() {
 #[tokio::test]
 async fn a_10_kb_kid_gets_a_short_unauthenticated_status() {
     let long = "k".repeat(10 * 1024);
-    let dir = tempfile::tempdir().unwrap();
+    let dir = temp_dir();
     let server = TestServer::start(dir.path()).await;
     let mut header = Header::new(Algorithm::EdDSA);
     header.kid = Some(long.clone());
@@ -213,7 +213,7 @@ async fn a_10_kb_kid_gets_a_short_unauthenticated_status() {
     server.stop().await;
 
     let jwks = jwks_server(JWKS.into()).await;
-    let dir = tempfile::tempdir().unwrap();
+    let dir = temp_dir();
     let (server, _) = jwks_server_with_rules(dir.path(), &jwks, TokenUse::Id).await;
     assert_refused(
         server.addr,

@@ -4,7 +4,7 @@ use super::*;
 
 #[tokio::test]
 async fn keys_and_prefixes_cannot_reach_another_tenant() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = temp_dir();
     let server = TestServer::start(dir.path()).await;
     let mut a = server.client("tenant-a", Role::Writer).await;
     let mut b = server.client("tenant-b", Role::Writer).await;
@@ -51,7 +51,7 @@ async fn keys_and_prefixes_cannot_reach_another_tenant() {
 
 #[tokio::test]
 async fn a_service_token_sees_only_its_service() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = temp_dir();
     let server = TestServer::start(dir.path()).await;
     let (key, _) = LocalKey::load_or_create(dir.path()).unwrap();
     let token = |service: Option<&str>, role| {

@@ -94,12 +94,12 @@ async fn serve_damaged(
 #[tokio::test]
 async fn flipped_bytes_are_reported_and_never_served() {
     let (tenants, per) = (4, 10);
-    let reference = tempfile::tempdir().unwrap();
+    let reference = temp_dir();
     write_reference(reference.path(), tenants, per).await;
     let original = std::fs::read(reference.path().join(DB_FILE)).unwrap();
 
     // One byte flipped in the middle of 12 of the 40 values (every stored copy).
-    let dir = tempfile::tempdir().unwrap();
+    let dir = temp_dir();
     let mut bytes = original.clone();
     let mut flipped = Vec::new();
     for n in 0..12 {
@@ -134,7 +134,7 @@ async fn flipped_bytes_are_reported_and_never_served() {
 #[tokio::test]
 async fn four_kib_of_random_bytes_never_panic_or_serve_wrong_values() {
     let (tenants, per) = (4, 10);
-    let reference = tempfile::tempdir().unwrap();
+    let reference = temp_dir();
     write_reference(reference.path(), tenants, per).await;
     let original = std::fs::read(reference.path().join(DB_FILE)).unwrap();
     let marker = std::fs::read(
@@ -148,7 +148,7 @@ async fn four_kib_of_random_bytes_never_panic_or_serve_wrong_values() {
     let mut at = 4096;
     let mut detected = 0;
     while at + 4096 <= original.len() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = temp_dir();
         let mut bytes = original.clone();
         for b in &mut bytes[at..at + 4096] {
             *b = rand::random();
@@ -177,7 +177,7 @@ async fn four_kib_of_random_bytes_never_panic_or_serve_wrong_values() {
 
 #[tokio::test]
 async fn serve_names_the_damaged_keys_at_start() {
-    let reference = tempfile::tempdir().unwrap();
+    let reference = temp_dir();
     write_reference(reference.path(), 2, 5).await;
     let db = reference.path().join(DB_FILE);
     let mut bytes = std::fs::read(&db).unwrap();

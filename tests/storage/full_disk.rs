@@ -11,7 +11,7 @@ struct Tmpfs {
 
 impl Tmpfs {
     fn mount(size: &str) -> Option<Tmpfs> {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = temp_dir();
         let path = dir.path().join("mnt");
         std::fs::create_dir(&path).unwrap();
         let ok = Command::new("mount")

@@ -5,7 +5,7 @@ use super::*;
 
 #[tokio::test]
 async fn a_lost_database_stops_the_server_and_new_store_starts_one_that_clients_notice() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = temp_dir();
     let db = dir.path().join(DB_FILE);
     let server = ServerProcess::start(serve_command(dir.path(), &[])).await;
     let t = token(dir.path(), "acme", Role::Writer);
@@ -91,7 +91,7 @@ async fn a_lost_database_stops_the_server_and_new_store_starts_one_that_clients_
 
 #[tokio::test]
 async fn a_watch_naming_another_store_gets_the_full_state_and_its_own_resumes() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = temp_dir();
     let server = TestServer::start(dir.path()).await;
     let mut c = server.client("acme", Role::Writer).await;
     put(&mut c, "tenant_config_a", "1").await;

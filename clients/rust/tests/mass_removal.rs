@@ -33,7 +33,7 @@ fn builder(url: &str, slot: &Arc<Mutex<String>>) -> ClientBuilder {
 
 #[tokio::test]
 async fn a_store_lost_on_the_server_is_held_back_and_reported_unless_the_application_accepts_it() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = temp_dir();
     let data = dir.path().join("data");
     let mut server = Server::start(&data).await;
     let mut w = server.writer(TENANT).await;
@@ -216,7 +216,7 @@ async fn a_store_lost_on_the_server_is_held_back_and_reported_unless_the_applica
 
 #[tokio::test]
 async fn removals_of_some_keys_apply_as_usual_and_of_all_of_them_are_held_back() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = temp_dir();
     let mut server = Server::start(&dir.path().join("data")).await;
     let mut w = server.writer(TENANT).await;
     for k in ["tenant_config_a", "tenant_config_b", "tenant_config_c"] {

@@ -10,7 +10,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{fast_backoff, wait_for};
+use common::{fast_backoff, temp_dir, wait_for};
 use configwatch_client::{Client, Error, SyncMode, static_token};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -139,7 +139,7 @@ async fn the_store_identity_is_remembered_sent_back_reported_when_it_changes_and
         entries: vec![a1, b1],
     });
     let url = start(fake.clone()).await;
-    let dir = tempfile::tempdir().unwrap();
+    let dir = temp_dir();
     let snapshot = dir.path().join("snap.json");
     let builder = || {
         Client::builder(&url, "acme", static_token("token"))

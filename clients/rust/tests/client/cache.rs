@@ -5,7 +5,7 @@ use super::*;
 
 #[tokio::test]
 async fn bootstrap_then_deltas_then_a_delete() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = temp_dir();
     let server = Server::start(dir.path()).await;
     let mut w = server.writer(TENANT).await;
     w.put("tenant_config_a", json!({"on": false})).await;
@@ -122,7 +122,7 @@ async fn bootstrap_then_deltas_then_a_delete() {
 
 #[tokio::test]
 async fn a_snapshot_of_another_tenant_or_other_prefixes_is_ignored() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = temp_dir();
     let mut server = Server::start(&dir.path().join("data")).await;
     let snapshot = dir.path().join("snap.json");
     let mut w = server.writer(TENANT).await;
@@ -176,7 +176,7 @@ async fn a_snapshot_of_another_tenant_or_other_prefixes_is_ignored() {
 
 #[tokio::test]
 async fn a_resume_token_the_server_cannot_read_falls_back_to_the_versions_held() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = temp_dir();
     let server = Server::start(&dir.path().join("data")).await;
     let mut w = server.writer(TENANT).await;
     w.put("tenant_config_kept", json!(1)).await;
@@ -219,7 +219,7 @@ async fn a_resume_token_the_server_cannot_read_falls_back_to_the_versions_held()
 
 #[tokio::test]
 async fn secrets_are_read_on_demand_and_never_cached() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = temp_dir();
     let server = Server::start(&dir.path().join("data")).await;
     let snapshot = dir.path().join("snap.json");
     let key = "param_config_db/password";
@@ -293,7 +293,7 @@ async fn secrets_are_read_on_demand_and_never_cached() {
 
 #[tokio::test]
 async fn a_slow_reader_gets_the_newest_change_per_key() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = temp_dir();
     let server = Server::start(dir.path()).await;
     let mut w = server.writer(TENANT).await;
     w.put("tenant_config_k", json!(1)).await;

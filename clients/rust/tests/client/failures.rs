@@ -4,7 +4,7 @@ use super::*;
 
 #[tokio::test]
 async fn server_restarted_mid_stream_the_cache_converges_by_itself() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = temp_dir();
     let mut server = Server::start(&dir.path().join("data")).await;
     let mut w = server.writer(TENANT).await;
     w.put("tenant_config_a", json!(1)).await;
@@ -110,7 +110,7 @@ async fn server_restarted_mid_stream_the_cache_converges_by_itself() {
 
 #[tokio::test]
 async fn token_expiry_the_token_source_is_called_again_and_nothing_is_lost() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = temp_dir();
     let server = Arc::new(Server::start(dir.path()).await);
     let mut w = server.writer(TENANT).await;
     w.put("tenant_config_flag", json!("v1")).await;
@@ -187,7 +187,7 @@ async fn token_expiry_the_token_source_is_called_again_and_nothing_is_lost() {
 
 #[tokio::test]
 async fn server_down_at_start_reads_serve_the_snapshot_then_the_cache_is_current() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = temp_dir();
     let mut server = Server::start(&dir.path().join("data")).await;
     let snapshot = dir
         .path()
@@ -326,7 +326,7 @@ async fn server_down_at_start_reads_serve_the_snapshot_then_the_cache_is_current
 
 #[tokio::test]
 async fn a_refused_request_is_a_typed_error_and_does_not_spin() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = temp_dir();
     let server = Server::start(dir.path()).await;
     let mut w = server.writer(TENANT).await;
     w.put("tenant_config_a", json!(1)).await;

@@ -5,7 +5,7 @@ use super::*;
 
 #[tokio::test]
 async fn the_watch_stops_when_every_handle_is_dropped_or_on_close() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = temp_dir();
     let server = Server::start(dir.path()).await;
     let mut w = server.writer(TENANT).await;
     w.put("tenant_config_a", json!(1)).await;
@@ -53,7 +53,7 @@ async fn the_watch_stops_when_every_handle_is_dropped_or_on_close() {
 
 #[tokio::test]
 async fn many_clients_in_one_process_each_see_only_their_tenant() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = temp_dir();
     let server = Server::start(dir.path()).await;
     let tenants = ["t1", "t2", "t3"];
     let mut clients = Vec::new();
@@ -84,7 +84,7 @@ async fn many_clients_in_one_process_each_see_only_their_tenant() {
 
 #[tokio::test]
 async fn the_example_prints_the_flag_each_time_it_changes() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = temp_dir();
     let server = Server::start(dir.path()).await;
     let flag = "tenant_config_new-checkout";
     let mut w = server.writer(TENANT).await;

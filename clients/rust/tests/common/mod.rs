@@ -7,7 +7,8 @@
 //! The server binary is `$CONFIGWATCH_BIN`, else `<target dir>/debug/configwatch`
 //! (`$CARGO_TARGET_DIR`, else the workspace's `target/`).
 
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+// Each suite uses a part of this module (and of what it passes on).
+#![allow(dead_code, unused_imports, clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -17,7 +18,7 @@ use std::time::Duration;
 use configwatch_client::proto::{self, config_service_client::ConfigServiceClient};
 use configwatch_client::{Backoff, Change, ChangeKind, Client, ClientBuilder};
 use configwatch_test_support::{ServerProcess, eventually, mint_token, serve_command};
-pub use configwatch_test_support::{server_bin, wait_for};
+pub use configwatch_test_support::{server_bin, temp_dir, wait_for};
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 

@@ -75,7 +75,7 @@ use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
-use common::{TENANT, fast_backoff};
+use common::{TENANT, fast_backoff, temp_dir};
 use configwatch_test_support::{ServerProcess, mint_token, poll, serve_command, server_bin};
 
 /// How long the clients wait for a silent stream before reopening it. The server
@@ -91,7 +91,7 @@ const TOKEN_REFRESH: Duration = Duration::from_secs(2);
 async fn clients_of_both_languages_converge_through_restarts_and_dropped_connections() {
     let config = Config::from_env();
     let driver = typescript_driver();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = temp_dir();
     eprintln!(
         "convergence: seed {} ({} rounds, {} Rust + {} TypeScript clients, {} writes per round, \
          {} keys); replay with CONFIGWATCH_CONVERGENCE_SEED={}",
