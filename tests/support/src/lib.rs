@@ -8,8 +8,8 @@
 //! - [`token`]: tokens minted by the binary's own `token` command.
 //! - [`wait`]: waiting for a condition by polling it against a deadline, never by a
 //!   fixed sleep.
-//! - [`moto`]: a private moto server (AWS emulator) with the resources of the
-//!   CloudFormation template.
+//! - `moto` (feature `moto`): a private moto server (AWS emulator) with the
+//!   resources of the CloudFormation template.
 //! - [`procfs`]: a process's resident memory and CPU time from `/proc`.
 //! - [`temp_dir`]: a temporary directory, removed when dropped.
 //!
@@ -21,6 +21,7 @@
 // Test support: a failed step is a failed test, so panicking is how it reports.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[cfg(feature = "moto")]
 pub mod moto;
 pub mod process;
 pub mod procfs;
