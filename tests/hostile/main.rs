@@ -22,7 +22,7 @@ use common::*;
 use configwatch::auth::Role;
 use configwatch::proto;
 use configwatch_test_support::procfs::{cpu, rss, settled_rss};
-use configwatch_test_support::{ServerProcess, under_file_limit, wait_for};
+use configwatch_test_support::{ServerProcess, eventually, under_file_limit, wait_for};
 use tonic::codec::Streaming;
 
 /// How long a flood of hostile calls may take to build up before the measurement
