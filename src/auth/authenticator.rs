@@ -10,15 +10,18 @@ use jsonwebtoken::Validation;
 use serde_json::Value;
 
 use super::cache::{self, Lookup, TokenCache, Verified};
-use super::claims::date_claim;
+use super::claims::{check_time, date_claim, time_claims};
 use super::error::{map_jwt_error, unreadable};
 use super::{AuthError, ClaimRules, Identity, KeySource, MAX_LEEWAY};
+use crate::clock::Clock;
 
 /// Turns bearer tokens into identities.
 pub struct Authenticator {
     keys: Arc<dyn KeySource>,
     rules: ClaimRules,
     cache: TokenCache,
+    /// Wall time for exp and nbf, in full verifications and cache hits alike.
+    clock: Clock,
 }
 
 impl Authenticator {
@@ -34,13 +37,21 @@ impl Authenticator {
         mut rules: ClaimRules,
         capacity: usize,
     ) -> Self {
-        // jsonwebtoken subtracts the leeway from the clock unchecked.
+        // More skew than this is a misconfiguration, not a clock (and jsonwebtoken,
+        // whose rule ours is, subtracted the leeway from the clock unchecked).
         rules.leeway = rules.leeway.min(MAX_LEEWAY);
         Authenticator {
             keys,
             rules,
             cache: TokenCache::new(capacity),
+            clock: Clock::system(),
         }
+    }
+
+    /// Reads wall time from `clock` instead of the system clock (for tests).
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// Verified tokens cached now (for operators and tests).
@@ -65,11 +76,12 @@ impl Authenticator {
 
     /// Validates a token: signature, algorithm, exp, nbf, iss, aud, then claims. A
     /// token that verified before (byte for byte, with a key still in the key set)
-    /// is only checked against the clock, by the same rule.
+    /// is only checked against the clock, by the same rule. Time is the
+    /// authenticator's [`Clock`], never the system's directly.
     pub async fn verify(&self, token: &str) -> Result<Identity, AuthError> {
         let digest = cache::digest(token);
         let leeway = self.rules.leeway.as_secs();
-        if let Some(now) = cache::now_secs() {
+        if let Some(now) = self.clock.unix_secs() {
             match self.cache.lookup(&digest, now, leeway) {
                 Lookup::Hit(identity) => return Ok(identity),
                 Lookup::Refused(e) => return Err(e),
@@ -105,9 +117,10 @@ impl Authenticator {
         let signer = self.keys.signer();
         let mut validation = Validation::new(header.alg);
         validation.algorithms = key.algorithms.clone();
-        // The cache replays exactly this exp/nbf rule (cache::check_time).
-        validation.leeway = self.rules.leeway.as_secs();
-        validation.validate_nbf = true;
+        // exp and nbf are checked below against our clock (jsonwebtoken reads the
+        // system clock); it still requires `exp`.
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
         validation.set_required_spec_claims(&["exp"]);
         // The issuer is checked below (jsonwebtoken ignores an `iss` it cannot
         // parse, and accepts an array), and so is the audience: ID tokens carry it
@@ -116,6 +129,11 @@ impl Authenticator {
         let data = jsonwebtoken::decode::<HashMap<String, Value>>(token, &key.key, &validation)
             .map_err(map_jwt_error)?;
         let claims = &data.claims;
+        // The rule jsonwebtoken would apply, at the same point; the cache replays it
+        // (claims::check_time).
+        let (exp, nbf) = time_claims(claims)?;
+        let now = self.clock.unix_secs().unwrap_or(0);
+        check_time(exp, nbf, now, self.rules.leeway.as_secs())?;
         self.rules.check_issuer(claims, signer)?;
         let exp = date_claim(claims, "exp")?
             .ok_or_else(|| AuthError::malformed("the 'exp' claim is required"))?;

@@ -255,6 +255,48 @@ pub(super) fn date_claim(
     }
 }
 
+/// The exp/nbf rule, the one `jsonwebtoken` 11's `validate` applies with
+/// `validate_exp`, `validate_nbf`, `leeway` and no `reject_tokens_expiring_in_less_than`
+/// (it is checked here instead, against the injected clock, because `jsonwebtoken`
+/// reads the system clock itself): expired when `exp < now - leeway`, not yet valid
+/// when `nbf > now + leeway`, checked in that order. A unit test compares it with
+/// `jsonwebtoken` itself around both edges; the token cache replays it on every hit.
+pub(crate) fn check_time(
+    exp: u64,
+    nbf: Option<u64>,
+    now: u64,
+    leeway: u64,
+) -> Result<(), AuthError> {
+    if exp < now.saturating_sub(leeway) {
+        return Err(AuthError::Expired);
+    }
+    if nbf.is_some_and(|nbf| nbf > now.saturating_add(leeway)) {
+        return Err(AuthError::NotYetValid);
+    }
+    Ok(())
+}
+
+/// `exp` and `nbf` as the time rule reads them, with `jsonwebtoken`'s refusals: an
+/// `exp` it cannot read it calls missing (a required claim, checked while decoding),
+/// an `nbf` it cannot read has the wrong type. Not yet bounded by
+/// [`MAX_NUMERIC_DATE`]: the time rule comes first, as it did inside `jsonwebtoken`.
+pub(super) fn time_claims(
+    claims: &HashMap<String, Value>,
+) -> Result<(u64, Option<u64>), AuthError> {
+    let exp = claims
+        .get("exp")
+        .and_then(numeric_date)
+        .ok_or_else(|| AuthError::malformed("the 'exp' claim is required"))?;
+    let nbf = match claims.get("nbf") {
+        None => None,
+        Some(v) => Some(
+            numeric_date(v)
+                .ok_or_else(|| AuthError::malformed("the 'nbf' claim has the wrong type"))?,
+        ),
+    };
+    Ok((exp, nbf))
+}
+
 /// When a token with this `exp` stops being accepted (exp plus the allowed clock
 /// skew), the moment a Watch opened with it ends. Saturates instead of overflowing.
 pub(super) fn expiry_time(exp: u64, leeway: Duration) -> SystemTime {

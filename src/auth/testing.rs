@@ -11,7 +11,8 @@ use ed25519_dalek::pkcs8::EncodePrivateKey;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header};
 use serde_json::{Value, json};
 
-use super::{AuthError, Authenticator, ClaimRules, Identity, KeySource, Signer, VerifyKey, cache};
+use super::{AuthError, Authenticator, ClaimRules, Identity, KeySource, Signer, VerifyKey};
+use crate::clock::Clock;
 
 /// A key source with one Ed25519 key that counts its uses and can drop its key.
 pub(crate) struct TestKeys {
@@ -79,7 +80,7 @@ impl KeySource for TestKeys {
 }
 
 pub(crate) fn now() -> u64 {
-    cache::now_secs().unwrap_or(0)
+    Clock::system().unix_secs().unwrap_or(0)
 }
 
 pub(crate) fn claims(exp: u64) -> Value {

@@ -1,44 +1,108 @@
 //! The authenticator end to end: the verified-token cache, the time rule, headers
 //! and inputs that must be refused.
 
-use jsonwebtoken::{Algorithm, Header};
-
-use super::*;
-use crate::auth::{MAX_NUMERIC_DATE, cache, local};
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
+use jsonwebtoken::{Algorithm, Header};
 use serde_json::json;
 
+use super::*;
 use crate::auth::testing::*;
+use crate::auth::{MAX_NUMERIC_DATE, cache, local};
 
-/// The cache's time rule is jsonwebtoken's: around both edges, a full
-/// verification and `check_time` agree to the second.
-#[tokio::test]
-async fn the_cached_time_rule_matches_a_full_verification_at_the_edges() -> TestResult {
+/// The time rule is jsonwebtoken's: around both edges, its own exp/nbf validation
+/// (on the system clock), `check_time`, and a full verification on a clock stopped
+/// at the same second agree to the second.
+#[tokio::test(start_paused = true)]
+async fn the_time_rule_matches_jsonwebtoken_at_the_edges() -> TestResult {
     let keys = TestKeys::new()?;
-    let uncached = auth(&keys, 5, 0);
+    let key = keys.key_for(&Header::new(Algorithm::EdDSA)).await?;
+    let by_jsonwebtoken = |token: &str| {
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        validation.leeway = 5;
+        validation.validate_nbf = true;
+        validation.validate_aud = false;
+        validation.set_required_spec_claims(&["exp"]);
+        jsonwebtoken::decode::<HashMap<String, Value>>(token, &key.key, &validation)
+            .map(|_| ())
+            .map_err(map_jwt_error)
+    };
     for d in -8i64..=8 {
         loop {
-            let now = now();
-            let exp = now.saturating_add_signed(d);
-            let by_exp = uncached.verify(&keys.sign(&claims(exp))?).await.map(|_| ());
-            let nbf = now.saturating_add_signed(d);
-            let mut c = claims(now + 3600);
+            let t = now();
+            let exp = t.saturating_add_signed(d);
+            let by_exp = keys.sign(&claims(exp))?;
+            let nbf = t.saturating_add_signed(d);
+            let mut c = claims(t + 3600);
             c["nbf"] = json!(nbf);
-            let by_nbf = uncached.verify(&keys.sign(&c)?).await.map(|_| ());
-            if cache::now_secs() != Some(now) {
+            let by_nbf = keys.sign(&c)?;
+            let (jwt_exp, jwt_nbf) = (by_jsonwebtoken(&by_exp), by_jsonwebtoken(&by_nbf));
+            if now() != t {
                 continue; // the second changed meanwhile: measure again
             }
-            assert_eq!(by_exp, cache::check_time(exp, None, now, 5), "exp now{d:+}");
+            assert_eq!(jwt_exp, check_time(exp, None, t, 5), "exp now{d:+}");
             assert_eq!(
-                by_nbf,
-                cache::check_time(now + 3600, Some(nbf), now, 5),
+                jwt_nbf,
+                check_time(t + 3600, Some(nbf), t, 5),
+                "nbf now{d:+}"
+            );
+            let stopped = Clock::starting_at(UNIX_EPOCH + Duration::from_secs(t));
+            let ours = auth(&keys, 5, 0).with_clock(stopped);
+            assert_eq!(
+                ours.verify(&by_exp).await.map(|_| ()),
+                jwt_exp,
+                "exp now{d:+}"
+            );
+            assert_eq!(
+                ours.verify(&by_nbf).await.map(|_| ()),
+                jwt_nbf,
                 "nbf now{d:+}"
             );
             break;
         }
     }
+    // An nbf that is not a date is refused in the same words.
+    for bad in [json!("soon"), json!(null), json!(-1), json!(1e300)] {
+        let mut c = claims(now() + 600);
+        c["nbf"] = bad.clone();
+        let token = keys.sign(&c)?;
+        let ours = auth(&keys, 5, 0).verify(&token).await.map(|_| ());
+        assert_eq!(ours, by_jsonwebtoken(&token), "nbf {bad}");
+        assert!(matches!(ours, Err(AuthError::Malformed(_))), "nbf {bad}");
+    }
+    Ok(())
+}
+
+/// exp and nbf are read against the authenticator's clock, never the system's:
+/// a token that expired long ago verifies on a clock set before its expiry, and
+/// one valid now is not yet valid there.
+#[tokio::test]
+async fn a_full_verification_reads_the_authenticators_clock() -> TestResult {
+    let keys = TestKeys::new()?;
+    let year_2000 = Clock::starting_at(UNIX_EPOCH + Duration::from_secs(946_684_800));
+    let old = keys.sign(&claims(978_307_200))?;
+    let id = auth(&keys, 5, 0).with_clock(year_2000).verify(&old).await?;
+    assert_eq!(
+        id.expires_at,
+        Some(UNIX_EPOCH + Duration::from_secs(978_307_205))
+    );
+    assert_eq!(
+        auth(&keys, 5, 0).verify(&old).await,
+        Err(AuthError::Expired),
+        "the system clock"
+    );
+    let mut current = claims(now() + 600);
+    current["nbf"] = json!(now());
+    let current = keys.sign(&current)?;
+    auth(&keys, 5, 0).verify(&current).await?;
+    assert_eq!(
+        auth(&keys, 5, 0)
+            .with_clock(year_2000)
+            .verify(&current)
+            .await,
+        Err(AuthError::NotYetValid)
+    );
     Ok(())
 }
 
@@ -55,20 +119,22 @@ async fn a_cached_token_skips_the_key_and_signature_check() -> TestResult {
     Ok(())
 }
 
-#[tokio::test]
+/// On paused time: the cached entry serves through exp + leeway and is refused
+/// the second after, with no wait.
+#[tokio::test(start_paused = true)]
 async fn a_cached_token_is_refused_once_expired() -> TestResult {
     let keys = TestKeys::new()?;
-    // No leeway, so the test waits two seconds, not seven (two, not one, so a
-    // slow first verification cannot see the token expire already).
-    let auth = auth(&keys, 0, 100);
-    let exp = now() + 2;
+    let start = 1_800_000_000;
+    let clock = Clock::starting_at(UNIX_EPOCH + Duration::from_secs(start));
+    let auth = auth(&keys, 5, 100).with_clock(clock);
+    let exp = start + 2;
     let token = keys.sign(&claims(exp))?;
     auth.verify(&token).await?;
     assert_eq!(auth.cached_tokens(), 1);
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while now() <= exp && std::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    tokio::time::advance(Duration::from_secs(7)).await;
+    assert_eq!(clock.unix_secs(), Some(exp + 5));
+    auth.verify(&token).await?;
+    tokio::time::advance(Duration::from_secs(1)).await;
     assert_eq!(auth.verify(&token).await, Err(AuthError::Expired));
     assert_eq!(keys.calls(), 1, "refused by the cached entry's exp");
     assert_eq!(auth.cached_tokens(), 0, "and the entry is gone");

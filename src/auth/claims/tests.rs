@@ -1,12 +1,12 @@
 //! The claim rules through a full verification: issuers, token kinds, roles and the
 //! expiry time.
 
-use super::*;
-use crate::auth::Authenticator;
 use std::time::{Duration, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 
+use super::*;
+use crate::auth::Authenticator;
 use crate::auth::testing::*;
 
 #[test]
@@ -194,4 +194,19 @@ async fn provider_roles_come_from_groups_or_the_declared_claim_and_never_relay_f
     relay["custom:role"] = json!("relay");
     assert_eq!(auth.verify(&own.sign(&relay)?).await?.role, Role::Relay);
     Ok(())
+}
+
+#[test]
+fn the_time_rule_refuses_at_the_same_edges() {
+    // exp: valid through exp + leeway inclusive.
+    assert_eq!(check_time(100, None, 105, 5), Ok(()));
+    assert_eq!(check_time(100, None, 106, 5), Err(AuthError::Expired));
+    // nbf: valid from nbf - leeway inclusive.
+    assert_eq!(check_time(200, Some(100), 95, 5), Ok(()));
+    assert_eq!(
+        check_time(200, Some(100), 94, 5),
+        Err(AuthError::NotYetValid)
+    );
+    // Both wrong: expiry is reported, as jsonwebtoken does.
+    assert_eq!(check_time(10, Some(100), 50, 0), Err(AuthError::Expired));
 }
