@@ -243,3 +243,6 @@ fn token_expired() -> Status {
         "token expired; reconnect with a fresh token and resume with your last resume_token",
     )
 }
+
+#[cfg(test)]
+mod tests;
