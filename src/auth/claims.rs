@@ -148,25 +148,24 @@ impl ClaimRules {
         signer: Signer,
         exp: u64,
     ) -> Result<Identity, AuthError> {
-        let rules = self;
         let role = self.role(claims, signer)?;
-        let tenant = match claims.get(&rules.tenant_claim) {
+        let tenant = match claims.get(&self.tenant_claim) {
             Some(Value::String(t)) => Some(t.as_str()),
             None | Some(Value::Null) if role == Role::Relay => None,
             Some(_) => {
                 return Err(AuthError::BadClaim {
-                    claim: rules.tenant_claim.clone(),
+                    claim: self.tenant_claim.clone(),
                     reason: "it must be a string".into(),
                 });
             }
-            None => return Err(AuthError::MissingTenant(rules.tenant_claim.clone())),
+            None => return Err(AuthError::MissingTenant(self.tenant_claim.clone())),
         };
-        let service = match claims.get(&rules.service_claim) {
+        let service = match claims.get(&self.service_claim) {
             None | Some(Value::Null) => None,
             Some(Value::String(s)) => Some(s.as_str()),
             Some(_) => {
                 return Err(AuthError::BadClaim {
-                    claim: rules.service_claim.clone(),
+                    claim: self.service_claim.clone(),
                     reason: "it must be a string".into(),
                 });
             }
@@ -183,7 +182,7 @@ impl ClaimRules {
                 .and_then(Value::as_str)
                 .unwrap_or("")
                 .to_owned(),
-            expires_at: Some(expiry_time(exp, rules.leeway)),
+            expires_at: Some(expiry_time(exp, self.leeway)),
         })
     }
 

@@ -3,8 +3,10 @@
 //! The tenant comes only from the token (claim `custom:tenantId` by default), never
 //! from a request. Validation is split in two: a [`KeySource`] says which key and
 //! which algorithms verify a token with a given header (the embedded signing key in
-//! [`local`]; a JWKS URL later), and the [`Authenticator`] checks signature, expiry,
-//! issuer and audience and maps claims to an identity.
+//! [`local`]; a JWKS URL in [`jwks`]), and the [`Authenticator`] checks signature,
+//! expiry, issuer and audience and maps claims to an identity. Expiry is read
+//! against an injected [`Clock`](crate::clock::Clock), never the system clock
+//! directly, so tests move it with tokio's paused time.
 //!
 //! Where a role may come from depends on who signed the token ([`Signer`]): the
 //! server's own key signs only what the operator asked `configwatch token` for, so
