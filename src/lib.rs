@@ -19,6 +19,7 @@
 //! - [`aws`]: AWS settings and SDK configuration.
 //! - [`keys`] and [`model`]: keys, families, limits, scopes and entries; [`json`]:
 //!   values kept exactly as written (numbers keep their digits).
+//! - [`clock`]: wall time, injectable (the system clock, or a test's clock on tokio time).
 //!
 //! Nothing below `api` knows about protobuf; nothing outside `store` knows about a
 //! database.
@@ -27,6 +28,7 @@ pub mod api;
 pub mod auth;
 pub mod aws;
 pub mod cli;
+pub mod clock;
 pub mod hub;
 pub mod json;
 pub mod keys;

@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::auth::Identity;
+use crate::clock::Clock;
 use crate::hub::{Hub, Known, PageRequest, ResumeToken, StateDigest};
 use crate::keys::{self, PrefixSet};
 use crate::model::{Entry, Scope};
@@ -79,6 +80,8 @@ pub struct WatchSettings {
     pub max_batch_entries: usize,
     /// About the most value bytes in one message (a single larger entry still goes).
     pub max_batch_bytes: usize,
+    /// Wall time, against which a stream's token expiry is read.
+    pub clock: Clock,
 }
 
 impl Default for WatchSettings {
@@ -87,6 +90,7 @@ impl Default for WatchSettings {
             progress_interval: Duration::from_secs(5),
             max_batch_entries: 1_000,
             max_batch_bytes: 1 << 20,
+            clock: Clock::system(),
         }
     }
 }

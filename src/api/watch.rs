@@ -69,7 +69,7 @@ impl WatchStream {
         };
         let expiry = expires_at.map(|at| {
             let left = at
-                .duration_since(SystemTime::now())
+                .duration_since(settings.clock.now())
                 .unwrap_or(Duration::ZERO);
             Box::pin(tokio::time::sleep(left))
         });
@@ -243,3 +243,6 @@ fn token_expired() -> Status {
         "token expired; reconnect with a fresh token and resume with your last resume_token",
     )
 }
+
+#[cfg(test)]
+mod tests;

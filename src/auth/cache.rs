@@ -12,9 +12,10 @@
 //!   attacker can vary a bad token for free, so a failure cache would save nothing
 //!   against a flood.
 //! - **The same time rule as a full verification.** An entry keeps the token's
-//!   `exp` and `nbf` and every hit applies [`check_time`], the rule
-//!   `jsonwebtoken` applies (same leeway, same comparisons): a hit never outlives
-//!   the token, and a clock stepped back makes a not-yet-valid token refused again.
+//!   `exp` and `nbf` and every hit applies [`check_time`], the rule a full
+//!   verification applies (same leeway, same comparisons, the same clock): a hit
+//!   never outlives the token, and a clock stepped back makes a not-yet-valid token
+//!   refused again.
 //! - **Keys that leave the key set stop serving.** An entry holds a weak reference
 //!   to the key that verified it; once the key source no longer holds that key (a
 //!   JWKS fetch replaces every key object, so after any fetch; the embedded key
@@ -32,12 +33,11 @@
 //!   answers faster than a miss; that tells only someone who already holds the
 //!   exact token that it was used recently.)
 
+use sha2::{Digest as _, Sha256};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::time::{SystemTime, UNIX_EPOCH};
 
-use sha2::{Digest as _, Sha256};
-
+use super::claims::check_time;
 use super::{AuthError, Identity, VerifyKey};
 
 /// The default number of cached tokens.
@@ -55,35 +55,6 @@ pub(crate) type TokenDigest = [u8; 32];
 
 pub(crate) fn digest(token: &str) -> TokenDigest {
     Sha256::digest(token.as_bytes()).into()
-}
-
-/// Seconds since the Unix epoch, as `jsonwebtoken` reads the clock; `None` if the
-/// clock is before 1970 (the cache is then not used).
-pub(crate) fn now_secs() -> Option<u64> {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .ok()
-        .map(|d| d.as_secs())
-}
-
-/// The exp/nbf rule of a full verification (`jsonwebtoken` 11's `validate` with
-/// `validate_exp`, `validate_nbf`, `leeway` and no `reject_tokens_expiring_in_less_than`):
-/// expired when `exp < now - leeway`, not yet valid when `nbf > now + leeway`,
-/// checked in that order. A unit test compares it with `jsonwebtoken` itself around
-/// both edges.
-pub(crate) fn check_time(
-    exp: u64,
-    nbf: Option<u64>,
-    now: u64,
-    leeway: u64,
-) -> Result<(), AuthError> {
-    if exp < now.saturating_sub(leeway) {
-        return Err(AuthError::Expired);
-    }
-    if nbf.is_some_and(|nbf| nbf > now.saturating_add(leeway)) {
-        return Err(AuthError::NotYetValid);
-    }
-    Ok(())
 }
 
 /// What a successful verification proved.
@@ -241,21 +212,6 @@ mod tests {
             key: jsonwebtoken::DecodingKey::from_secret(b"unused"),
             algorithms: vec![jsonwebtoken::Algorithm::EdDSA],
         })
-    }
-
-    #[test]
-    fn the_time_rule_refuses_at_the_same_edges() {
-        // exp: valid through exp + leeway inclusive.
-        assert_eq!(check_time(100, None, 105, 5), Ok(()));
-        assert_eq!(check_time(100, None, 106, 5), Err(AuthError::Expired));
-        // nbf: valid from nbf - leeway inclusive.
-        assert_eq!(check_time(200, Some(100), 95, 5), Ok(()));
-        assert_eq!(
-            check_time(200, Some(100), 94, 5),
-            Err(AuthError::NotYetValid)
-        );
-        // Both wrong: expiry is reported, as jsonwebtoken does.
-        assert_eq!(check_time(10, Some(100), 50, 0), Err(AuthError::Expired));
     }
 
     #[test]

@@ -5,7 +5,7 @@
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use base64::Engine as _;
@@ -15,6 +15,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header};
 use serde_json::json;
 
 use super::{AuthError, KeySource, Role, Signer, VerifyKey};
+use crate::clock::Clock;
 use crate::model::Scope;
 
 /// The key file's name inside the data directory.
@@ -43,6 +44,8 @@ pub struct LocalKey {
     kid: String,
     encoding: EncodingKey,
     verify: Arc<VerifyKey>,
+    /// Wall time for `iat` and `exp`.
+    clock: Clock,
 }
 
 impl LocalKey {
@@ -88,7 +91,14 @@ impl LocalKey {
                 key: DecodingKey::from_ed_der(&public),
                 algorithms: vec![Algorithm::EdDSA],
             }),
+            clock: Clock::system(),
         })
+    }
+
+    /// Signs with `iat` and `exp` read from `clock` instead of the system clock.
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// The key id stamped into tokens' headers.
@@ -104,10 +114,7 @@ impl LocalKey {
         ttl: Duration,
         subject: &str,
     ) -> Result<String, jsonwebtoken::errors::Error> {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+        let now = self.clock.unix_secs().unwrap_or(0);
         let mut claims = json!({
             "iss": ISSUER,
             "sub": subject,
@@ -168,6 +175,8 @@ impl KeySource for LocalKey {
 
 #[cfg(test)]
 mod tests {
+    use std::time::UNIX_EPOCH;
+
     use super::*;
     use crate::auth::{Authenticator, ClaimRules};
 
@@ -194,6 +203,29 @@ mod tests {
             auth.verify(&foreign).await,
             Err(AuthError::UnknownKey(_))
         ));
+        Ok(())
+    }
+
+    /// `iat` and `exp` come from the key's clock.
+    #[tokio::test(start_paused = true)]
+    async fn a_key_on_a_clock_signs_with_its_time() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let start = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let clock = Clock::starting_at(start);
+        let (key, _) = LocalKey::load_or_create(dir.path())?;
+        let key = Arc::new(key.with_clock(clock));
+        let scope = Scope::tenant("acme")?;
+        tokio::time::advance(Duration::from_secs(10)).await;
+        let token = key.issue(&scope, Role::Reader, Duration::from_secs(60), "me")?;
+        let rules = ClaimRules {
+            leeway: Duration::ZERO,
+            ..ClaimRules::default()
+        };
+        let auth = Authenticator::new(key.clone(), rules).with_clock(clock);
+        let id = auth.verify(&token).await?;
+        assert_eq!(id.expires_at, Some(start + Duration::from_secs(70)));
+        tokio::time::advance(Duration::from_secs(61)).await;
+        assert_eq!(auth.verify(&token).await, Err(AuthError::Expired));
         Ok(())
     }
 }

@@ -15,6 +15,7 @@ use std::time::Duration;
 use configwatch::api::{Limits, WatchSettings};
 use configwatch::auth::local::LocalKey;
 use configwatch::auth::{Authenticator, ClaimRules, Role};
+use configwatch::clock::Clock;
 use configwatch::hub::{Hub, HubConfig};
 use configwatch::model::Scope;
 use configwatch::proto::config_service_client::ConfigServiceClient;
@@ -57,6 +58,8 @@ pub struct Options {
     pub max_request_bytes: usize,
     pub limits: Limits,
     pub connections: ConnectionLimits,
+    /// The server's wall clock (token expiry); the system clock by default.
+    pub clock: Clock,
 }
 
 impl Default for Options {
@@ -67,6 +70,7 @@ impl Default for Options {
             max_request_bytes: 4 << 20,
             limits: Limits::default(),
             connections: ConnectionLimits::default(),
+            clock: Clock::system(),
         }
     }
 }
@@ -93,7 +97,8 @@ impl TestServer {
     /// A server over any router (AWS backends, say); `data_dir` holds only its key.
     pub async fn start_routed(data_dir: &Path, router: Router, options: Options) -> TestServer {
         let (verify, _) = LocalKey::load_or_create(data_dir).expect("signing key");
-        let auth = Authenticator::new(Arc::new(verify), ClaimRules::default());
+        let auth =
+            Authenticator::new(Arc::new(verify), ClaimRules::default()).with_clock(options.clock);
         Self::start_authed(data_dir, router, options, auth).await
     }
 
@@ -120,6 +125,7 @@ impl TestServer {
             limits: options.limits.clone(),
             watch: WatchSettings {
                 progress_interval: options.progress_interval,
+                clock: options.clock,
                 ..WatchSettings::default()
             },
             max_request_bytes: options.max_request_bytes,

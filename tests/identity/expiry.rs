@@ -5,15 +5,21 @@ use super::*;
 
 #[tokio::test]
 async fn a_watch_ends_at_token_expiry_and_resumes_with_a_new_token_losing_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(dir.path()).await;
+    let dir = temp_dir();
+    // The server's clock runs ahead: it reaches exp plus the 5 s leeway 1.5 s after
+    // the server starts, so the stream ends then, over a real socket, without the
+    // test waiting for exp and the leeway to pass on the real clock.
+    let exp = now() + 60;
+    let ends_at = UNIX_EPOCH + Duration::from_secs(exp + 5);
+    let clock = configwatch::clock::Clock::starting_at(ends_at - Duration::from_millis(1500));
+    let options = Options {
+        clock,
+        ..Options::default()
+    };
+    let server = TestServer::start_with(dir.path(), options).await;
     let mut writer = server.client("acme", Role::Writer).await;
     put(&mut writer, "tenant_config_a", "1").await;
-    // exp is 1 s away; with the 5 s leeway the stream ends about 6 s from now.
-    let short = sign_local(
-        dir.path(),
-        json!({"custom:tenantId": "acme", "exp": now() + 1}),
-    );
+    let short = sign_local(dir.path(), json!({"custom:tenantId": "acme", "exp": exp}));
     let mut c = connect(server.addr, Some(&short)).await;
     let mut w = watch(&mut c, watch_prefixes(&[])).await;
     let (_, done) = initial(&mut w).await;

@@ -1,0 +1,133 @@
+//! The Watch stream's timers on paused tokio time: a stream ends at its token's
+//! expiry as the injected clock reads it, and an idle stream gets progress at the
+//! jittered interval, counted from the last message it sent.
+
+use std::error::Error;
+use std::time::{Duration, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use futures_util::StreamExt as _;
+use tokio::time::timeout;
+use tonic::Code;
+
+use super::*;
+use crate::clock::Clock;
+use crate::hub::{Hub, HubConfig, Known, ScopeLoader};
+use crate::keys::PrefixSet;
+use crate::model::Scope;
+use crate::store::StoreError;
+
+type TestResult = Result<(), Box<dyn Error>>;
+
+/// A store with nothing in it.
+struct Empty;
+
+#[async_trait]
+impl ScopeLoader for Empty {
+    async fn load_scope(&self, _: &Scope) -> Result<Vec<Entry>, StoreError> {
+        Ok(Vec::new())
+    }
+}
+
+/// A hub over an empty tenant `acme`, and a Watch of `prefixes` there.
+async fn start(
+    prefixes: &[&str],
+    settings: &WatchSettings,
+    expires_at: Option<SystemTime>,
+) -> Result<(Arc<Hub>, Scope, WatchStream), Box<dyn Error>> {
+    let hub = Arc::new(Hub::new(Arc::new(Empty), HubConfig::default()));
+    let scope = Scope::tenant("acme")?;
+    let prefixes = PrefixSet::new(prefixes.iter().map(|p| p.to_string()));
+    let sub = hub
+        .subscribe(&scope, prefixes, None, &Known::Nothing)
+        .await?;
+    let stream = WatchStream::new(sub, settings, expires_at, &Shutdown::new());
+    Ok((hub, scope, stream))
+}
+
+async fn next(w: &mut WatchStream) -> Result<WatchFrame, Box<dyn Error>> {
+    Ok(w.next().await.ok_or("the stream ended")??)
+}
+
+/// A wall time in 2027: later than any real clock these tests run on, so a stream
+/// that read the system clock instead would not end when these tests expect.
+fn start_time() -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(1_800_000_000)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_watch_ends_at_its_token_expiry_by_the_injected_clock() -> TestResult {
+    let settings = WatchSettings {
+        clock: Clock::starting_at(start_time()),
+        progress_interval: Duration::from_secs(3600),
+        ..WatchSettings::default()
+    };
+    let expires_at = start_time() + Duration::from_secs(30);
+    let (_hub, _scope, mut w) = start(&[], &settings, Some(expires_at)).await?;
+    let began = Instant::now();
+    assert!(next(&mut w).await?.initial_complete);
+    assert!(
+        timeout(Duration::from_secs(29), w.next()).await.is_err(),
+        "nothing ends the stream before its token expires"
+    );
+    let status = w
+        .next()
+        .await
+        .ok_or("a status")?
+        .err()
+        .ok_or("an error status")?;
+    assert_eq!(status.code(), Code::Unauthenticated);
+    assert!(status.message().contains("token expired"), "{status:?}");
+    assert_eq!(began.elapsed(), Duration::from_secs(30));
+    assert!(w.next().await.is_none(), "and nothing follows");
+
+    // A token that expired before the Watch started ends it before anything is sent.
+    let expired = start_time() + Duration::from_secs(29);
+    let (_hub, _scope, mut w) = start(&[], &settings, Some(expired)).await?;
+    let status = w.next().await.ok_or("a status")?.err();
+    assert_eq!(status.map(|s| s.code()), Some(Code::Unauthenticated));
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_watch_gets_progress_at_the_interval_after_its_last_message() -> TestResult {
+    let interval = Duration::from_secs(4);
+    let (earliest, latest) = (interval.mul_f64(0.75), interval.mul_f64(1.25));
+    let settings = WatchSettings {
+        progress_interval: interval,
+        ..WatchSettings::default()
+    };
+    let (hub, scope, mut w) = start(&["tenant_config_a"], &settings, None).await?;
+    assert!(next(&mut w).await?.initial_complete);
+    // A change outside the prefix advances the revision progress reports.
+    hub.apply(&scope, Entry::live("tenant_config_b", 1, "1", 0));
+    for _ in 0..3 {
+        let last = Instant::now();
+        assert!(
+            timeout(earliest - Duration::from_millis(1), w.next())
+                .await
+                .is_err(),
+            "no progress before three quarters of the interval"
+        );
+        let msg = next(&mut w).await?;
+        let waited = last.elapsed();
+        assert_eq!(msg.kind, Kind::Progress);
+        assert!(msg.changes.is_empty());
+        assert_eq!(msg.revision, 1);
+        assert!(!msg.resume_token.is_empty());
+        assert!(earliest <= waited && waited <= latest, "{waited:?}");
+    }
+    // A delta is a message: the next progress is due an interval after it.
+    tokio::time::advance(interval / 2).await;
+    hub.apply(&scope, Entry::live("tenant_config_a", 1, "1", 0));
+    let delta = next(&mut w).await?;
+    assert_eq!(delta.kind, Kind::Delta);
+    assert_eq!(delta.revision, 2);
+    let sent = Instant::now();
+    let msg = next(&mut w).await?;
+    let waited = sent.elapsed();
+    assert_eq!(msg.kind, Kind::Progress);
+    assert_eq!(msg.revision, 2);
+    assert!(earliest <= waited && waited <= latest, "{waited:?}");
+    Ok(())
+}
