@@ -31,7 +31,9 @@ import {
   fromGrpcError,
   type MassRemovalInfo,
 } from './errors';
+import type { ClientEvents } from './events';
 import { SnapshotWriter, normalizePrefixes, readSnapshot, type SnapshotData } from './snapshot';
+import type { CacheSource, ClientState, ClientStatus, StoreChange } from './status';
 import {
   fromWire,
   serviceConstructor,
@@ -42,6 +44,9 @@ import {
   type WatchResponse,
   type WireEntry,
 } from './wire';
+
+export type { CacheSource, ClientState, ClientStatus, StoreChange } from './status';
+export type { ClientEvents, ConnectedInfo, DisconnectedInfo, ReconnectingInfo } from './events';
 
 /**
  * Supplies a bearer token. Called before every connection attempt and every
@@ -96,83 +101,6 @@ export interface ClientOptions {
   allowMassRemoval?: boolean | ((info: MassRemovalInfo) => boolean);
 }
 
-/** A store identity the server reported that differs from the one of the state held. */
-export interface StoreChange {
-  /** The identity of the state held at the time. */
-  previous: string;
-  /** The identity the server reported. */
-  current: string;
-  at: Date;
-}
-
-/** Where the cache's content came from. */
-export type CacheSource = 'none' | 'snapshot' | 'server';
-
-/** Where the client is in its life. */
-export type ClientState =
-  /** Constructed, `start()` not called yet. */
-  | 'idle'
-  /** Opening a Watch, or receiving its initial state. */
-  | 'connecting'
-  /** The initial state is applied; deltas arrive as they happen. */
-  | 'connected'
-  /** Waiting (backoff) before the next attempt. */
-  | 'reconnecting'
-  /** Stopped on an error the application must fix (see `lastError`); reads still work. */
-  | 'failed'
-  /** `close()` was called. */
-  | 'closed';
-
-export interface ClientStatus {
-  state: ClientState;
-  /** True while a Watch is open and its initial state has been applied. */
-  connected: boolean;
-  source: CacheSource;
-  /**
-   * True unless connected, current from the server, and a message or progress
-   * arrived within `staleAfterMs`. A cache served from a snapshot is always stale.
-   */
-  stale: boolean;
-  /** When the last message (change or progress) arrived from the server. */
-  lastMessageAt: Date | undefined;
-  /** When the cache last completed an initial state from the server. */
-  lastSyncAt: Date | undefined;
-  /** The tenant revision the cache is at (0 when unknown). */
-  revision: number;
-  /** Live keys held (secrets included). */
-  entries: number;
-  /** The last error of the watch, if any (cleared by a successful sync). */
-  lastError: ConfigWatchError | undefined;
-  /** Connection attempts since the last successful sync (0 while connected). */
-  attempts: number;
-  /** When the next attempt is due, while `reconnecting`. */
-  nextAttemptAt: Date | undefined;
-  /**
-   * The last initial state the server sent would have removed every entry held, and
-   * was held back: the cache serves what it held before (and is stale) until a state
-   * that keeps something is applied. Undefined once one is.
-   */
-  heldBack: MassRemovalInfo | undefined;
-  /**
-   * The store identity of the state the cache holds ('' when unknown: a server that
-   * does not report one, or nothing received yet).
-   */
-  storeId: string;
-  /** The last time the server reported a store identity other than the one of the state held. */
-  lastStoreChange: StoreChange | undefined;
-  snapshot:
-    | {
-        path: string;
-        /** Whether the cache started from it. */
-        loaded: boolean;
-        /** When the snapshot in use (loaded or last written) was taken. */
-        savedAt: Date | undefined;
-        /** Why an existing snapshot file was not used (another tenant, malformed, ...). */
-        ignored: string | undefined;
-      }
-    | undefined;
-}
-
 /** A cached value with its version. */
 export interface Versioned<T> {
   key: string;
@@ -191,55 +119,6 @@ export interface EntryInfo {
   updatedAt: Date | undefined;
   /** Why the value could not be decoded as JSON, if it could not. */
   decodeError: string | undefined;
-}
-
-export interface ConnectedInfo {
-  /** How the server built the initial state: all of it, a diff against the versions held, or a replay after the resume token. */
-  mode: 'full' | 'diff' | 'resumed';
-  revision: number;
-  /** Visible changes the initial state made to the cache. */
-  changes: number;
-}
-
-export interface DisconnectedInfo {
-  error: ConfigWatchError;
-}
-
-export interface ReconnectingInfo {
-  attempt: number;
-  delayMs: number;
-  error: ConfigWatchError;
-}
-
-/** The events a {@link ConfigWatchClient} emits. */
-export interface ClientEvents {
-  /** A key changed (emitted after the whole message is applied, so reads are consistent). */
-  change: [change: Change];
-  /** An initial state was applied: the cache is current. */
-  connected: [info: ConnectedInfo];
-  /** A stream that was connected ended. */
-  disconnected: [info: DisconnectedInfo];
-  /** The next attempt is scheduled. */
-  reconnecting: [info: ReconnectingInfo];
-  /** The server says nothing changed up to `revision`. */
-  progress: [info: { revision: number }];
-  /** A snapshot was written. */
-  snapshot: [info: { path: string; savedAt: Date }];
-  /**
-   * The server sent an initial state that would remove every entry held: `applied`
-   * false when it was held back (see `allowMassRemoval`), true when the option let it apply.
-   */
-  massRemoval: [info: MassRemovalInfo & { applied: boolean }];
-  /** The server reported a store identity other than the one of the state held. */
-  storeChanged: [info: StoreChange];
-  /**
-   * Something the application should know: a fatal watch error (state `failed`), a
-   * refused token or failing token source (retried), a snapshot write failure, an
-   * undecodable value. Emitted only when a listener is attached.
-   */
-  error: [error: ConfigWatchError];
-  /** `close()` finished. */
-  close: [];
 }
 
 interface Outcome {
