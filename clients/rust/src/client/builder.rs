@@ -14,7 +14,7 @@ use super::connection::channel;
 use super::shared::{Data, Options, Shared, SnapshotConfig};
 #[cfg(doc)]
 use super::status::Status;
-use super::status::{Live, SnapshotStatus, Source, State};
+use super::status::{Live, SnapshotStatus, Source};
 use super::{Client, HandleGuard};
 use crate::backoff::Backoff;
 use crate::changes::Queues;
@@ -225,22 +225,7 @@ impl ClientBuilder {
         let prefixes = snapshot::normalize_prefixes(&self.prefixes);
 
         let mut data = Data::default();
-        let mut live = Live {
-            state: State::Connecting,
-            source: Source::None,
-            last_message_at: None,
-            last_message_instant: None,
-            last_sync_at: None,
-            last_sync_mode: None,
-            syncs: 0,
-            last_error: None,
-            failed_attempts: 0,
-            next_attempt_at: None,
-            ever_synced: false,
-            snapshot: None,
-            held_back: None,
-            store_change: None,
-        };
+        let mut live = Live::connecting();
         let snapshot = match self.snapshot_path {
             None => None,
             Some(path) => {

@@ -19,6 +19,8 @@ const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 /// TCP connect timeout of each attempt.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// A channel to `server` (`http://`, `https://` or a bare `host:port`); lazy: it
+/// connects at the first call, so this does no I/O.
 pub(super) fn channel(server: &str) -> Result<Channel, Error> {
     let server = server.trim();
     let url = if server.contains("://") {

@@ -99,6 +99,7 @@ pub struct Status {
     pub last_store_change: Option<StoreChange>,
 }
 
+/// The status as the watch task keeps it; [`Client::status`] reads it.
 pub(crate) struct Live {
     pub state: State,
     pub source: Source,
@@ -117,6 +118,26 @@ pub(crate) struct Live {
 }
 
 impl Live {
+    /// A client that has just started: nothing received, nothing failed.
+    pub(super) fn connecting() -> Live {
+        Live {
+            state: State::Connecting,
+            source: Source::None,
+            last_message_at: None,
+            last_message_instant: None,
+            last_sync_at: None,
+            last_sync_mode: None,
+            syncs: 0,
+            last_error: None,
+            failed_attempts: 0,
+            next_attempt_at: None,
+            ever_synced: false,
+            snapshot: None,
+            held_back: None,
+            store_change: None,
+        }
+    }
+
     /// The end of a wait when the watch stopped.
     pub(super) fn stopped(&self) -> Option<Result<(), Error>> {
         match self.state {
