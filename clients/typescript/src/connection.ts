@@ -65,6 +65,7 @@ export class Connection {
     return Date.now() - Math.max(lastMessageAt?.getTime() ?? 0, this.rpcSince);
   }
 
+  /** Closes the current channel (at `close()` of the client). */
   close(): void {
     this.rpc.close();
   }
