@@ -30,8 +30,11 @@
 //!
 //! The parts:
 //!
-//! - [`Client`] and [`ClientBuilder`] (`client.rs`): reads, status, change
-//!   notifications, `read_secret`, `close`. Clones share one cache.
+//! - [`Client`] and [`ClientBuilder`] (`client/`): reads, status, change
+//!   notifications, `read_secret`, `close`. Clones share one cache. The handle and
+//!   its reads in `mod.rs`; the settings and the start in `builder.rs`; [`Status`]
+//!   in `status.rs`; `read_secret` in `secrets.rs`; the state shared with the
+//!   background task in `shared.rs`; the channel in `connection.rs`.
 //! - the background task (`watch.rs`): one Watch at a time; reconnects with
 //!   jittered exponential [`Backoff`], resumes by token or by the versions held,
 //!   calls the [`TokenSource`] again on `UNAUTHENTICATED`, stops on errors the

@@ -13,11 +13,12 @@
  */
 import { EventEmitter } from 'node:events';
 
-import * as grpc from '@grpc/grpc-js';
+import type * as grpc from '@grpc/grpc-js';
 
-import { DEFAULT_BACKOFF, backoffDelay, type BackoffOptions, type BackoffPolicy } from './backoff';
-import { Cache, type Change, type ChangeCause } from './cache';
+import { backoffDelay } from './backoff';
+import { Cache, type Change } from './cache';
 import { ChangeQueue } from './changes';
+import { authMetadata, Connection } from './connection';
 import {
   ClosedError,
   ConfigWatchError,
@@ -25,272 +26,19 @@ import {
   InvalidOptionsError,
   MassRemovalError,
   ProtocolError,
-  ServerError,
-  TimeoutError,
-  TokenSourceError,
   fromGrpcError,
   type MassRemovalInfo,
 } from './errors';
-import { SnapshotWriter, normalizePrefixes, readSnapshot, type SnapshotData } from './snapshot';
-import {
-  fromWire,
-  serviceConstructor,
-  toNumber,
-  type ConfigServiceClient,
-  type GetResponse,
-  type WatchRequest,
-  type WatchResponse,
-  type WireEntry,
-} from './wire';
-
-/**
- * Supplies a bearer token. Called before every connection attempt and every
- * `readSecret`, and again whenever the server refuses a token, so it should return
- * a token that is valid now (cache inside it if minting is expensive).
- */
-export type TokenSource = () => Promise<string> | string;
-
-export interface ClientOptions {
-  /** The server: `host:port`, `http://host:port`, or `https://host:port` (TLS). */
-  address: string;
-  /**
-   * The tenant this cache belongs to. Sent with every request, so the server refuses
-   * (PERMISSION_DENIED) a token of any other tenant; recorded in the snapshot.
-   */
-  tenant: string;
-  token: TokenSource;
-  /** Key prefixes to watch (e.g. `tenant_config_`, `param_config_db/`). Default: the whole tenant. */
-  prefixes?: readonly string[];
-  /** Channel credentials. Default: TLS for `https://` addresses, plaintext otherwise. */
-  credentials?: grpc.ChannelCredentials;
-  /** Where to keep the on-disk snapshot of the cache. Default: no snapshot. */
-  snapshotPath?: string;
-  /** Coalesce snapshot writes over this many ms. Default 500. */
-  snapshotDebounceMs?: number;
-  backoff?: BackoffOptions;
-  /**
-   * `status().stale` turns true when nothing (message or progress) has arrived for
-   * this long while connected. Keep it above the server's progress interval (5 s).
-   * Default 15,000.
-   */
-  staleAfterMs?: number;
-  /**
-   * Reconnect when nothing has arrived for this long (a half-open connection). Keep
-   * it well above the server's progress interval. Default 30,000.
-   */
-  idleTimeoutMs?: number;
-  /** Deadline of `readSecret` calls. Default 10,000. */
-  callTimeoutMs?: number;
-  /** Extra grpc-js channel options. */
-  channelOptions?: grpc.ChannelOptions;
-  /**
-   * Whether an initial state that would remove every entry the cache holds is applied.
-   * A server whose store lost its data, or was recreated, sends such a state to a
-   * client that resumes. `false` (the default) holds it back: the cache keeps serving
-   * what it holds, `status().stale` is true, `status().heldBack` and a
-   * {@link MassRemovalError} (`lastError`, the `error` and `massRemoval` events) say
-   * why with the counts, and the watch retries with backoff until the server sends a
-   * state that keeps at least one entry. `true` applies it. A function decides each
-   * time (return `true` to apply; one that throws holds back). Deltas are never held back.
-   */
-  allowMassRemoval?: boolean | ((info: MassRemovalInfo) => boolean);
-}
-
-/** A store identity the server reported that differs from the one of the state held. */
-export interface StoreChange {
-  /** The identity of the state held at the time. */
-  previous: string;
-  /** The identity the server reported. */
-  current: string;
-  at: Date;
-}
-
-/** Where the cache's content came from. */
-export type CacheSource = 'none' | 'snapshot' | 'server';
-
-/** Where the client is in its life. */
-export type ClientState =
-  /** Constructed, `start()` not called yet. */
-  | 'idle'
-  /** Opening a Watch, or receiving its initial state. */
-  | 'connecting'
-  /** The initial state is applied; deltas arrive as they happen. */
-  | 'connected'
-  /** Waiting (backoff) before the next attempt. */
-  | 'reconnecting'
-  /** Stopped on an error the application must fix (see `lastError`); reads still work. */
-  | 'failed'
-  /** `close()` was called. */
-  | 'closed';
-
-export interface ClientStatus {
-  state: ClientState;
-  /** True while a Watch is open and its initial state has been applied. */
-  connected: boolean;
-  source: CacheSource;
-  /**
-   * True unless connected, current from the server, and a message or progress
-   * arrived within `staleAfterMs`. A cache served from a snapshot is always stale.
-   */
-  stale: boolean;
-  /** When the last message (change or progress) arrived from the server. */
-  lastMessageAt: Date | undefined;
-  /** When the cache last completed an initial state from the server. */
-  lastSyncAt: Date | undefined;
-  /** The tenant revision the cache is at (0 when unknown). */
-  revision: number;
-  /** Live keys held (secrets included). */
-  entries: number;
-  /** The last error of the watch, if any (cleared by a successful sync). */
-  lastError: ConfigWatchError | undefined;
-  /** Connection attempts since the last successful sync (0 while connected). */
-  attempts: number;
-  /** When the next attempt is due, while `reconnecting`. */
-  nextAttemptAt: Date | undefined;
-  /**
-   * The last initial state the server sent would have removed every entry held, and
-   * was held back: the cache serves what it held before (and is stale) until a state
-   * that keeps something is applied. Undefined once one is.
-   */
-  heldBack: MassRemovalInfo | undefined;
-  /**
-   * The store identity of the state the cache holds ('' when unknown: a server that
-   * does not report one, or nothing received yet).
-   */
-  storeId: string;
-  /** The last time the server reported a store identity other than the one of the state held. */
-  lastStoreChange: StoreChange | undefined;
-  snapshot:
-    | {
-        path: string;
-        /** Whether the cache started from it. */
-        loaded: boolean;
-        /** When the snapshot in use (loaded or last written) was taken. */
-        savedAt: Date | undefined;
-        /** Why an existing snapshot file was not used (another tenant, malformed, ...). */
-        ignored: string | undefined;
-      }
-    | undefined;
-}
-
-/** A cached value with its version. */
-export interface Versioned<T> {
-  key: string;
-  value: T;
-  version: number;
-  revision: number;
-  updatedAt: Date | undefined;
-}
-
-/** What the cache knows about a live key, secrets included. */
-export interface EntryInfo {
-  key: string;
-  version: number;
-  secret: boolean;
-  revision: number;
-  updatedAt: Date | undefined;
-  /** Why the value could not be decoded as JSON, if it could not. */
-  decodeError: string | undefined;
-}
-
-export interface ConnectedInfo {
-  /** How the server built the initial state: all of it, a diff against the versions held, or a replay after the resume token. */
-  mode: 'full' | 'diff' | 'resumed';
-  revision: number;
-  /** Visible changes the initial state made to the cache. */
-  changes: number;
-}
-
-export interface DisconnectedInfo {
-  error: ConfigWatchError;
-}
-
-export interface ReconnectingInfo {
-  attempt: number;
-  delayMs: number;
-  error: ConfigWatchError;
-}
-
-/** The events a {@link ConfigWatchClient} emits. */
-export interface ClientEvents {
-  /** A key changed (emitted after the whole message is applied, so reads are consistent). */
-  change: [change: Change];
-  /** An initial state was applied: the cache is current. */
-  connected: [info: ConnectedInfo];
-  /** A stream that was connected ended. */
-  disconnected: [info: DisconnectedInfo];
-  /** The next attempt is scheduled. */
-  reconnecting: [info: ReconnectingInfo];
-  /** The server says nothing changed up to `revision`. */
-  progress: [info: { revision: number }];
-  /** A snapshot was written. */
-  snapshot: [info: { path: string; savedAt: Date }];
-  /**
-   * The server sent an initial state that would remove every entry held: `applied`
-   * false when it was held back (see `allowMassRemoval`), true when the option let it apply.
-   */
-  massRemoval: [info: MassRemovalInfo & { applied: boolean }];
-  /** The server reported a store identity other than the one of the state held. */
-  storeChanged: [info: StoreChange];
-  /**
-   * Something the application should know: a fatal watch error (state `failed`), a
-   * refused token or failing token source (retried), a snapshot write failure, an
-   * undecodable value. Emitted only when a listener is attached.
-   */
-  error: [error: ConfigWatchError];
-  /** `close()` finished. */
-  close: [];
-}
-
-interface Outcome {
-  error: ConfigWatchError;
-  synced: boolean;
-  sentResumeToken: boolean;
-  /** The server answered that the digest sent differs from its state. */
-  askedForVersions?: boolean;
-}
-
-interface ReadyWaiter {
-  resolve: () => void;
-  reject: (e: ConfigWatchError) => void;
-}
-
-function positive(name: string, v: number | undefined, fallback: number): number {
-  if (v === undefined) return fallback;
-  if (typeof v !== 'number' || !Number.isFinite(v) || v < 0) {
-    throw new InvalidOptionsError(`${name} must be a non-negative number of milliseconds, got ${String(v)}`);
-  }
-  return v;
-}
-
-function parseAddress(address: string): { target: string; tls: boolean } {
-  let target = address.trim();
-  let tls = false;
-  if (target.startsWith('https://')) {
-    tls = true;
-    target = target.slice('https://'.length);
-  } else if (target.startsWith('http://')) {
-    target = target.slice('http://'.length);
-  }
-  target = target.replace(/\/+$/, '');
-  if (target === '' || target.includes('/')) {
-    throw new InvalidOptionsError(`address ${JSON.stringify(address)} is not host:port, http://host:port or https://host:port`);
-  }
-  return { target, tls };
-}
-
-function modeOf(mode: WatchResponse['initial_mode']): 'full' | 'diff' | 'resumed' | undefined {
-  switch (mode) {
-    case 'INITIAL_MODE_FULL':
-      return 'full';
-    case 'INITIAL_MODE_DIFF':
-      return 'diff';
-    case 'INITIAL_MODE_RESUMED':
-      return 'resumed';
-    default:
-      return undefined;
-  }
-}
+import type { ClientEvents } from './events';
+import { massRemovalOf, storeChangeOf } from './guard';
+import { resolveOptions, type ClientOptions, type Settings } from './options';
+import { ReadyWaiters } from './ready';
+import { entryInfo, type EntryInfo, type Versioned } from './reads';
+import { readSecret } from './secrets';
+import { SnapshotWriter, readSnapshot, type SnapshotData } from './snapshot';
+import type { CacheSource, ClientState, ClientStatus, StoreChange } from './status';
+import { openWatch, type InitialMode, type Outcome } from './stream';
+import { fromWire, toNumber, type WatchRequest, type WatchResponse, type WireEntry } from './wire';
 
 /**
  * A tenant's configuration cache, kept current by the server.
@@ -307,19 +55,10 @@ export class ConfigWatchClient extends EventEmitter<ClientEvents> implements Asy
   readonly tenant: string;
   readonly prefixes: readonly string[];
 
-  private readonly tokenSource: TokenSource;
-  /** Replaced by {@link renewChannel} when the server went silent. */
-  private rpc: ConfigServiceClient;
-  private readonly newRpc: () => ConfigServiceClient;
-  /** When `rpc` was made. */
-  private rpcSince = Date.now();
+  private readonly settings: Settings;
+  private readonly connection: Connection;
   private readonly cache = new Cache();
-  private readonly backoff: BackoffPolicy;
-  private readonly staleAfterMs: number;
-  private readonly idleTimeoutMs: number;
-  private readonly callTimeoutMs: number;
   private readonly snapshotWriter: SnapshotWriter | undefined;
-  private readonly allowMassRemoval: boolean | ((info: MassRemovalInfo) => boolean);
 
   private state: ClientState = 'idle';
   private source: CacheSource = 'none';
@@ -347,7 +86,7 @@ export class ConfigWatchClient extends EventEmitter<ClientEvents> implements Asy
   private closing: Promise<void> | undefined;
   private abortCall: (() => void) | undefined;
   private wake: (() => void) | undefined;
-  private readyWaiters: ReadyWaiter[] = [];
+  private readonly readyWaiters = new ReadyWaiters();
   /** Settles when close() is called, to cut short a wait on the token source. */
   private readonly closedSignal: Promise<'closed'>;
   private signalClosed: () => void = () => undefined;
@@ -364,60 +103,11 @@ export class ConfigWatchClient extends EventEmitter<ClientEvents> implements Asy
     this.closedSignal = new Promise((resolve) => {
       this.signalClosed = () => resolve('closed');
     });
-    if (typeof options !== 'object' || options === null) throw new InvalidOptionsError('options are required');
-    if (typeof options.tenant !== 'string' || options.tenant === '') {
-      throw new InvalidOptionsError('tenant must be a non-empty string');
-    }
-    if (typeof options.token !== 'function') throw new InvalidOptionsError('token must be a function returning a token');
-    if (typeof options.address !== 'string') throw new InvalidOptionsError('address must be a string');
-    const prefixes = options.prefixes ?? [];
-    if (!Array.isArray(prefixes) || !prefixes.every((p) => typeof p === 'string' && p !== '')) {
-      throw new InvalidOptionsError('prefixes must be an array of non-empty strings');
-    }
-    const { target, tls } = parseAddress(options.address);
-    this.tenant = options.tenant;
-    this.prefixes = Object.freeze(normalizePrefixes(prefixes));
-    this.tokenSource = options.token;
-    const b = options.backoff ?? {};
-    this.backoff = {
-      initialMs: positive('backoff.initialMs', b.initialMs, DEFAULT_BACKOFF.initialMs),
-      maxMs: positive('backoff.maxMs', b.maxMs, DEFAULT_BACKOFF.maxMs),
-      multiplier: b.multiplier ?? DEFAULT_BACKOFF.multiplier,
-      jitter: b.jitter ?? DEFAULT_BACKOFF.jitter,
-    };
-    if (!(this.backoff.multiplier >= 1) || !(this.backoff.jitter >= 0 && this.backoff.jitter <= 1)) {
-      throw new InvalidOptionsError('backoff.multiplier must be >= 1 and backoff.jitter within [0, 1]');
-    }
-    this.staleAfterMs = positive('staleAfterMs', options.staleAfterMs, 15_000);
-    this.idleTimeoutMs = positive('idleTimeoutMs', options.idleTimeoutMs, 30_000);
-    this.callTimeoutMs = positive('callTimeoutMs', options.callTimeoutMs, 10_000);
-    const debounce = positive('snapshotDebounceMs', options.snapshotDebounceMs, 500);
-    const allow = options.allowMassRemoval ?? false;
-    if (typeof allow !== 'boolean' && typeof allow !== 'function') {
-      throw new InvalidOptionsError('allowMassRemoval must be a boolean or a function');
-    }
-    this.allowMassRemoval = allow;
-
-    let Service;
-    try {
-      Service = serviceConstructor();
-    } catch (e) {
-      throw new ProtocolError(`cannot load the API definition shipped with @configwatch/client (reinstall it): ${String(e)}`);
-    }
-    const credentials = options.credentials ?? (tls ? grpc.credentials.createSsl() : grpc.credentials.createInsecure());
-    const channelOptions: grpc.ChannelOptions = {
-      'grpc.initial_reconnect_backoff_ms': Math.max(1, Math.round(this.backoff.initialMs)),
-      'grpc.max_reconnect_backoff_ms': Math.max(1, Math.round(this.backoff.maxMs)),
-      'grpc.keepalive_time_ms': 30_000,
-      'grpc.keepalive_timeout_ms': 10_000,
-      // A connection of this client's own (not shared through grpc-js's global pool),
-      // so that renewChannel() really gets a new one.
-      'grpc.use_local_subchannel_pool': 1,
-      ...options.channelOptions,
-    };
-    const ServiceClient = Service;
-    this.newRpc = () => new ServiceClient(target, credentials, channelOptions);
-    this.rpc = this.newRpc();
+    const settings = resolveOptions(options);
+    this.settings = settings;
+    this.tenant = settings.tenant;
+    this.prefixes = settings.prefixes;
+    this.connection = new Connection(settings.target, settings.tls, settings.backoff, options.credentials, options.channelOptions);
 
     if (options.snapshotPath !== undefined) {
       if (typeof options.snapshotPath !== 'string' || options.snapshotPath === '') {
@@ -425,7 +115,7 @@ export class ConfigWatchClient extends EventEmitter<ClientEvents> implements Asy
       }
       const file = options.snapshotPath;
       this.snapshotInfo = { path: file, loaded: false, savedAt: undefined, ignored: undefined };
-      this.snapshotWriter = new SnapshotWriter(file, debounce, () => this.snapshotData(), (error, savedAt) => {
+      this.snapshotWriter = new SnapshotWriter(file, settings.snapshotDebounceMs, () => this.snapshotData(), (error, savedAt) => {
         if (error) {
           this.emitError(error);
         } else {
@@ -467,31 +157,10 @@ export class ConfigWatchClient extends EventEmitter<ClientEvents> implements Asy
     if (this.everSynced) return Promise.resolve();
     if (this.state === 'closed') return Promise.reject(new ClosedError());
     if (this.state === 'failed') return Promise.reject(this.lastError ?? new ClosedError('the client failed'));
-    return new Promise<void>((resolve, reject) => {
-      let timer: NodeJS.Timeout | undefined;
-      const onAbort = (): void => settle(new TimeoutError('ready() was aborted'));
-      const settle = (error?: ConfigWatchError): void => {
-        const i = this.readyWaiters.indexOf(waiter);
-        if (i >= 0) this.readyWaiters.splice(i, 1);
-        if (timer !== undefined) clearTimeout(timer);
-        options?.signal?.removeEventListener('abort', onAbort);
-        if (error) reject(error);
-        else resolve();
-      };
-      const waiter: ReadyWaiter = { resolve: () => settle(), reject: (e) => settle(e) };
-      this.readyWaiters.push(waiter);
-      if (options?.timeoutMs !== undefined) {
-        const ms = options.timeoutMs;
-        timer = setTimeout(
-          () => settle(new TimeoutError(`the cache was not current from the server within ${ms} ms (${this.describeLastError()})`)),
-          ms,
-        );
-      }
-      if (options?.signal) {
-        if (options.signal.aborted) onAbort();
-        else options.signal.addEventListener('abort', onAbort, { once: true });
-      }
-    });
+    return this.readyWaiters.wait(
+      options,
+      (ms) => `the cache was not current from the server within ${ms} ms (${this.describeLastError()})`,
+    );
   }
 
   /**
@@ -535,14 +204,7 @@ export class ConfigWatchClient extends EventEmitter<ClientEvents> implements Asy
   info(key: string): EntryInfo | undefined {
     const h = this.cache.live(key);
     if (h === undefined) return undefined;
-    return {
-      key,
-      version: h.version,
-      secret: h.secret,
-      revision: h.revision,
-      updatedAt: h.updatedAt,
-      decodeError: h.decodeError,
-    };
+    return entryInfo(h);
   }
 
   /** Live keys (secrets included), sorted; only those starting with `prefix` when given. */
@@ -560,7 +222,7 @@ export class ConfigWatchClient extends EventEmitter<ClientEvents> implements Asy
       connected &&
       this.source === 'server' &&
       this.lastMessageAt !== undefined &&
-      Date.now() - this.lastMessageAt.getTime() <= this.staleAfterMs;
+      Date.now() - this.lastMessageAt.getTime() <= this.settings.staleAfterMs;
     return {
       state: this.state,
       connected,
@@ -589,17 +251,7 @@ export class ConfigWatchClient extends EventEmitter<ClientEvents> implements Asy
    */
   async readSecret(key: string): Promise<string | undefined> {
     if (this.state === 'closed') throw new ClosedError();
-    const res = await this.getFromServer([key]);
-    const entry = res.entries.find((e) => e.key === key);
-    if (entry === undefined) return undefined;
-    let value: unknown;
-    try {
-      value = JSON.parse(entry.value);
-    } catch (e) {
-      throw new DecodeError(key, 'the value is not JSON', e);
-    }
-    if (typeof value !== 'string') throw new DecodeError(key, 'the value is not a JSON string');
-    return value;
+    return readSecret({ connection: this.connection, ...this.settings }, key);
   }
 
   /**
@@ -667,12 +319,12 @@ export class ConfigWatchClient extends EventEmitter<ClientEvents> implements Asy
     this.abortCall?.();
     this.wake?.();
     const closed = new ClosedError();
-    for (const w of [...this.readyWaiters]) w.reject(closed);
+    this.readyWaiters.rejectAll(closed);
     for (const q of [...this.queues]) q.end();
     await this.started;
     await this.loop;
     if (this.snapshotWriter) await this.snapshotWriter.flush();
-    this.rpc.close();
+    this.connection.close();
     this.emitSafely('close');
   }
 
@@ -698,7 +350,7 @@ export class ConfigWatchClient extends EventEmitter<ClientEvents> implements Asy
         if (this.isClosed()) return;
         const { error, synced } = outcome;
         this.lastError = error;
-        if (error.code === 'UNAVAILABLE' && this.silentFor() >= this.idleTimeoutMs) {
+        if (error.code === 'UNAVAILABLE' && this.connection.silentFor(this.lastMessageAt) >= this.settings.idleTimeoutMs) {
           // Nothing came over this channel for idleTimeoutMs: a silent stream, or
           // attempts that keep failing. Its connection may be half-open (a dead peer,
           // a NAT that forgot the flow; a new call on it would hang the same way), or
@@ -727,7 +379,7 @@ export class ConfigWatchClient extends EventEmitter<ClientEvents> implements Asy
           if (authRefusals === 1) {
             delay = 0;
           } else {
-            delay = backoffDelay(failures++, this.backoff);
+            delay = backoffDelay(failures++, this.settings.backoff);
             this.emitError(error);
           }
         } else if (error.code === 'INVALID_ARGUMENT' && outcome.sentResumeToken && !synced) {
@@ -739,7 +391,7 @@ export class ConfigWatchClient extends EventEmitter<ClientEvents> implements Asy
           this.fail(error);
           return;
         } else {
-          delay = backoffDelay(failures++, this.backoff);
+          delay = backoffDelay(failures++, this.settings.backoff);
           if (error.code === 'TOKEN_SOURCE' || error.code === 'PROTOCOL' || error.code === 'MASS_REMOVAL') {
             this.emitError(error);
           }
@@ -758,7 +410,7 @@ export class ConfigWatchClient extends EventEmitter<ClientEvents> implements Asy
   private fail(error: ConfigWatchError): void {
     this.lastError = error;
     this.setState('failed');
-    for (const w of [...this.readyWaiters]) w.reject(error);
+    this.readyWaiters.rejectAll(error);
     for (const q of [...this.queues]) q.end(error);
     this.emitError(error);
   }
@@ -776,33 +428,12 @@ export class ConfigWatchClient extends EventEmitter<ClientEvents> implements Asy
     });
   }
 
-  private async token(): Promise<string> {
-    let token: unknown;
-    try {
-      token = await this.tokenSource();
-    } catch (e) {
-      throw new TokenSourceError(`the token source failed: ${e instanceof Error ? e.message : String(e)}`, e);
-    }
-    if (typeof token !== 'string' || token === '') {
-      throw new TokenSourceError(
-        `the token source returned ${typeof token === 'string' ? 'an empty string' : typeof token}, not a token`,
-      );
-    }
-    return token;
-  }
-
-  private async metadata(): Promise<grpc.Metadata> {
-    const md = new grpc.Metadata();
-    md.set('authorization', `Bearer ${await this.token()}`);
-    return md;
-  }
-
   /** One Watch, from request to end. Resolves (never rejects) with why it ended. */
   private async watchOnce(): Promise<Outcome> {
     let metadata: grpc.Metadata | 'closed';
     try {
       // A token source that never answers must not hold close() up.
-      metadata = await Promise.race([this.metadata(), this.closedSignal]);
+      metadata = await Promise.race([authMetadata(this.settings.token), this.closedSignal]);
     } catch (e) {
       return { error: e instanceof ConfigWatchError ? e : fromGrpcError(e), synced: false, sentResumeToken: false };
     }
@@ -821,112 +452,48 @@ export class ConfigWatchClient extends EventEmitter<ClientEvents> implements Asy
       known_digest: digest ? this.cache.knownDigest() : Buffer.alloc(0),
       known_store_id: this.storeId,
     };
-    const sentResumeToken = this.resumeToken !== '';
-    const call = this.rpc.Watch(request, metadata);
-
-    return new Promise<Outcome>((resolve) => {
-      let done = false;
-      let synced = false;
-      let initial: WireEntry[] = [];
-      let initialMode: 'full' | 'diff' | 'resumed' | undefined;
-      /** The store identity the initial messages carry ('' when the server sends none). */
-      let storeId = '';
-      let idle: NodeJS.Timeout | undefined;
-
-      const finish = (error: ConfigWatchError, askedForVersions = false): void => {
-        if (done) return;
-        done = true;
-        if (idle !== undefined) clearTimeout(idle);
-        this.abortCall = undefined;
-        call.cancel();
-        if (synced && !this.isClosed()) this.emitSafely('disconnected', { error });
-        resolve({ error, synced, sentResumeToken, askedForVersions });
-      };
-      const armIdle = (): void => {
-        if (idle !== undefined) clearTimeout(idle);
-        idle = setTimeout(
-          () =>
-            finish(
-              new ConfigWatchError('UNAVAILABLE', `nothing arrived from the server for ${this.idleTimeoutMs} ms; reconnecting`, {
-                retryable: true,
-              }),
-            ),
-          this.idleTimeoutMs,
-        );
-      };
-
-      const onMessage = (msg: WatchResponse): void => {
+    const call = openWatch(this.connection.rpc, request, metadata, this.settings.idleTimeoutMs, {
+      message: () => {
         this.lastMessageAt = new Date();
-        switch (msg.kind) {
-          case 'KIND_INITIAL': {
-            const mode = modeOf(msg.initial_mode);
-            if (mode === undefined || (initialMode !== undefined && mode !== initialMode)) {
-              throw new ProtocolError(`initial message with mode ${String(msg.initial_mode)}`);
-            }
-            initialMode = mode;
-            if (msg.store_id !== '') storeId = msg.store_id;
-            for (const e of msg.changes) initial.push(fromWire(e));
-            if (!msg.initial_complete) return;
-            this.guard(mode, initial, storeId);
-            const changes = this.cache.applyInitial(mode, initial);
-            initial = [];
-            this.advance(msg);
-            if (storeId !== '') this.storeId = storeId;
-            this.heldBack = undefined;
-            synced = true;
-            this.everSynced = true;
-            this.attempts = 0;
-            this.source = 'server';
-            this.lastSyncAt = new Date();
-            this.lastError = undefined;
-            this.setState('connected');
-            this.deliver(changes);
-            this.snapshotWriter?.schedule();
-            this.emitSafely('connected', { mode, revision: this.revision, changes: changes.length });
-            for (const w of [...this.readyWaiters]) w.resolve();
-            return;
-          }
-          case 'KIND_DELTA': {
-            if (!synced) {
-              throw new ProtocolError('a delta arrived before the initial state was complete', true);
-            }
-            const changes = this.cache.applyDeltas(msg.changes.map(fromWire), 'delta');
-            this.advance(msg);
-            this.deliver(changes);
-            this.snapshotWriter?.schedule();
-            return;
-          }
-          case 'KIND_PROGRESS':
-            if (!synced) return;
-            this.advance(msg);
-            this.emitSafely('progress', { revision: this.revision });
-            return;
-          default:
-            // A kind this client does not know (a newer server): liveness only.
-            return;
-        }
-      };
-
-      this.abortCall = () => finish(new ClosedError());
-      armIdle();
-      call.on('data', (msg: WatchResponse) => {
-        if (done) return;
-        armIdle();
-        try {
-          onMessage(msg);
-        } catch (e) {
-          finish(e instanceof ConfigWatchError ? e : new ProtocolError(`cannot apply a message: ${String(e)}`));
-        }
-      });
-      call.on('error', (e: unknown) => finish(fromGrpcError(e), asksForVersions(e)));
-      call.on('status', (s: grpc.StatusObject) => {
-        finish(
-          s.code === grpc.status.OK
-            ? new ServerError(grpc.status.UNAVAILABLE, 'the server ended the watch')
-            : new ServerError(s.code, s.details),
-        );
-      });
+      },
+      initial: (mode, entries, storeId, msg) => this.applyInitial(mode, entries, storeId, msg),
+      delta: (msg) => {
+        const changes = this.cache.applyDeltas(msg.changes.map(fromWire), 'delta');
+        this.advance(msg);
+        this.deliver(changes);
+        this.snapshotWriter?.schedule();
+      },
+      progress: (msg) => {
+        this.advance(msg);
+        this.emitSafely('progress', { revision: this.revision });
+      },
+      disconnected: (error) => {
+        if (!this.isClosed()) this.emitSafely('disconnected', { error });
+      },
     });
+    this.abortCall = call.abort;
+    const outcome = await call.outcome;
+    this.abortCall = undefined;
+    return outcome;
+  }
+
+  /** Applies a complete initial state: the cache is current from the server. */
+  private applyInitial(mode: InitialMode, initial: WireEntry[], storeId: string, msg: WatchResponse): void {
+    this.guard(mode, initial, storeId);
+    const changes = this.cache.applyInitial(mode, initial);
+    this.advance(msg);
+    if (storeId !== '') this.storeId = storeId;
+    this.heldBack = undefined;
+    this.everSynced = true;
+    this.attempts = 0;
+    this.source = 'server';
+    this.lastSyncAt = new Date();
+    this.lastError = undefined;
+    this.setState('connected');
+    this.deliver(changes);
+    this.snapshotWriter?.schedule();
+    this.emitSafely('connected', { mode, revision: this.revision, changes: changes.length });
+    this.readyWaiters.resolveAll();
   }
 
   /**
@@ -935,36 +502,25 @@ export class ConfigWatchClient extends EventEmitter<ClientEvents> implements Asy
    * {@link MassRemovalError}, which ends the stream; the watch retries with backoff) a
    * state that would remove every entry held, unless `allowMassRemoval` accepts it.
    */
-  private guard(mode: 'full' | 'diff' | 'resumed', entries: readonly WireEntry[], serverStoreId: string): void {
+  private guard(mode: InitialMode, entries: readonly WireEntry[], serverStoreId: string): void {
     const heldStoreId = this.storeId;
-    // Empty on either side is unknown (a server that reports none, a state received
-    // before identities): nothing to compare.
-    const storeChanged = heldStoreId !== '' && serverStoreId !== '' && heldStoreId !== serverStoreId;
-    if (storeChanged) {
-      this.lastStoreChange = { previous: heldStoreId, current: serverStoreId, at: new Date() };
+    const storeChange = storeChangeOf(heldStoreId, serverStoreId);
+    if (storeChange) {
+      this.lastStoreChange = storeChange;
       this.emitSafely('storeChanged', { ...this.lastStoreChange });
     }
-    const counts = this.cache.massRemoval(mode, entries);
-    if (counts === undefined || mode === 'resumed') return;
-    const info: MassRemovalInfo = {
+    const removal = massRemovalOf({
+      cache: this.cache,
       mode,
-      ...counts,
+      entries,
       heldStoreId,
       serverStoreId,
-      storeChanged,
-      firstSeen: this.heldBack?.firstSeen ?? new Date(),
-      times: (this.heldBack?.times ?? 0) + 1,
-    };
-    let allowed: boolean;
-    if (typeof this.allowMassRemoval === 'function') {
-      try {
-        allowed = this.allowMassRemoval({ ...info }) === true;
-      } catch {
-        allowed = false;
-      }
-    } else {
-      allowed = this.allowMassRemoval;
-    }
+      storeChanged: storeChange !== undefined,
+      heldBack: this.heldBack,
+      allowMassRemoval: this.settings.allowMassRemoval,
+    });
+    if (removal === undefined) return;
+    const { info, allowed } = removal;
     this.emitSafely('massRemoval', { ...info, applied: allowed });
     if (allowed) return;
     this.heldBack = info;
@@ -974,15 +530,7 @@ export class ConfigWatchClient extends EventEmitter<ClientEvents> implements Asy
   /** Replaces the channel (and its connection) with a new one. */
   private renewChannel(): void {
     if (this.isClosed()) return;
-    const old = this.rpc;
-    this.rpc = this.newRpc();
-    this.rpcSince = Date.now();
-    old.close();
-  }
-
-  /** How long since anything came from the server on the current channel, in ms. */
-  private silentFor(): number {
-    return Date.now() - Math.max(this.lastMessageAt?.getTime() ?? 0, this.rpcSince);
+    this.connection.renew();
   }
 
   /** Takes the revision and (non-empty) resume token of a message. */
@@ -1000,26 +548,6 @@ export class ConfigWatchClient extends EventEmitter<ClientEvents> implements Asy
       }
       this.emitSafely('change', c);
       for (const q of this.queues) q.push(c);
-    }
-  }
-
-  private async getFromServer(keys: string[]): Promise<GetResponse> {
-    const call = async (): Promise<GetResponse> => {
-      const metadata = await this.metadata();
-      return new Promise<GetResponse>((resolve, reject) => {
-        this.rpc.Get({ keys, tenant: this.tenant }, metadata, { deadline: Date.now() + this.callTimeoutMs }, (err, res) => {
-          if (err) reject(fromGrpcError(err));
-          else if (res === undefined) reject(new ProtocolError('Get returned no response'));
-          else resolve(res);
-        });
-      });
-    };
-    try {
-      return await call();
-    } catch (e) {
-      // A refused token: the token source gets one more chance.
-      if (e instanceof ConfigWatchError && e.code === 'UNAUTHENTICATED') return call();
-      throw e;
     }
   }
 
@@ -1067,15 +595,4 @@ export class ConfigWatchClient extends EventEmitter<ClientEvents> implements Asy
       });
     }
   }
-}
-
-/** The server's answer to a `known_digest` that differs from its state. */
-function asksForVersions(e: unknown): boolean {
-  if (typeof e !== 'object' || e === null) return false;
-  const { code, metadata } = e as { code?: unknown; metadata?: unknown };
-  return (
-    code === grpc.status.ABORTED &&
-    metadata instanceof grpc.Metadata &&
-    metadata.get('configwatch-resume').some((v) => v.toString() === 'known-versions')
-  );
 }

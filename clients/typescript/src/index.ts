@@ -3,28 +3,26 @@
  * local cache that the server keeps current.
  *
  * - {@link ConfigWatchClient} (client.ts): the cache, its reads, events, iterator,
- *   status and `readSecret`; runs the Watch, reconnects, resumes, re-authenticates.
- * - cache.ts: the rules that apply initial states and deltas by version (no I/O).
+ *   status and `readSecret`; runs the Watch loop: reconnects, resumes,
+ *   re-authenticates. Beside it: options.ts (the options, checked), status.ts and
+ *   events.ts (what it reports), reads.ts (what reads return), ready.ts (the
+ *   `ready()` waits).
+ * - stream.ts: one Watch call, from request to why it ended; guard.ts: the checks on
+ *   an initial state (store identity, mass removal) before it is applied.
+ * - connection.ts: the grpc-js client, its renewal, the `authorization` metadata;
+ *   secrets.ts: `readSecret`'s `Get`.
+ * - cache.ts: the rules that apply initial states and deltas by version (no I/O);
+ *   changes.ts: the coalescing change iterators.
  * - snapshot.ts: the atomic on-disk snapshot, scoped to a tenant and prefixes.
  * - wire.ts: the only module that knows the protobuf messages (types generated from
  *   proto/ at build time).
  * - errors.ts: every error is a {@link ConfigWatchError} with a `code`.
  */
-export {
-  ConfigWatchClient,
-  type ClientOptions,
-  type ClientEvents,
-  type ClientState,
-  type ClientStatus,
-  type CacheSource,
-  type ConnectedInfo,
-  type DisconnectedInfo,
-  type ReconnectingInfo,
-  type StoreChange,
-  type EntryInfo,
-  type TokenSource,
-  type Versioned,
-} from './client';
+export { ConfigWatchClient } from './client';
+export type { ClientOptions, TokenSource } from './options';
+export type { ClientEvents, ConnectedInfo, DisconnectedInfo, ReconnectingInfo } from './events';
+export type { ClientState, ClientStatus, CacheSource, StoreChange } from './status';
+export type { EntryInfo, Versioned } from './reads';
 export type { Change, ChangeCause } from './cache';
 export { backoffDelay, DEFAULT_BACKOFF, type BackoffOptions } from './backoff';
 export {

@@ -1,0 +1,95 @@
+//! The connection to the server: the server URL made into a lazy tonic channel
+//! (scheme, TLS, connect timeout, HTTP/2 keepalives), the gRPC client on it, its
+//! renewal after a silent stream, and the `authorization` header from the token
+//! source. Knows nothing of the cache or the watch protocol.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::transport::{Channel, Endpoint};
+
+use super::shared::Shared;
+use crate::error::Error;
+use crate::proto::config_service_client::ConfigServiceClient;
+
+/// Largest message accepted from the server (the initial state comes in chunks).
+const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+/// TCP connect timeout of each attempt.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A channel to `server` (`http://`, `https://` or a bare `host:port`); lazy: it
+/// connects at the first call, so this does no I/O.
+pub(super) fn channel(server: &str) -> Result<Channel, Error> {
+    let server = server.trim();
+    let url = if server.contains("://") {
+        server.to_owned()
+    } else {
+        format!("http://{server}")
+    };
+    let bad = |e: &dyn fmt::Display| Error::InvalidConfig(format!("server URL {url:?}: {e}"));
+    let mut endpoint = Endpoint::from_shared(url.clone()).map_err(|e| bad(&e))?;
+    if url.starts_with("https://") {
+        #[cfg(feature = "tls")]
+        {
+            endpoint = endpoint
+                .tls_config(tonic::transport::ClientTlsConfig::new().with_native_roots())
+                .map_err(|e| bad(&e))?;
+        }
+        #[cfg(not(feature = "tls"))]
+        {
+            return Err(bad(&"https needs the crate's `tls` feature"));
+        }
+    } else if !url.starts_with("http://") {
+        return Err(bad(&"the scheme must be http or https"));
+    }
+    endpoint = endpoint
+        .connect_timeout(DIAL_TIMEOUT)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .keep_alive_while_idle(true);
+    Ok(endpoint.connect_lazy())
+}
+
+impl Shared {
+    /// `authorization` metadata with a token from the source.
+    pub async fn auth_header(&self) -> Result<MetadataValue<Ascii>, Error> {
+        let token = self
+            .tokens
+            .token()
+            .await
+            .map_err(|e| Error::TokenSource(Arc::from(e)))?;
+        let token = token.trim();
+        if token.is_empty() {
+            return Err(Error::token_source(
+                "the token source returned an empty token",
+            ));
+        }
+        format!("Bearer {token}").parse().map_err(|_| {
+            Error::token_source("the token has characters not allowed in an HTTP header")
+        })
+    }
+
+    pub fn rpc(&self) -> ConfigServiceClient<Channel> {
+        let channel = self
+            .channel
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        ConfigServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
+    /// Drops the connection for a new one, made at the next call. For a stream that
+    /// went silent: its connection may be half-open (a dead peer, a NAT that forgot
+    /// the flow), and a new call on it would hang the same way until HTTP/2
+    /// keepalive gives up on it, 40 s later.
+    pub fn renew_channel(&self) {
+        match channel(&self.server) {
+            Ok(fresh) => *self.channel.lock().unwrap_or_else(|p| p.into_inner()) = fresh,
+            // Cannot happen: the same URL made the first channel.
+            Err(e) => tracing::warn!("cannot make a new channel: {e}"),
+        }
+    }
+}

@@ -1,0 +1,58 @@
+//! [`Client::read_secret`]: a value read from the server with `Get` on demand, for
+//! secrets, which the cache never holds. Nothing read here is cached.
+
+use super::shared::Shared;
+use super::{Client, Versioned};
+use crate::cache::decode;
+use crate::error::Error;
+use crate::proto;
+use crate::wire;
+
+impl Client {
+    /// Reads a value from the server with `Get`, on demand: for secrets, which the
+    /// cache never holds. Never cached. `Ok(None)` when the key does not exist. The
+    /// value must be a JSON string (as secrets are). A refused token gets one fresh
+    /// one; the whole call is bounded by `call_timeout`.
+    pub async fn read_secret(&self, key: &str) -> Result<Option<Versioned<String>>, Error> {
+        if self.shared.shutdown.is_cancelled() {
+            return Err(Error::Closed);
+        }
+        let timeout = self.shared.opts.call_timeout;
+        let call = async {
+            match self.shared.get_once(key).await {
+                Err(e) if e.code() == Some(tonic::Code::Unauthenticated) => {
+                    self.shared.get_once(key).await
+                }
+                other => other,
+            }
+        };
+        let response = tokio::time::timeout(timeout, call)
+            .await
+            .map_err(|_| Error::Timeout(format!("reading {key} took over {timeout:?}")))??;
+        let Some(e) = response.entries.into_iter().find(|e| e.key == key) else {
+            return Ok(None);
+        };
+        let e = wire::entry(e);
+        Ok(Some(Versioned {
+            value: decode(key, &e.value)?,
+            version: e.version,
+            revision: e.revision,
+            updated_at: e.updated_at,
+        }))
+    }
+}
+
+impl Shared {
+    async fn get_once(&self, key: &str) -> Result<proto::GetResponse, Error> {
+        let header = self.auth_header().await?;
+        let mut request = tonic::Request::new(proto::GetRequest {
+            keys: vec![key.to_owned()],
+            prefixes: Vec::new(),
+            tenant: self.tenant.clone(),
+            ..Default::default()
+        });
+        request.set_timeout(self.opts.call_timeout);
+        request.metadata_mut().insert("authorization", header);
+        Ok(self.rpc().get(request).await?.into_inner())
+    }
+}
