@@ -71,9 +71,10 @@ use super::{SourceContext, SourceCounters};
 use crate::hub::Hub;
 use crate::model::{Entry, Scope, now_millis};
 use crate::store::StoreError;
+use crate::store::dynamodb::item::same_json;
 use crate::store::dynamodb::{
     DynamoBackend, Failure, ItemError, ParsedItem, classify, item_active, item_version, parse_item,
-    parse_item_keys, same_json,
+    parse_item_keys,
 };
 use configwatch_client::{Backoff, Retry};
 
