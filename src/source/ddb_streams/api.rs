@@ -1,6 +1,7 @@
 //! What the stream reader needs from the outside, as traits and plain records: the
-//! stream operations ([`StreamApi`]: shards, iterators, records) and the one table
-//! write ([`VersionWriter`]), with the records and errors they carry.
+//! stream operations ([`StreamApi`]: shards, iterators, records) with the records and
+//! errors they carry, and the one table write ([`VersionWriter`], which the store
+//! defines and implements; re-exported here).
 //!
 //! Boundary: no SDK calls here; [`super::sdk`] implements these on AWS and
 //! `super::fake` in memory for the tests.
@@ -10,8 +11,7 @@ use std::collections::HashMap;
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::AttributeValue;
 
-use crate::model::Scope;
-use crate::store::StoreError;
+pub use crate::store::dynamodb::VersionWriter;
 
 /// An item image from a stream record.
 pub type Image = HashMap<String, AttributeValue>;
@@ -85,19 +85,4 @@ pub trait StreamApi: Send + Sync + 'static {
     async fn iterator(&self, shard_id: &str, start: &IteratorStart) -> Result<String, StreamError>;
     /// The next records of an iterator.
     async fn records(&self, iterator: &str) -> Result<RecordPage, StreamError>;
-}
-
-/// The table write the reader needs: re-versioning an item that changed without a
-/// version bump.
-#[async_trait]
-pub trait VersionWriter: Send + Sync + 'static {
-    /// Sets the item's version to `to` if it still has version `seen` (`None`: no
-    /// version attribute). `Ok(false)` when the condition refused.
-    async fn bump_version(
-        &self,
-        scope: &Scope,
-        key: &str,
-        seen: Option<u64>,
-        to: u64,
-    ) -> Result<bool, StoreError>;
 }

@@ -1,6 +1,6 @@
 //! [`StreamApi`] on AWS: the DynamoDB Streams client (shard listing by pages,
 //! iterators, records converted from the streams SDK's attribute values to
-//! DynamoDB's), finding the table's stream, and [`VersionWriter`] on the table.
+//! DynamoDB's), and finding the table's stream.
 //!
 //! Boundary: the only file of the reader that knows the SDK; it hands the reader
 //! [`ShardInfo`], [`ChangeRecord`] and [`StreamError`].
@@ -16,11 +16,8 @@ use aws_sdk_dynamodbstreams::types as st;
 
 use super::api::{
     ChangeKind, ChangeRecord, Image, IteratorStart, RecordPage, ShardInfo, StreamApi, StreamError,
-    VersionWriter,
 };
-use crate::model::Scope;
-use crate::store::StoreError;
-use crate::store::dynamodb::{DynamoBackend, Failure, classify};
+use crate::store::dynamodb::{Failure, classify};
 
 /// Most records one GetRecords returns (the API's limit).
 const RECORDS_LIMIT: i32 = 1000;
@@ -46,19 +43,6 @@ impl SetupError {
     /// Whether trying again later may help (as opposed to a configuration to fix).
     pub fn is_transient(&self) -> bool {
         matches!(self, SetupError::Describe { .. })
-    }
-}
-
-#[async_trait]
-impl VersionWriter for DynamoBackend {
-    async fn bump_version(
-        &self,
-        scope: &Scope,
-        key: &str,
-        seen: Option<u64>,
-        to: u64,
-    ) -> Result<bool, StoreError> {
-        DynamoBackend::bump_version(self, scope, key, seen, to).await
     }
 }
 

@@ -106,6 +106,14 @@ pub(super) fn sort_key(key: &str) -> Result<String, StoreError> {
         })
 }
 
+/// The primary key (`pk`, `sk`) of the item holding `key` of `scope`.
+pub(super) fn item_key(scope: &Scope, key: &str) -> Result<Item, StoreError> {
+    Ok(Item::from([
+        (PK.to_owned(), AttributeValue::S(partition_key(scope))),
+        (SK.to_owned(), AttributeValue::S(sort_key(key)?)),
+    ]))
+}
+
 /// The configuration key a sort key names, validated.
 pub(crate) fn parse_sort_key(sk: &str) -> Result<String, ItemError> {
     let name = sk

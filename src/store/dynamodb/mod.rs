@@ -24,7 +24,7 @@
 //!   compare-and-set clients, so the standard retry is kept. A conflict found by the
 //!   condition is re-read and reported; if the re-read shows no conflict (the item
 //!   changed in between) the write is tried again, up to [`WRITE_ATTEMPTS`] times.
-//! - `UpdateItem` that re-versions an item ([`DynamoBackend::bump_version`]):
+//! - `UpdateItem` that re-versions an item ([`VersionWriter::bump_version`]):
 //!   conditional on the version seen, so a retry or a second server doing the same is
 //!   refused by the condition and harmless.
 
@@ -42,7 +42,8 @@ pub use item::{
     Item, ItemError, MAX_NESTING, ParsedItem, attr_to_json, item_active, item_version,
     json_to_attr, parse_item, parse_item_keys,
 };
-use item::{PK, SK, SK_PREFIX, partition_key, sort_key};
+use item::{PK, SK, SK_PREFIX, item_key, partition_key};
+pub use write::VersionWriter;
 
 use super::{Backend, StoreError, Write, check_expected, live_version};
 use crate::json::{self, Json};
@@ -75,8 +76,7 @@ impl DynamoBackend {
             .client
             .get_item()
             .table_name(self.table.as_ref())
-            .key(PK, AttributeValue::S(partition_key(scope)))
-            .key(SK, AttributeValue::S(sort_key(key)?))
+            .set_key(Some(item_key(scope, key)?))
             .consistent_read(true)
             .send()
             .await

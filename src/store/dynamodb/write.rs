@@ -5,22 +5,45 @@
 //! Boundary: builds the requests and reads their answers; the retry on a vanished
 //! conflict is the backend's ([`super`]).
 
+use async_trait::async_trait;
+use aws_sdk_dynamodb::config::http::HttpResponse;
+use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+use aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
 
 use super::DynamoBackend;
 use super::item::{
-    CONFIG, CREATED_AT, IS_ACTIVE, Item, PK, SK, UPDATED_AT, VERSION, now_text, partition_key,
-    sort_key,
+    CONFIG, CREATED_AT, IS_ACTIVE, Item, PK, UPDATED_AT, VERSION, item_key, now_text,
 };
 use crate::model::Scope;
 use crate::store::StoreError;
 
-impl DynamoBackend {
-    /// Rewrites an item's version to `to`, only if it still has the version `seen`
-    /// (`None`: no version attribute). `Ok(false)` when the condition refused: the
-    /// item changed or another server did it first. Used for items changed by tools
-    /// that do not bump `version`.
-    pub async fn bump_version(
+/// The table write the stream reader needs: re-versioning an item that changed
+/// without a version bump. The reader's tests fake it.
+#[async_trait]
+pub trait VersionWriter: Send + Sync + 'static {
+    /// Sets the item's version to `to` if it still has version `seen` (`None`: no
+    /// version attribute). `Ok(false)` when the condition refused: the item changed
+    /// or another server did it first.
+    async fn bump_version(
+        &self,
+        scope: &Scope,
+        key: &str,
+        seen: Option<u64>,
+        to: u64,
+    ) -> Result<bool, StoreError>;
+}
+
+/// Whether an `UpdateItem` failed only because its condition refused it.
+fn refused(err: &SdkError<UpdateItemError, HttpResponse>) -> bool {
+    err.as_service_error()
+        .is_some_and(|s| s.is_conditional_check_failed_exception())
+}
+
+#[async_trait]
+impl VersionWriter for DynamoBackend {
+    async fn bump_version(
         &self,
         scope: &Scope,
         key: &str,
@@ -28,11 +51,7 @@ impl DynamoBackend {
         to: u64,
     ) -> Result<bool, StoreError> {
         let mut request = self
-            .client
-            .update_item()
-            .table_name(self.table.as_ref())
-            .key(PK, AttributeValue::S(partition_key(scope)))
-            .key(SK, AttributeValue::S(sort_key(key)?))
+            .update(scope, key)?
             .update_expression("SET #version = :to")
             .expression_attribute_names("#pk", PK)
             .expression_attribute_names("#version", VERSION)
@@ -46,14 +65,20 @@ impl DynamoBackend {
         };
         match request.send().await {
             Ok(_) => Ok(true),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
-            {
-                Ok(false)
-            }
+            Err(e) if refused(&e) => Ok(false),
             Err(e) => Err(self.error("UpdateItem (version)", e)),
         }
+    }
+}
+
+impl DynamoBackend {
+    /// An `UpdateItem` of the item holding `key` of `scope`.
+    fn update(&self, scope: &Scope, key: &str) -> Result<UpdateItemFluentBuilder, StoreError> {
+        Ok(self
+            .client
+            .update_item()
+            .table_name(self.table.as_ref())
+            .set_key(Some(item_key(scope, key)?)))
     }
 
     /// One conditional write attempt. `Ok(None)`: the condition refused it.
@@ -65,11 +90,7 @@ impl DynamoBackend {
         expected: Option<u64>,
     ) -> Result<Option<Item>, StoreError> {
         let mut request = self
-            .client
-            .update_item()
-            .table_name(self.table.as_ref())
-            .key(PK, AttributeValue::S(partition_key(scope)))
-            .key(SK, AttributeValue::S(sort_key(key)?))
+            .update(scope, key)?
             .expression_attribute_names("#version", VERSION)
             .expression_attribute_names("#active", IS_ACTIVE)
             .expression_attribute_names("#updated", UPDATED_AT)
@@ -132,12 +153,7 @@ impl DynamoBackend {
         }
         match request.send().await {
             Ok(out) => Ok(Some(out.attributes.unwrap_or_default())),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
-            {
-                Ok(None)
-            }
+            Err(e) if refused(&e) => Ok(None),
             Err(e) => Err(self.error("UpdateItem", e)),
         }
     }
