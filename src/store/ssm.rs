@@ -27,21 +27,19 @@
 //! between the check and the write is overwritten without a conflict. This window is a
 //! known limitation of the backend (it lasts one round trip).
 //!
-//! Retry policy, per operation. Every call first goes through the SDK's standard retry
-//! (3 attempts with jittered backoff on throttling, 5xx and connection failures).
+//! Retry policy, per operation. Every call goes through the SDK's standard retry, set
+//! once for all AWS calls ([`crate::aws::retry_config`]: attempts with jittered
+//! exponential backoff on throttling, 5xx, timeouts and connection failures); this
+//! module adds no retry loop of its own.
 //! - `GetParametersByPath` (load, per page) and `GetParameter` (read, compare-and-set
-//!   checks, reading back a write): idempotent reads, retried again here with
-//!   jittered backoff for [`READ_ATTEMPTS`] attempts while Parameter Store throttles
-//!   or fails for a passing reason (its request rate limits are low, and a
-//!   reconciliation pass over many tenants can reach them); then
-//!   [`StoreError::Unavailable`].
-//! - `PutParameter` and `DeleteParameter`: not retried beyond the SDK. A failure is
-//!   [`StoreError::Unavailable`] (passing) or [`StoreError::Internal`], and the client
-//!   decides whether to try again with its expected version.
+//!   checks, reading back a write): idempotent reads, the standard retry fits
+//!   (Parameter Store's request rate limits are low, and a reconciliation pass over
+//!   many tenants can reach them); what still fails is [`StoreError::Unavailable`].
+//! - `PutParameter` and `DeleteParameter`: a failure is [`StoreError::Unavailable`]
+//!   (passing) or [`StoreError::Internal`], and the client decides whether to try
+//!   again with its expected version.
 
-use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_ssm::config::http::HttpResponse;
@@ -55,15 +53,9 @@ use serde_json::Value;
 use super::{Backend, StoreError, Write, check_expected};
 use crate::keys::{self, PARAM_CONFIG};
 use crate::model::{Entry, Scope, now_millis};
-use configwatch_client::{Backoff, Retry};
 
-/// Attempts of a read (`GetParametersByPath` page, `GetParameter`) before it is
-/// reported [`StoreError::Unavailable`].
-pub const READ_ATTEMPTS: u32 = 5;
 /// Largest page Parameter Store serves (a larger `MaxResults` is refused).
 const PAGE_SIZE: i32 = 10;
-const RETRY_BASE: Duration = Duration::from_millis(200);
-const RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// Error codes that mean "slow down or try again later".
 const PASSING_CODES: [&str; 6] = [
@@ -132,46 +124,27 @@ impl SsmBackend {
         parameter_name(&self.root, scope, key)
     }
 
-    /// Runs a read, again with jittered backoff while it fails for a passing reason.
-    async fn retrying<T, F, Fut>(&self, what: &str, op: F) -> Result<T, StoreError>
-    where
-        F: FnMut() -> Fut,
-        Fut: Future<Output = Result<T, StoreError>>,
-    {
-        retrying(
-            what,
-            READ_ATTEMPTS,
-            Retry::new(Backoff::doubling(RETRY_BASE, RETRY_MAX)),
-            op,
-        )
-        .await
-    }
-
     /// The parameter, or `None` when it does not exist.
     async fn get(&self, name: &str, decrypt: bool) -> Result<Option<Parameter>, StoreError> {
-        let what = format!("GetParameter of '{name}'");
-        self.retrying(&what, || async {
-            match self
-                .client
-                .get_parameter()
-                .name(name)
-                .with_decryption(decrypt)
-                .send()
-                .await
+        match self
+            .client
+            .get_parameter()
+            .name(name)
+            .with_decryption(decrypt)
+            .send()
+            .await
+        {
+            Ok(out) => Ok(out.parameter),
+            Err(e)
+                if matches!(
+                    e.as_service_error(),
+                    Some(GetParameterError::ParameterNotFound(_))
+                ) =>
             {
-                Ok(out) => Ok(out.parameter),
-                Err(e)
-                    if matches!(
-                        e.as_service_error(),
-                        Some(GetParameterError::ParameterNotFound(_))
-                    ) =>
-                {
-                    Ok(None)
-                }
-                Err(e) => Err(sdk_error("GetParameter", name, &e)),
+                Ok(None)
             }
-        })
-        .await
+            Err(e) => Err(sdk_error("GetParameter", name, &e)),
+        }
     }
 
     /// The served version of the parameter now, 0 when it does not exist.
@@ -280,22 +253,17 @@ impl Backend for SsmBackend {
         let mut out = Vec::new();
         let mut next_token: Option<String> = None;
         loop {
-            let what = format!("GetParametersByPath of '{path}'");
-            let token = next_token.clone();
             let page = self
-                .retrying(&what, || async {
-                    self.client
-                        .get_parameters_by_path()
-                        .path(&path)
-                        .recursive(true)
-                        .with_decryption(false)
-                        .max_results(PAGE_SIZE)
-                        .set_next_token(token.clone())
-                        .send()
-                        .await
-                        .map_err(|e| sdk_error("GetParametersByPath", &path, &e))
-                })
-                .await?;
+                .client
+                .get_parameters_by_path()
+                .path(&path)
+                .recursive(true)
+                .with_decryption(false)
+                .max_results(PAGE_SIZE)
+                .set_next_token(next_token.take())
+                .send()
+                .await
+                .map_err(|e| sdk_error("GetParametersByPath", &path, &e))?;
             for p in page.parameters() {
                 let name = p.name().unwrap_or("");
                 let Some(key) = key_under(&path, name) else {
@@ -349,43 +317,6 @@ impl Backend for SsmBackend {
         match self.get(&name, with_secret).await? {
             Some(p) => to_entry(key, &p, with_secret).map(Some),
             None => Ok(None),
-        }
-    }
-}
-
-/// Runs `op` up to `attempts` times while it fails with [`StoreError::Unavailable`],
-/// waiting a jittered, growing delay in between.
-async fn retrying<T, F, Fut>(
-    what: &str,
-    attempts: u32,
-    mut backoff: Retry,
-    mut op: F,
-) -> Result<T, StoreError>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, StoreError>>,
-{
-    let mut attempt = 1;
-    loop {
-        match op().await {
-            Err(StoreError::Unavailable(reason)) if attempt < attempts => {
-                let delay = backoff.failed();
-                tracing::debug!(
-                    what,
-                    attempt,
-                    ?delay,
-                    reason,
-                    "Parameter Store busy; retrying"
-                );
-                tokio::time::sleep(delay).await;
-                attempt += 1;
-            }
-            Err(StoreError::Unavailable(reason)) => {
-                return Err(StoreError::Unavailable(format!(
-                    "{reason} (gave up after {attempt} attempts)"
-                )));
-            }
-            other => return other,
         }
     }
 }
@@ -583,7 +514,6 @@ fn to_entry(key: &str, p: &Parameter, with_secret: bool) -> Result<Entry, StoreE
 mod tests {
     use super::*;
     use aws_smithy_types::DateTime;
-    use std::sync::atomic::{AtomicU32, Ordering};
 
     const ROOT: &str = "/config-service";
 
@@ -752,47 +682,5 @@ mod tests {
             .value("x")
             .build();
         assert!(to_entry("param_config_a", &undated, false).is_err());
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn reads_retry_passing_failures_a_bounded_number_of_times() {
-        let calls = AtomicU32::new(0);
-        let backoff = || {
-            Retry::new(Backoff::doubling(
-                Duration::from_millis(100),
-                Duration::from_secs(1),
-            ))
-        };
-        let got = retrying("test", 5, backoff(), || async {
-            if calls.fetch_add(1, Ordering::Relaxed) < 2 {
-                Err(StoreError::Unavailable("throttled".into()))
-            } else {
-                Ok(7)
-            }
-        })
-        .await;
-        assert_eq!((got, calls.load(Ordering::Relaxed)), (Ok(7), 3));
-
-        calls.store(0, Ordering::Relaxed);
-        let got: Result<(), _> = retrying("test", 5, backoff(), || async {
-            calls.fetch_add(1, Ordering::Relaxed);
-            Err(StoreError::Unavailable("throttled".into()))
-        })
-        .await;
-        assert!(matches!(got, Err(StoreError::Unavailable(m)) if m.contains("5 attempts")));
-        assert_eq!(calls.load(Ordering::Relaxed), 5);
-
-        calls.store(0, Ordering::Relaxed);
-        let got: Result<(), _> = retrying("test", 5, backoff(), || async {
-            calls.fetch_add(1, Ordering::Relaxed);
-            Err(StoreError::Internal("denied".into()))
-        })
-        .await;
-        assert!(matches!(got, Err(StoreError::Internal(_))));
-        assert_eq!(
-            calls.load(Ordering::Relaxed),
-            1,
-            "only passing failures retry"
-        );
     }
 }

@@ -10,8 +10,8 @@
 //!
 //! Boundary: the stream operations sit behind [`StreamApi`] ([`SdkStream`] on AWS, an
 //! in-memory fake in the tests) and the one table write behind [`VersionWriter`];
-//! SDK types end here and in [`crate::store::dynamodb`]. The hub sees only
-//! [`Scope`] and [`Entry`].
+//! SDK types end in this folder and in [`crate::store::dynamodb`]. The hub sees only
+//! [`Scope`](crate::model::Scope) and [`Entry`](crate::model::Entry).
 //!
 //! Parts: `api` the [`StreamApi`] and [`VersionWriter`] traits with the records and
 //! errors they carry; `sdk` their AWS implementation ([`SdkStream`], [`stream_arn`]);
@@ -30,7 +30,7 @@
 //! Gaps. A first start (and any LATEST iterator), TrimmedDataAccessException, an
 //! iterator replaced before any record was handled, and a shard that vanished before
 //! it was read to its end, may each hide changes: the loaded scopes are then
-//! resynced from the table ([`Hub::resync`]) and `stream_gaps` counts it.
+//! resynced from the table ([`Hub::resync`](crate::hub::Hub::resync)) and `stream_gaps` counts it.
 //!
 //! Tools that do not bump `version` (the console): a record for a loaded scope whose
 //! content differs from what the hub holds, at a version not above the held one (or
@@ -44,8 +44,10 @@
 //! against one table (see the design's "Scaling past one machine"); every other
 //! instance is a relay.
 //!
-//! Retry policy, per operation. Every call goes through the SDK's standard retry (3
-//! attempts, exponential backoff with jitter). On top of that:
+//! Retry policy, per operation. Every call goes through the SDK's standard retry (set
+//! once in [`crate::aws::retry_config`]: exponential backoff with jitter); no call
+//! is wrapped in a retry loop of its own. What still fails waits for the reader's next
+//! round, which backs off by [`configwatch_client::Retry`] while rounds fail:
 //! - DescribeStream (every [`StreamSettings::rediscover_interval`], and at once when a
 //!   shard ends): on failure the shard list is kept and the next tick tries again,
 //!   with backoff. ResourceNotFound makes it look up the table's latest stream again.

@@ -12,8 +12,9 @@
 //!
 //!
 //! Retry policy, per operation. Every call goes through the SDK's standard retry
-//! (the client's configuration: 3 attempts, exponential backoff with jitter, on
-//! throttling, 5xx, timeouts and connection failures); what is still failing then is
+//! (the client's configuration, set once in [`crate::aws::retry_config`]: exponential
+//! backoff with jitter, on throttling, 5xx, timeouts and connection failures); what
+//! is still failing then is
 //! [`StoreError::Unavailable`], and the caller (the API client, the stream reader)
 //! decides when to try again.
 //! - `Query` (load) and `GetItem` (read, conflict reports): idempotent reads, the
