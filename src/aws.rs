@@ -4,9 +4,17 @@
 //! profile, instance role), including `AWS_ENDPOINT_URL` and the per-service
 //! `AWS_ENDPOINT_URL_DYNAMODB`, `..._DYNAMODB_STREAMS`, `..._SSM`, `..._SQS`, so the same
 //! binary runs against AWS or an emulator.
+//!
+//! Retries: every AWS call is retried by the SDK itself, with the one policy set here
+//! ([`retry_config`]: standard mode, [`MAX_ATTEMPTS`] attempts, exponential backoff
+//! with full jitter from [`INITIAL_BACKOFF`] up to [`MAX_BACKOFF`], on throttling,
+//! 5xx, timeouts and connection failures). No module wraps a single call in a retry
+//! loop of its own; what still fails is the caller's to handle: a request answers
+//! UNAVAILABLE, a source's poll loop tries again on its next round.
 
 use std::time::Duration;
 
+use aws_config::retry::RetryConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 
 /// Where configwatch finds its data on AWS.
@@ -63,9 +71,26 @@ impl AwsSettings {
     }
 }
 
+/// Attempts of one AWS call, the first included, before its failure is reported.
+pub const MAX_ATTEMPTS: u32 = 5;
+/// Backoff before the first retry (the delay is a random fraction of it, doubling on
+/// each attempt).
+pub const INITIAL_BACKOFF: Duration = Duration::from_millis(200);
+/// Longest backoff between two attempts.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// The retry policy of every AWS call (see the module documentation).
+pub fn retry_config() -> RetryConfig {
+    RetryConfig::standard()
+        .with_max_attempts(MAX_ATTEMPTS)
+        .with_initial_backoff(INITIAL_BACKOFF)
+        .with_max_backoff(MAX_BACKOFF)
+}
+
 /// Loads the SDK configuration from the standard sources; `region` overrides theirs.
+/// Every client made from it retries by [`retry_config`].
 pub async fn sdk_config(region: Option<String>) -> SdkConfig {
-    let mut loader = aws_config::defaults(BehaviorVersion::latest());
+    let mut loader = aws_config::defaults(BehaviorVersion::latest()).retry_config(retry_config());
     if let Some(region) = region {
         loader = loader.region(Region::new(region));
     }

@@ -25,7 +25,8 @@
 //! - `ReceiveMessage`: long poll (`WaitTimeSeconds` 20) with an operation timeout
 //!   above the wait; a failure is retried forever with jittered exponential backoff
 //!   (the loop never dies), reset by the next success.
-//! - `GetParameter` (through the backend, which retries throttling itself): a
+//! - `GetParameter` (through the backend; the SDK's retry, [`crate::aws::retry_config`],
+//!   covers throttling): a
 //!   failure leaves the message; it becomes visible again after the queue's
 //!   visibility timeout and is retried. If it keeps failing it ends in the
 //!   dead-letter queue, and reconciliation repairs the change.

@@ -5,6 +5,11 @@
 //! holds one entry per key family (the tagged storage pattern): adding a backend is one
 //! more `(family, backend)` pair. The hub never calls a backend for writes; the API
 //! does, then hands the resulting entry to the hub.
+//!
+//! Backends, each a folder whose `mod.rs` names its parts: [`embedded`] the redb
+//! store (records, recovery from I/O errors), [`dynamodb`] the table (item encoding
+//! shared with the stream reader, conditional writes), [`ssm`] Parameter Store;
+//! [`identity`] the store identity. Each keeps its SDK or database types inside it.
 
 pub mod dynamodb;
 pub mod embedded;

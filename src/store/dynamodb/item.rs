@@ -1,10 +1,10 @@
-//! The DynamoDB backend for `tenant_config_*`: one item per key, written with
-//! compare-and-set on its `version` attribute.
+//! The DynamoDB item encoding: which attributes an item has, and how an item (or a
+//! stream image, converted to the same attribute values) reads as a [`Scope`] and an
+//! [`Entry`], and a JSON value as an attribute.
 //!
-//! Job: load a scope's items, write Put/Delete as conditional `UpdateItem`s, read one
-//! item, and (for [`crate::source::ddb_streams`]) turn any item or stream image into
-//! an [`Entry`]. Boundary: AWS SDK types stay in this module and the stream source;
-//! the hub and the API see only [`Scope`], [`Entry`] and [`StoreError`].
+//! Boundary: pure conversion, no client calls. The backend ([`super`]) and the stream
+//! reader ([`crate::source::ddb_streams`]) both read and write items through this
+//! module only.
 //!
 //! Item layout (the same for items written by configwatch and by other tools):
 //!
@@ -20,56 +20,32 @@
 //! An item whose `sk` does not name a valid key, or whose attributes have the wrong
 //! types, is skipped with a warning by `load`: one bad item written by hand never
 //! hides the rest of a tenant.
-//!
-//! Retry policy, per operation. Every call goes through the SDK's standard retry
-//! (the client's configuration: 3 attempts, exponential backoff with jitter, on
-//! throttling, 5xx, timeouts and connection failures); what is still failing then is
-//! [`StoreError::Unavailable`], and the caller (the API client, the stream reader)
-//! decides when to try again.
-//! - `Query` (load) and `GetItem` (read, conflict reports): idempotent reads, the
-//!   standard retry fits.
-//! - `UpdateItem` for Put/Delete: a retried attempt whose predecessor did land is
-//!   seen as a version conflict (with a condition; the error names the version the
-//!   first attempt produced) or as one extra version (without one). Both are safe for
-//!   compare-and-set clients, so the standard retry is kept. A conflict found by the
-//!   condition is re-read and reported; if the re-read shows no conflict (the item
-//!   changed in between) the write is tried again, up to [`WRITE_ATTEMPTS`] times.
-//! - `UpdateItem` that re-versions an item ([`DynamoBackend::bump_version`]):
-//!   conditional on the version seen, so a retry or a second server doing the same is
-//!   refused by the condition and harmless.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::SystemTime;
 
-use crate::json::{self, Json};
-use async_trait::async_trait;
-use aws_sdk_dynamodb::config::http::HttpResponse;
-use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
-use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
+use aws_sdk_dynamodb::types::AttributeValue;
 use aws_smithy_types::date_time::{DateTime, Format};
 use base64::Engine as _;
 
-use super::{Backend, StoreError, Write, check_expected, live_version};
+use crate::json::{self, Json};
 use crate::keys::{self, TENANT_CONFIG};
 use crate::model::{Entry, Millis, Scope};
+use crate::store::StoreError;
 
 /// One DynamoDB item, as the SDK hands it over.
 pub type Item = HashMap<String, AttributeValue>;
 
-const PK: &str = "pk";
-const SK: &str = "sk";
-const CONFIG: &str = "config";
-const IS_ACTIVE: &str = "isActive";
-const VERSION: &str = "version";
-const CREATED_AT: &str = "createdAt";
-const UPDATED_AT: &str = "updatedAt";
+pub(crate) const PK: &str = "pk";
+pub(crate) const SK: &str = "sk";
+pub(crate) const CONFIG: &str = "config";
+pub(crate) const IS_ACTIVE: &str = "isActive";
+pub(crate) const VERSION: &str = "version";
+pub(crate) const CREATED_AT: &str = "createdAt";
+pub(crate) const UPDATED_AT: &str = "updatedAt";
 const TENANT_PREFIX: &str = "TENANT#";
 const SERVICE_SEPARATOR: &str = "|SERVICE#";
-const SK_PREFIX: &str = "CONFIG#";
-
-/// Tries of a conditional write whose conflict vanished on re-read.
-pub const WRITE_ATTEMPTS: usize = 3;
+pub(crate) const SK_PREFIX: &str = "CONFIG#";
 
 /// Why an item cannot be served. The item is skipped, never fatal.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -119,7 +95,7 @@ pub(crate) fn parse_partition(pk: &str) -> Result<Scope, ItemError> {
 }
 
 /// The sort key of a `tenant_config_*` key.
-fn sort_key(key: &str) -> Result<String, StoreError> {
+pub(super) fn sort_key(key: &str) -> Result<String, StoreError> {
     key.strip_prefix(TENANT_CONFIG.prefix)
         .map(|name| format!("{SK_PREFIX}{name}"))
         .ok_or_else(|| {
@@ -128,6 +104,14 @@ fn sort_key(key: &str) -> Result<String, StoreError> {
                 TENANT_CONFIG.prefix
             ))
         })
+}
+
+/// The primary key (`pk`, `sk`) of the item holding `key` of `scope`.
+pub(super) fn item_key(scope: &Scope, key: &str) -> Result<Item, StoreError> {
+    Ok(Item::from([
+        (PK.to_owned(), AttributeValue::S(partition_key(scope))),
+        (SK.to_owned(), AttributeValue::S(sort_key(key)?)),
+    ]))
 }
 
 /// The configuration key a sort key names, validated.
@@ -232,7 +216,7 @@ fn parse_time(text: &str) -> Millis {
         .unwrap_or(0)
 }
 
-fn now_text() -> String {
+pub(super) fn now_text() -> String {
     DateTime::from(SystemTime::now())
         .fmt(Format::DateTime)
         .unwrap_or_else(|_| "1970-01-01T00:00:00Z".to_owned())
@@ -340,345 +324,6 @@ pub(crate) fn same_json(a: &str, b: &str) -> bool {
     ) {
         (Ok(x), Ok(y)) => x.same(&y),
         _ => a == b,
-    }
-}
-
-/// How an AWS call failed, whatever the operation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Failure {
-    /// Throttled: slow down and try again.
-    Throttled,
-    /// 5xx, timeouts, connection failures: try again.
-    Transient,
-    /// The table, stream or shard does not exist.
-    Missing,
-    /// Anything else: a bug, a permission, a bad request.
-    Other,
-}
-
-const THROTTLING_CODES: [&str; 5] = [
-    "ThrottlingException",
-    "ProvisionedThroughputExceededException",
-    "RequestLimitExceeded",
-    "LimitExceededException",
-    "TooManyRequestsException",
-];
-
-pub(crate) fn classify<E: ProvideErrorMetadata>(err: &SdkError<E, HttpResponse>) -> Failure {
-    match err {
-        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) => Failure::Transient,
-        SdkError::ConstructionFailure(_) => Failure::Other,
-        _ => {
-            let code = err.code().unwrap_or("");
-            let status = err.raw_response().map(|r| r.status().as_u16());
-            if THROTTLING_CODES.contains(&code) {
-                Failure::Throttled
-            } else if code == "ResourceNotFoundException" {
-                Failure::Missing
-            } else if code == "InternalServerError" || status.is_some_and(|s| s >= 500) {
-                Failure::Transient
-            } else {
-                Failure::Other
-            }
-        }
-    }
-}
-
-/// The `tenant_config_*` backend on one DynamoDB table.
-pub struct DynamoBackend {
-    client: aws_sdk_dynamodb::Client,
-    table: Arc<str>,
-}
-
-impl DynamoBackend {
-    pub fn new(client: aws_sdk_dynamodb::Client, table: impl Into<String>) -> Self {
-        DynamoBackend {
-            client,
-            table: Arc::from(table.into()),
-        }
-    }
-
-    pub fn table(&self) -> &str {
-        &self.table
-    }
-
-    fn error<E>(&self, operation: &str, err: SdkError<E, HttpResponse>) -> StoreError
-    where
-        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-    {
-        let table = &self.table;
-        let detail = DisplayErrorContext(&err);
-        match classify(&err) {
-            Failure::Throttled | Failure::Transient => StoreError::Unavailable(format!(
-                "DynamoDB {operation} on table '{table}' failed: {detail}"
-            )),
-            Failure::Missing => StoreError::Unavailable(format!(
-                "DynamoDB table '{table}' does not exist ({operation}); create it (deploy/configwatch.cfn.json) or fix --table"
-            )),
-            Failure::Other => StoreError::Internal(format!(
-                "DynamoDB {operation} on table '{table}' failed: {detail}"
-            )),
-        }
-    }
-
-    async fn get_item(&self, scope: &Scope, key: &str) -> Result<Option<Item>, StoreError> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(self.table.as_ref())
-            .key(PK, AttributeValue::S(partition_key(scope)))
-            .key(SK, AttributeValue::S(sort_key(key)?))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| self.error("GetItem", e))?;
-        Ok(out.item)
-    }
-
-    /// Rewrites an item's version to `to`, only if it still has the version `seen`
-    /// (`None`: no version attribute). `Ok(false)` when the condition refused: the
-    /// item changed or another server did it first. Used for items changed by tools
-    /// that do not bump `version`.
-    pub async fn bump_version(
-        &self,
-        scope: &Scope,
-        key: &str,
-        seen: Option<u64>,
-        to: u64,
-    ) -> Result<bool, StoreError> {
-        let mut request = self
-            .client
-            .update_item()
-            .table_name(self.table.as_ref())
-            .key(PK, AttributeValue::S(partition_key(scope)))
-            .key(SK, AttributeValue::S(sort_key(key)?))
-            .update_expression("SET #version = :to")
-            .expression_attribute_names("#pk", PK)
-            .expression_attribute_names("#version", VERSION)
-            .expression_attribute_values(":to", AttributeValue::N(to.to_string()));
-        request = match seen {
-            Some(seen) => request
-                .condition_expression("attribute_exists(#pk) AND #version = :seen")
-                .expression_attribute_values(":seen", AttributeValue::N(seen.to_string())),
-            None => request
-                .condition_expression("attribute_exists(#pk) AND attribute_not_exists(#version)"),
-        };
-        match request.send().await {
-            Ok(_) => Ok(true),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
-            {
-                Ok(false)
-            }
-            Err(e) => Err(self.error("UpdateItem (version)", e)),
-        }
-    }
-
-    /// One conditional write attempt. `Ok(None)`: the condition refused it.
-    async fn try_write(
-        &self,
-        scope: &Scope,
-        key: &str,
-        config: Option<&AttributeValue>,
-        expected: Option<u64>,
-    ) -> Result<Option<Item>, StoreError> {
-        let mut request = self
-            .client
-            .update_item()
-            .table_name(self.table.as_ref())
-            .key(PK, AttributeValue::S(partition_key(scope)))
-            .key(SK, AttributeValue::S(sort_key(key)?))
-            .expression_attribute_names("#version", VERSION)
-            .expression_attribute_names("#active", IS_ACTIVE)
-            .expression_attribute_names("#updated", UPDATED_AT)
-            .expression_attribute_values(":now", AttributeValue::S(now_text()))
-            .expression_attribute_values(":zero", AttributeValue::N("0".into()))
-            .expression_attribute_values(":one", AttributeValue::N("1".into()))
-            .return_values(ReturnValue::AllNew);
-        let live = "(attribute_not_exists(#active) OR #active = :true)";
-        let at_version = |n: u64| {
-            if n == 0 {
-                "(attribute_not_exists(#version) OR #version = :zero)"
-            } else {
-                "#version = :expected"
-            }
-        };
-        let condition = match config {
-            Some(config) => {
-                request = request
-                    .update_expression(
-                        "SET #config = :config, #active = :true, #updated = :now, \
-                         #created = if_not_exists(#created, :now), \
-                         #version = if_not_exists(#version, :zero) + :one",
-                    )
-                    .expression_attribute_names("#config", CONFIG)
-                    .expression_attribute_names("#created", CREATED_AT)
-                    .expression_attribute_values(":config", config.clone())
-                    .expression_attribute_values(":true", AttributeValue::Bool(true));
-                match expected {
-                    None => None,
-                    // Absent, soft-deleted, or live without a version.
-                    Some(0) => {
-                        request = request
-                            .expression_attribute_values(":false", AttributeValue::Bool(false));
-                        Some(format!("{} OR #active = :false", at_version(0)))
-                    }
-                    Some(n) => Some(format!("{} AND {live}", at_version(n))),
-                }
-            }
-            None => {
-                request = request
-                    .update_expression(
-                        "SET #active = :false, #updated = :now, \
-                         #version = if_not_exists(#version, :zero) + :one",
-                    )
-                    .expression_attribute_names("#pk", PK)
-                    .expression_attribute_values(":true", AttributeValue::Bool(true))
-                    .expression_attribute_values(":false", AttributeValue::Bool(false));
-                Some(match expected {
-                    None => format!("attribute_exists(#pk) AND {live}"),
-                    Some(n) => format!("attribute_exists(#pk) AND {live} AND {}", at_version(n)),
-                })
-            }
-        };
-        if let Some(n) = expected.filter(|n| *n > 0) {
-            request =
-                request.expression_attribute_values(":expected", AttributeValue::N(n.to_string()));
-        }
-        if let Some(condition) = condition {
-            request = request.condition_expression(condition);
-        }
-        match request.send().await {
-            Ok(out) => Ok(Some(out.attributes.unwrap_or_default())),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
-            {
-                Ok(None)
-            }
-            Err(e) => Err(self.error("UpdateItem", e)),
-        }
-    }
-}
-
-fn to_entry(scope: &Scope, key: &str, item: &Item) -> Result<Entry, StoreError> {
-    let parsed = parse_item(item).map_err(|e| {
-        StoreError::Internal(format!("item for '{key}' of '{scope}' cannot be read: {e}"))
-    })?;
-    Ok(parsed.entry)
-}
-
-#[async_trait]
-impl Backend for DynamoBackend {
-    fn name(&self) -> &'static str {
-        "dynamodb"
-    }
-
-    async fn load(&self, scope: &Scope, prefix: &str) -> Result<Vec<Entry>, StoreError> {
-        let name_prefix = if TENANT_CONFIG.prefix.starts_with(prefix) {
-            ""
-        } else if let Some(rest) = prefix.strip_prefix(TENANT_CONFIG.prefix) {
-            rest
-        } else {
-            return Ok(Vec::new());
-        };
-        let pk = partition_key(scope);
-        let mut out = Vec::new();
-        let mut start: Option<Item> = None;
-        loop {
-            let page = self
-                .client
-                .query()
-                .table_name(self.table.as_ref())
-                .key_condition_expression("#pk = :pk AND begins_with(#sk, :sk)")
-                .expression_attribute_names("#pk", PK)
-                .expression_attribute_names("#sk", SK)
-                .expression_attribute_values(":pk", AttributeValue::S(pk.clone()))
-                .expression_attribute_values(
-                    ":sk",
-                    AttributeValue::S(format!("{SK_PREFIX}{name_prefix}")),
-                )
-                .consistent_read(true)
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .map_err(|e| self.error("Query", e))?;
-            for item in page.items() {
-                match parse_item(item) {
-                    Ok(parsed) => out.push(parsed.entry),
-                    Err(e) => tracing::warn!(
-                        table = %self.table,
-                        %scope,
-                        sk = ?item.get(SK),
-                        error = %e,
-                        "skipping an item that is not valid configuration"
-                    ),
-                }
-            }
-            match page.last_evaluated_key {
-                Some(key) if !key.is_empty() => start = Some(key),
-                _ => return Ok(out),
-            }
-        }
-    }
-
-    async fn write(
-        &self,
-        scope: &Scope,
-        key: &str,
-        write: Write,
-        expected: Option<u64>,
-    ) -> Result<Entry, StoreError> {
-        let config = match &write {
-            Write::Put { secret: true, .. } => {
-                return Err(StoreError::Internal(format!(
-                    "'{key}' cannot hold a secret: {}* keys have none",
-                    TENANT_CONFIG.prefix
-                )));
-            }
-            Write::Put { value, .. } => {
-                let json = Json::parse(value, json::MAX_DEPTH).map_err(|e| {
-                    StoreError::Internal(format!("value for '{key}' is not JSON: {e}"))
-                })?;
-                Some(json_to_attr(&json))
-            }
-            Write::Delete => None,
-        };
-        for _ in 0..WRITE_ATTEMPTS {
-            if let Some(item) = self
-                .try_write(scope, key, config.as_ref(), expected)
-                .await?
-            {
-                return to_entry(scope, key, &item);
-            }
-            // The condition refused: find out why from the item as it is now.
-            let current = match self.get_item(scope, key).await? {
-                None => None,
-                Some(item) => Some(to_entry(scope, key, &item)?),
-            };
-            check_expected(key, expected, live_version(current.as_ref()))?;
-            if config.is_none() && current.as_ref().is_none_or(|e| e.deleted) {
-                return Err(StoreError::NotFound(key.to_owned()));
-            }
-            // The item changed between the write and the read: try again.
-        }
-        Err(StoreError::Unavailable(format!(
-            "'{key}' on table '{}' kept changing during {WRITE_ATTEMPTS} conditional writes; try again",
-            self.table
-        )))
-    }
-
-    async fn read(
-        &self,
-        scope: &Scope,
-        key: &str,
-        _with_secret: bool,
-    ) -> Result<Option<Entry>, StoreError> {
-        match self.get_item(scope, key).await? {
-            None => Ok(None),
-            Some(item) => to_entry(scope, key, &item).map(Some),
-        }
     }
 }
 
