@@ -15,8 +15,8 @@
 //! - `memory` (W3): server RSS per idle watch stream.
 //! - `reconnect` (W4): N watchers hold a cache; the server is restarted (SIGTERM,
 //!   same data directory and port) and they resume as a client library does
-//!   (configwatch: resume token and known versions; etcd: a watch from the next
-//!   revision), then once more with a full resend (configwatch: neither; etcd: a
+//!   (configwatch: resume token and a digest of the versions held, the versions when
+//!   the server asks; etcd: a watch from the next revision), then once more with a full resend (configwatch: neither; etcd: a
 //!   range read and a watch). Time from the SIGTERM until all have converged, and
 //!   the bytes on the wire, counted by a TCP relay in front of the server.
 //! - `slow` (W5): 10% of the watchers never read (their windows fill); the others'

@@ -8,11 +8,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 use clap::Args;
 
-use crate::peer::configwatch::Configwatch;
-use crate::peer::etcd::Etcd;
+use super::{Workload, against_each};
+use crate::Cli;
 use crate::peer::{Binaries, Peer, PeerClient, StartOptions, Windows, connect};
 use crate::stats::{Summary, ratio, summarize};
-use crate::{Against, Cli};
 
 #[derive(Args, Clone)]
 pub struct GetArgs {
@@ -26,7 +25,7 @@ pub struct GetArgs {
     duration: Duration,
 }
 
-struct GetResult {
+pub struct GetResult {
     system: String,
     ops_per_sec: f64,
     latency: Summary,
@@ -71,6 +70,14 @@ async fn run<P: Peer>(bins: &Binaries, args: &GetArgs) -> Result<GetResult> {
         },
         ..result
     })
+}
+
+impl Workload for GetArgs {
+    type Outcome = GetResult;
+
+    async fn run<P: Peer>(&self, bins: &Binaries) -> Result<GetResult> {
+        run::<P>(bins, self).await
+    }
 }
 
 /// `clients` workers each issue requests back to back for the duration (after a
@@ -122,11 +129,7 @@ pub async fn run_get(cli: &Cli, args: &GetArgs) -> Result<()> {
         "W2 get: {} clients over {} connections, {} keys, {:?}",
         args.clients, args.connections, args.keys, args.duration
     );
-    let bins = cli.binaries()?;
-    let mut results = vec![run::<Configwatch>(&bins, args).await?];
-    if cli.peer == Against::Etcd {
-        results.push(run::<Etcd>(&bins, args).await?);
-    }
+    let results = against_each(cli, args).await?;
     println!(
         "{:<22} {:>12} {:>9} {:>9} {:>9}",
         "system", "ops/s", "p50 ms", "p99 ms", "max ms"

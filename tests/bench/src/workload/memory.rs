@@ -8,12 +8,12 @@ use std::time::Duration;
 use anyhow::Result;
 use clap::Args;
 
-use super::{Streams, wait_for};
+use super::{Streams, Workload, against_each, wait_for};
+use crate::Cli;
 use crate::peer::configwatch::Configwatch;
 use crate::peer::etcd::Etcd;
 use crate::peer::{Binaries, Event, Peer, PeerClient, StartOptions, Windows};
 use crate::stats::ratio;
-use crate::{Against, Cli};
 
 #[derive(Args, Clone)]
 pub struct MemoryArgs {
@@ -64,35 +64,39 @@ async fn run<P: Peer>(bins: &Binaries, args: &MemoryArgs) -> Result<(f64, f64)> 
     Ok((per, after as f64 / 1024.0))
 }
 
+impl Workload for MemoryArgs {
+    /// Bytes of RSS per stream and the RSS with all of them open (MiB).
+    type Outcome = (f64, f64);
+
+    async fn run<P: Peer>(&self, bins: &Binaries) -> Result<(f64, f64)> {
+        run::<P>(bins, self).await
+    }
+}
+
 /// W3: configwatch, then (with `--peer etcd`) etcd; a table and the summary line.
 pub async fn run_memory(cli: &Cli, args: &MemoryArgs) -> Result<()> {
     println!(
         "W3 memory: {} idle watch streams over {} connections",
         args.watchers, args.connections
     );
-    let bins = cli.binaries()?;
-    let (cw_per, cw_rss) = run::<Configwatch>(&bins, args).await?;
+    let results = against_each(cli, args).await?;
+    let (cw_per, cw_rss) = results[0];
     println!("{:<28} {:>14} {:>12}", "system", "bytes/stream", "RSS MiB");
-    println!(
-        "{:<28} {:>14.0} {:>12.1}",
-        Configwatch::NAME,
-        cw_per,
-        cw_rss
-    );
-    if cli.peer == Against::Etcd {
-        let (e_per, e_rss) = run::<Etcd>(&bins, args).await?;
-        let name = Streams::PerWatcher.label::<Etcd>();
-        println!("{name:<28} {e_per:>14.0} {e_rss:>12.1}");
-        println!(
-            "W3 N={} configwatch bytes/stream={cw_per:.0} etcd bytes/stream={e_per:.0} ratio={:.3}",
-            args.watchers,
-            ratio(cw_per, e_per)
-        );
-    } else {
-        println!(
+    println!("{:<28} {cw_per:>14.0} {cw_rss:>12.1}", Configwatch::NAME);
+    match results.get(1) {
+        Some(&(e_per, e_rss)) => {
+            let name = Streams::PerWatcher.label::<Etcd>();
+            println!("{name:<28} {e_per:>14.0} {e_rss:>12.1}");
+            println!(
+                "W3 N={} configwatch bytes/stream={cw_per:.0} etcd bytes/stream={e_per:.0} ratio={:.3}",
+                args.watchers,
+                ratio(cw_per, e_per)
+            );
+        }
+        None => println!(
             "W3 N={} configwatch bytes/stream={cw_per:.0}",
             args.watchers
-        );
+        ),
     }
     Ok(())
 }

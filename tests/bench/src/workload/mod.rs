@@ -2,7 +2,8 @@
 //! every peer the command line asks for, and what they share: how watchers are
 //! grouped into streams, how tenants are counted, waiting on counters.
 //!
-//! A workload knows no system by name: the driver in each `run_*` picks the peers.
+//! A workload knows no system by name: [`against_each`] (or, for W1 and W5, their
+//! `run_*`) picks the peers.
 
 pub mod fanout;
 pub mod get;
@@ -10,12 +11,33 @@ pub mod memory;
 pub mod reconnect;
 pub mod slow;
 
+use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 
-use crate::peer::Peer;
+use crate::peer::configwatch::Configwatch;
+use crate::peer::etcd::Etcd;
+use crate::peer::{Binaries, Peer};
+use crate::{Against, Cli};
+
+/// A workload's run against one peer, which [`against_each`] repeats for every peer
+/// the command line asks for.
+pub trait Workload {
+    type Outcome;
+    fn run<P: Peer>(&self, bins: &Binaries) -> impl Future<Output = Result<Self::Outcome>>;
+}
+
+/// Runs `workload` against configwatch, then against etcd with `--peer etcd`.
+pub async fn against_each<W: Workload>(cli: &Cli, workload: &W) -> Result<Vec<W::Outcome>> {
+    let bins = cli.binaries()?;
+    let mut outcomes = vec![workload.run::<Configwatch>(&bins).await?];
+    if cli.peer == Against::Etcd {
+        outcomes.push(workload.run::<Etcd>(&bins).await?);
+    }
+    Ok(outcomes)
+}
 
 /// How watchers share watch streams.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -89,8 +111,6 @@ pub async fn wait_for(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::peer::configwatch::Configwatch;
-    use crate::peer::etcd::Etcd;
 
     #[test]
     fn watchers_are_grouped_round_robin() {

@@ -12,13 +12,11 @@ use anyhow::{Context, Result};
 use clap::Args;
 use configwatch_client::{Backoff, Retry};
 
-use super::wait_for;
-use crate::peer::configwatch::Configwatch;
-use crate::peer::etcd::Etcd;
+use super::{Workload, against_each, wait_for};
+use crate::Cli;
 use crate::peer::{Binaries, Followed, MODES, Peer, PeerClient, StartOptions, Windows, connect};
 use crate::relay::Relay;
 use crate::stats::{now_us, ratio};
-use crate::{Against, Cli};
 
 #[derive(Args, Clone)]
 pub struct ReconnectArgs {
@@ -101,7 +99,7 @@ struct PhaseResult {
     modes: [usize; MODES],
 }
 
-struct StormResult {
+pub struct StormResult {
     system: &'static str,
     describe_modes: fn(&[usize; MODES]) -> String,
     first: PhaseResult,
@@ -236,6 +234,14 @@ async fn run<P: Peer>(bins: &Binaries, args: &ReconnectArgs) -> Result<StormResu
     })
 }
 
+impl Workload for ReconnectArgs {
+    type Outcome = StormResult;
+
+    async fn run<P: Peer>(&self, bins: &Binaries) -> Result<StormResult> {
+        run::<P>(bins, self).await
+    }
+}
+
 /// W4: configwatch, then (with `--peer etcd`) etcd; a table and the summary line.
 pub async fn run_reconnect(cli: &Cli, args: &ReconnectArgs) -> Result<()> {
     let tenants = super::tenants(args.tenants, args.watchers, args.watchers);
@@ -245,11 +251,7 @@ pub async fn run_reconnect(cli: &Cli, args: &ReconnectArgs) -> Result<()> {
          (HTTP/2 on the wire, both directions)",
         args.watchers, args.connections, tenants, args.keys, args.value_bytes
     );
-    let bins = cli.binaries()?;
-    let mut results = vec![run::<Configwatch>(&bins, args).await?];
-    if cli.peer == Against::Etcd {
-        results.push(run::<Etcd>(&bins, args).await?);
-    }
+    let results = against_each(cli, args).await?;
     println!(
         "{:<12} {:<22} {:>11} {:>13} {:>11} {:>13} {:>12} {:>10}  modes",
         "system",
