@@ -1,6 +1,6 @@
 //! Compiles proto/ with a pure-Rust protobuf compiler (protox), so building needs no
 //! protoc. The configwatch descriptor set is also written out for gRPC server
-//! reflection; the etcd subset (client only) serves the benchmark driver.
+//! reflection.
 
 use std::path::PathBuf;
 
@@ -37,12 +37,5 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         .codec_path("crate::api::codec::ServerCodec")
         .compile_fds(fds)?;
-
-    let etcd = "proto/bench/etcd_v3_subset.proto";
-    println!("cargo:rerun-if-changed={etcd}");
-    tonic_prost_build::configure()
-        .build_server(false)
-        .build_client(true)
-        .compile_fds(protox::compile([etcd], ["proto"])?)?;
     Ok(())
 }

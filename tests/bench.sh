@@ -17,7 +17,8 @@ if ! command -v etcd >/dev/null 2>&1; then
     exit 1
 fi
 
-cargo build --release --bins
+# The server and the bench (its own crate, tests/bench), side by side.
+cargo build --release -p configwatch -p configwatch-bench
 target=$(cargo metadata --format-version 1 --no-deps |
     python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 bench="$target/release/configwatch-bench"
