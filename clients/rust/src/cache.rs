@@ -217,18 +217,7 @@ impl Cache {
     /// for each live entry, SHA-256 over the key, a zero byte and the version as 8
     /// big-endian bytes; the first 16 bytes of each XORed together.
     pub fn known_digest(&self) -> [u8; 16] {
-        use sha2::Digest as _;
-        let mut acc = [0u8; 16];
-        for (key, held) in self.iter_live() {
-            let mut h = sha2::Sha256::new();
-            h.update(key.as_bytes());
-            h.update([0u8]);
-            h.update(held.version.to_be_bytes());
-            for (a, b) in acc.iter_mut().zip(h.finalize().iter()) {
-                *a ^= b;
-            }
-        }
-        acc
+        crate::wire::known_digest(self.iter_live().map(|(k, h)| (k.as_str(), h.version)))
     }
 
     /// The version held for a key, tombstones included.

@@ -72,6 +72,7 @@ pub use client::{Client, ClientBuilder, Entry, SnapshotStatus, Source, State, St
 pub use error::{BoxError, Error};
 pub use guard::{MassRemoval, StoreChange};
 pub use token::{TokenFuture, TokenSource, static_token};
+pub use wire::known_digest;
 
 /// The messages and the gRPC client generated from `proto/configwatch/v1/config.proto`
 /// (client only). The [`Client`] covers reading; use this for writes (`Put`,

@@ -17,7 +17,6 @@ use anyhow::{Context, Result, anyhow, bail};
 use configwatch_client::proto::config_service_client::ConfigServiceClient;
 use configwatch_client::proto::watch_response::{InitialMode, Kind};
 use configwatch_client::proto::{GetRequest, PutRequest, WatchRequest};
-use sha2::Digest as _;
 use tonic::metadata::AsciiMetadataValue;
 use tonic::transport::Channel;
 
@@ -297,7 +296,8 @@ impl PeerClient for Client {
                 state.known.clone()
             },
             known_digest: if digest {
-                known_digest(&state.known).to_vec()
+                configwatch_client::known_digest(state.known.iter().map(|(k, v)| (k.as_str(), *v)))
+                    .to_vec()
             } else {
                 Vec::new()
             },
@@ -348,48 +348,9 @@ fn asks_for_versions(status: &tonic::Status) -> bool {
             .is_some_and(|v| v.as_bytes() == RESUME_WITH_VERSIONS)
 }
 
-/// Watch's `known_digest` as the API defines it (proto/configwatch/v1): for each
-/// entry, SHA-256 over the key, a zero byte and the version as 8 big-endian bytes;
-/// the first 16 bytes of each XORed together.
-fn known_digest(known: &HashMap<String, u64>) -> [u8; 16] {
-    let mut acc = [0u8; 16];
-    for (key, version) in known {
-        let mut h = sha2::Sha256::new();
-        h.update(key.as_bytes());
-        h.update([0u8]);
-        h.update(version.to_be_bytes());
-        for (a, b) in acc.iter_mut().zip(h.finalize().iter()) {
-            *a ^= b;
-        }
-    }
-    acc
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The values the API's definition gives (the server's and the client's tests
-    /// check the same ones).
-    #[test]
-    fn known_digest_matches_the_api_definition() {
-        let hex = |d: [u8; 16]| d.iter().map(|b| format!("{b:02x}")).collect::<String>();
-        let mut known = HashMap::new();
-        assert_eq!(
-            hex(known_digest(&known)),
-            "00000000000000000000000000000000"
-        );
-        known.insert("tenant_config_a".to_string(), 1);
-        assert_eq!(
-            hex(known_digest(&known)),
-            "1189b337f183118e15d6dc71f6d0d83c"
-        );
-        known.insert("param_config_db/url".to_string(), 1_732_406_400_123_456);
-        assert_eq!(
-            hex(known_digest(&known)),
-            "00c129ddb1e3f7f8fc7dfd609aecf9f2"
-        );
-    }
 
     #[test]
     fn modes_are_named_by_the_proto() {
