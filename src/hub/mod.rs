@@ -20,7 +20,7 @@
 //!
 //! The parts:
 //!
-//! - [`view`](ScopeView): a scope's view and its first load from the sources
+//! - `view`: a scope's view ([`ScopeView`]) and its first load from the sources
 //!   ([`ScopeLoader`]); reading entries under prefixes, in chunks.
 //! - `apply`: applying changes by version, removals without one, and [`Hub::resync`]
 //!   against a fresh read of the sources; the fan-out into pending sets.
@@ -57,6 +57,9 @@ pub use watch::{InitialMode, SubscribeError, Subscription, WatchHandle, WatcherS
 
 use crate::model::Scope;
 
+/// Changes kept per scope for resume by token, unless configured otherwise.
+pub const DEFAULT_HISTORY: usize = 4096;
+
 /// Tuning of the hub.
 #[derive(Debug, Clone)]
 pub struct HubConfig {
@@ -67,7 +70,7 @@ pub struct HubConfig {
 impl Default for HubConfig {
     fn default() -> Self {
         HubConfig {
-            history_limit: 4096,
+            history_limit: DEFAULT_HISTORY,
         }
     }
 }
