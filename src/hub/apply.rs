@@ -14,6 +14,7 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use super::shared::SharedEntry;
 use super::view::{ScopeView, ViewState};
 use super::{Hub, lock};
 use crate::model::{Entry, Scope, now_millis};
@@ -33,7 +34,7 @@ impl Hub {
     /// Applies a change from any source. Returns the entry as applied, with its
     /// revision, or `None` when the view already holds this version or a newer one, or
     /// nobody has loaded the scope (the source of truth has it; a later load reads it).
-    pub fn apply(&self, scope: &Scope, entry: Entry) -> Option<Arc<Entry>> {
+    pub fn apply(&self, scope: &Scope, entry: Entry) -> Option<Arc<SharedEntry>> {
         let view = self.views.get(scope)?.clone();
         let mut st = lock(&view.state);
         self.apply_locked(&view, &mut st, entry)
@@ -44,7 +45,7 @@ impl Hub {
     /// version above the live entry. `None` if the key is not live in a loaded view.
     /// While the scope's first load is in flight, the load is made to read again
     /// instead (it may have read the key before it went).
-    pub fn remove_if_live(&self, scope: &Scope, key: &str) -> Option<Arc<Entry>> {
+    pub fn remove_if_live(&self, scope: &Scope, key: &str) -> Option<Arc<SharedEntry>> {
         let view = self.views.get(scope)?.clone();
         let mut st = lock(&view.state);
         if st.loading {
@@ -58,7 +59,7 @@ impl Hub {
 
     /// What a loaded view holds for a key (tombstones included); `None` when the
     /// scope is not loaded or the key unknown.
-    pub fn held(&self, scope: &Scope, key: &str) -> Option<Arc<Entry>> {
+    pub fn held(&self, scope: &Scope, key: &str) -> Option<Arc<SharedEntry>> {
         let view = self.views.get(scope)?.clone();
         if !view.loaded.initialized() {
             return None;
@@ -159,7 +160,7 @@ impl Hub {
         view: &ScopeView,
         st: &mut ViewState,
         entry: Entry,
-    ) -> Option<Arc<Entry>> {
+    ) -> Option<Arc<SharedEntry>> {
         if st
             .entries
             .get(&entry.key)
@@ -170,7 +171,7 @@ impl Hub {
         st.revision += 1;
         let mut entry = entry.without_secret();
         entry.revision = st.revision;
-        let entry = Arc::new(entry);
+        let entry = Arc::new(SharedEntry::new(entry));
         st.entries.insert(entry.key.clone(), entry.clone());
         st.history.push_back(entry.clone());
         while st.history.len() > self.config.history_limit {

@@ -29,6 +29,8 @@
 //! - `token`: [`ResumeToken`], a position in a scope's change order.
 //! - `digest`: [`StateDigest`] and [`Known`], what a reconnecting watcher holds.
 //! - `page`: one page of a `Get` ([`Hub::snapshot_page`]).
+//! - `shared`: [`SharedEntry`], an entry as the hub shares it, with a slot the API
+//!   fills with the entry's encoding.
 //!
 //! This file holds the [`Hub`] itself (views by scope) and its tuning.
 
@@ -36,6 +38,7 @@ mod apply;
 mod digest;
 mod page;
 mod pending;
+mod shared;
 mod token;
 mod view;
 mod watch;
@@ -51,6 +54,7 @@ use dashmap::DashMap;
 pub use apply::Resync;
 pub use digest::{Known, StateDigest};
 pub use page::{Page, PageError, PageRequest};
+pub use shared::SharedEntry;
 pub use token::{BadToken, ResumeToken};
 pub use view::{ScopeLoader, ScopeView};
 pub use watch::{InitialMode, SubscribeError, Subscription, WatchHandle, WatcherStats};

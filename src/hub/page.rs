@@ -6,10 +6,11 @@
 
 use std::sync::Arc;
 
+use super::shared::SharedEntry;
 use super::view::SCAN_CHUNK;
 use super::{Hub, lock};
 use crate::keys::PrefixSet;
-use crate::model::{Entry, Scope};
+use crate::model::Scope;
 use crate::store::StoreError;
 
 /// What one page of a `Get` asks for.
@@ -34,7 +35,7 @@ pub struct PageRequest<'a> {
 #[derive(Debug)]
 pub struct Page {
     /// Live entries, by key; secrets without values.
-    pub entries: Vec<Arc<Entry>>,
+    pub entries: Vec<Arc<SharedEntry>>,
     /// The revision of the state read: the first page's, on every page.
     pub revision: u64,
     pub resume_token: String,
@@ -122,7 +123,7 @@ impl Hub {
             .peekable();
         let max_entries = req.max_entries.max(1);
         let budget = max_entries + PAGE_EXTRA_SCAN;
-        let mut entries: Vec<Arc<Entry>> = Vec::new();
+        let mut entries: Vec<Arc<SharedEntry>> = Vec::new();
         let mut bytes = 0usize;
         let mut scanned = 0usize;
         let mut cursor: Option<Arc<str>> = None;

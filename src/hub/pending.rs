@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::task::Waker;
 
-use crate::model::Entry;
+use super::shared::SharedEntry;
 
 /// Up to this many pending changes, the one for a key is found by comparing keys;
 /// above it, through an index by key.
@@ -30,7 +30,7 @@ const PENDING_SCAN: usize = 8;
 /// comparisons whatever the keys.
 #[derive(Default)]
 pub(super) struct Pending {
-    pub(super) by_revision: BTreeMap<u64, Arc<Entry>>,
+    pub(super) by_revision: BTreeMap<u64, Arc<SharedEntry>>,
     /// Present while the backlog is above [`PENDING_SCAN`] (until it drains).
     pub(super) index: Option<HashMap<Arc<str>, u64>>,
     pub(super) waker: Option<Waker>,
@@ -38,7 +38,7 @@ pub(super) struct Pending {
 }
 
 impl Pending {
-    pub(super) fn push(&mut self, entry: &Arc<Entry>) {
+    pub(super) fn push(&mut self, entry: &Arc<SharedEntry>) {
         let replaced = match &mut self.index {
             Some(index) => index.insert(entry.key.clone(), entry.revision),
             None => self
@@ -63,7 +63,7 @@ impl Pending {
     }
 
     /// Takes the oldest pending change.
-    pub(super) fn pop(&mut self) -> Option<Arc<Entry>> {
+    pub(super) fn pop(&mut self) -> Option<Arc<SharedEntry>> {
         let (_, entry) = self.by_revision.pop_first()?;
         if let Some(index) = &mut self.index {
             index.remove(&entry.key);
@@ -78,6 +78,7 @@ impl Pending {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Entry;
 
     /// The pending set against a plain model (newest change per key, in revision
     /// order), across the switch from scanning to the index and back.
@@ -103,7 +104,7 @@ mod tests {
                 let key = format!("k{}", next(if step % 3 == 0 { 5 } else { 40 }));
                 let mut e = Entry::live(&key, revision, "1", 0);
                 e.revision = revision;
-                p.push(&Arc::new(e));
+                p.push(&Arc::new(SharedEntry::new(e)));
                 model.retain(|_, k| *k != key);
                 model.insert(revision, key);
             } else {

@@ -34,11 +34,11 @@ fn e(key: &str, version: u64, value: &str) -> Entry {
     Entry::live(key, version, value, 0)
 }
 
-async fn next(h: &mut WatchHandle) -> Vec<Arc<Entry>> {
+async fn next(h: &mut WatchHandle) -> Vec<Arc<SharedEntry>> {
     poll_fn(|cx| h.poll_changes(cx, 1000, usize::MAX)).await
 }
 
-fn summary(batch: &[Arc<Entry>]) -> Vec<(String, u64)> {
+fn summary(batch: &[Arc<SharedEntry>]) -> Vec<(String, u64)> {
     batch
         .iter()
         .map(|e| (e.key.to_string(), e.version))
@@ -96,7 +96,7 @@ async fn changes_during_a_chunked_initial_state_are_neither_lost_nor_repeated()
             _ => HashMap::new(),
         };
         let mut seen: std::collections::HashSet<(String, u64)> = Default::default();
-        let mut take = |batch: &[Arc<Entry>], cache: &mut HashMap<String, u64>| {
+        let mut take = |batch: &[Arc<SharedEntry>], cache: &mut HashMap<String, u64>| {
             for c in batch {
                 assert!(
                     seen.insert((c.key.to_string(), c.version)),

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 
 use super::digest::StateDigest;
+use super::shared::SharedEntry;
 use super::token::ResumeToken;
 use super::watch::WatcherSlot;
 use super::{Hub, lock};
@@ -62,9 +63,9 @@ pub(super) struct ViewState {
     /// sets `reread`, and the load reads the sources once more before it ends.
     pub(super) loading: bool,
     pub(super) reread: bool,
-    pub(super) entries: BTreeMap<Arc<str>, Arc<Entry>>,
+    pub(super) entries: BTreeMap<Arc<str>, Arc<SharedEntry>>,
     pub(super) revision: u64,
-    pub(super) history: VecDeque<Arc<Entry>>,
+    pub(super) history: VecDeque<Arc<SharedEntry>>,
     /// The history holds every change with a revision above this.
     pub(super) history_floor: u64,
     pub(super) watchers: Vec<Arc<WatcherSlot>>,
@@ -115,7 +116,7 @@ impl Hub {
                             continue;
                         }
                         entry.revision = revision;
-                        let entry = Arc::new(entry.without_secret());
+                        let entry = Arc::new(SharedEntry::new(entry.without_secret()));
                         st.entries.insert(entry.key.clone(), entry);
                         merged = true;
                     }
@@ -177,7 +178,7 @@ impl ViewState {
     pub(super) fn under<'a>(
         &'a self,
         set: &'a PrefixSet,
-    ) -> impl Iterator<Item = &'a Arc<Entry>> + 'a {
+    ) -> impl Iterator<Item = &'a Arc<SharedEntry>> + 'a {
         set.as_slice().iter().flat_map(move |p| {
             self.entries
                 .range::<str, _>((
@@ -195,7 +196,7 @@ impl ViewState {
         &'a self,
         set: &'a PrefixSet,
         after: Option<&'a str>,
-    ) -> impl Iterator<Item = &'a Arc<Entry>> + 'a {
+    ) -> impl Iterator<Item = &'a Arc<SharedEntry>> + 'a {
         use std::ops::Bound;
         set.as_slice().iter().flat_map(move |p| {
             let start = match after {
@@ -222,7 +223,7 @@ impl ScopeView {
         &self,
         set: &PrefixSet,
         revision: u64,
-        mut f: impl FnMut(&Arc<Entry>),
+        mut f: impl FnMut(&Arc<SharedEntry>),
     ) {
         let mut after: Option<Arc<str>> = None;
         loop {
@@ -259,8 +260,8 @@ impl ScopeView {
         set: &PrefixSet,
         known: &HashMap<String, u64>,
         revision: u64,
-    ) -> Vec<Arc<Entry>> {
-        let mut out: Vec<Arc<Entry>> = Vec::new();
+    ) -> Vec<Arc<SharedEntry>> {
+        let mut out: Vec<Arc<SharedEntry>> = Vec::new();
         self.scan_at(set, revision, |e| {
             let held = known.get(&*e.key);
             let send = if e.deleted {
@@ -281,7 +282,7 @@ impl ScopeView {
                 let st = lock(&self.state);
                 for key in chunk {
                     if !st.entries.contains_key(key.as_str()) {
-                        out.push(Arc::new(Entry::tombstone(key, 0, now)));
+                        out.push(Arc::new(SharedEntry::new(Entry::tombstone(key, 0, now))));
                     }
                 }
             }

@@ -13,11 +13,12 @@ use std::task::{Context, Poll};
 
 use super::digest::Known;
 use super::pending::Pending;
+use super::shared::SharedEntry;
 use super::token::{ResumeToken, filter_hash};
 use super::view::ScopeView;
 use super::{Hub, lock};
 use crate::keys::PrefixSet;
-use crate::model::{Entry, Scope};
+use crate::model::Scope;
 use crate::store::StoreError;
 
 /// How a watch's initial state was built.
@@ -36,7 +37,7 @@ pub struct Subscription {
     pub mode: InitialMode,
     /// For `Full` live entries by key; for `Diff` changed entries by key followed by
     /// removals; for `Resumed` the missed changes in revision order.
-    pub initial: Vec<Arc<Entry>>,
+    pub initial: Vec<Arc<SharedEntry>>,
     pub revision: u64,
     pub handle: WatchHandle,
     /// The identity of the store the initial state comes from.
@@ -101,7 +102,7 @@ impl Hub {
             pending: Mutex::new(Pending::default()),
         });
         enum Plan<'k> {
-            Ready(InitialMode, Vec<Arc<Entry>>),
+            Ready(InitialMode, Vec<Arc<SharedEntry>>),
             Diff(&'k HashMap<String, u64>),
             Full,
         }
@@ -212,7 +213,7 @@ impl WatchHandle {
         cx: &mut Context<'_>,
         max_entries: usize,
         max_bytes: usize,
-    ) -> Poll<Vec<Arc<Entry>>> {
+    ) -> Poll<Vec<Arc<SharedEntry>>> {
         let mut p = lock(&self.slot.pending);
         if p.by_revision.is_empty() {
             match &p.waker {

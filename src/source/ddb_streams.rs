@@ -924,7 +924,7 @@ impl<S: StreamApi, V: VersionWriter> Reader<S, V> {
         } = parsed;
         if self.hub().is_loaded(&scope) {
             let held = self.hub().held(&scope, &entry.key);
-            if needs_new_version(held.as_deref(), &entry, versioned) {
+            if needs_new_version(held.as_deref().map(|h| h.entry()), &entry, versioned) {
                 let to = held.as_ref().map_or(0, |h| h.version).max(entry.version) + 1;
                 let seen = versioned.then_some(entry.version);
                 return match self
@@ -1005,7 +1005,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::hub::{HubConfig, ScopeLoader};
+    use crate::hub::{HubConfig, ScopeLoader, SharedEntry};
     use crate::source::SourceCounters;
 
     type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -1291,7 +1291,7 @@ mod tests {
     }
 
     impl Setup {
-        fn held(&self, name: &str) -> Option<Arc<Entry>> {
+        fn held(&self, name: &str) -> Option<Arc<SharedEntry>> {
             self.hub.held(&self.scope, &format!("tenant_config_{name}"))
         }
 

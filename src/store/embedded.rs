@@ -765,7 +765,6 @@ fn decode(
         deleted,
         updated_at,
         revision: 0,
-        wire: Default::default(),
     })
 }
 

@@ -575,7 +575,6 @@ fn to_entry(key: &str, p: &Parameter, with_secret: bool) -> Result<Entry, StoreE
         deleted: false,
         updated_at,
         revision: 0,
-        wire: Default::default(),
     })
 }
 
