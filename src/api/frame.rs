@@ -55,6 +55,7 @@ fn encode(entry: &SharedEntry) -> Vec<u8> {
 }
 
 /// The entry's encoded `configwatch.v1.Entry`, made on first use and kept in its slot.
+#[inline]
 fn wire(entry: &SharedEntry) -> Cow<'_, [u8]> {
     match entry.slot_or_init(|| Encoded(encode(entry).into_boxed_slice())) {
         Some(Encoded(bytes)) => Cow::Borrowed(bytes),

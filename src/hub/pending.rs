@@ -38,6 +38,7 @@ pub(super) struct Pending {
 }
 
 impl Pending {
+    #[inline]
     pub(super) fn push(&mut self, entry: &Arc<SharedEntry>) {
         let replaced = match &mut self.index {
             Some(index) => index.insert(entry.key.clone(), entry.revision),
@@ -63,6 +64,7 @@ impl Pending {
     }
 
     /// Takes the oldest pending change.
+    #[inline]
     pub(super) fn pop(&mut self) -> Option<Arc<SharedEntry>> {
         let (_, entry) = self.by_revision.pop_first()?;
         if let Some(index) = &mut self.index {

@@ -42,12 +42,14 @@ impl SharedEntry {
         }
     }
 
+    #[inline]
     pub fn entry(&self) -> &Entry {
         &self.entry
     }
 
     /// What the slot holds, made by `make` if it is empty. `None` when it holds
     /// something of another type (`make` is not called then).
+    #[inline]
     pub fn slot_or_init<T: Any + Send + Sync>(&self, make: impl FnOnce() -> T) -> Option<&T> {
         self.slot.get_or_init(|| Box::new(make())).downcast_ref()
     }
@@ -56,6 +58,7 @@ impl SharedEntry {
 impl Deref for SharedEntry {
     type Target = Entry;
 
+    #[inline]
     fn deref(&self) -> &Entry {
         &self.entry
     }
