@@ -2,7 +2,7 @@
 //! (an [`Entry`]). Nothing here knows about protobuf, gRPC or AWS.
 
 use std::fmt;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Longest accepted tenant or service id.
@@ -121,45 +121,6 @@ pub struct Entry {
     pub updated_at: Millis,
     /// The tenant revision at which the hub applied this version; 0 until applied.
     pub revision: u64,
-    /// This entry as it goes on the wire, made once by the first stream that sends
-    /// it and then shared by every other (see `crate::api::frame`).
-    pub wire: WireForm,
-}
-
-/// Room for one entry's encoded form. An entry is immutable once shared, so the
-/// form, once made, stays right for it. It is not part of the entry's value: a clone
-/// starts empty (it may be changed before it is shared) and comparisons ignore it.
-#[derive(Default)]
-pub struct WireForm(OnceLock<Box<[u8]>>);
-
-impl WireForm {
-    /// The encoded form, made by `encode` on the first call.
-    pub fn get_or_init(&self, encode: impl FnOnce() -> Vec<u8>) -> &[u8] {
-        self.0.get_or_init(|| encode().into_boxed_slice())
-    }
-}
-
-impl Clone for WireForm {
-    fn clone(&self) -> Self {
-        WireForm::default()
-    }
-}
-
-impl PartialEq for WireForm {
-    fn eq(&self, _: &Self) -> bool {
-        true
-    }
-}
-
-impl Eq for WireForm {}
-
-impl fmt::Debug for WireForm {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.0.get() {
-            Some(bytes) => write!(f, "WireForm({} bytes)", bytes.len()),
-            None => f.write_str("WireForm(not made)"),
-        }
-    }
 }
 
 impl Entry {
@@ -172,7 +133,6 @@ impl Entry {
             deleted: false,
             updated_at,
             revision: 0,
-            wire: WireForm::default(),
         }
     }
 
@@ -185,7 +145,6 @@ impl Entry {
             deleted: true,
             updated_at,
             revision: 0,
-            wire: WireForm::default(),
         }
     }
 

@@ -1,22 +1,27 @@
 //! The server's form of a `WatchResponse`: the same bytes on the wire, built from the
 //! hub's shared entries instead of owned protobuf messages.
 //!
-//! A change reaches every watcher of its scope as the same `Arc<Entry>`. Each entry
-//! is encoded once, by the first stream that sends it, and kept beside it
-//! ([`crate::model::WireForm`]); every other stream copies those bytes into its
-//! message. So a delta costs one encoding per change, not one per watcher, and no
-//! watcher copies a key or a value into a message of its own.
+//! A change reaches every watcher of its scope as the same `Arc<SharedEntry>`. Each
+//! entry is encoded once, by the first stream that sends it, and kept in the shared
+//! entry's slot ([`SharedEntry::slot_or_init`]); every other stream copies those
+//! bytes into its message. So a delta costs one encoding per change, not one per
+//! watcher, and no watcher copies a key or a value into a message of its own. The
+//! hub keeps the slot without knowing what is in it: what goes there, and that it
+//! is an encoding at all, is this module's business. Secrets reach here already
+//! without their values (the hub drops them before it shares an entry), so no
+//! secret is ever encoded into the shared form.
 //!
 //! `build.rs` generates the server with this type in place of
 //! `proto::WatchResponse`; clients keep the generated message, which decodes these
 //! bytes as it would any other (the tests below hold the two byte for byte).
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use bytes::{Buf, BufMut};
 use prost::encoding::{self, DecodeContext, WireType};
 
-use crate::model::Entry;
+use crate::hub::SharedEntry;
 use crate::proto::watch_response::{InitialMode, Kind};
 
 /// One message of a Watch stream.
@@ -24,7 +29,7 @@ use crate::proto::watch_response::{InitialMode, Kind};
 pub struct WatchFrame {
     pub kind: Kind,
     pub initial_mode: InitialMode,
-    pub changes: Vec<Arc<Entry>>,
+    pub changes: Vec<Arc<SharedEntry>>,
     pub initial_complete: bool,
     pub revision: u64,
     pub resume_token: Arc<str>,
@@ -41,11 +46,22 @@ const REVISION: u32 = 5;
 const RESUME_TOKEN: u32 = 6;
 const STORE_ID: u32 = 7;
 
-/// The entry's encoded `configwatch.v1.Entry`, made on first use.
-fn wire(entry: &Entry) -> &[u8] {
-    entry
-        .wire
-        .get_or_init(|| prost::Message::encode_to_vec(&super::to_proto(entry)))
+/// What this module keeps in a shared entry's slot: the entry's encoded
+/// `configwatch.v1.Entry`.
+struct Encoded(Box<[u8]>);
+
+fn encode(entry: &SharedEntry) -> Vec<u8> {
+    prost::Message::encode_to_vec(&super::to_proto(entry))
+}
+
+/// The entry's encoded `configwatch.v1.Entry`, made on first use and kept in its slot.
+#[inline]
+fn wire(entry: &SharedEntry) -> Cow<'_, [u8]> {
+    match entry.slot_or_init(|| Encoded(encode(entry).into_boxed_slice())) {
+        Some(Encoded(bytes)) => Cow::Borrowed(bytes),
+        // Only this module fills the slot; were anything else there, encode anew.
+        None => Cow::Owned(encode(entry)),
+    }
 }
 
 fn bytes_len(tag: u32, len: usize) -> usize {
@@ -68,7 +84,7 @@ impl prost::Message for WatchFrame {
             encoding::int32::encode(INITIAL_MODE, &(self.initial_mode as i32), buf);
         }
         for entry in &self.changes {
-            put_bytes(CHANGES, wire(entry), buf);
+            put_bytes(CHANGES, &wire(entry), buf);
         }
         if self.initial_complete {
             encoding::bool::encode(INITIAL_COMPLETE, &true, buf);
@@ -129,16 +145,17 @@ impl prost::Message for WatchFrame {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Entry;
     use crate::proto;
     use prost::Message;
 
-    fn entry(key: &str, version: u64, value: Option<&str>, revision: u64) -> Arc<Entry> {
+    fn entry(key: &str, version: u64, value: Option<&str>, revision: u64) -> Arc<SharedEntry> {
         let mut e = match value {
             Some(v) => Entry::live(key, version, v, 1_700_000_123_456),
             None => Entry::tombstone(key, version, -1_500),
         };
         e.revision = revision;
-        Arc::new(e)
+        Arc::new(SharedEntry::new(e))
     }
 
     fn as_message(frame: &WatchFrame) -> proto::WatchResponse {
@@ -163,7 +180,7 @@ mod tests {
     fn frames_are_the_generated_message_byte_for_byte() {
         let mut secret = Entry::live("tenant_config_db.password", 3, "x", 5);
         secret.secret = true;
-        let secret = Arc::new(secret.without_secret());
+        let secret = Arc::new(SharedEntry::new(secret.without_secret()));
         let big = "v".repeat(70_000);
         let frames = [
             WatchFrame::default(),
@@ -237,8 +254,26 @@ mod tests {
         let _ = b.encode_to_vec();
         assert_eq!(wire(&shared).as_ptr(), first);
         // A clone of the entry (changed before it is shared) starts without one.
-        let mut copy = (*shared).clone();
+        let mut copy = shared.entry().clone();
         copy.revision = 2;
+        let copy = SharedEntry::new(copy);
         assert_ne!(wire(&copy), wire(&shared));
+    }
+
+    /// A slot that holds something else (nothing in the server puts anything else
+    /// there) does not change what goes on the wire.
+    #[test]
+    fn an_entry_whose_slot_holds_something_else_is_encoded_each_time() {
+        let shared = entry("tenant_config_a", 1, Some("1"), 1);
+        assert_eq!(shared.slot_or_init(|| 7u32), Some(&7));
+        let frame = WatchFrame {
+            kind: Kind::Delta,
+            changes: vec![shared.clone()],
+            ..Default::default()
+        };
+        let expected = as_message(&frame).encode_to_vec();
+        assert_eq!(frame.encoded_len(), expected.len());
+        assert_eq!(frame.encode_to_vec(), expected);
+        assert!(matches!(wire(&shared), Cow::Owned(_)));
     }
 }

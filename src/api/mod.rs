@@ -501,7 +501,7 @@ impl ConfigApi {
         match self.hub.apply(scope, entry.clone()) {
             Some(applied) => Entry {
                 value: entry.value,
-                ..(*applied).clone()
+                ..applied.entry().clone()
             },
             None => {
                 let revision = self

@@ -23,15 +23,14 @@ use tonic::Status;
 
 use super::frame::WatchFrame;
 use super::{Shutdown, WatchSettings};
-use crate::hub::{InitialMode, Subscription, WatchHandle};
-use crate::model::Entry;
+use crate::hub::{InitialMode, SharedEntry, Subscription, WatchHandle};
 use crate::proto::watch_response::{InitialMode as ProtoMode, Kind};
 
 pub struct WatchStream {
     handle: WatchHandle,
     mode: ProtoMode,
     /// The initial state still to send; `None` once the complete marker went out.
-    initial: Option<std::vec::IntoIter<Arc<Entry>>>,
+    initial: Option<std::vec::IntoIter<Arc<SharedEntry>>>,
     initial_revision: u64,
     store_id: Arc<str>,
     max_entries: usize,
@@ -130,7 +129,7 @@ impl WatchStream {
         Some(msg)
     }
 
-    fn delta(&self, batch: Vec<Arc<Entry>>) -> WatchFrame {
+    fn delta(&self, batch: Vec<Arc<SharedEntry>>) -> WatchFrame {
         let revision = batch.last().map_or(0, |e| e.revision);
         WatchFrame {
             kind: Kind::Delta,

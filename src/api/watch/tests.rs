@@ -14,7 +14,7 @@ use super::*;
 use crate::clock::Clock;
 use crate::hub::{Hub, HubConfig, Known, ScopeLoader};
 use crate::keys::PrefixSet;
-use crate::model::Scope;
+use crate::model::{Entry, Scope};
 use crate::store::StoreError;
 
 type TestResult = Result<(), Box<dyn Error>>;

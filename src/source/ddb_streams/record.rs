@@ -127,7 +127,7 @@ impl<S: StreamApi, V: VersionWriter> Reader<S, V> {
         } = parsed;
         if self.hub().is_loaded(&scope) {
             let held = self.hub().held(&scope, &entry.key);
-            if needs_new_version(held.as_deref(), &entry, versioned) {
+            if needs_new_version(held.as_deref().map(|h| h.entry()), &entry, versioned) {
                 let to = held.as_ref().map_or(0, |h| h.version).max(entry.version) + 1;
                 let seen = versioned.then_some(entry.version);
                 return match self

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use super::fake::{Fake, Table, Versions, put_record};
 use super::sdk::lock;
 use super::*;
-use crate::hub::{Hub, HubConfig};
+use crate::hub::{Hub, HubConfig, SharedEntry};
 use crate::model::{Entry, Scope};
 use crate::source::SourceCounters;
 
@@ -65,7 +65,7 @@ async fn start(fake: &Fake) -> Result<Setup, Box<dyn std::error::Error>> {
 }
 
 impl Setup {
-    fn held(&self, name: &str) -> Option<Arc<Entry>> {
+    fn held(&self, name: &str) -> Option<Arc<SharedEntry>> {
         self.hub.held(&self.scope, &format!("tenant_config_{name}"))
     }
 

@@ -186,7 +186,6 @@ pub(super) fn decode(
         deleted,
         updated_at,
         revision: 0,
-        wire: Default::default(),
     })
 }
 

@@ -121,7 +121,6 @@ pub(super) fn to_entry(key: &str, p: &Parameter, with_secret: bool) -> Result<En
         deleted: false,
         updated_at,
         revision: 0,
-        wire: Default::default(),
     })
 }
 
