@@ -93,6 +93,71 @@ pub struct ServeArgs {
     pub aws: AwsArgs,
 }
 
+impl ServeArgs {
+    /// Checks the flags before anything starts (a refusal names the flag: exit 64);
+    /// returns the AWS settings for `--backend aws`, `None` for the embedded store.
+    pub fn check(&self) -> Result<Option<AwsSettings>, Failure> {
+        if self.history == 0 {
+            return Err(Failure::usage("--history must be at least 1"));
+        }
+        if self.progress_interval < Duration::from_millis(100) {
+            return Err(Failure::usage("--progress-interval must be at least 100ms"));
+        }
+        if self.max_request_bytes < 64 * 1024 {
+            return Err(Failure::usage(
+                "--max-request-bytes must be at least 65536 (values alone may be 400,000 bytes)",
+            ));
+        }
+        if self.max_prefixes == 0 {
+            return Err(Failure::usage("--max-prefixes must be at least 1"));
+        }
+        let positive = [
+            ("--get-page-entries", self.get_page_entries),
+            ("--get-max-page-entries", self.get_max_page_entries),
+            ("--initial-state-slots", self.initial_state_slots),
+            ("--max-connections", self.max_connections),
+            (
+                "--max-streams-per-connection",
+                self.max_streams_per_connection as usize,
+            ),
+        ];
+        if let Some((flag, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err(Failure::usage(format!("{flag} must be at least 1")));
+        }
+        if self.get_page_entries > self.get_max_page_entries {
+            return Err(Failure::usage(format!(
+                "--get-page-entries ({}) must not be above --get-max-page-entries ({})",
+                self.get_page_entries, self.get_max_page_entries
+            )));
+        }
+        if self.get_page_bytes < 64 * 1024 || self.get_page_bytes > 3 << 20 {
+            return Err(Failure::usage(
+                "--get-page-bytes must be between 65536 and 3145728, so a page fits a client's default 4 MiB message limit",
+            ));
+        }
+        if self.handshake_timeout < Duration::from_millis(100) {
+            return Err(Failure::usage("--handshake-timeout must be at least 100ms"));
+        }
+        if self.reply_bytes_per_connection < self.get_page_bytes
+            || self.reply_bytes < self.reply_bytes_per_connection
+        {
+            return Err(Failure::usage(
+                "--reply-bytes-per-connection must be at least --get-page-bytes, and --reply-bytes at least --reply-bytes-per-connection",
+            ));
+        }
+        if self.request_timeout < Duration::from_secs(1) {
+            return Err(Failure::usage("--request-timeout must be at least 1s"));
+        }
+        let aws = self.aws.settings()?;
+        if self.new_store && aws.is_some() {
+            return Err(Failure::usage(
+                "--new-store is for the embedded store; on AWS a recreated table has a new identity by itself",
+            ));
+        }
+        Ok(aws)
+    }
+}
+
 /// Where configuration is kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum BackendKind {

@@ -138,27 +138,8 @@ fn open_store(data_dir: &Path, new_store: bool) -> Result<EmbeddedStore, Failure
 
 pub(super) async fn run_serve(args: ServeArgs) -> Result<(), Failure> {
     init_logging(&args.log)?;
-    if args.history == 0 {
-        return Err(Failure::usage("--history must be at least 1"));
-    }
-    if args.progress_interval < Duration::from_millis(100) {
-        return Err(Failure::usage("--progress-interval must be at least 100ms"));
-    }
-    if args.max_request_bytes < 64 * 1024 {
-        return Err(Failure::usage(
-            "--max-request-bytes must be at least 65536 (values alone may be 400,000 bytes)",
-        ));
-    }
-    if args.max_prefixes == 0 {
-        return Err(Failure::usage("--max-prefixes must be at least 1"));
-    }
-    let connections = connection_limits(&args)?;
-    let aws = args.aws.settings()?;
-    if args.new_store && aws.is_some() {
-        return Err(Failure::usage(
-            "--new-store is for the embedded store; on AWS a recreated table has a new identity by itself",
-        ));
-    }
+    let aws = args.check()?;
+    let connections = connection_limits(&args);
     let stop = CancellationToken::new();
     // The store first: the signing key beside a missing database shows that the
     // directory lost its data (the authenticator would create a key).
@@ -226,47 +207,10 @@ pub(super) async fn run_serve(args: ServeArgs) -> Result<(), Failure> {
 /// clients, the listener, logs).
 const RESERVED_FDS: u64 = 64;
 
-/// Checks the limit flags, raises the soft open-file limit to the hard one, and
-/// lowers `--max-connections` when the connections (and the sockets still in
-/// their handshake) would not fit in it.
-fn connection_limits(args: &ServeArgs) -> Result<ConnectionLimits, Failure> {
-    let positive = [
-        ("--get-page-entries", args.get_page_entries),
-        ("--get-max-page-entries", args.get_max_page_entries),
-        ("--initial-state-slots", args.initial_state_slots),
-        ("--max-connections", args.max_connections),
-        (
-            "--max-streams-per-connection",
-            args.max_streams_per_connection as usize,
-        ),
-    ];
-    if let Some((flag, _)) = positive.iter().find(|(_, v)| *v == 0) {
-        return Err(Failure::usage(format!("{flag} must be at least 1")));
-    }
-    if args.get_page_entries > args.get_max_page_entries {
-        return Err(Failure::usage(format!(
-            "--get-page-entries ({}) must not be above --get-max-page-entries ({})",
-            args.get_page_entries, args.get_max_page_entries
-        )));
-    }
-    if args.get_page_bytes < 64 * 1024 || args.get_page_bytes > 3 << 20 {
-        return Err(Failure::usage(
-            "--get-page-bytes must be between 65536 and 3145728, so a page fits a client's default 4 MiB message limit",
-        ));
-    }
-    if args.handshake_timeout < Duration::from_millis(100) {
-        return Err(Failure::usage("--handshake-timeout must be at least 100ms"));
-    }
-    if args.reply_bytes_per_connection < args.get_page_bytes
-        || args.reply_bytes < args.reply_bytes_per_connection
-    {
-        return Err(Failure::usage(
-            "--reply-bytes-per-connection must be at least --get-page-bytes, and --reply-bytes at least --reply-bytes-per-connection",
-        ));
-    }
-    if args.request_timeout < Duration::from_secs(1) {
-        return Err(Failure::usage("--request-timeout must be at least 1s"));
-    }
+/// Raises the soft open-file limit to the hard one, and lowers `--max-connections`
+/// when the connections (and the sockets still in their handshake) would not fit
+/// in it.
+fn connection_limits(args: &ServeArgs) -> ConnectionLimits {
     let mut limits = ConnectionLimits {
         max_connections: args.max_connections,
         handshake_timeout: args.handshake_timeout,
@@ -293,7 +237,7 @@ fn connection_limits(args: &ServeArgs) -> Result<ConnectionLimits, Failure> {
         }
         Err(e) => tracing::warn!(error = %e, "cannot read or raise the open-file limit"),
     }
-    Ok(limits)
+    limits
 }
 
 /// Builds the AWS backends and starts the sources that bring outside changes in: the
