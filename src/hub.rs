@@ -53,6 +53,9 @@ impl ScopeLoader for Router {
     }
 }
 
+/// Changes kept per scope for resume by token, unless configured.
+pub const DEFAULT_HISTORY: usize = 4096;
+
 /// Tuning of the hub.
 #[derive(Debug, Clone)]
 pub struct HubConfig {
@@ -63,7 +66,7 @@ pub struct HubConfig {
 impl Default for HubConfig {
     fn default() -> Self {
         HubConfig {
-            history_limit: 4096,
+            history_limit: DEFAULT_HISTORY,
         }
     }
 }

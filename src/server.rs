@@ -40,6 +40,24 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
 /// The gRPC path prefix of the service that needs a token.
 const PROTECTED: &str = "/configwatch.v1.";
 
+/// Largest request message accepted, in bytes, unless configured.
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 4 << 20;
+/// Connections open at once, unless configured.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Time a new socket has to send the HTTP/2 preface, unless configured.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Concurrent calls per connection, unless configured.
+pub const DEFAULT_MAX_STREAMS_PER_CONNECTION: u32 = 1_024;
+/// Unread reply bytes per connection, unless configured.
+pub const DEFAULT_REPLY_BYTES_PER_CONNECTION: usize = 8 << 20;
+/// How long shutdown waits for in-flight calls, unless configured.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// Idle time after which HTTP/2 pings a connection, and how long the answer may take.
+const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Idle time after which TCP probes a peer that may have vanished without a FIN.
+const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
+
 /// Everything the server needs.
 pub struct App {
     pub hub: Arc<Hub>,
@@ -81,11 +99,11 @@ impl ConnectionLimits {
 impl Default for ConnectionLimits {
     fn default() -> Self {
         ConnectionLimits {
-            max_connections: 10_000,
-            handshake_timeout: Duration::from_secs(10),
-            max_streams_per_connection: 1_024,
-            request_timeout: Duration::from_secs(30),
-            reply_bytes_per_connection: 8 << 20,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            max_streams_per_connection: DEFAULT_MAX_STREAMS_PER_CONNECTION,
+            request_timeout: crate::api::DEFAULT_REQUEST_TIMEOUT,
+            reply_bytes_per_connection: DEFAULT_REPLY_BYTES_PER_CONNECTION,
         }
     }
 }
@@ -194,8 +212,8 @@ pub async fn serve(
     let server = tonic::transport::Server::builder()
         .max_concurrent_streams(Some(app.connections.max_streams_per_connection))
         .timeout(app.connections.request_timeout)
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
         .layer(AuthLayer {
             auth: app.auth.clone(),
             starts: starts.handle(),
@@ -323,7 +341,7 @@ pub async fn accept_loop(
         // a delayed ACK. Keepalive finds peers that vanished without a FIN.
         let _ = socket.set_nodelay(true);
         let _ = socket2::SockRef::from(&socket)
-            .set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(Duration::from_secs(60)));
+            .set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE));
         // Tokens of finished handshakes stay in the queue until pushed out;
         // cancelling those does nothing. Every handshake still waiting is among the
         // last `max_handshakes` queued.

@@ -11,6 +11,7 @@ use clap::Args;
 use super::Failure;
 use crate::auth::{Role, TokenUse};
 use crate::aws::AwsSettings;
+use crate::{api, server};
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -21,64 +22,64 @@ pub struct ServeArgs {
     #[arg(long, env = "CONFIGWATCH_DATA_DIR", default_value = "configwatch-data")]
     pub data_dir: PathBuf,
     /// Changes kept per tenant for resume by token.
-    #[arg(long, env = "CONFIGWATCH_HISTORY", default_value_t = 4096)]
+    #[arg(long, env = "CONFIGWATCH_HISTORY", default_value_t = crate::hub::DEFAULT_HISTORY)]
     pub history: usize,
     /// Mean idle time before a Watch gets a progress message (jittered ±25%).
-    #[arg(long, env = "CONFIGWATCH_PROGRESS_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
-    pub progress_interval: Duration,
+    #[arg(long, env = "CONFIGWATCH_PROGRESS_INTERVAL", default_value_t = api::DEFAULT_PROGRESS_INTERVAL.into())]
+    pub progress_interval: humantime::Duration,
     /// Largest request message accepted, in bytes.
-    #[arg(long, env = "CONFIGWATCH_MAX_REQUEST_BYTES", default_value_t = 4 << 20)]
+    #[arg(long, env = "CONFIGWATCH_MAX_REQUEST_BYTES", default_value_t = server::DEFAULT_MAX_REQUEST_BYTES)]
     pub max_request_bytes: usize,
     /// Most prefixes in one Get or Watch.
-    #[arg(long, env = "CONFIGWATCH_MAX_PREFIXES", default_value_t = 64)]
+    #[arg(long, env = "CONFIGWATCH_MAX_PREFIXES", default_value_t = api::DEFAULT_MAX_PREFIXES)]
     pub max_prefixes: usize,
     /// Entries in a Get reply when the request sets no limit.
-    #[arg(long, env = "CONFIGWATCH_GET_PAGE_ENTRIES", default_value_t = 1_000)]
+    #[arg(long, env = "CONFIGWATCH_GET_PAGE_ENTRIES", default_value_t = api::DEFAULT_PAGE_ENTRIES)]
     pub get_page_entries: usize,
     /// Most entries in a Get reply, whatever the request's limit.
     #[arg(
         long,
         env = "CONFIGWATCH_GET_MAX_PAGE_ENTRIES",
-        default_value_t = 10_000
+        default_value_t = api::DEFAULT_MAX_PAGE_ENTRIES
     )]
     pub get_max_page_entries: usize,
     /// About the most key and value bytes in a Get reply (a single larger entry
     /// still goes alone).
-    #[arg(long, env = "CONFIGWATCH_GET_PAGE_BYTES", default_value_t = 1 << 20)]
+    #[arg(long, env = "CONFIGWATCH_GET_PAGE_BYTES", default_value_t = api::DEFAULT_PAGE_BYTES)]
     pub get_page_bytes: usize,
     /// Watch initial states (full, or a diff against known_versions) computed at
     /// once; more wait their turn, and one tenant takes at most half of them.
-    #[arg(long, env = "CONFIGWATCH_INITIAL_STATE_SLOTS", default_value_t = 4)]
+    #[arg(long, env = "CONFIGWATCH_INITIAL_STATE_SLOTS", default_value_t = api::DEFAULT_INITIAL_STATE_SLOTS)]
     pub initial_state_slots: usize,
     /// Most client connections at once; more are closed at once. Lowered to fit
     /// the open-file limit.
-    #[arg(long, env = "CONFIGWATCH_MAX_CONNECTIONS", default_value_t = 10_000)]
+    #[arg(long, env = "CONFIGWATCH_MAX_CONNECTIONS", default_value_t = server::DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: usize,
     /// Time a new connection has to start HTTP/2 before it is closed.
-    #[arg(long, env = "CONFIGWATCH_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
-    pub handshake_timeout: Duration,
+    #[arg(long, env = "CONFIGWATCH_HANDSHAKE_TIMEOUT", default_value_t = server::DEFAULT_HANDSHAKE_TIMEOUT.into())]
+    pub handshake_timeout: humantime::Duration,
     /// Most concurrent calls (HTTP/2 streams) on one connection.
     #[arg(
         long,
         env = "CONFIGWATCH_MAX_STREAMS_PER_CONNECTION",
-        default_value_t = 1_024
+        default_value_t = server::DEFAULT_MAX_STREAMS_PER_CONNECTION
     )]
     pub max_streams_per_connection: u32,
     /// Time a call has to send its request and be answered (for Watch, until its
     /// stream starts); also the time a client has to read a Get reply.
-    #[arg(long, env = "CONFIGWATCH_REQUEST_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
-    pub request_timeout: Duration,
+    #[arg(long, env = "CONFIGWATCH_REQUEST_TIMEOUT", default_value_t = api::DEFAULT_REQUEST_TIMEOUT.into())]
+    pub request_timeout: humantime::Duration,
     /// Bytes of Get replies the server holds for clients that have not read them
     /// yet, in total; beyond it Gets wait, then fail with RESOURCE_EXHAUSTED.
-    #[arg(long, env = "CONFIGWATCH_REPLY_BYTES", default_value_t = 256 << 20)]
+    #[arg(long, env = "CONFIGWATCH_REPLY_BYTES", default_value_t = api::DEFAULT_REPLY_BYTES)]
     pub reply_bytes: usize,
     /// The same, per connection, Watch messages included; beyond it that
     /// connection's Gets wait and its Watches send nothing more until it reads.
-    #[arg(long, env = "CONFIGWATCH_REPLY_BYTES_PER_CONNECTION", default_value_t = 8 << 20)]
+    #[arg(long, env = "CONFIGWATCH_REPLY_BYTES_PER_CONNECTION", default_value_t = server::DEFAULT_REPLY_BYTES_PER_CONNECTION)]
     pub reply_bytes_per_connection: usize,
     /// How long shutdown waits for in-flight calls.
-    #[arg(long, env = "CONFIGWATCH_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
-    pub shutdown_grace: Duration,
+    #[arg(long, env = "CONFIGWATCH_SHUTDOWN_GRACE", default_value_t = server::DEFAULT_SHUTDOWN_GRACE.into())]
+    pub shutdown_grace: humantime::Duration,
     /// Log filter (tracing syntax), e.g. `info` or `configwatch=debug`.
     #[arg(long, env = "CONFIGWATCH_LOG", default_value = "info")]
     pub log: String,
@@ -100,7 +101,7 @@ impl ServeArgs {
         if self.history == 0 {
             return Err(Failure::usage("--history must be at least 1"));
         }
-        if self.progress_interval < Duration::from_millis(100) {
+        if *self.progress_interval < Duration::from_millis(100) {
             return Err(Failure::usage("--progress-interval must be at least 100ms"));
         }
         if self.max_request_bytes < 64 * 1024 {
@@ -135,7 +136,7 @@ impl ServeArgs {
                 "--get-page-bytes must be between 65536 and 3145728, so a page fits a client's default 4 MiB message limit",
             ));
         }
-        if self.handshake_timeout < Duration::from_millis(100) {
+        if *self.handshake_timeout < Duration::from_millis(100) {
             return Err(Failure::usage("--handshake-timeout must be at least 100ms"));
         }
         if self.reply_bytes_per_connection < self.get_page_bytes
@@ -145,7 +146,7 @@ impl ServeArgs {
                 "--reply-bytes-per-connection must be at least --get-page-bytes, and --reply-bytes at least --reply-bytes-per-connection",
             ));
         }
-        if self.request_timeout < Duration::from_secs(1) {
+        if *self.request_timeout < Duration::from_secs(1) {
             return Err(Failure::usage("--request-timeout must be at least 1s"));
         }
         let aws = self.aws.settings()?;
@@ -257,16 +258,16 @@ pub struct IdentityArgs {
     #[arg(long, env = "CONFIGWATCH_JWT_ALGORITHMS", value_delimiter = ',', default_value = "RS256", value_parser = parse_algorithm)]
     pub jwt_algorithms: Vec<jsonwebtoken::Algorithm>,
     /// Clock skew allowed on a token's exp and nbf.
-    #[arg(long, env = "CONFIGWATCH_JWT_LEEWAY", default_value = "5s", value_parser = humantime::parse_duration)]
-    pub jwt_leeway: Duration,
+    #[arg(long, env = "CONFIGWATCH_JWT_LEEWAY", default_value_t = crate::auth::DEFAULT_LEEWAY.into())]
+    pub jwt_leeway: humantime::Duration,
     /// Least time between JWKS fetches caused by unknown key ids.
-    #[arg(long, env = "CONFIGWATCH_JWKS_MIN_REFETCH", default_value = "30s", value_parser = humantime::parse_duration)]
-    pub jwks_min_refetch: Duration,
+    #[arg(long, env = "CONFIGWATCH_JWKS_MIN_REFETCH", default_value_t = crate::auth::jwks::DEFAULT_MIN_REFETCH.into())]
+    pub jwks_min_refetch: humantime::Duration,
     /// Claim naming the tenant.
     #[arg(
         long,
         env = "CONFIGWATCH_TENANT_CLAIM",
-        default_value = "custom:tenantId"
+        default_value = crate::auth::DEFAULT_TENANT_CLAIM
     )]
     pub tenant_claim: String,
     /// With --jwks-url: a claim naming the role that only administrators can set,
@@ -278,7 +279,7 @@ pub struct IdentityArgs {
     #[arg(
         long,
         env = "CONFIGWATCH_SERVICE_CLAIM",
-        default_value = "custom:service"
+        default_value = crate::auth::DEFAULT_SERVICE_CLAIM
     )]
     pub service_claim: String,
 }

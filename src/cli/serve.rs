@@ -38,10 +38,10 @@ async fn authenticator(
     data_dir: &Path,
     shutdown: CancellationToken,
 ) -> Result<Authenticator, Failure> {
-    if args.jwt_leeway > MAX_JWT_LEEWAY {
+    if *args.jwt_leeway > MAX_JWT_LEEWAY {
         return Err(Failure::usage(format!(
             "--jwt-leeway {} is over the maximum of {}",
-            humantime::format_duration(args.jwt_leeway),
+            humantime::format_duration(*args.jwt_leeway),
             humantime::format_duration(MAX_JWT_LEEWAY)
         )));
     }
@@ -61,7 +61,7 @@ async fn authenticator(
         issuers: args.issuers.clone(),
         audiences: args.audiences.clone(),
         token_use: args.token_use,
-        leeway: args.jwt_leeway,
+        leeway: *args.jwt_leeway,
     };
     let Some(url) = &args.jwks_url else {
         let key = open_key(data_dir)?;
@@ -82,7 +82,7 @@ async fn authenticator(
     }
     let mut settings = JwksSettings::new(url.clone());
     settings.algorithms = args.jwt_algorithms.clone();
-    settings.min_refetch = args.jwks_min_refetch;
+    settings.min_refetch = *args.jwks_min_refetch;
     let keys = JwksKeySource::start(settings, shutdown)
         .await
         .map_err(|e| Failure::usage(e.to_string()))?;
@@ -171,15 +171,15 @@ pub(super) async fn run_serve(args: ServeArgs) -> Result<(), Failure> {
             page_bytes: args.get_page_bytes,
             initial_state_slots: args.initial_state_slots,
             reply_bytes: args.reply_bytes,
-            reply_drain: args.request_timeout,
+            reply_drain: *args.request_timeout,
             ..Limits::default()
         },
         watch: WatchSettings {
-            progress_interval: args.progress_interval,
+            progress_interval: *args.progress_interval,
             ..WatchSettings::default()
         },
         max_request_bytes: args.max_request_bytes,
-        grace: args.shutdown_grace,
+        grace: *args.shutdown_grace,
         connections,
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -213,9 +213,9 @@ const RESERVED_FDS: u64 = 64;
 fn connection_limits(args: &ServeArgs) -> ConnectionLimits {
     let mut limits = ConnectionLimits {
         max_connections: args.max_connections,
-        handshake_timeout: args.handshake_timeout,
+        handshake_timeout: *args.handshake_timeout,
         max_streams_per_connection: args.max_streams_per_connection,
-        request_timeout: args.request_timeout,
+        request_timeout: *args.request_timeout,
         reply_bytes_per_connection: args.reply_bytes_per_connection,
     };
     match rlimit::increase_nofile_limit(u64::MAX) {

@@ -58,9 +58,9 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Options {
-            history: 4096,
-            progress_interval: Duration::from_secs(5),
-            max_request_bytes: 4 << 20,
+            history: configwatch::hub::DEFAULT_HISTORY,
+            progress_interval: configwatch::api::DEFAULT_PROGRESS_INTERVAL,
+            max_request_bytes: configwatch::server::DEFAULT_MAX_REQUEST_BYTES,
             limits: Limits::default(),
             connections: ConnectionLimits::default(),
         }
