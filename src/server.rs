@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 use tower::{Layer, Service};
@@ -31,6 +31,7 @@ use crate::api::{ConfigApi, Limits, Shutdown, WatchSettings};
 use crate::auth::Authenticator;
 use crate::hub::Hub;
 use crate::proto::config_service_server::ConfigServiceServer;
+use crate::source::supervise::SourcesState;
 use crate::store::{Router, StoreHealth};
 
 /// The encoded descriptors of proto/, for reflection.
@@ -70,6 +71,9 @@ pub struct App {
     /// How long shutdown waits for in-flight calls after ending every Watch.
     pub grace: Duration,
     pub connections: ConnectionLimits,
+    /// The source tasks' state (see `source::supervise`), when there are sources:
+    /// health reports NOT_SERVING while one is down.
+    pub sources: Option<watch::Receiver<SourcesState>>,
 }
 
 /// What one socket may cost, and how many there may be.
@@ -121,6 +125,10 @@ pub enum ServeError {
 
 /// Serves until `shutdown` completes, then ends every Watch with UNAVAILABLE (a
 /// status clients resume from) and waits up to the grace period for the rest.
+///
+/// The server's own tasks (the accept loop and each handshake, the health
+/// reporters, every Watch stream) take child tokens of one token, cancelled when
+/// `shutdown` completes.
 pub async fn serve(
     listener: TcpListener,
     app: App,
@@ -150,33 +158,15 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
-    // Storage health: the ConfigService answers NOT_SERVING while a store cannot
-    // write (a full disk), SERVING again once it recovers.
-    for mut health in app.router.health() {
-        let reporter = health_reporter.clone();
-        let stopped = stop.token().clone();
-        tokio::spawn(async move {
-            loop {
-                let ok = matches!(*health.borrow_and_update(), StoreHealth::Ok);
-                if stopped.is_cancelled() {
-                    return;
-                }
-                if ok {
-                    reporter
-                        .set_serving::<ConfigServiceServer<ConfigApi>>()
-                        .await;
-                } else {
-                    reporter
-                        .set_not_serving::<ConfigServiceServer<ConfigApi>>()
-                        .await;
-                }
-                tokio::select! {
-                    changed = health.changed() => if changed.is_err() { return },
-                    () = stopped.cancelled() => return,
-                }
-            }
-        });
-    }
+    // Storage and source health: the ConfigService answers NOT_SERVING while a
+    // store cannot write (a full disk) or a source task is down, SERVING again once
+    // all recover.
+    report_health(
+        health_reporter.clone(),
+        app.router.health(),
+        app.sources.clone(),
+        stop.token().child_token(),
+    );
 
     let grace = app.grace;
     let stopping = stop.clone();
@@ -206,7 +196,7 @@ pub async fn serve(
         listener,
         app.connections.clone(),
         ready,
-        stop.token().clone(),
+        stop.token().child_token(),
     ));
     let incoming = tokio_stream::wrappers::ReceiverStream::new(incoming);
     let server = tonic::transport::Server::builder()
@@ -240,6 +230,69 @@ pub async fn serve(
     };
     drop(starts);
     Ok(result?)
+}
+
+/// Keeps the health of the ConfigService current: SERVING while every store can
+/// write and every source runs, NOT_SERVING otherwise, until `stop`.
+fn report_health(
+    reporter: tonic_health::server::HealthReporter,
+    stores: Vec<watch::Receiver<StoreHealth>>,
+    sources: Option<watch::Receiver<SourcesState>>,
+    stop: CancellationToken,
+) {
+    if stores.is_empty() && sources.is_none() {
+        return;
+    }
+    // Each receiver pings one task, which reads them all.
+    let (ping, mut pinged) = mpsc::channel::<()>(1);
+    for store in &stores {
+        forward_changes(store.clone(), ping.clone(), stop.child_token());
+    }
+    if let Some(sources) = &sources {
+        forward_changes(sources.clone(), ping.clone(), stop.child_token());
+    }
+    drop(ping);
+    tokio::spawn(async move {
+        loop {
+            let ok = stores
+                .iter()
+                .all(|h| matches!(*h.borrow(), StoreHealth::Ok))
+                && sources.as_ref().is_none_or(|s| s.borrow().all_running());
+            if stop.is_cancelled() {
+                return;
+            }
+            if ok {
+                reporter
+                    .set_serving::<ConfigServiceServer<ConfigApi>>()
+                    .await;
+            } else {
+                reporter
+                    .set_not_serving::<ConfigServiceServer<ConfigApi>>()
+                    .await;
+            }
+            tokio::select! {
+                pinged = pinged.recv() => if pinged.is_none() { return },
+                () = stop.cancelled() => return,
+            }
+        }
+    });
+}
+
+/// Pings `ping` each time `rx` changes, until `stop` or the sender is gone.
+fn forward_changes<T: Send + Sync + 'static>(
+    mut rx: watch::Receiver<T>,
+    ping: mpsc::Sender<()>,
+    stop: CancellationToken,
+) {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                changed = rx.changed() => if changed.is_err() { return },
+                () = stop.cancelled() => return,
+            }
+            let _ = ping.try_send(());
+        }
+    });
 }
 
 /// The threads Watch calls start on. Stopped without waiting when dropped (also
@@ -617,5 +670,64 @@ where
                 }
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_server::Health;
+    use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
+    use tonic_health::server::{HealthReporter, HealthService};
+
+    use super::*;
+    use crate::source::supervise::{SourceState, SourceStatus};
+
+    async fn status(health: &HealthService) -> i32 {
+        let request = tonic::Request::new(HealthCheckRequest {
+            service: "configwatch.v1.ConfigService".into(),
+        });
+        health
+            .check(request)
+            .await
+            .map(|r| r.into_inner())
+            .unwrap_or(HealthCheckResponse { status: -1 })
+            .status
+    }
+
+    fn sources(status: SourceStatus) -> SourcesState {
+        SourcesState {
+            sources: vec![SourceState {
+                name: "stream",
+                status,
+                restarts: 0,
+            }],
+        }
+    }
+
+    /// Waits (on paused time) until the health service answers `want`.
+    async fn until(health: &HealthService, want: ServingStatus) {
+        for _ in 0..100 {
+            if status(health).await == want as i32 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("health never became {want:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn health_is_not_serving_while_a_source_is_down() {
+        let reporter = HealthReporter::new();
+        let health = HealthService::from_health_reporter(reporter.clone());
+        let (state, rx) = watch::channel(sources(SourceStatus::Running));
+        let stop = CancellationToken::new();
+        report_health(reporter, Vec::new(), Some(rx), stop.clone());
+        until(&health, ServingStatus::Serving).await;
+        state.send_replace(sources(SourceStatus::Down));
+        until(&health, ServingStatus::NotServing).await;
+        state.send_replace(sources(SourceStatus::Running));
+        until(&health, ServingStatus::Serving).await;
+        stop.cancel();
     }
 }

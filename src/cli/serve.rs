@@ -16,6 +16,7 @@ use crate::aws::AwsSettings;
 use crate::hub::{Hub, HubConfig};
 use crate::keys;
 use crate::server::{App, ConnectionLimits, serve};
+use crate::source::supervise::Supervisor;
 use crate::source::{SourceContext, SourceCounters, ddb_streams, reconcile, sqs_events};
 use crate::store::Router;
 use crate::store::dynamodb::DynamoBackend;
@@ -140,6 +141,9 @@ pub(super) async fn run_serve(args: ServeArgs) -> Result<(), Failure> {
     init_logging(&args.log)?;
     let aws = args.check()?;
     let connections = connection_limits(&args);
+    // The root of every shutdown token: the server, each source task (and through
+    // the server every Watch and background task) and the JWKS refresh take a
+    // child of it, so cancelling it stops everything and a part can stop alone.
     let stop = CancellationToken::new();
     // The store first: the signing key beside a missing database shows that the
     // directory lost its data (the authenticator would create a key).
@@ -147,17 +151,21 @@ pub(super) async fn run_serve(args: ServeArgs) -> Result<(), Failure> {
         None => Some(open_store(&args.data_dir, args.new_store)?),
         Some(_) => None,
     };
-    let auth = authenticator(&args.identity, &args.data_dir, stop.clone()).await?;
+    let auth = authenticator(&args.identity, &args.data_dir, stop.child_token()).await?;
     let hub_config = HubConfig {
         history_limit: args.history,
     };
-    let (router, hub) = match (embedded, &aws) {
+    let (router, hub, sources) = match (embedded, &aws) {
         (Some(store), _) => {
             let router = Arc::new(Router::single(Arc::new(store)));
             let hub = Arc::new(Hub::new(router.clone(), hub_config));
-            (router, hub)
+            (router, hub, None)
         }
-        (None, Some(settings)) => start_aws(settings, &args.aws, hub_config, stop.clone()).await,
+        (None, Some(settings)) => {
+            let (router, hub, sources) =
+                start_aws(settings, &args.aws, hub_config, stop.child_token()).await;
+            (router, hub, Some(sources))
+        }
         (None, None) => return Err(Failure::error("no store configured")),
     };
     let app = App {
@@ -181,6 +189,7 @@ pub(super) async fn run_serve(args: ServeArgs) -> Result<(), Failure> {
         max_request_bytes: args.max_request_bytes,
         grace: *args.shutdown_grace,
         connections,
+        sources: sources.as_ref().map(Supervisor::state),
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -198,7 +207,15 @@ pub(super) async fn run_serve(args: ServeArgs) -> Result<(), Failure> {
             tracing::info!(%addr, table = %s.table, ssm_root = %s.ssm_root, "configwatch serving on DynamoDB and Parameter Store")
         }
     }
-    let served = serve(listener, app, shutdown_signal()).await;
+    // A signal stops the server first (it ends every Watch and drains), then the rest.
+    let server = stop.child_token();
+    let signalled = server.clone();
+    let signals = tokio::spawn(async move {
+        shutdown_signal().await;
+        signalled.cancel();
+    });
+    let served = serve(listener, app, server.cancelled_owned()).await;
+    signals.abort();
     stop.cancel();
     served.map_err(|e| Failure::error(e.to_string()))
 }
@@ -242,13 +259,13 @@ fn connection_limits(args: &ServeArgs) -> ConnectionLimits {
 
 /// Builds the AWS backends and starts the sources that bring outside changes in: the
 /// table's stream, the Parameter Store event queue (when given) and reconciliation.
-/// They run until `stop`.
+/// They run, supervised, until `stop`.
 async fn start_aws(
     settings: &AwsSettings,
     args: &AwsArgs,
     hub_config: HubConfig,
     stop: CancellationToken,
-) -> (Arc<Router>, Arc<Hub>) {
+) -> (Arc<Router>, Arc<Hub>, Supervisor) {
     let sdk = crate::aws::sdk_config(args.region.clone()).await;
     let dynamodb = aws_sdk_dynamodb::Client::new(&sdk);
     // The identity comes from the table: wait for it as the stream reader would.
@@ -289,32 +306,58 @@ async fn start_aws(
         poll_interval: args.stream_poll_interval,
         ..ddb_streams::StreamSettings::default()
     };
-    tokio::spawn(ddb_streams::run(
+    let mut sources = Supervisor::new(stop, SOURCE_RESTART);
+    let (stream_ctx, stream_client, table) = (
         ctx.clone(),
-        streams,
-        dynamodb,
         aws_sdk_dynamodbstreams::Client::new(&sdk),
         settings.table.clone(),
-        stop.clone(),
-    ));
+    );
+    sources.spawn("dynamodb-stream", move |stop| {
+        ddb_streams::run(
+            stream_ctx.clone(),
+            streams.clone(),
+            dynamodb.clone(),
+            stream_client.clone(),
+            table.clone(),
+            stop,
+        )
+    });
     match &settings.queue_url {
         Some(queue_url) => {
-            tokio::spawn(sqs_events::run(
+            let (sqs_ctx, sqs, queue_url) = (
                 ctx.clone(),
                 aws_sdk_sqs::Client::new(&sdk),
                 queue_url.clone(),
-                ssm,
-                sqs_events::SqsSettings::default(),
-                stop.clone(),
-            ));
+            );
+            sources.spawn("sqs-events", move |stop| {
+                sqs_events::run(
+                    sqs_ctx.clone(),
+                    sqs.clone(),
+                    queue_url.clone(),
+                    ssm.clone(),
+                    sqs_events::SqsSettings::default(),
+                    stop,
+                )
+            });
         }
         None => tracing::warn!(
             "no --queue-url: Parameter Store changes made outside configwatch arrive only by reconciliation"
         ),
     }
-    tokio::spawn(reconcile::run(ctx, settings.reconcile_interval, stop));
-    (router, hub)
+    let interval = settings.reconcile_interval;
+    sources.spawn("reconcile", move |stop| {
+        reconcile::run(ctx.clone(), interval, stop)
+    });
+    (router, hub, sources)
 }
+
+/// Delays before a source task that ended or panicked is started again.
+const SOURCE_RESTART: configwatch_client::Backoff = configwatch_client::Backoff {
+    initial: Duration::from_secs(1),
+    max: Duration::from_secs(60),
+    multiplier: 2.0,
+    jitter: 0.5,
+};
 
 /// Completes on SIGINT or SIGTERM.
 async fn shutdown_signal() {

@@ -121,6 +121,7 @@ impl TestServer {
             max_request_bytes: options.max_request_bytes,
             grace: Duration::from_secs(2),
             connections: options.connections.clone(),
+            sources: None,
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
