@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tonic::metadata::MetadataValue;
+use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
@@ -37,17 +37,24 @@ pub(super) fn run_token(args: TokenArgs) -> Result<(), Failure> {
 /// Adds the bearer token to every call.
 type AuthInterceptor =
     Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send>;
-pub(super) type Client = ConfigServiceClient<InterceptedService<Channel, AuthInterceptor>>;
+type Client = ConfigServiceClient<InterceptedService<Channel, AuthInterceptor>>;
 
-pub(super) async fn connect(args: &ClientArgs) -> Result<Client, Failure> {
+/// The bearer token the flags give, and its `authorization` header value; a
+/// missing or unusable token is a usage error.
+pub(super) fn bearer(args: &ClientArgs) -> Result<(&str, MetadataValue<Ascii>), Failure> {
     let token = args.token.as_deref().filter(|t| !t.is_empty()).ok_or_else(|| {
         Failure::usage(
             "no token: pass --token or set CONFIGWATCH_TOKEN (`configwatch token --tenant T` prints one)",
         )
     })?;
-    let header: MetadataValue<_> = format!("Bearer {token}")
+    let header = format!("Bearer {token}")
         .parse()
         .map_err(|_| Failure::usage("the token contains characters not allowed in a header"))?;
+    Ok((token, header))
+}
+
+async fn connect(args: &ClientArgs) -> Result<Client, Failure> {
+    let (_, header) = bearer(args)?;
     let endpoint = Endpoint::from_shared(args.server.clone())
         .map_err(|e| Failure::usage(format!("--server '{}' is not a URL: {e}", args.server)))?
         .connect_timeout(Duration::from_secs(5));

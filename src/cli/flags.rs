@@ -380,9 +380,9 @@ pub struct DeleteArgs {
 pub struct WatchArgs {
     /// Prefixes to watch; none watches the whole tenant.
     pub prefixes: Vec<String>,
-    /// Start after this resume token instead of from the full state.
-    #[arg(long, env = "CONFIGWATCH_RESUME_TOKEN")]
-    pub resume_token: Option<String>,
+    /// The token's tenant (default: read from the token's `custom:tenantId` claim).
+    #[arg(long, env = "CONFIGWATCH_TENANT")]
+    pub tenant: Option<String>,
     #[command(flatten)]
     pub client: ClientArgs,
 }

@@ -383,7 +383,7 @@ async fn shutdown_signal() {
     }
 }
 
-fn init_logging(filter: &str) -> Result<(), Failure> {
+pub(super) fn init_logging(filter: &str) -> Result<(), Failure> {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .map_err(|e| Failure::usage(format!("--log '{filter}' is not a valid filter: {e}")))?;
     let _ = tracing_subscriber::fmt()
