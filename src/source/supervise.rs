@@ -165,6 +165,25 @@ mod tests {
         }
     }
 
+    /// A supervisor running one task, `run(n, stop)` on its n-th start (from 0), and
+    /// the count of starts.
+    fn supervised<Fut>(
+        name: &'static str,
+        run: impl Fn(u32, CancellationToken) -> Fut + Send + 'static,
+    ) -> (CancellationToken, Supervisor, Arc<AtomicU32>)
+    where
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let shutdown = CancellationToken::new();
+        let mut supervisor = Supervisor::new(shutdown.clone(), backoff());
+        let starts = Arc::new(AtomicU32::new(0));
+        let counted = starts.clone();
+        supervisor.spawn(name, move |stop| {
+            run(counted.fetch_add(1, Ordering::SeqCst), stop)
+        });
+        (shutdown, supervisor, starts)
+    }
+
     /// Lets the spawned tasks run until they wait for time.
     async fn settle() {
         for _ in 0..10 {
@@ -174,16 +193,9 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_task_that_panics_is_restarted_after_the_backoff_and_counted() {
-        let shutdown = CancellationToken::new();
-        let mut supervisor = Supervisor::new(shutdown.clone(), backoff());
-        let starts = Arc::new(AtomicU32::new(0));
-        let counted = starts.clone();
-        supervisor.spawn("flaky", move |stop| {
-            let n = counted.fetch_add(1, Ordering::SeqCst);
-            async move {
-                assert!(n != 0, "the first run fails");
-                stop.cancelled().await;
-            }
+        let (shutdown, supervisor, starts) = supervised("flaky", |n, stop| async move {
+            assert!(n != 0, "the first run fails");
+            stop.cancelled().await;
         });
         let state = supervisor.state();
         settle().await;
@@ -210,14 +222,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_task_that_ends_while_shutting_down_is_not_restarted() {
-        let shutdown = CancellationToken::new();
-        let mut supervisor = Supervisor::new(shutdown.clone(), backoff());
-        let starts = Arc::new(AtomicU32::new(0));
-        let counted = starts.clone();
-        supervisor.spawn("steady", move |stop| {
-            counted.fetch_add(1, Ordering::SeqCst);
-            async move { stop.cancelled().await }
-        });
+        let (shutdown, supervisor, starts) =
+            supervised("steady", |_, stop| async move { stop.cancelled().await });
         let state = supervisor.state();
         settle().await;
         shutdown.cancel();
@@ -231,16 +237,9 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_task_that_ends_by_itself_is_down_until_restarted() {
-        let shutdown = CancellationToken::new();
-        let mut supervisor = Supervisor::new(shutdown.clone(), backoff());
-        let starts = Arc::new(AtomicU32::new(0));
-        let counted = starts.clone();
-        supervisor.spawn("ends", move |stop| {
-            let n = counted.fetch_add(1, Ordering::SeqCst);
-            async move {
-                if n > 0 {
-                    stop.cancelled().await;
-                }
+        let (shutdown, supervisor, starts) = supervised("ends", |n, stop| async move {
+            if n > 0 {
+                stop.cancelled().await;
             }
         });
         let mut state = supervisor.state();
@@ -249,6 +248,7 @@ mod tests {
         state.changed().await.ok();
         assert!(state.borrow_and_update().all_running());
         assert_eq!(state.borrow().sources[0].restarts, 1);
+        assert_eq!(starts.load(Ordering::SeqCst), 2);
         shutdown.cancel();
         supervisor.join().await;
     }
