@@ -4,6 +4,8 @@
 //! backoff, resumes by token or by the digest of what it holds, and sends the
 //! server's store identity back; this module only prints its changes.
 
+use std::time::Duration;
+
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use configwatch_client::{ChangeKind, Client, Error, static_token};
@@ -39,7 +41,16 @@ pub(super) async fn run_watch(args: WatchArgs) -> Result<(), Failure> {
     // Opened before the first state can arrive (that takes a connection and a
     // round trip), so the initial state is printed too.
     let mut changes = client.changes();
-    while let Some(change) = changes.next().await {
+    let mut check = tokio::time::interval(REFUSAL_CHECK);
+    loop {
+        let change = tokio::select! {
+            change = changes.next() => change,
+            _ = check.tick() => match refused(&client) {
+                Some(e) => return Err(failure(e)),
+                None => continue,
+            },
+        };
+        let Some(change) = change else { break };
         let change = change.map_err(failure)?;
         let entry = proto::Entry {
             key: change.key.clone(),
@@ -52,6 +63,19 @@ pub(super) async fn run_watch(args: WatchArgs) -> Result<(), Failure> {
         println!("{}", entry_json(&entry));
     }
     Ok(())
+}
+
+/// How often the command looks for a refused token.
+const REFUSAL_CHECK: Duration = Duration::from_millis(250);
+
+/// A token the server refuses (expired, or not valid for it). The library asks its
+/// token source again and again for a fresh one; the command has only the one it
+/// was given, so the user must fix it, as before: the command ends.
+fn refused(client: &Client) -> Option<Error> {
+    client
+        .status()
+        .last_error
+        .filter(|e| e.code() == Some(tonic::Code::Unauthenticated))
 }
 
 /// The exit code of an error that stopped the watch: 64 for settings the user must
