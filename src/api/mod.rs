@@ -31,6 +31,24 @@ use crate::store::{Router, Write};
 
 pub use watch::WatchStream;
 
+/// Prefixes in one Get or Watch, unless configured.
+pub const DEFAULT_MAX_PREFIXES: usize = 64;
+/// Entries in a Get page when the request sets no `limit`, unless configured.
+pub const DEFAULT_PAGE_ENTRIES: usize = 1_000;
+/// Most entries in a Get page, unless configured.
+pub const DEFAULT_MAX_PAGE_ENTRIES: usize = 10_000;
+/// About the most key and value bytes in a Get page, unless configured.
+pub const DEFAULT_PAGE_BYTES: usize = 1 << 20;
+/// Watch initial states computed at once, unless configured.
+pub const DEFAULT_INITIAL_STATE_SLOTS: usize = 4;
+/// Bytes of Get replies not yet handed to clients, server-wide, unless configured.
+pub const DEFAULT_REPLY_BYTES: usize = 256 << 20;
+/// Time a call has to be answered, and a client to read a Get reply, unless
+/// configured.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Mean idle time before a Watch gets a progress message, unless configured.
+pub const DEFAULT_PROGRESS_INTERVAL: Duration = Duration::from_secs(5);
+
 /// Request limits. Each refusal names the limit.
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -58,15 +76,15 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            max_prefixes: 64,
+            max_prefixes: DEFAULT_MAX_PREFIXES,
             max_keys: 1_000,
             max_known_versions: 100_000,
-            page_entries: 1_000,
-            max_page_entries: 10_000,
-            page_bytes: 1 << 20,
-            initial_state_slots: 4,
-            reply_bytes: 256 << 20,
-            reply_drain: Duration::from_secs(30),
+            page_entries: DEFAULT_PAGE_ENTRIES,
+            max_page_entries: DEFAULT_MAX_PAGE_ENTRIES,
+            page_bytes: DEFAULT_PAGE_BYTES,
+            initial_state_slots: DEFAULT_INITIAL_STATE_SLOTS,
+            reply_bytes: DEFAULT_REPLY_BYTES,
+            reply_drain: DEFAULT_REQUEST_TIMEOUT,
         }
     }
 }
@@ -87,7 +105,7 @@ pub struct WatchSettings {
 impl Default for WatchSettings {
     fn default() -> Self {
         WatchSettings {
-            progress_interval: Duration::from_secs(5),
+            progress_interval: DEFAULT_PROGRESS_INTERVAL,
             max_batch_entries: 1_000,
             max_batch_bytes: 1 << 20,
             clock: Clock::system(),

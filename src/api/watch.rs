@@ -85,7 +85,7 @@ impl WatchStream {
             last_sent: Instant::now(),
             expiry,
             cancel: shutdown.clone(),
-            shutdown: Box::pin(shutdown.token().clone().cancelled_owned()),
+            shutdown: Box::pin(shutdown.token().child_token().cancelled_owned()),
             registered: None,
             done: false,
         }

@@ -46,16 +46,24 @@ pub struct ClaimRules {
     pub leeway: Duration,
 }
 
+/// The claim naming the tenant, unless configured.
+pub const DEFAULT_TENANT_CLAIM: &str = "custom:tenantId";
+/// The claim narrowing a token to one service, unless configured.
+pub const DEFAULT_SERVICE_CLAIM: &str = "custom:service";
+
+/// The clock skew allowed on `exp` and `nbf`, unless configured.
+pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(5);
+
 impl Default for ClaimRules {
     fn default() -> Self {
         ClaimRules {
-            tenant_claim: "custom:tenantId".into(),
+            tenant_claim: DEFAULT_TENANT_CLAIM.into(),
             role_claim: None,
-            service_claim: "custom:service".into(),
+            service_claim: DEFAULT_SERVICE_CLAIM.into(),
             issuers: Vec::new(),
             audiences: Vec::new(),
             token_use: TokenUse::Any,
-            leeway: Duration::from_secs(5),
+            leeway: DEFAULT_LEEWAY,
         }
     }
 }

@@ -49,12 +49,15 @@ pub struct JwksSettings {
     pub timeout: Duration,
 }
 
+/// Least time between fetches caused by unknown key ids, unless configured.
+pub const DEFAULT_MIN_REFETCH: Duration = Duration::from_secs(30);
+
 impl JwksSettings {
     pub fn new(url: impl Into<String>) -> Self {
         JwksSettings {
             url: url.into(),
             algorithms: vec![Algorithm::RS256],
-            min_refetch: Duration::from_secs(30),
+            min_refetch: DEFAULT_MIN_REFETCH,
             refresh: Duration::from_secs(900),
             timeout: Duration::from_secs(5),
         }

@@ -41,7 +41,10 @@ pub mod local;
 mod testing;
 
 pub use authenticator::Authenticator;
-pub use claims::{ClaimRules, MAX_LEEWAY, MAX_NUMERIC_DATE};
+pub use claims::{
+    ClaimRules, DEFAULT_LEEWAY, DEFAULT_SERVICE_CLAIM, DEFAULT_TENANT_CLAIM, MAX_LEEWAY,
+    MAX_NUMERIC_DATE,
+};
 pub use error::{AuthError, MAX_ECHO_CHARS};
 pub use identity::{Identity, Role, Signer, TokenUse};
 pub use key_source::{KeySource, VerifyKey};

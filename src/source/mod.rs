@@ -13,6 +13,7 @@
 pub mod ddb_streams;
 pub mod reconcile;
 pub mod sqs_events;
+pub mod supervise;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -65,9 +65,9 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Options {
-            history: 4096,
-            progress_interval: Duration::from_secs(5),
-            max_request_bytes: 4 << 20,
+            history: configwatch::hub::DEFAULT_HISTORY,
+            progress_interval: configwatch::api::DEFAULT_PROGRESS_INTERVAL,
+            max_request_bytes: configwatch::server::DEFAULT_MAX_REQUEST_BYTES,
             limits: Limits::default(),
             connections: ConnectionLimits::default(),
             clock: Clock::system(),
@@ -131,6 +131,7 @@ impl TestServer {
             max_request_bytes: options.max_request_bytes,
             grace: Duration::from_secs(2),
             connections: options.connections.clone(),
+            sources: None,
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await

@@ -1,0 +1,104 @@
+//! The `configwatch` command line: `serve`, `token`, and the client commands `get`,
+//! `put`, `delete` and `watch`. Every flag can also be set by environment variable.
+//!
+//! Exit codes: 0 success; 1 an error from the server (printed as its gRPC status and
+//! message) or a key not found; 64 bad usage or configuration, detected before any
+//! port is bound.
+//!
+//! The parts: [`flags`] (the clap structs, value parsers and the checks made before
+//! any port is bound), [`serve`] (the composition root: the only code that knows
+//! every part of the server and wires them), and the client commands in
+//! [`commands`] (`token`, `get`, `put`, `delete`) and [`watch`].
+
+pub mod commands;
+pub mod flags;
+pub mod serve;
+pub mod watch;
+
+use std::path::Path;
+
+use clap::{Parser, Subcommand};
+
+use crate::auth::local::LocalKey;
+
+pub use flags::*;
+
+/// Exit code for bad usage or configuration (EX_USAGE).
+pub const EXIT_USAGE: i32 = 64;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "configwatch",
+    version,
+    about = "Multi-tenant configuration push server"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server.
+    Serve(Box<ServeArgs>),
+    /// Print a token signed with the server's key (for local use and testing).
+    Token(TokenArgs),
+    /// Read keys (or prefixes) and print one JSON object per entry.
+    Get(GetArgs),
+    /// Write a JSON value.
+    Put(PutArgs),
+    /// Delete a key.
+    Delete(DeleteArgs),
+    /// Print one JSON object per line for every change under the prefixes.
+    Watch(WatchArgs),
+}
+
+/// A command's failure: what to print and the exit code.
+#[derive(Debug)]
+pub struct Failure {
+    pub message: String,
+    pub code: i32,
+}
+
+impl Failure {
+    fn usage(message: impl Into<String>) -> Self {
+        Failure {
+            message: message.into(),
+            code: EXIT_USAGE,
+        }
+    }
+
+    fn error(message: impl Into<String>) -> Self {
+        Failure {
+            message: message.into(),
+            code: 1,
+        }
+    }
+}
+
+impl From<tonic::Status> for Failure {
+    fn from(s: tonic::Status) -> Self {
+        Failure::error(format!("{:?}: {}", s.code(), s.message()))
+    }
+}
+
+/// Runs a parsed command.
+pub async fn run(cli: Cli) -> Result<(), Failure> {
+    match cli.command {
+        Command::Serve(args) => serve::run_serve(*args).await,
+        Command::Token(args) => commands::run_token(args),
+        Command::Get(args) => commands::run_get(args).await,
+        Command::Put(args) => commands::run_put(args).await,
+        Command::Delete(args) => commands::run_delete(args).await,
+        Command::Watch(args) => watch::run_watch(args).await,
+    }
+}
+
+fn open_key(data_dir: &Path) -> Result<LocalKey, Failure> {
+    let (key, created) =
+        LocalKey::load_or_create(data_dir).map_err(|e| Failure::usage(e.to_string()))?;
+    if created {
+        tracing::info!(path = %data_dir.display(), "created a new signing key");
+    }
+    Ok(key)
+}

@@ -1,0 +1,453 @@
+//! The composition root of `configwatch serve`: opens the store, builds the hub,
+//! the authenticator, the API settings and the server, starts the sources, and
+//! serves until SIGINT or SIGTERM. The only code that knows every part.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::{AwsArgs, Failure, IdentityArgs, ServeArgs, open_key};
+use crate::api::{Limits, WatchSettings};
+use crate::auth::jwks::{JwksKeySource, JwksSettings};
+use crate::auth::{Authenticator, ClaimRules};
+use crate::aws::AwsSettings;
+use crate::hub::{Hub, HubConfig};
+use crate::keys;
+use crate::server::{App, ConnectionLimits, serve};
+use crate::source::supervise::Supervisor;
+use crate::source::{SourceContext, SourceCounters, ddb_streams, reconcile, sqs_events};
+use crate::store::Router;
+use crate::store::dynamodb::DynamoBackend;
+use crate::store::embedded::{EmbeddedStore, OpenOptions};
+use crate::store::ssm::SsmBackend;
+
+/// The issuer of a Cognito user pool, from its JWKS URL.
+fn cognito_issuer(jwks_url: &str) -> Option<String> {
+    let base = jwks_url.strip_suffix("/.well-known/jwks.json")?;
+    let host = base.strip_prefix("https://")?.split('/').next()?;
+    (host.starts_with("cognito-idp.") && host.ends_with(".amazonaws.com")).then(|| base.to_owned())
+}
+
+/// The most clock skew --jwt-leeway may allow.
+const MAX_JWT_LEEWAY: Duration = crate::auth::MAX_LEEWAY;
+
+/// Builds the authenticator the flags describe.
+async fn authenticator(
+    args: &IdentityArgs,
+    data_dir: &Path,
+    shutdown: CancellationToken,
+) -> Result<Authenticator, Failure> {
+    if *args.jwt_leeway > MAX_JWT_LEEWAY {
+        return Err(Failure::usage(format!(
+            "--jwt-leeway {} is over the maximum of {}",
+            humantime::format_duration(*args.jwt_leeway),
+            humantime::format_duration(MAX_JWT_LEEWAY)
+        )));
+    }
+    let role_claim = Some(args.role_claim.trim())
+        .filter(|c| !c.is_empty())
+        .map(str::to_owned);
+    if role_claim.is_some() && args.jwks_url.is_none() {
+        tracing::warn!(
+            "--role-claim applies to identity provider tokens (--jwks-url) only; the server's own tokens carry their role in {}",
+            crate::auth::local::ROLE_CLAIM
+        );
+    }
+    let mut rules = ClaimRules {
+        tenant_claim: args.tenant_claim.clone(),
+        role_claim,
+        service_claim: args.service_claim.clone(),
+        issuers: args.issuers.clone(),
+        audiences: args.audiences.clone(),
+        token_use: args.token_use,
+        leeway: *args.jwt_leeway,
+    };
+    let Some(url) = &args.jwks_url else {
+        let key = open_key(data_dir)?;
+        if rules.issuers.is_empty() {
+            rules.issuers = vec![crate::auth::local::ISSUER.to_owned()];
+        }
+        return Ok(Authenticator::new(Arc::new(key), rules));
+    };
+    if rules.audiences.is_empty() {
+        return Err(Failure::usage(
+            "--jwks-url needs --audience (the app client ids whose tokens are accepted)",
+        ));
+    }
+    if rules.issuers.is_empty() {
+        rules.issuers = vec![cognito_issuer(url).ok_or_else(|| {
+            Failure::usage("--jwks-url is not a Cognito URL: give the token issuer with --issuer")
+        })?];
+    }
+    let mut settings = JwksSettings::new(url.clone());
+    settings.algorithms = args.jwt_algorithms.clone();
+    settings.min_refetch = *args.jwks_min_refetch;
+    let keys = JwksKeySource::start(settings, shutdown)
+        .await
+        .map_err(|e| Failure::usage(e.to_string()))?;
+    Ok(Authenticator::new(keys, rules))
+}
+
+/// Opens the embedded store in `data_dir`, refusing a directory that lost its
+/// database unless `new_store`, and reports what the check of every record found.
+fn open_store(data_dir: &Path, new_store: bool) -> Result<EmbeddedStore, Failure> {
+    let options = OpenOptions {
+        new_store,
+        initialised_by: vec![data_dir.join(crate::auth::local::KEY_FILE)],
+    };
+    let store = EmbeddedStore::open_with(data_dir, &options)
+        .map_err(|e| Failure::error(format!("cannot start: {e}")))?;
+    let report = store.verify_report();
+    if report.is_clean() {
+        tracing::info!(
+            store_id = store.id(),
+            records = report.records,
+            "store checked"
+        );
+    } else {
+        // Named one by one in the log above; this line sums them up for operators.
+        eprintln!(
+            "configwatch: the store has {} damaged record(s){}; their scopes answer DATA_LOSS until restored: {}",
+            report.damaged.len(),
+            if report.unreadable.is_some() {
+                " and could not be read to the end"
+            } else {
+                ""
+            },
+            report
+                .damaged
+                .iter()
+                .take(20)
+                .map(|d| format!(
+                    "{}/{}{}",
+                    d.tenant,
+                    if d.service.is_empty() {
+                        String::new()
+                    } else {
+                        format!("{}/", d.service)
+                    },
+                    d.key
+                ))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    Ok(store)
+}
+
+pub(super) async fn run_serve(args: ServeArgs) -> Result<(), Failure> {
+    init_logging(&args.log)?;
+    let aws = args.check()?;
+    let connections = connection_limits(&args);
+    // The root of every shutdown token: the server, each source task (and through
+    // the server every Watch and background task) and the JWKS refresh take a
+    // child of it, so cancelling it stops everything and a part can stop alone.
+    let stop = CancellationToken::new();
+    // The store first: the signing key beside a missing database shows that the
+    // directory lost its data (the authenticator would create a key).
+    let embedded = match &aws {
+        None => Some(open_store(&args.data_dir, args.new_store)?),
+        Some(_) => None,
+    };
+    let auth = authenticator(&args.identity, &args.data_dir, stop.child_token()).await?;
+    let hub_config = HubConfig {
+        history_limit: args.history,
+    };
+    let (router, hub, sources) = match (embedded, &aws) {
+        (Some(store), _) => {
+            let router = Arc::new(Router::single(Arc::new(store)));
+            let hub = Arc::new(Hub::new(router.clone(), hub_config));
+            (router, hub, None)
+        }
+        (None, Some(settings)) => {
+            let (router, hub, sources) =
+                start_aws(settings, &args.aws, hub_config, stop.child_token()).await;
+            (router, hub, Some(sources))
+        }
+        (None, None) => return Err(Failure::error("no store configured")),
+    };
+    let app = App {
+        hub,
+        router,
+        auth: Arc::new(auth),
+        limits: Limits {
+            max_prefixes: args.max_prefixes,
+            page_entries: args.get_page_entries,
+            max_page_entries: args.get_max_page_entries,
+            page_bytes: args.get_page_bytes,
+            initial_state_slots: args.initial_state_slots,
+            reply_bytes: args.reply_bytes,
+            reply_drain: *args.request_timeout,
+            ..Limits::default()
+        },
+        watch: WatchSettings {
+            progress_interval: *args.progress_interval,
+            ..WatchSettings::default()
+        },
+        max_request_bytes: args.max_request_bytes,
+        grace: *args.shutdown_grace,
+        connections,
+        sources: sources.as_ref().map(Supervisor::state),
+    };
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| Failure::error(format!("cannot listen on {}: {e}", args.listen)))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Failure::error(format!("cannot read the bound address: {e}")))?;
+    // One line on stdout, for scripts that start the server on port 0.
+    println!("listening on {addr}");
+    match &aws {
+        None => {
+            tracing::info!(%addr, data_dir = %args.data_dir.display(), "configwatch serving on the embedded store")
+        }
+        Some(s) => {
+            tracing::info!(%addr, table = %s.table, ssm_root = %s.ssm_root, "configwatch serving on DynamoDB and Parameter Store")
+        }
+    }
+    // A signal stops the server first (it ends every Watch and drains), then the rest.
+    let server = stop.child_token();
+    let signalled = server.clone();
+    let signals = tokio::spawn(async move {
+        shutdown_signal().await;
+        signalled.cancel();
+    });
+    let served = serve(listener, app, server.cancelled_owned()).await;
+    signals.abort();
+    stop.cancel();
+    served.map_err(|e| Failure::error(e.to_string()))
+}
+
+/// Descriptors kept for everything but client connections (store files, AWS
+/// clients, the listener, logs).
+const RESERVED_FDS: u64 = 64;
+
+/// Raises the soft open-file limit to the hard one, and lowers `--max-connections`
+/// when the connections (and the sockets still in their handshake) would not fit
+/// in it.
+fn connection_limits(args: &ServeArgs) -> ConnectionLimits {
+    let mut limits = ConnectionLimits {
+        max_connections: args.max_connections,
+        handshake_timeout: *args.handshake_timeout,
+        max_streams_per_connection: args.max_streams_per_connection,
+        request_timeout: *args.request_timeout,
+        reply_bytes_per_connection: args.reply_bytes_per_connection,
+    };
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(files) => {
+            tracing::info!(open_files = files, "open-file limit");
+            let room = files.saturating_sub(RESERVED_FDS);
+            let wanted = (limits.max_connections + limits.max_handshakes()) as u64;
+            if wanted > room {
+                // Connections and handshakes must both fit: handshakes take an
+                // eighth of the connections (at least 16).
+                let fit = (room.saturating_sub(16) * 8 / 9).max(1);
+                limits.max_connections = usize::try_from(fit).unwrap_or(1);
+                tracing::warn!(
+                    open_files = files,
+                    max_connections = limits.max_connections,
+                    "--max-connections lowered to fit the open-file limit"
+                );
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot read or raise the open-file limit"),
+    }
+    limits
+}
+
+/// Builds the AWS backends and starts the sources that bring outside changes in: the
+/// table's stream, the Parameter Store event queue (when given) and reconciliation.
+/// They run, supervised, until `stop`.
+async fn start_aws(
+    settings: &AwsSettings,
+    args: &AwsArgs,
+    hub_config: HubConfig,
+    stop: CancellationToken,
+) -> (Arc<Router>, Arc<Hub>, Supervisor) {
+    let sdk = crate::aws::sdk_config(args.region.clone()).await;
+    let dynamodb = aws_sdk_dynamodb::Client::new(&sdk);
+    // The identity comes from the table: wait for it as the stream reader would.
+    let mut backoff = configwatch_client::Retry::new(configwatch_client::Backoff::doubling(
+        Duration::from_millis(500),
+        Duration::from_secs(30),
+    ));
+    let store_id = loop {
+        match crate::store::identity::aws_store_id(&dynamodb, &settings.table, &settings.ssm_root)
+            .await
+        {
+            Ok(id) => break id,
+            Err(e) => tracing::error!(error = %e, "cannot derive the store identity yet; retrying"),
+        }
+        tokio::time::sleep(backoff.failed()).await;
+    };
+    tracing::info!(%store_id, "store identity derived from the table and the Parameter Store root");
+    let ssm = Arc::new(SsmBackend::new(
+        aws_sdk_ssm::Client::new(&sdk),
+        settings.ssm_root.clone(),
+    ));
+    let router = Arc::new(
+        Router::new(vec![
+            (
+                &keys::TENANT_CONFIG,
+                Arc::new(DynamoBackend::new(dynamodb.clone(), settings.table.clone())),
+            ),
+            (&keys::PARAM_CONFIG, ssm.clone()),
+        ])
+        .with_store_id(store_id.as_str()),
+    );
+    let hub = Arc::new(Hub::new(router.clone(), hub_config));
+    let ctx = SourceContext {
+        hub: hub.clone(),
+        counters: Arc::new(SourceCounters::default()),
+    };
+    let streams = ddb_streams::StreamSettings {
+        poll_interval: args.stream_poll_interval,
+        ..ddb_streams::StreamSettings::default()
+    };
+    let mut sources = Supervisor::new(stop, SOURCE_RESTART);
+    let (stream_ctx, stream_client, table) = (
+        ctx.clone(),
+        aws_sdk_dynamodbstreams::Client::new(&sdk),
+        settings.table.clone(),
+    );
+    sources.spawn("dynamodb-stream", move |stop| {
+        ddb_streams::run(
+            stream_ctx.clone(),
+            streams.clone(),
+            dynamodb.clone(),
+            stream_client.clone(),
+            table.clone(),
+            stop,
+        )
+    });
+    match &settings.queue_url {
+        Some(queue_url) => {
+            let (sqs_ctx, sqs, queue_url) = (
+                ctx.clone(),
+                aws_sdk_sqs::Client::new(&sdk),
+                queue_url.clone(),
+            );
+            sources.spawn("sqs-events", move |stop| {
+                sqs_events::run(
+                    sqs_ctx.clone(),
+                    sqs.clone(),
+                    queue_url.clone(),
+                    ssm.clone(),
+                    sqs_events::SqsSettings::default(),
+                    stop,
+                )
+            });
+        }
+        None => tracing::warn!(
+            "no --queue-url: Parameter Store changes made outside configwatch arrive only by reconciliation"
+        ),
+    }
+    let interval = settings.reconcile_interval;
+    sources.spawn("reconcile", move |stop| {
+        reconcile::run(ctx.clone(), interval, stop)
+    });
+    (router, hub, sources)
+}
+
+/// Delays before a source task that ended or panicked is started again.
+const SOURCE_RESTART: configwatch_client::Backoff = configwatch_client::Backoff {
+    initial: Duration::from_secs(1),
+    max: Duration::from_secs(60),
+    multiplier: 2.0,
+    jitter: 0.5,
+};
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
+
+pub(super) fn init_logging(filter: &str) -> Result<(), Failure> {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .map_err(|e| Failure::usage(format!("--log '{filter}' is not a valid filter: {e}")))?;
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::EXIT_USAGE;
+
+    #[derive(Parser)]
+    struct IdentityOnly {
+        #[command(flatten)]
+        identity: IdentityArgs,
+    }
+
+    fn identity_args(args: &[&str]) -> Result<IdentityArgs, clap::Error> {
+        let argv = std::iter::once("configwatch").chain(args.iter().copied());
+        IdentityOnly::try_parse_from(argv).map(|p| p.identity)
+    }
+
+    #[tokio::test]
+    async fn a_leeway_over_an_hour_is_a_usage_error_and_roles_need_no_claim_by_default()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let args = identity_args(&["--jwt-leeway", "2h"])?;
+        assert!(args.role_claim.is_empty(), "no role claim unless declared");
+        match authenticator(&args, dir.path(), CancellationToken::new()).await {
+            Err(f) => {
+                assert_eq!(f.code, EXIT_USAGE);
+                assert!(f.message.contains("--jwt-leeway"), "{}", f.message);
+            }
+            Ok(_) => panic!("a 2h leeway was accepted"),
+        }
+        let args = identity_args(&["--jwt-leeway", "1h"])?;
+        authenticator(&args, dir.path(), CancellationToken::new())
+            .await
+            .map_err(|f| f.message)?;
+        Ok(())
+    }
+
+    #[test]
+    fn issuer_is_derived_only_for_cognito() {
+        assert_eq!(
+            cognito_issuer(
+                "https://cognito-idp.eu-west-1.amazonaws.com/eu-west-1_abc/.well-known/jwks.json"
+            )
+            .as_deref(),
+            Some("https://cognito-idp.eu-west-1.amazonaws.com/eu-west-1_abc")
+        );
+        assert_eq!(
+            cognito_issuer("https://idp.example.com/.well-known/jwks.json"),
+            None
+        );
+        assert_eq!(
+            cognito_issuer("http://cognito-idp.x.amazonaws.com/p/.well-known/jwks.json"),
+            None
+        );
+    }
+}

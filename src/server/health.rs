@@ -1,0 +1,135 @@
+//! What the gRPC health service says of the ConfigService: SERVING while every
+//! store can write and every source task runs. Reads the stores' and the sources'
+//! watch channels; knows nothing of what they do.
+
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::api::ConfigApi;
+use crate::proto::config_service_server::ConfigServiceServer;
+use crate::source::supervise::SourcesState;
+use crate::store::StoreHealth;
+
+/// Keeps the health of the ConfigService current: SERVING while every store can
+/// write and every source runs, NOT_SERVING otherwise, until `stop`.
+pub(super) fn report_health(
+    reporter: tonic_health::server::HealthReporter,
+    stores: Vec<watch::Receiver<StoreHealth>>,
+    sources: Option<watch::Receiver<SourcesState>>,
+    stop: CancellationToken,
+) {
+    if stores.is_empty() && sources.is_none() {
+        return;
+    }
+    // Each receiver pings one task, which reads them all.
+    let (ping, mut pinged) = mpsc::channel::<()>(1);
+    for store in &stores {
+        forward_changes(store.clone(), ping.clone(), stop.child_token());
+    }
+    if let Some(sources) = &sources {
+        forward_changes(sources.clone(), ping.clone(), stop.child_token());
+    }
+    drop(ping);
+    tokio::spawn(async move {
+        loop {
+            let ok = stores
+                .iter()
+                .all(|h| matches!(*h.borrow(), StoreHealth::Ok))
+                && sources.as_ref().is_none_or(|s| s.borrow().all_running());
+            if stop.is_cancelled() {
+                return;
+            }
+            if ok {
+                reporter
+                    .set_serving::<ConfigServiceServer<ConfigApi>>()
+                    .await;
+            } else {
+                reporter
+                    .set_not_serving::<ConfigServiceServer<ConfigApi>>()
+                    .await;
+            }
+            tokio::select! {
+                pinged = pinged.recv() => if pinged.is_none() { return },
+                () = stop.cancelled() => return,
+            }
+        }
+    });
+}
+
+/// Pings `ping` each time `rx` changes, until `stop` or the sender is gone.
+fn forward_changes<T: Send + Sync + 'static>(
+    mut rx: watch::Receiver<T>,
+    ping: mpsc::Sender<()>,
+    stop: CancellationToken,
+) {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                changed = rx.changed() => if changed.is_err() { return },
+                () = stop.cancelled() => return,
+            }
+            let _ = ping.try_send(());
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_server::Health;
+    use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
+    use tonic_health::server::{HealthReporter, HealthService};
+
+    use std::time::Duration;
+
+    use super::*;
+    use crate::source::supervise::{SourceState, SourceStatus};
+
+    async fn status(health: &HealthService) -> i32 {
+        let request = tonic::Request::new(HealthCheckRequest {
+            service: "configwatch.v1.ConfigService".into(),
+        });
+        health
+            .check(request)
+            .await
+            .map(|r| r.into_inner())
+            .unwrap_or(HealthCheckResponse { status: -1 })
+            .status
+    }
+
+    fn sources(status: SourceStatus) -> SourcesState {
+        SourcesState {
+            sources: vec![SourceState {
+                name: "stream",
+                status,
+                restarts: 0,
+            }],
+        }
+    }
+
+    /// Waits (on paused time) until the health service answers `want`.
+    async fn until(health: &HealthService, want: ServingStatus) {
+        for _ in 0..100 {
+            if status(health).await == want as i32 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("health never became {want:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn health_is_not_serving_while_a_source_is_down() {
+        let reporter = HealthReporter::new();
+        let health = HealthService::from_health_reporter(reporter.clone());
+        let (state, rx) = watch::channel(sources(SourceStatus::Running));
+        let stop = CancellationToken::new();
+        report_health(reporter, Vec::new(), Some(rx), stop.clone());
+        until(&health, ServingStatus::Serving).await;
+        state.send_replace(sources(SourceStatus::Down));
+        until(&health, ServingStatus::NotServing).await;
+        state.send_replace(sources(SourceStatus::Running));
+        until(&health, ServingStatus::Serving).await;
+        stop.cancel();
+    }
+}
