@@ -198,8 +198,8 @@ pub struct AwsArgs {
     #[arg(long, env = "CONFIGWATCH_RECONCILE_INTERVAL", default_value = "5m", value_parser = humantime::parse_duration)]
     pub reconcile_interval: Duration,
     /// Time between GetRecords calls on each stream shard.
-    #[arg(long, env = "CONFIGWATCH_STREAM_POLL_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
-    pub stream_poll_interval: Duration,
+    #[arg(long, env = "CONFIGWATCH_STREAM_POLL_INTERVAL", default_value_t = crate::source::ddb_streams::DEFAULT_POLL_INTERVAL.into())]
+    pub stream_poll_interval: humantime::Duration,
 }
 
 impl AwsArgs {
@@ -226,7 +226,7 @@ impl AwsArgs {
         settings
             .validate()
             .map_err(|e| Failure::usage(e.to_string()))?;
-        if self.stream_poll_interval < Duration::from_millis(100) {
+        if *self.stream_poll_interval < Duration::from_millis(100) {
             return Err(Failure::usage(
                 "--stream-poll-interval must be at least 100ms (each poll is a GetRecords call per shard)",
             ));

@@ -303,7 +303,7 @@ async fn start_aws(
         counters: Arc::new(SourceCounters::default()),
     };
     let streams = ddb_streams::StreamSettings {
-        poll_interval: args.stream_poll_interval,
+        poll_interval: *args.stream_poll_interval,
         ..ddb_streams::StreamSettings::default()
     };
     let mut sources = Supervisor::new(stop, SOURCE_RESTART);

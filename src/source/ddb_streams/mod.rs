@@ -88,6 +88,9 @@ use crate::store::dynamodb::DynamoBackend;
 use configwatch_client::{Backoff, Retry};
 use reader::Reader;
 
+/// Time between GetRecords calls on each shard, unless configured.
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Tuning of the stream reader.
 #[derive(Debug, Clone)]
 pub struct StreamSettings {
@@ -104,7 +107,7 @@ pub struct StreamSettings {
 impl Default for StreamSettings {
     fn default() -> Self {
         StreamSettings {
-            poll_interval: Duration::from_secs(1),
+            poll_interval: DEFAULT_POLL_INTERVAL,
             rediscover_interval: Duration::from_secs(60),
             iterator_max_age: Duration::from_secs(12 * 60),
             max_backoff: Duration::from_secs(30),
