@@ -15,7 +15,6 @@
 //! `proto::WatchResponse`; clients keep the generated message, which decodes these
 //! bytes as it would any other (the tests below hold the two byte for byte).
 
-use std::borrow::Cow;
 use std::sync::Arc;
 
 use bytes::{Buf, BufMut};
@@ -46,22 +45,15 @@ const REVISION: u32 = 5;
 const RESUME_TOKEN: u32 = 6;
 const STORE_ID: u32 = 7;
 
-/// What this module keeps in a shared entry's slot: the entry's encoded
-/// `configwatch.v1.Entry`.
-struct Encoded(Box<[u8]>);
-
 fn encode(entry: &SharedEntry) -> Vec<u8> {
     prost::Message::encode_to_vec(&super::to_proto(entry))
 }
 
-/// The entry's encoded `configwatch.v1.Entry`, made on first use and kept in its slot.
+/// The entry's encoded `configwatch.v1.Entry`, made on first use and kept in its
+/// slot (this module is the slot's only user).
 #[inline]
-fn wire(entry: &SharedEntry) -> Cow<'_, [u8]> {
-    match entry.slot_or_init(|| Encoded(encode(entry).into_boxed_slice())) {
-        Some(Encoded(bytes)) => Cow::Borrowed(bytes),
-        // Only this module fills the slot; were anything else there, encode anew.
-        None => Cow::Owned(encode(entry)),
-    }
+fn wire(entry: &SharedEntry) -> &[u8] {
+    entry.slot_or_init(|| encode(entry))
 }
 
 fn bytes_len(tag: u32, len: usize) -> usize {
@@ -84,7 +76,7 @@ impl prost::Message for WatchFrame {
             encoding::int32::encode(INITIAL_MODE, &(self.initial_mode as i32), buf);
         }
         for entry in &self.changes {
-            put_bytes(CHANGES, &wire(entry), buf);
+            put_bytes(CHANGES, wire(entry), buf);
         }
         if self.initial_complete {
             encoding::bool::encode(INITIAL_COMPLETE, &true, buf);
@@ -258,22 +250,5 @@ mod tests {
         copy.revision = 2;
         let copy = SharedEntry::new(copy);
         assert_ne!(wire(&copy), wire(&shared));
-    }
-
-    /// A slot that holds something else (nothing in the server puts anything else
-    /// there) does not change what goes on the wire.
-    #[test]
-    fn an_entry_whose_slot_holds_something_else_is_encoded_each_time() {
-        let shared = entry("tenant_config_a", 1, Some("1"), 1);
-        assert_eq!(shared.slot_or_init(|| 7u32), Some(&7));
-        let frame = WatchFrame {
-            kind: Kind::Delta,
-            changes: vec![shared.clone()],
-            ..Default::default()
-        };
-        let expected = as_message(&frame).encode_to_vec();
-        assert_eq!(frame.encoded_len(), expected.len());
-        assert_eq!(frame.encode_to_vec(), expected);
-        assert!(matches!(wire(&shared), Cow::Owned(_)));
     }
 }
