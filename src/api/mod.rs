@@ -6,6 +6,7 @@
 
 pub mod budget;
 pub mod codec;
+mod conn;
 pub mod fair;
 pub mod frame;
 pub mod page;
@@ -29,6 +30,7 @@ use crate::proto;
 use crate::proto::config_service_server::ConfigService;
 use crate::store::{Router, Write};
 
+pub use conn::ConnInfo;
 pub use watch::WatchStream;
 
 /// Prefixes in one Get or Watch, unless configured.
@@ -272,7 +274,7 @@ impl ConfigService for ConfigApi {
         let (_, scope) = caller(&request, &request.get_ref().tenant)?;
         let connection = request
             .extensions()
-            .get::<crate::server::ConnInfo>()
+            .get::<ConnInfo>()
             .map(|c| c.replies.clone());
         let req = request.into_inner();
         if req.keys.len() > self.limits.max_keys {
@@ -390,7 +392,7 @@ impl ConfigService for ConfigApi {
         // Its messages count against the connection's budget of unread replies.
         let budget = request
             .extensions()
-            .get::<crate::server::ConnInfo>()
+            .get::<ConnInfo>()
             .map(|c| budget::StreamBudget::new(&c.replies, self.watch.max_batch_bytes));
         let req = request.into_inner();
         check_prefixes(&req.prefixes, &self.limits)?;

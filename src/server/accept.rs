@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
 use super::ConnectionLimits;
+use crate::api::ConnInfo;
 use crate::api::budget::ConnectionReplies;
 
 /// Idle time after which TCP probes a peer that may have vanished without a FIN.
@@ -194,14 +195,6 @@ pub struct Conn {
     peer: std::net::SocketAddr,
     replies: ConnectionReplies,
     _slot: OwnedSemaphorePermit,
-}
-
-/// What a call knows of its connection (in the request's extensions).
-#[derive(Clone, Debug)]
-pub struct ConnInfo {
-    pub tcp: TcpConnectInfo,
-    /// The connection's share of the budget of unread reply bytes.
-    pub replies: ConnectionReplies,
 }
 
 impl Connected for Conn {

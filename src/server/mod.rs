@@ -35,7 +35,7 @@ use crate::proto::config_service_server::ConfigServiceServer;
 use crate::source::supervise::SourcesState;
 use crate::store::Router;
 
-pub use accept::{Conn, ConnInfo, accept_loop};
+pub use accept::{Conn, accept_loop};
 use auth_layer::AuthLayer;
 use health::report_health;
 
