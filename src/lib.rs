@@ -4,6 +4,8 @@
 //! keeps current with versioned deltas; `Get` serves bootstrap. The parts, from the
 //! outside in:
 //!
+//! - [`cli`]: the command line; `cli::serve` is the composition root that wires the
+//!   parts below.
 //! - [`server`]: binds the gRPC service, health and reflection on a listener; the auth
 //!   layer validates the bearer token before any handler runs; graceful shutdown.
 //! - [`api`]: protobuf in and out; request validation; errors to statuses.
@@ -15,14 +17,16 @@
 //!   (`tenant_config_*`, `param_config_*`); the embedded redb store, DynamoDB and
 //!   Parameter Store.
 //! - [`source`]: background tasks that bring outside changes into the hub (DynamoDB
-//!   Streams, Parameter Store events through SQS, periodic reconciliation).
+//!   Streams, Parameter Store events through SQS, periodic reconciliation), run under
+//!   a supervisor that restarts them.
 //! - [`aws`]: AWS settings and SDK configuration.
 //! - [`keys`] and [`model`]: keys, families, limits, scopes and entries; [`json`]:
 //!   values kept exactly as written (numbers keep their digits).
 //! - [`clock`]: wall time, injectable (the system clock, or a test's clock on tokio time).
 //!
 //! Nothing below `api` knows about protobuf; nothing outside `store` knows about a
-//! database.
+//! database. The contributor's map, `src/ARCHITECTURE.md`, gives the path of a write
+//! and of a Watch, what each folder may import, and where new parts go.
 
 pub mod api;
 pub mod auth;
