@@ -12,7 +12,7 @@
 //!   attacker can vary a bad token for free, so a failure cache would save nothing
 //!   against a flood.
 //! - **The same time rule as a full verification.** An entry keeps the token's
-//!   `exp` and `nbf` and every hit applies [`check_time`], the rule a full
+//!   `exp` and `nbf` and every hit applies `claims::check_time`, the rule a full
 //!   verification applies (same leeway, same comparisons, the same clock): a hit
 //!   never outlives the token, and a clock stepped back makes a not-yet-valid token
 //!   refused again.

@@ -23,10 +23,10 @@
 //! 430k instructions for Ed25519) until the token expires by the same exp/nbf/leeway
 //! rule; see that module for what it promises.
 //!
-//! The files: [`identity`] (roles and the identity a token proves), [`error`] (why a
-//! token is refused, and how much input a refusal may repeat), [`key_source`] (the
-//! trait the keys come through), [`claims`] (the claim rules: issuer, audience, kind,
-//! tenant and role, NumericDate bounds), [`authenticator`] (header to identity, in
+//! The files: `identity` (roles and the identity a token proves), `error` (why a
+//! token is refused, and how much input a refusal may repeat), `key_source` (the
+//! trait the keys come through), `claims` (the claim rules: issuer, audience, kind,
+//! tenant and role, NumericDate bounds), `authenticator` (header to identity, in
 //! order), [`cache`], and the key sources [`local`] and [`jwks`].
 
 mod authenticator;

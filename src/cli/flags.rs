@@ -240,7 +240,7 @@ impl AwsArgs {
 #[derive(Debug, Args)]
 pub struct IdentityArgs {
     /// JWKS URL of the identity provider, e.g.
-    /// https://cognito-idp.REGION.amazonaws.com/POOL/.well-known/jwks.json
+    /// `https://cognito-idp.REGION.amazonaws.com/POOL/.well-known/jwks.json`
     #[arg(long, env = "CONFIGWATCH_JWKS_URL")]
     pub jwks_url: Option<String>,
     /// Accepted token issuer (`iss`); repeatable. Derived from a Cognito JWKS URL

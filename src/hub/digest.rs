@@ -20,7 +20,7 @@ pub enum Known {
     /// key -> version of every live entry held: the initial state is the difference.
     Versions(HashMap<String, u64>),
     /// The [`StateDigest`] of what it holds: when it equals the server's, nothing is
-    /// resent; when it does not, [`Hub::subscribe`] asks for the versions.
+    /// resent; when it does not, [`Hub::subscribe`](super::Hub::subscribe) asks for the versions.
     Digest(StateDigest),
 }
 

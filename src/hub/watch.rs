@@ -61,7 +61,7 @@ pub struct WatcherStats {
 pub enum SubscribeError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// The caller sent a [`StateDigest`] that is not the server's: it holds
+    /// The caller sent a [`StateDigest`](super::StateDigest) that is not the server's: it holds
     /// something else, and must say what (send its versions).
     #[error("the state you hold differs from the server's")]
     DigestDiffers,
@@ -80,7 +80,7 @@ impl Hub {
     /// done: the registration, a resume from history (at most the history limit) or
     /// a digest comparison (cached per revision). The state to send for a full start
     /// or a diff against the caller's versions is computed afterwards, in chunks of
-    /// [`SCAN_CHUNK`] entries each under a short hold of the lock, so a request with
+    /// `SCAN_CHUNK` entries each under a short hold of the lock, so a request with
     /// 100,000 versions never holds the writers of the tenant back.
     ///
     /// Nothing is lost or sent twice: the watcher is registered at revision `R`, so

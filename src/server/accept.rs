@@ -41,7 +41,7 @@ const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 ///   as its preface arrives, so the clients already connected stay served.
 /// - Accept errors that mean the process or the kernel is out of something
 ///   (descriptors, buffers, memory) pause accepting, with a backoff up to
-///   [`MAX_ACCEPT_BACKOFF`], and are logged once per episode.
+///   `MAX_ACCEPT_BACKOFF`, and are logged once per episode.
 pub async fn accept_loop(
     listener: TcpListener,
     limits: ConnectionLimits,
