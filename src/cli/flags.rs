@@ -13,6 +13,15 @@ use crate::auth::{Role, TokenUse};
 use crate::aws::AwsSettings;
 use crate::{api, server};
 
+/// The server's log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line: timestamp, level, target, message and fields.
+    Json,
+}
+
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// Address to listen on.
@@ -83,6 +92,10 @@ pub struct ServeArgs {
     /// Log filter (tracing syntax), e.g. `info` or `configwatch=debug`.
     #[arg(long, env = "CONFIGWATCH_LOG", default_value = "info")]
     pub log: String,
+    /// How log lines are written on stderr: `text` for people, `json` (one object
+    /// per line) for a log pipeline.
+    #[arg(long, env = "CONFIGWATCH_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     /// Start a new, empty store with a new identity when the data directory's
     /// database is missing, empty or of another store (start-up refuses without
     /// it). Does nothing to an intact store. Use once, deliberately.

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{AwsArgs, Failure, IdentityArgs, ServeArgs, open_key};
+use super::{AwsArgs, Failure, IdentityArgs, LogFormat, ServeArgs, open_key};
 use crate::api::{Limits, WatchSettings};
 use crate::auth::jwks::{JwksKeySource, JwksSettings};
 use crate::auth::{Authenticator, ClaimRules};
@@ -138,7 +138,7 @@ fn open_store(data_dir: &Path, new_store: bool) -> Result<EmbeddedStore, Failure
 }
 
 pub(super) async fn run_serve(args: ServeArgs) -> Result<(), Failure> {
-    init_logging(&args.log)?;
+    init_logging(&args.log, args.log_format)?;
     let aws = args.check()?;
     let connections = connection_limits(&args);
     // The root of every shutdown token: the server, each source task (and through
@@ -383,14 +383,24 @@ async fn shutdown_signal() {
     }
 }
 
-pub(super) fn init_logging(filter: &str) -> Result<(), Failure> {
+pub(super) fn init_logging(filter: &str, format: LogFormat) -> Result<(), Failure> {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .map_err(|e| Failure::usage(format!("--log '{filter}' is not a valid filter: {e}")))?;
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
+        // The message and the event's fields at the top level of each object.
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .try_init(),
+    };
     Ok(())
 }
 

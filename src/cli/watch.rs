@@ -12,7 +12,7 @@ use configwatch_client::{ChangeKind, Client, Error, static_token};
 
 use super::commands::{bearer, entry_json};
 use super::serve::init_logging;
-use super::{Failure, WatchArgs};
+use super::{Failure, LogFormat, WatchArgs};
 use crate::proto;
 
 /// Watches and prints changes. When the server goes away the library reconnects
@@ -30,7 +30,7 @@ pub(super) async fn run_watch(args: WatchArgs) -> Result<(), Failure> {
             ))
         })?,
     };
-    init_logging("warn,configwatch_client=info")?;
+    init_logging("warn,configwatch_client=info", LogFormat::Text)?;
     let client = Client::builder(args.client.server.clone(), tenant, static_token(token))
         .prefixes(args.prefixes.clone())
         // What the server sends is printed, removals included, as it always was.
