@@ -31,7 +31,7 @@ use crate::proto::config_service_server::ConfigService;
 use crate::store::{Router, Write};
 
 pub use conn::ConnInfo;
-pub use watch::WatchStream;
+pub use watch::{EndLine, WatchStream};
 
 /// Prefixes in one Get or Watch, unless configured.
 pub const DEFAULT_MAX_PREFIXES: usize = 64;
@@ -452,6 +452,7 @@ impl ConfigService for ConfigApi {
             .acquire(scope.tenant_id())
             .await
             .ok_or_else(|| Status::unavailable("the server is shutting down"))?;
+        let log = EndLine::new(scope.clone(), req.prefixes.len());
         let sub = self
             .hub
             .subscribe(&scope, PrefixSet::new(req.prefixes), resume, &known)
@@ -463,6 +464,7 @@ impl ConfigService for ConfigApi {
             &self.watch,
             id.expires_at,
             &self.shutdown,
+            log,
         ));
         if let Some(budget) = budget {
             response.extensions_mut().insert(budget);

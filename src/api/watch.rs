@@ -8,7 +8,8 @@
 //! The delivery path is kept to what each message needs: shutdown and expiry are
 //! checked by an atomic flag ([`Shutdown::has_begun`], no lock) and the clock, and
 //! the timers and the shutdown future are polled (registering the task's waker)
-//! only when the stream has nothing to send and the task's waker changed. The progress timer is not reset per message: it
+//! only when the stream has nothing to send and the task's waker changed.
+//! Its end is logged once, by [`EndLine`], which counts what was sent. The progress timer is not reset per message: it
 //! remembers when the last message went out and, when it fires early, moves itself.
 
 use std::pin::Pin;
@@ -20,6 +21,11 @@ use futures_util::Stream;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 use tonic::Status;
+
+mod end;
+
+pub use end::EndLine;
+use end::EndReason;
 
 use super::frame::WatchFrame;
 use super::{Shutdown, WatchSettings};
@@ -48,6 +54,8 @@ pub struct WatchStream {
     /// while the task polls with the same one they need no new registration.
     registered: Option<Waker>,
     done: bool,
+    /// What was sent and why the stream ended, logged when it is dropped.
+    log: EndLine,
 }
 
 fn jittered(mean: Duration) -> Duration {
@@ -60,6 +68,7 @@ impl WatchStream {
         settings: &WatchSettings,
         expires_at: Option<SystemTime>,
         shutdown: &Shutdown,
+        log: EndLine,
     ) -> Self {
         let mode = match sub.mode {
             InitialMode::Full => ProtoMode::Full,
@@ -88,12 +97,14 @@ impl WatchStream {
             shutdown: Box::pin(shutdown.token().child_token().cancelled_owned()),
             registered: None,
             done: false,
+            log,
         }
     }
 
-    /// A message goes out: progress is due an interval after it.
-    fn sent(&mut self) {
+    /// A message of `changes` changes goes out: progress is due an interval after it.
+    fn sent(&mut self, changes: usize) {
         self.last_sent = Instant::now();
+        self.log.sent(changes);
     }
 
     /// Sets the progress timer to `at` and registers the task with it.
@@ -142,8 +153,13 @@ impl WatchStream {
         }
     }
 
-    fn end(&mut self, status: Status) -> Poll<Option<Result<WatchFrame, Status>>> {
+    fn end(
+        &mut self,
+        reason: EndReason,
+        status: Status,
+    ) -> Poll<Option<Result<WatchFrame, Status>>> {
         self.done = true;
+        self.log.ended(reason, status.code());
         Poll::Ready(Some(Err(status)))
     }
 }
@@ -158,7 +174,7 @@ impl Stream for WatchStream {
         }
         // An atomic flag and the clock: no lock, no registration on the delivery path.
         if this.cancel.has_begun() {
-            return this.end(shutting_down());
+            return this.end(EndReason::Shutdown, shutting_down());
         }
         // By the clock, not the timer's state: a stream that never idles has never
         // registered its timer.
@@ -167,17 +183,17 @@ impl Stream for WatchStream {
             .as_ref()
             .is_some_and(|e| e.deadline() <= Instant::now())
         {
-            return this.end(token_expired());
+            return this.end(EndReason::TokenExpired, token_expired());
         }
         if let Some(msg) = this.next_initial() {
-            this.sent();
+            this.sent(msg.changes.len());
             return Poll::Ready(Some(Ok(msg)));
         }
         if let Poll::Ready(batch) = this
             .handle
             .poll_changes(cx, this.max_entries, this.max_bytes)
         {
-            this.sent();
+            this.sent(batch.len());
             return Poll::Ready(Some(Ok(this.delta(batch))));
         }
         // Nothing to send. The hub holds this task's waker now; make sure the
@@ -188,12 +204,12 @@ impl Stream for WatchStream {
             .is_some_and(|w| w.will_wake(cx.waker()))
         {
             if this.shutdown.as_mut().poll(cx).is_ready() {
-                return this.end(shutting_down());
+                return this.end(EndReason::Shutdown, shutting_down());
             }
             if let Some(expiry) = this.expiry.as_mut()
                 && expiry.as_mut().poll(cx).is_ready()
             {
-                return this.end(token_expired());
+                return this.end(EndReason::TokenExpired, token_expired());
             }
             let _ = this.progress.as_mut().poll(cx);
             this.registered = Some(cx.waker().clone());
@@ -209,7 +225,7 @@ impl Stream for WatchStream {
             this.arm_progress(now + jittered(this.progress_interval), cx);
             match this.handle.idle_revision() {
                 Some(revision) => {
-                    this.sent();
+                    this.sent(0);
                     return Poll::Ready(Some(Ok(WatchFrame {
                         kind: Kind::Progress,
                         revision,
@@ -223,7 +239,7 @@ impl Stream for WatchStream {
                         this.handle
                             .poll_changes(cx, this.max_entries, this.max_bytes)
                     {
-                        this.sent();
+                        this.sent(batch.len());
                         return Poll::Ready(Some(Ok(this.delta(batch))));
                     }
                 }

@@ -41,7 +41,8 @@ async fn start(
     let sub = hub
         .subscribe(&scope, prefixes, None, &Known::Nothing)
         .await?;
-    let stream = WatchStream::new(sub, settings, expires_at, &Shutdown::new());
+    let log = EndLine::new(scope.clone(), 1);
+    let stream = WatchStream::new(sub, settings, expires_at, &Shutdown::new(), log);
     Ok((hub, scope, stream))
 }
 
@@ -80,6 +81,11 @@ async fn a_watch_ends_at_its_token_expiry_by_the_injected_clock() -> TestResult 
     assert!(status.message().contains("token expired"), "{status:?}");
     assert_eq!(began.elapsed(), Duration::from_secs(30));
     assert!(w.next().await.is_none(), "and nothing follows");
+    // Its end line will say why, after the one (empty) initial message.
+    assert_eq!(
+        w.log.state(),
+        (1, 0, Some((EndReason::TokenExpired, Code::Unauthenticated)))
+    );
 
     // A token that expired before the Watch started ends it before anything is sent.
     let expired = start_time() + Duration::from_secs(29);
@@ -129,5 +135,8 @@ async fn an_idle_watch_gets_progress_at_the_interval_after_its_last_message() ->
     assert_eq!(msg.kind, Kind::Progress);
     assert_eq!(msg.revision, 2);
     assert!(earliest <= waited && waited <= latest, "{waited:?}");
+    // Counted for the end line: the initial message, three progress, one delta of
+    // one change and one progress; nothing ended it yet.
+    assert_eq!(w.log.state(), (6, 1, None));
     Ok(())
 }

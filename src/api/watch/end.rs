@@ -1,0 +1,95 @@
+//! The one line a Watch leaves in the log when it ends: whose it was, what it
+//! watched, how long it lasted, what it was sent and why it ended.
+//!
+//! The stream owns one [`EndLine`] and tells it of each message (two integer
+//! additions, nothing else on the delivery path) and of the status it ends with.
+//! The line is written when the stream is dropped, the only moment that also sees
+//! a client that went away. Knows the scope and a gRPC code; nothing of the hub.
+
+use tokio::time::Instant;
+
+use crate::model::Scope;
+
+/// Why a Watch ended, as its end line says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum EndReason {
+    /// The client closed the stream or its connection (nothing ended it here).
+    ClientGone,
+    /// The server began shutting down.
+    Shutdown,
+    /// The caller's token expired.
+    TokenExpired,
+}
+
+impl EndReason {
+    fn as_str(self) -> &'static str {
+        match self {
+            EndReason::ClientGone => "client went away",
+            EndReason::Shutdown => "shutdown",
+            EndReason::TokenExpired => "token expired",
+        }
+    }
+}
+
+/// What a Watch has done so far; logs it at info once, on drop.
+pub struct EndLine {
+    scope: Scope,
+    prefixes: usize,
+    started: Instant,
+    messages: u64,
+    changes: u64,
+    /// The status the stream ended with, if it ended one.
+    ended: Option<(EndReason, tonic::Code)>,
+}
+
+impl EndLine {
+    /// A Watch of `prefixes` prefixes in `scope`, starting now.
+    pub fn new(scope: Scope, prefixes: usize) -> Self {
+        EndLine {
+            scope,
+            prefixes,
+            started: Instant::now(),
+            messages: 0,
+            changes: 0,
+            ended: None,
+        }
+    }
+
+    /// A message carrying `changes` changes went out.
+    #[inline]
+    pub(crate) fn sent(&mut self, changes: usize) {
+        self.messages += 1;
+        self.changes += changes as u64;
+    }
+
+    /// The stream ends with a status of `code`, for `reason`.
+    pub(crate) fn ended(&mut self, reason: EndReason, code: tonic::Code) {
+        self.ended = Some((reason, code));
+    }
+
+    /// Messages and changes sent so far, and the ending recorded.
+    #[cfg(test)]
+    pub(crate) fn state(&self) -> (u64, u64, Option<(EndReason, tonic::Code)>) {
+        (self.messages, self.changes, self.ended)
+    }
+}
+
+impl Drop for EndLine {
+    fn drop(&mut self) {
+        let (reason, code) = match self.ended {
+            Some((reason, code)) => (reason, Some(code)),
+            None => (EndReason::ClientGone, None),
+        };
+        tracing::info!(
+            tenant = self.scope.tenant_id(),
+            service = self.scope.service(),
+            prefixes = self.prefixes,
+            duration_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            messages = self.messages,
+            changes = self.changes,
+            reason = reason.as_str(),
+            code = code.map(tracing::field::debug),
+            "watch ended"
+        );
+    }
+}
