@@ -1,6 +1,7 @@
 //! The tower layer that authenticates ConfigService calls before any handler runs,
 //! starts Watch calls on threads of their own, and meters replies against the
 //! connection's budget. Health and reflection pass through without a token.
+//! Refusals are logged through the server's rate-limited [`RefusalLog`].
 
 use std::future::Future;
 use std::pin::Pin;
@@ -9,6 +10,7 @@ use std::task::{Context, Poll};
 
 use tower::{Layer, Service};
 
+use super::refusal_log::RefusalLog;
 use crate::api::budget::{Metered, MeteredStream, ReplyHold, StreamBudget};
 use crate::auth::Authenticator;
 
@@ -21,6 +23,7 @@ pub(super) struct AuthLayer {
     pub auth: Arc<Authenticator>,
     /// The runtime Watch calls start on.
     pub starts: tokio::runtime::Handle,
+    pub refusals: Arc<RefusalLog>,
 }
 
 impl<S> Layer<S> for AuthLayer {
@@ -31,6 +34,7 @@ impl<S> Layer<S> for AuthLayer {
             inner,
             auth: self.auth.clone(),
             starts: self.starts.clone(),
+            refusals: self.refusals.clone(),
         }
     }
 }
@@ -40,6 +44,7 @@ pub(super) struct AuthService<S> {
     inner: S,
     auth: Arc<Authenticator>,
     starts: tokio::runtime::Handle,
+    refusals: Arc<RefusalLog>,
 }
 
 /// The gRPC path of Watch.
@@ -83,6 +88,7 @@ where
         }
         let auth = self.auth.clone();
         let starts = self.starts.clone();
+        let refusals = self.refusals.clone();
         Box::pin(async move {
             match auth.authenticate(request.headers()).await {
                 Ok(identity) if request.uri().path() == WATCH => {
@@ -120,7 +126,7 @@ where
                     Ok(response)
                 }
                 Err(e) => {
-                    tracing::debug!(error = %e, path = request.uri().path(), "refused");
+                    refusals.refused(&e, request.uri().path());
                     Ok(tonic::Status::from(e).into_http())
                 }
             }

@@ -20,6 +20,7 @@
 mod accept;
 mod auth_layer;
 mod health;
+mod refusal_log;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -38,6 +39,7 @@ use crate::store::Router;
 pub use accept::{Conn, accept_loop};
 use auth_layer::AuthLayer;
 use health::report_health;
+use refusal_log::RefusalLog;
 
 /// The encoded descriptors of proto/, for reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
@@ -207,6 +209,11 @@ pub async fn serve(
         .layer(AuthLayer {
             auth: app.auth.clone(),
             starts: starts.handle(),
+            refusals: Arc::new(RefusalLog::new(
+                refusal_log::DEFAULT_REFUSAL_LINES,
+                refusal_log::DEFAULT_REFUSAL_INTERVAL,
+                stop.token().child_token(),
+            )),
         })
         .add_service(health)
         .add_service(reflection_v1)
