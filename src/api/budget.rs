@@ -15,6 +15,7 @@
 //! budget of Watch messages, however many Watches it opens.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -252,6 +253,8 @@ pub struct StreamBudget {
     connection: ConnectionReplies,
     /// Room a message is given before it is built: about the largest message.
     room: u32,
+    /// Set while the Watch waits for room (its client is not reading).
+    waiting: Arc<AtomicBool>,
 }
 
 impl StreamBudget {
@@ -260,7 +263,13 @@ impl StreamBudget {
         StreamBudget {
             connection: connection.clone(),
             room: clamp(largest, connection.capacity),
+            waiting: Arc::default(),
         }
+    }
+
+    /// Whether the Watch is waiting for room now (read when it ends).
+    pub fn waiting(&self) -> Arc<AtomicBool> {
+        self.waiting.clone()
     }
 }
 
@@ -283,6 +292,7 @@ pub struct MeteredStream<B> {
     held: Option<OwnedSemaphorePermit>,
     /// What the HTTP/2 layer has not taken yet.
     rest: Bytes,
+    waiting: Arc<AtomicBool>,
 }
 
 impl<B> MeteredStream<B> {
@@ -294,6 +304,7 @@ impl<B> MeteredStream<B> {
             capacity: budget.connection.capacity,
             held: None,
             rest: Bytes::new(),
+            waiting: budget.waiting,
         }
     }
 
@@ -336,10 +347,14 @@ where
         }
         if this.held.is_none() {
             match this.budget.poll_acquire_many(cx, this.room) {
-                Poll::Ready(Some(permit)) => this.held = Some(permit),
-                // Closed: never, the connection owns the semaphore. Go unmetered.
-                Poll::Ready(None) => {}
-                Poll::Pending => return Poll::Pending,
+                Poll::Ready(permit) => {
+                    this.waiting.store(false, Ordering::Relaxed);
+                    this.held = permit; // None: closed, never (go unmetered)
+                }
+                Poll::Pending => {
+                    this.waiting.store(true, Ordering::Relaxed);
+                    return Poll::Pending;
+                }
             }
         }
         match Pin::new(&mut this.inner).poll_frame(cx) {
@@ -532,10 +547,9 @@ mod tests {
     async fn a_full_connection_budget_keeps_the_next_watch_message_unbuilt() -> Result<(), Status> {
         let conn = ConnectionReplies::new(100_000);
         let built = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let mut body = MeteredStream::new(
-            messages(&[30_000], &built),
-            StreamBudget::new(&conn, 50_000),
-        );
+        let budget = StreamBudget::new(&conn, 50_000);
+        let waiting = budget.waiting();
+        let mut body = MeteredStream::new(messages(&[30_000], &built), budget);
         // Unread replies on the connection hold 60,000 of its 100,000 bytes.
         let unread = conn.bytes.clone().acquire_many_owned(60_000).await;
         let unread = unread.map_err(|_| Status::internal("closed"))?;
@@ -549,8 +563,10 @@ mod tests {
             0,
             "not built"
         );
+        assert!(waiting.load(Ordering::Relaxed), "the Watch says it waits");
         drop(unread);
         assert_eq!(data(&mut body).await?.len(), PIECE);
+        assert!(!waiting.load(Ordering::Relaxed));
         assert_eq!(built.load(std::sync::atomic::Ordering::SeqCst), 1);
         assert_eq!(conn.bytes.available_permits(), 100_000 - (30_000 - PIECE));
         Ok(())

@@ -452,7 +452,8 @@ impl ConfigService for ConfigApi {
             .acquire(scope.tenant_id())
             .await
             .ok_or_else(|| Status::unavailable("the server is shutting down"))?;
-        let log = EndLine::new(scope.clone(), req.prefixes.len());
+        let waiting = budget.as_ref().map(budget::StreamBudget::waiting);
+        let log = EndLine::new(scope.clone(), req.prefixes.len(), waiting);
         let sub = self
             .hub
             .subscribe(&scope, PrefixSet::new(req.prefixes), resume, &known)

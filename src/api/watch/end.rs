@@ -6,6 +6,9 @@
 //! The line is written when the stream is dropped, the only moment that also sees
 //! a client that went away. Knows the scope and a gRPC code; nothing of the hub.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use tokio::time::Instant;
 
 use crate::model::Scope;
@@ -15,6 +18,9 @@ use crate::model::Scope;
 pub(crate) enum EndReason {
     /// The client closed the stream or its connection (nothing ended it here).
     ClientGone,
+    /// The same, while the Watch waited for room in its connection's reply budget:
+    /// the client had stopped reading.
+    ClientGoneUnread,
     /// The server began shutting down.
     Shutdown,
     /// The caller's token expired.
@@ -25,6 +31,7 @@ impl EndReason {
     fn as_str(self) -> &'static str {
         match self {
             EndReason::ClientGone => "client went away",
+            EndReason::ClientGoneUnread => "client went away without reading (reply budget full)",
             EndReason::Shutdown => "shutdown",
             EndReason::TokenExpired => "token expired",
         }
@@ -40,11 +47,14 @@ pub struct EndLine {
     changes: u64,
     /// The status the stream ended with, if it ended one.
     ended: Option<(EndReason, tonic::Code)>,
+    /// Set while the Watch waits for its connection's reply budget.
+    waiting: Option<Arc<AtomicBool>>,
 }
 
 impl EndLine {
-    /// A Watch of `prefixes` prefixes in `scope`, starting now.
-    pub fn new(scope: Scope, prefixes: usize) -> Self {
+    /// A Watch of `prefixes` prefixes in `scope`, starting now, whose messages wait
+    /// on a reply budget while `waiting` is set.
+    pub fn new(scope: Scope, prefixes: usize, waiting: Option<Arc<AtomicBool>>) -> Self {
         EndLine {
             scope,
             prefixes,
@@ -52,6 +62,7 @@ impl EndLine {
             messages: 0,
             changes: 0,
             ended: None,
+            waiting,
         }
     }
 
@@ -72,14 +83,26 @@ impl EndLine {
     pub(crate) fn state(&self) -> (u64, u64, Option<(EndReason, tonic::Code)>) {
         (self.messages, self.changes, self.ended)
     }
+
+    /// Why it ended: the status it ended with, else the client went away.
+    pub(crate) fn reason(&self) -> (EndReason, Option<tonic::Code>) {
+        match self.ended {
+            Some((reason, code)) => (reason, Some(code)),
+            None if self
+                .waiting
+                .as_ref()
+                .is_some_and(|w| w.load(Ordering::Relaxed)) =>
+            {
+                (EndReason::ClientGoneUnread, None)
+            }
+            None => (EndReason::ClientGone, None),
+        }
+    }
 }
 
 impl Drop for EndLine {
     fn drop(&mut self) {
-        let (reason, code) = match self.ended {
-            Some((reason, code)) => (reason, Some(code)),
-            None => (EndReason::ClientGone, None),
-        };
+        let (reason, code) = self.reason();
         tracing::info!(
             tenant = self.scope.tenant_id(),
             service = self.scope.service(),

@@ -41,7 +41,7 @@ async fn start(
     let sub = hub
         .subscribe(&scope, prefixes, None, &Known::Nothing)
         .await?;
-    let log = EndLine::new(scope.clone(), 1);
+    let log = EndLine::new(scope.clone(), 1, None);
     let stream = WatchStream::new(sub, settings, expires_at, &Shutdown::new(), log);
     Ok((hub, scope, stream))
 }
@@ -138,5 +138,15 @@ async fn an_idle_watch_gets_progress_at_the_interval_after_its_last_message() ->
     // Counted for the end line: the initial message, three progress, one delta of
     // one change and one progress; nothing ended it yet.
     assert_eq!(w.log.state(), (6, 1, None));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_watch_dropped_while_waiting_for_its_reply_budget_says_so() -> TestResult {
+    let waiting = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let log = EndLine::new(Scope::tenant("acme")?, 1, Some(waiting.clone()));
+    assert_eq!(log.reason(), (EndReason::ClientGone, None));
+    waiting.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(log.reason(), (EndReason::ClientGoneUnread, None));
     Ok(())
 }
