@@ -211,6 +211,8 @@ fn bad_configuration_exits_64_before_binding() {
             "--stream-poll-interval",
         ),
         (&["--backend", "dynamo"][..], "--backend"),
+        (&["--view-idle", "500ms"][..], "--view-idle"),
+        (&["--view-idle", "soon"][..], "--view-idle"),
     ] {
         let out = Command::new(BIN)
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])

@@ -484,7 +484,8 @@ impl ConfigService for ConfigApi {
         let value = keys::validate_value(family, &req.key, &req.value, req.secret)?;
         // The view is loaded before the write, so the answer carries the revision at
         // which the write was applied (a first Put to a tenant nobody has read yet).
-        self.hub.view(&scope).await?;
+        // Held until the write is applied: the view is not dropped as idle meanwhile.
+        let _view = self.hub.view(&scope).await?;
         let write = Write::Put {
             value,
             secret: req.secret,
@@ -506,7 +507,7 @@ impl ConfigService for ConfigApi {
         require_writer(&id)?;
         let req = request.into_inner();
         let (_, backend) = self.router.route(&req.key)?;
-        self.hub.view(&scope).await?;
+        let _view = self.hub.view(&scope).await?;
         let entry = backend
             .write(&scope, &req.key, Write::Delete, req.expected_version)
             .await?;

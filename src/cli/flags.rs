@@ -33,6 +33,11 @@ pub struct ServeArgs {
     /// Changes kept per tenant for resume by token.
     #[arg(long, env = "CONFIGWATCH_HISTORY", default_value_t = crate::hub::DEFAULT_HISTORY)]
     pub history: usize,
+    /// Drop a tenant's view from memory (and from reconciliation) after this long
+    /// with no Watch and no Get, Put or Delete; its next use loads it again. `0` or
+    /// `off`: keep every view.
+    #[arg(long, env = "CONFIGWATCH_VIEW_IDLE", default_value_t = crate::hub::DEFAULT_VIEW_IDLE.into(), value_parser = parse_view_idle)]
+    pub view_idle: humantime::Duration,
     /// Mean idle time before a Watch gets a progress message (jittered ±25%).
     #[arg(long, env = "CONFIGWATCH_PROGRESS_INTERVAL", default_value_t = api::DEFAULT_PROGRESS_INTERVAL.into())]
     pub progress_interval: humantime::Duration,
@@ -113,6 +118,11 @@ impl ServeArgs {
     pub fn check(&self) -> Result<Option<AwsSettings>, Failure> {
         if self.history == 0 {
             return Err(Failure::usage("--history must be at least 1"));
+        }
+        if !self.view_idle.is_zero() && *self.view_idle < Duration::from_secs(1) {
+            return Err(Failure::usage(
+                "--view-idle must be at least 1s, or 0 (off) to keep every view",
+            ));
         }
         if *self.progress_interval < Duration::from_millis(100) {
             return Err(Failure::usage("--progress-interval must be at least 100ms"));
@@ -295,6 +305,14 @@ pub struct IdentityArgs {
         default_value = crate::auth::DEFAULT_SERVICE_CLAIM
     )]
     pub service_claim: String,
+}
+
+/// A duration, or `off` (the same as `0`).
+fn parse_view_idle(s: &str) -> Result<humantime::Duration, String> {
+    if s.trim().eq_ignore_ascii_case("off") {
+        return Ok(Duration::ZERO.into());
+    }
+    s.parse::<humantime::Duration>().map_err(|e| e.to_string())
 }
 
 fn parse_token_use(s: &str) -> Result<TokenUse, String> {

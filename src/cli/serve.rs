@@ -168,6 +168,12 @@ pub(super) async fn run_serve(args: ServeArgs) -> Result<(), Failure> {
         }
         (None, None) => return Err(Failure::error("no store configured")),
     };
+    // Views nobody uses leave memory (and reconciliation); the next use reloads them.
+    tokio::spawn(crate::hub::sweep(
+        hub.clone(),
+        *args.view_idle,
+        stop.child_token(),
+    ));
     let app = App {
         hub,
         router,

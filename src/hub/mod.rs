@@ -29,6 +29,8 @@
 //! - `token`: [`ResumeToken`], a position in a scope's change order.
 //! - `digest`: [`StateDigest`] and [`Known`], what a reconnecting watcher holds.
 //! - `page`: one page of a `Get` ([`Hub::snapshot_page`]).
+//! - `idle`: dropping views nobody has used for a while ([`Hub::drop_idle`],
+//!   [`sweep`]); the next use loads them again.
 //! - `shared`: [`SharedEntry`], an entry as the hub shares it, with a slot the API
 //!   fills with the entry's encoding.
 //!
@@ -36,6 +38,7 @@
 
 mod apply;
 mod digest;
+mod idle;
 mod page;
 mod pending;
 mod shared;
@@ -53,6 +56,7 @@ use dashmap::DashMap;
 
 pub use apply::Resync;
 pub use digest::{Known, StateDigest};
+pub use idle::{DEFAULT_VIEW_IDLE, sweep};
 pub use page::{Page, PageError, PageRequest};
 pub use shared::SharedEntry;
 pub use token::{BadToken, ResumeToken};
@@ -94,6 +98,10 @@ pub struct Hub {
     loader: Arc<dyn ScopeLoader>,
     views: DashMap<Scope, Arc<ScopeView>>,
     next_watcher: AtomicU64,
+    /// When the hub started: views' last use is counted from here.
+    started: tokio::time::Instant,
+    /// The highest revision any dropped view reached.
+    retired: AtomicU64,
 }
 
 impl Hub {
@@ -105,6 +113,8 @@ impl Hub {
             loader,
             views: DashMap::new(),
             next_watcher: AtomicU64::new(1),
+            started: tokio::time::Instant::now(),
+            retired: AtomicU64::new(0),
         }
     }
 

@@ -55,6 +55,8 @@ pub struct ScopeView {
     /// the same token for the same change, so it is encoded once per change, not
     /// once per watcher.
     pub(super) last_token: Mutex<Option<(ResumeToken, Arc<str>)>>,
+    /// When a client last used the view (ms on the hub's clock): see `idle`.
+    pub(super) last_used: AtomicU64,
 }
 
 pub(super) struct ViewState {
@@ -76,11 +78,15 @@ pub(super) struct ViewState {
 
 impl Hub {
     /// The scope's view, loaded from the sources on first use.
+    ///
+    /// This is a client's use of the view (see `idle`): the caller holds the view it
+    /// gets for as long as its use runs, and it is not dropped meanwhile.
     pub async fn view(&self, scope: &Scope) -> Result<Arc<ScopeView>, StoreError> {
         let view = self
             .views
             .entry(scope.clone())
             .or_insert_with(|| {
+                let revision = self.first_revision();
                 Arc::new(ScopeView {
                     scope: scope.clone(),
                     loaded: tokio::sync::OnceCell::new(),
@@ -88,17 +94,19 @@ impl Hub {
                         loading: true,
                         reread: false,
                         entries: BTreeMap::new(),
-                        revision: 0,
+                        revision,
                         history: VecDeque::new(),
-                        history_floor: 0,
+                        history_floor: revision,
                         watchers: Vec::new(),
                         digests: (0, Vec::new()),
                     }),
-                    published: AtomicU64::new(0),
+                    published: AtomicU64::new(revision),
                     last_token: Mutex::new(None),
+                    last_used: AtomicU64::new(self.now_ms()),
                 })
             })
             .clone();
+        self.touch(&view);
         view.loaded
             .get_or_try_init(|| async {
                 let loaded = self.loader.load_scope(scope).await?;

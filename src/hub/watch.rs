@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use super::digest::Known;
+use super::idle::touch_at;
 use super::pending::Pending;
 use super::shared::SharedEntry;
 use super::token::{ResumeToken, filter_hash};
@@ -140,6 +141,7 @@ impl Hub {
         };
         // From here a dropped future (the caller went away) unregisters the watcher.
         let handle = WatchHandle {
+            hub_started: self.started,
             token_base: self.token(scope, &slot.prefixes, 0),
             view,
             slot,
@@ -202,6 +204,8 @@ pub struct WatchHandle {
     slot: Arc<WatcherSlot>,
     token_base: ResumeToken,
     delivered: u64,
+    /// The hub's clock, to mark the view used when the watcher ends.
+    hub_started: tokio::time::Instant,
 }
 
 impl WatchHandle {
@@ -284,5 +288,6 @@ impl Drop for WatchHandle {
         if let Some(i) = st.watchers.iter().position(|w| w.id == self.slot.id) {
             st.watchers.swap_remove(i);
         }
+        touch_at(&self.view, self.hub_started);
     }
 }

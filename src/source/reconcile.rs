@@ -1,5 +1,6 @@
 //! Periodic reconciliation: every loaded scope is re-read from the sources and
-//! whatever drifted is pushed.
+//! whatever drifted is pushed. A scope whose view was dropped as idle is not read:
+//! its next use loads it fresh.
 //!
 //! Parameter Store events are best effort (EventBridge may drop or delay them, a
 //! queue message may expire), so this pass is what guarantees convergence for
