@@ -6,16 +6,19 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
 use super::{AwsArgs, Failure, IdentityArgs, ServeArgs, open_key};
+use crate::admin::sources::SourceMetrics;
+use crate::admin::{Admin, serve_admin};
 use crate::api::{Limits, WatchSettings};
 use crate::auth::jwks::{JwksKeySource, JwksSettings};
 use crate::auth::{Authenticator, ClaimRules};
 use crate::aws::AwsSettings;
 use crate::hub::{Hub, HubConfig};
 use crate::keys;
-use crate::server::{App, ConnectionLimits, serve};
+use crate::server::{App, ConnectionLimits, Readiness, serve};
 use crate::source::supervise::Supervisor;
 use crate::source::{SourceContext, SourceCounters, ddb_streams, reconcile, sqs_events};
 use crate::store::Router;
@@ -155,6 +158,7 @@ pub(super) async fn run_serve(args: ServeArgs) -> Result<(), Failure> {
     let hub_config = HubConfig {
         history_limit: args.history,
     };
+    let mut registry = Registry::default();
     let (router, hub, sources) = match (embedded, &aws) {
         (Some(store), _) => {
             let router = Arc::new(Router::single(Arc::new(store)));
@@ -162,8 +166,19 @@ pub(super) async fn run_serve(args: ServeArgs) -> Result<(), Failure> {
             (router, hub, None)
         }
         (None, Some(settings)) => {
-            let (router, hub, sources) =
-                start_aws(settings, &args.aws, hub_config, stop.child_token()).await;
+            let counters = Arc::new(SourceCounters::default());
+            let (router, hub, sources) = start_aws(
+                settings,
+                &args.aws,
+                hub_config,
+                counters.clone(),
+                stop.child_token(),
+            )
+            .await;
+            registry.register_collector(Box::new(SourceMetrics {
+                counters,
+                state: sources.state(),
+            }));
             (router, hub, Some(sources))
         }
         (None, None) => return Err(Failure::error("no store configured")),
@@ -199,6 +214,8 @@ pub(super) async fn run_serve(args: ServeArgs) -> Result<(), Failure> {
         .map_err(|e| Failure::error(format!("cannot read the bound address: {e}")))?;
     // One line on stdout, for scripts that start the server on port 0.
     println!("listening on {addr}");
+    let readiness = Readiness::new(app.router.health(), app.sources.clone());
+    start_admin(&args, readiness, registry, stop.child_token()).await?;
     match &aws {
         None => {
             tracing::info!(%addr, data_dir = %args.data_dir.display(), "configwatch serving on the embedded store")
@@ -218,6 +235,32 @@ pub(super) async fn run_serve(args: ServeArgs) -> Result<(), Failure> {
     signals.abort();
     stop.cancel();
     served.map_err(|e| Failure::error(e.to_string()))
+}
+
+/// Binds the admin listener (unless `--admin-listen` is empty), says its address on
+/// stdout after the gRPC one, and serves it until `stop`.
+async fn start_admin(
+    args: &ServeArgs,
+    readiness: Readiness,
+    registry: Registry,
+    stop: CancellationToken,
+) -> Result<(), Failure> {
+    let Some(addr) = args.admin_addr()? else {
+        return Ok(());
+    };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| Failure::error(format!("cannot listen on {addr} (--admin-listen): {e}")))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Failure::error(format!("cannot read the bound admin address: {e}")))?;
+    println!("admin listening on {addr}");
+    let admin = Arc::new(Admin {
+        readiness,
+        registry,
+    });
+    tokio::spawn(serve_admin(listener, admin, stop));
+    Ok(())
 }
 
 /// Descriptors kept for everything but client connections (store files, AWS
@@ -264,6 +307,7 @@ async fn start_aws(
     settings: &AwsSettings,
     args: &AwsArgs,
     hub_config: HubConfig,
+    counters: Arc<SourceCounters>,
     stop: CancellationToken,
 ) -> (Arc<Router>, Arc<Hub>, Supervisor) {
     let sdk = crate::aws::sdk_config(args.region.clone()).await;
@@ -300,7 +344,7 @@ async fn start_aws(
     let hub = Arc::new(Hub::new(router.clone(), hub_config));
     let ctx = SourceContext {
         hub: hub.clone(),
-        counters: Arc::new(SourceCounters::default()),
+        counters,
     };
     let streams = ddb_streams::StreamSettings {
         poll_interval: *args.stream_poll_interval,

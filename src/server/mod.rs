@@ -37,6 +37,7 @@ use crate::store::Router;
 
 pub use accept::{Conn, accept_loop};
 use auth_layer::AuthLayer;
+pub use health::Readiness;
 use health::report_health;
 
 /// The encoded descriptors of proto/, for reflection.
@@ -163,8 +164,7 @@ pub async fn serve(
     // all recover.
     report_health(
         health_reporter.clone(),
-        app.router.health(),
-        app.sources.clone(),
+        Readiness::new(app.router.health(), app.sources.clone()),
         stop.token().child_token(),
     );
 

@@ -1,0 +1,61 @@
+//! The admin routes: what each path answers. Knows the readiness and the registry,
+//! not how connections are served.
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+
+use super::Admin;
+
+/// The content type of `/metrics` (prometheus-client writes OpenMetrics text,
+/// which Prometheus reads).
+const METRICS_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+const TEXT_TYPE: &str = "text/plain; charset=utf-8";
+
+/// The answer to one admin request.
+pub(super) fn answer<B>(admin: &Admin, request: &Request<B>) -> Response<Full<Bytes>> {
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        return reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            TEXT_TYPE,
+            "GET only\n".into(),
+        );
+    }
+    match request.uri().path() {
+        "/healthz" => reply(StatusCode::OK, TEXT_TYPE, "ok\n".into()),
+        "/readyz" => match admin.readiness.check() {
+            Ok(()) => reply(StatusCode::OK, TEXT_TYPE, "ready\n".into()),
+            Err(reason) => reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                TEXT_TYPE,
+                format!("not ready: {reason}\n"),
+            ),
+        },
+        "/metrics" => {
+            let mut text = String::new();
+            match prometheus_client::encoding::text::encode(&mut text, &admin.registry) {
+                Ok(()) => reply(StatusCode::OK, METRICS_TYPE, text),
+                Err(_) => reply(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    TEXT_TYPE,
+                    "cannot encode the metrics\n".into(),
+                ),
+            }
+        }
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            TEXT_TYPE,
+            "not found: try /healthz, /readyz or /metrics\n".into(),
+        ),
+    }
+}
+
+fn reply(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
+    response
+}
