@@ -1,14 +1,16 @@
 //! The admin HTTP listener, beside the gRPC port: `/healthz` (the process runs),
 //! `/readyz` (the server's readiness, the same function gRPC health follows) and
-//! `/metrics` (Prometheus text). Plain HTTP/1.1 on hyper, bounded: a few
+//! `/metrics` (the Prometheus text format). Plain HTTP/1.1 on hyper, bounded: a few
 //! connections at once (more are closed at once), small requests, a deadline per
 //! connection, and no keep-alive.
 //!
 //! Takes an already-bound listener, the readiness and the metrics registry, and a
 //! shutdown token; knows nothing of what the metrics count or what readiness reads.
 
+pub mod family;
 mod routes;
 pub mod sources;
+mod text;
 
 use std::convert::Infallible;
 use std::sync::Arc;

@@ -7,9 +7,6 @@ use http_body_util::Full;
 
 use super::Admin;
 
-/// The content type of `/metrics` (prometheus-client writes OpenMetrics text,
-/// which Prometheus reads).
-const METRICS_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 const TEXT_TYPE: &str = "text/plain; charset=utf-8";
 
 /// The answer to one admin request.
@@ -34,7 +31,11 @@ pub(super) fn answer<B>(admin: &Admin, request: &Request<B>) -> Response<Full<By
         "/metrics" => {
             let mut text = String::new();
             match prometheus_client::encoding::text::encode(&mut text, &admin.registry) {
-                Ok(()) => reply(StatusCode::OK, METRICS_TYPE, text),
+                Ok(()) => reply(
+                    StatusCode::OK,
+                    super::text::CONTENT_TYPE,
+                    super::text::prometheus_text(&text),
+                ),
                 Err(_) => reply(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     TEXT_TYPE,

@@ -11,6 +11,7 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use tokio::sync::watch;
 
+use super::family::encode_counters;
 use crate::source::SourceCounters;
 use crate::source::supervise::{SourceStatus, SourcesState};
 
@@ -95,17 +96,14 @@ impl Collector for SourceMetrics {
             let value = i64::from(source.status == SourceStatus::Running);
             ConstGauge::new(value).encode(family.encode_family(&[("source", source.name)])?)?;
         }
-        let restarts = ConstCounter::new(0u64);
-        let mut family = encoder.encode_descriptor(
+        let restarts = state.sources.iter().map(|s| (s.name, s.restarts)).collect();
+        encode_counters(
+            &mut encoder,
             "configwatch_source_restarts",
             "Times the supervisor started the source task again after it ended or panicked.",
-            None,
-            restarts.metric_type(),
+            "source",
+            restarts,
         )?;
-        for source in &state.sources {
-            ConstCounter::new(source.restarts)
-                .encode(family.encode_family(&[("source", source.name)])?)?;
-        }
         Ok(())
     }
 }

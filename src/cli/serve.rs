@@ -6,10 +6,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Registry, Unit};
 use tokio_util::sync::CancellationToken;
 
 use super::{AwsArgs, Failure, IdentityArgs, ServeArgs, open_key};
+use crate::admin::family::CounterFamily;
 use crate::admin::sources::SourceMetrics;
 use crate::admin::{Admin, serve_admin};
 use crate::api::{Limits, WatchSettings};
@@ -18,7 +19,7 @@ use crate::auth::{Authenticator, ClaimRules};
 use crate::aws::AwsSettings;
 use crate::hub::{Hub, HubConfig};
 use crate::keys;
-use crate::server::{App, ConnectionLimits, Readiness, serve};
+use crate::server::{App, ConnectionLimits, Readiness, RpcMetrics, serve};
 use crate::source::supervise::Supervisor;
 use crate::source::{SourceContext, SourceCounters, ddb_streams, reconcile, sqs_events};
 use crate::store::Router;
@@ -183,10 +184,13 @@ pub(super) async fn run_serve(args: ServeArgs) -> Result<(), Failure> {
         }
         (None, None) => return Err(Failure::error("no store configured")),
     };
+    let auth = Arc::new(auth);
+    let rpc_metrics = Arc::new(RpcMetrics::default());
+    register_metrics(&mut registry, &rpc_metrics, &auth, &hub);
     let app = App {
         hub,
         router,
-        auth: Arc::new(auth),
+        auth,
         limits: Limits {
             max_prefixes: args.max_prefixes,
             page_entries: args.get_page_entries,
@@ -205,6 +209,7 @@ pub(super) async fn run_serve(args: ServeArgs) -> Result<(), Failure> {
         grace: *args.shutdown_grace,
         connections,
         sources: sources.as_ref().map(Supervisor::state),
+        rpc_metrics,
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -235,6 +240,46 @@ pub(super) async fn run_serve(args: ServeArgs) -> Result<(), Failure> {
     signals.abort();
     stop.cancel();
     served.map_err(|e| Failure::error(e.to_string()))
+}
+
+/// Registers the metrics of the calls, the authenticator and the hub (the sources'
+/// are registered where they start).
+fn register_metrics(
+    registry: &mut Registry,
+    rpc: &Arc<RpcMetrics>,
+    auth: &Arc<Authenticator>,
+    hub: &Arc<Hub>,
+) {
+    registry.register(
+        "configwatch_rpc_calls",
+        "gRPC calls ended, by method and status code (a Watch when its stream ends)",
+        rpc.calls.clone(),
+    );
+    registry.register_with_unit(
+        "configwatch_rpc_latency",
+        "Time from request to the end of the reply of unary calls, by method",
+        Unit::Seconds,
+        rpc.latency.clone(),
+    );
+    registry.register(
+        "configwatch_watch_streams_open",
+        "Watch streams open now",
+        rpc.watch_streams_open.clone(),
+    );
+    let auth = auth.clone();
+    registry.register_collector(Box::new(CounterFamily {
+        name: "configwatch_auth_refusals",
+        help: "Calls refused before any handler, by why the token was refused.",
+        label: "reason",
+        read: Box::new(move || auth.refusals().snapshot()),
+    }));
+    let hub = hub.clone();
+    registry.register_collector(Box::new(CounterFamily {
+        name: "configwatch_watch_initial_syncs",
+        help: "Watches started, by how their initial state was built (full, diff, resumed).",
+        label: "mode",
+        read: Box::new(move || hub.initial_syncs()),
+    }));
 }
 
 /// Binds the admin listener (unless `--admin-listen` is empty), says its address on

@@ -94,6 +94,8 @@ pub struct Hub {
     loader: Arc<dyn ScopeLoader>,
     views: DashMap<Scope, Arc<ScopeView>>,
     next_watcher: AtomicU64,
+    /// Watches started, by initial mode (full, diff, resumed).
+    initial_syncs: [AtomicU64; 3],
 }
 
 impl Hub {
@@ -105,6 +107,7 @@ impl Hub {
             loader,
             views: DashMap::new(),
             next_watcher: AtomicU64::new(1),
+            initial_syncs: Default::default(),
         }
     }
 

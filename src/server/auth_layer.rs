@@ -120,6 +120,7 @@ where
                     Ok(response)
                 }
                 Err(e) => {
+                    auth.refusals().count(&e);
                     tracing::debug!(error = %e, path = request.uri().path(), "refused");
                     Ok(tonic::Status::from(e).into_http())
                 }

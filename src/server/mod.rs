@@ -14,12 +14,13 @@
 //! says so once per episode, instead of spinning on the error.
 //!
 //! The parts: `accept` (the accept loop and the connections it hands on),
-//! `auth_layer` (the token check before any handler), `health` (what the health
-//! service reports), and here the wiring of them into one tonic server.
+//! `auth_layer` (the token check before any handler), `rpc_metrics` (calls counted
+//! by method and status), `health` (readiness, and what the health service reports), and here the wiring of them into one tonic server.
 
 mod accept;
 mod auth_layer;
 mod health;
+mod rpc_metrics;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -39,6 +40,8 @@ pub use accept::{Conn, accept_loop};
 use auth_layer::AuthLayer;
 pub use health::Readiness;
 use health::report_health;
+pub use rpc_metrics::RpcMetrics;
+use rpc_metrics::RpcMetricsLayer;
 
 /// The encoded descriptors of proto/, for reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
@@ -75,6 +78,8 @@ pub struct App {
     /// The source tasks' state (see `source::supervise`), when there are sources:
     /// health reports NOT_SERVING while one is down.
     pub sources: Option<watch::Receiver<SourcesState>>,
+    /// Where calls are counted (see `rpc_metrics`).
+    pub rpc_metrics: Arc<RpcMetrics>,
 }
 
 /// What one socket may cost, and how many there may be.
@@ -204,6 +209,9 @@ pub async fn serve(
         .timeout(app.connections.request_timeout)
         .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
+        .layer(RpcMetricsLayer {
+            metrics: app.rpc_metrics.clone(),
+        })
         .layer(AuthLayer {
             auth: app.auth.clone(),
             starts: starts.handle(),
