@@ -60,3 +60,50 @@ fn reply(status: StatusCode, content_type: &'static str, body: String) -> Respon
     );
     response
 }
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt;
+    use prometheus_client::registry::Registry;
+    use tokio::sync::watch;
+
+    use super::*;
+    use crate::server::Readiness;
+    use crate::source::supervise::{SourceState, SourceStatus, SourcesState};
+
+    fn sources(status: SourceStatus) -> SourcesState {
+        SourcesState {
+            sources: vec![SourceState {
+                name: "sqs-events",
+                status,
+                restarts: 1,
+            }],
+        }
+    }
+
+    async fn get(admin: &Admin, path: &str) -> (StatusCode, String) {
+        let request = Request::get(path).body(()).unwrap_or_default();
+        let response = answer(admin, &request);
+        let status = response.status();
+        let body = response.into_body().collect().await.map(|b| b.to_bytes());
+        (
+            status,
+            String::from_utf8_lossy(&body.unwrap_or_default()).into_owned(),
+        )
+    }
+
+    #[tokio::test]
+    async fn readyz_is_503_with_the_reason_while_a_source_is_down() {
+        let (state, rx) = watch::channel(sources(SourceStatus::Down));
+        let admin = Admin {
+            readiness: Readiness::new(Vec::new(), Some(rx)),
+            registry: Registry::default(),
+        };
+        let (status, body) = get(&admin, "/readyz").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body, "not ready: source down: sqs-events\n");
+        assert_eq!(get(&admin, "/healthz").await.0, StatusCode::OK);
+        state.send_replace(sources(SourceStatus::Running));
+        assert_eq!(get(&admin, "/readyz").await.0, StatusCode::OK);
+    }
+}
