@@ -107,6 +107,22 @@ pub fn under_file_limit(files: u32, command: std::process::Command) -> std::proc
     wrapped
 }
 
+/// The address on the server's next line of output, which must be `PREFIX ADDR`.
+async fn address_line(
+    lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    prefix: &str,
+) -> Result<SocketAddr, String> {
+    let line = tokio::time::timeout(STARTUP, lines.next_line())
+        .await
+        .map_err(|_| format!("the server did not print '{prefix}ADDR' within {STARTUP:?}"))?
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("the server exited before printing '{prefix}ADDR'"))?;
+    line.trim()
+        .strip_prefix(prefix)
+        .and_then(|a| a.parse().ok())
+        .ok_or_else(|| format!("unexpected line {line:?}, not '{prefix}ADDR'"))
+}
+
 /// A `configwatch serve` process; killed (SIGKILL) when dropped.
 pub struct ServerProcess {
     child: Child,
@@ -139,32 +155,10 @@ impl ServerProcess {
             .map_err(|e| format!("cannot start {}: {e}", program.display()))?;
         let stdout = child.stdout.take().ok_or("no stdout")?;
         let mut lines = BufReader::new(stdout).lines();
-        let line = tokio::time::timeout(STARTUP, lines.next_line())
-            .await
-            .map_err(|_| format!("the server did not print its address within {STARTUP:?}"))?
-            .map_err(|e| e.to_string())?
-            .ok_or("the server exited before listening")?;
-        let addr = line
-            .trim()
-            .strip_prefix("listening on ")
-            .and_then(|a| a.parse().ok())
-            .ok_or_else(|| format!("unexpected first line {line:?}"))?;
-        let admin = if admin_wanted {
-            let line = tokio::time::timeout(STARTUP, lines.next_line())
-                .await
-                .map_err(|_| {
-                    format!("the server did not print its admin address within {STARTUP:?}")
-                })?
-                .map_err(|e| e.to_string())?
-                .ok_or("the server exited before its admin listener listened")?;
-            let admin = line
-                .trim()
-                .strip_prefix("admin listening on ")
-                .and_then(|a| a.parse().ok())
-                .ok_or_else(|| format!("unexpected second line {line:?}"))?;
-            Some(admin)
-        } else {
-            None
+        let addr = address_line(&mut lines, "listening on ").await?;
+        let admin = match admin_wanted {
+            true => Some(address_line(&mut lines, "admin listening on ").await?),
+            false => None,
         };
         // Keep reading: the server may print more, and a closed pipe would fail it.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
