@@ -14,6 +14,7 @@ use common::*;
 use configwatch::auth::Role;
 use configwatch_test_support::procfs::listening_ports;
 use configwatch_test_support::{ServerProcess, eventually, http_get};
+use tonic_health::pb::health_check_response::ServingStatus;
 
 async fn start_with_admin(dir: &std::path::Path) -> (ServerProcess, std::net::SocketAddr) {
     let server = ServerProcess::start(serve_command(dir, &["--admin-listen", "127.0.0.1:0"])).await;
@@ -197,4 +198,60 @@ async fn metrics_count_exactly_the_calls_made() {
     );
     assert_eq!(moved("configwatch_auth_refusals_total"), 1.0, "{text}");
     promtool_check(&text);
+}
+
+#[tokio::test]
+async fn readyz_is_503_while_the_jwks_has_not_been_fetched() {
+    // A JWKS URL on a port nothing listens on: the first fetch fails, the server
+    // starts and says why it is not ready.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let dir = temp_dir();
+    let url = format!("http://127.0.0.1:{port}/.well-known/jwks.json");
+    let server = ServerProcess::start(serve_command(
+        dir.path(),
+        &[
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--jwks-url",
+            &url,
+            "--audience",
+            "app",
+            "--issuer",
+            "https://idp.example.com",
+        ],
+    ))
+    .await;
+    let admin = server.admin.expect("an admin address");
+    let ready = http_get(admin, "/readyz").await;
+    assert_eq!(ready.status, 503, "{ready:?}");
+    assert!(ready.body.contains("no token keys"), "{ready:?}");
+    assert_eq!(http_get(admin, "/healthz").await.status, 200);
+    // gRPC health follows the same readiness.
+    let channel = tonic::transport::Channel::from_shared(server.url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let health = tonic_health::pb::health_client::HealthClient::new(channel);
+    eventually(
+        PATIENCE,
+        || "gRPC health to say NOT_SERVING".into(),
+        || {
+            let mut health = health.clone();
+            async move {
+                let status = health
+                    .check(tonic_health::pb::HealthCheckRequest {
+                        service: "configwatch.v1.ConfigService".into(),
+                    })
+                    .await
+                    .ok()?
+                    .into_inner()
+                    .status;
+                (status == ServingStatus::NotServing as i32).then_some(())
+            }
+        },
+    )
+    .await;
 }

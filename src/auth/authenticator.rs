@@ -58,6 +58,11 @@ impl Authenticator {
         self
     }
 
+    /// Whether the verification keys are loaded (a JWKS may not be fetched yet).
+    pub fn has_keys(&self) -> bool {
+        self.keys.has_keys()
+    }
+
     /// Refused tokens by reason.
     pub fn refusals(&self) -> &Refusals {
         &self.refusals

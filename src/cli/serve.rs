@@ -18,7 +18,7 @@ use crate::auth::{Authenticator, ClaimRules};
 use crate::aws::AwsSettings;
 use crate::hub::{Hub, HubConfig};
 use crate::keys;
-use crate::server::{App, ConnectionLimits, Readiness, RpcMetrics, serve};
+use crate::server::{App, ConnectionLimits, RpcMetrics, serve};
 use crate::source::supervise::Supervisor;
 use crate::source::{SourceContext, SourceCounters, ddb_streams, reconcile, sqs_events};
 use crate::store::Router;
@@ -218,8 +218,7 @@ pub(super) async fn run_serve(args: ServeArgs) -> Result<(), Failure> {
         .map_err(|e| Failure::error(format!("cannot read the bound address: {e}")))?;
     // One line on stdout, for scripts that start the server on port 0.
     println!("listening on {addr}");
-    let readiness = Readiness::new(app.router.health(), app.sources.clone());
-    start_admin(&args, readiness, registry, stop.child_token()).await?;
+    start_admin(&args, app.readiness(), registry, stop.child_token()).await?;
     match &aws {
         None => {
             tracing::info!(%addr, data_dir = %args.data_dir.display(), "configwatch serving on the embedded store")

@@ -5,19 +5,28 @@
 //! The signing keys (or the JWKS) are loaded before the server starts: a server
 //! that could not load them never listens.
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::ConfigApi;
+use crate::auth::Authenticator;
 use crate::proto::config_service_server::ConfigServiceServer;
 use crate::source::supervise::{SourceStatus, SourcesState};
 use crate::store::StoreHealth;
 
-/// What readiness follows: the stores' health and the supervised sources' state.
+/// How often readiness looks again for keys while the authenticator has none.
+const KEYS_RECHECK: Duration = Duration::from_secs(1);
+
+/// What readiness follows: the token keys, the stores' health and the supervised
+/// sources' state.
 #[derive(Clone)]
 pub struct Readiness {
     stores: Vec<watch::Receiver<StoreHealth>>,
     sources: Option<watch::Receiver<SourcesState>>,
+    auth: Option<Arc<Authenticator>>,
 }
 
 impl Readiness {
@@ -25,12 +34,29 @@ impl Readiness {
         stores: Vec<watch::Receiver<StoreHealth>>,
         sources: Option<watch::Receiver<SourcesState>>,
     ) -> Readiness {
-        Readiness { stores, sources }
+        Readiness {
+            stores,
+            sources,
+            auth: None,
+        }
+    }
+
+    /// Also not ready while `auth` has no keys.
+    pub fn with_auth(mut self, auth: Arc<Authenticator>) -> Readiness {
+        self.auth = Some(auth);
+        self
+    }
+
+    fn has_keys(&self) -> bool {
+        self.auth.as_ref().is_none_or(|a| a.has_keys())
     }
 
     /// `Ok` when every store can write and every source runs; otherwise a short
     /// reason naming what is not.
     pub fn check(&self) -> Result<(), String> {
+        if !self.has_keys() {
+            return Err("no token keys loaded yet (the JWKS could not be fetched)".into());
+        }
         if let Some(i) = self
             .stores
             .iter()
@@ -61,8 +87,10 @@ pub(super) fn report_health(
     readiness: Readiness,
     stop: CancellationToken,
 ) {
-    let Readiness { stores, sources } = &readiness;
-    if stores.is_empty() && sources.is_none() {
+    let Readiness {
+        stores, sources, ..
+    } = &readiness;
+    if stores.is_empty() && sources.is_none() && readiness.has_keys() {
         return;
     }
     // Each receiver pings one task, which reads them all.
@@ -72,6 +100,19 @@ pub(super) fn report_health(
     }
     if let Some(sources) = sources {
         forward_changes(sources.clone(), ping.clone(), stop.child_token());
+    }
+    if !readiness.has_keys() {
+        // Keys, once loaded, stay: look until they are, then ping once.
+        let (readiness, ping, stop) = (readiness.clone(), ping.clone(), stop.child_token());
+        tokio::spawn(async move {
+            while !readiness.has_keys() {
+                tokio::select! {
+                    () = tokio::time::sleep(KEYS_RECHECK) => {}
+                    () = stop.cancelled() => return,
+                }
+            }
+            let _ = ping.send(()).await;
+        });
     }
     drop(ping);
     tokio::spawn(async move {

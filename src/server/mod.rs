@@ -82,6 +82,13 @@ pub struct App {
     pub rpc_metrics: Arc<RpcMetrics>,
 }
 
+impl App {
+    /// Readiness as gRPC health and the admin `/readyz` report it.
+    pub fn readiness(&self) -> Readiness {
+        Readiness::new(self.router.health(), self.sources.clone()).with_auth(self.auth.clone())
+    }
+}
+
 /// What one socket may cost, and how many there may be.
 #[derive(Debug, Clone)]
 pub struct ConnectionLimits {
@@ -169,7 +176,7 @@ pub async fn serve(
     // all recover.
     report_health(
         health_reporter.clone(),
-        Readiness::new(app.router.health(), app.sources.clone()),
+        app.readiness(),
         stop.token().child_token(),
     );
 
