@@ -56,16 +56,7 @@ async fn an_empty_admin_listen_opens_no_port() {
 #[test]
 fn a_bad_admin_listen_exits_64_before_binding() {
     let dir = temp_dir();
-    let out = Command::new(BIN)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "localhost:nine",
-            "--data-dir",
-        ])
-        .arg(dir.path())
+    let out = serve_command(dir.path(), &["--admin-listen", "localhost:nine"])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
