@@ -19,6 +19,7 @@
 //! - [`source`]: background tasks that bring outside changes into the hub (DynamoDB
 //!   Streams, Parameter Store events through SQS, periodic reconciliation), run under
 //!   a supervisor that restarts them.
+//! - [`admin`]: the admin HTTP listener (`/healthz`, `/readyz`, `/metrics`).
 //! - [`aws`]: AWS settings and SDK configuration.
 //! - [`keys`] and [`model`]: keys, families, limits, scopes and entries; [`json`]:
 //!   values kept exactly as written (numbers keep their digits).
@@ -28,6 +29,7 @@
 //! database. The contributor's map, `src/ARCHITECTURE.md`, gives the path of a write
 //! and of a Watch, what each folder may import, and where new parts go.
 
+pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod aws;

@@ -12,6 +12,7 @@ use serde_json::Value;
 use super::cache::{self, Lookup, TokenCache, Verified};
 use super::claims::{check_time, date_claim, time_claims};
 use super::error::{map_jwt_error, unreadable};
+use super::refusals::Refusals;
 use super::{AuthError, ClaimRules, Identity, KeySource, MAX_LEEWAY};
 use crate::clock::Clock;
 
@@ -22,6 +23,8 @@ pub struct Authenticator {
     cache: TokenCache,
     /// Wall time for exp and nbf, in full verifications and cache hits alike.
     clock: Clock,
+    /// Refused tokens by reason, counted by whoever refuses the call.
+    refusals: Refusals,
 }
 
 impl Authenticator {
@@ -45,6 +48,7 @@ impl Authenticator {
             rules,
             cache: TokenCache::new(capacity),
             clock: Clock::system(),
+            refusals: Refusals::default(),
         }
     }
 
@@ -52,6 +56,16 @@ impl Authenticator {
     pub fn with_clock(mut self, clock: Clock) -> Self {
         self.clock = clock;
         self
+    }
+
+    /// Whether the verification keys are loaded (a JWKS may not be fetched yet).
+    pub fn has_keys(&self) -> bool {
+        self.keys.has_keys()
+    }
+
+    /// Refused tokens by reason.
+    pub fn refusals(&self) -> &Refusals {
+        &self.refusals
     }
 
     /// Verified tokens cached now (for operators and tests).

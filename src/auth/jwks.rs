@@ -275,6 +275,10 @@ impl JwksKeySource {
 
 #[async_trait]
 impl KeySource for JwksKeySource {
+    fn has_keys(&self) -> bool {
+        self.key_count() > 0
+    }
+
     async fn key_for(&self, header: &Header) -> Result<Arc<VerifyKey>, AuthError> {
         if !self.settings.algorithms.contains(&header.alg) {
             return Err(AuthError::Algorithm {

@@ -26,4 +26,9 @@ pub trait KeySource: Send + Sync + 'static {
     fn signer(&self) -> Signer {
         Signer::IdentityProvider
     }
+
+    /// Whether keys are loaded (a source that fetches them may have none yet).
+    fn has_keys(&self) -> bool {
+        true
+    }
 }

@@ -27,7 +27,8 @@
 //! token is refused, and how much input a refusal may repeat), `key_source` (the
 //! trait the keys come through), `claims` (the claim rules: issuer, audience, kind,
 //! tenant and role, NumericDate bounds), `authenticator` (header to identity, in
-//! order), [`cache`], and the key sources [`local`] and [`jwks`].
+//! order), [`cache`], [`refusals`] (refused tokens counted by reason), and the key
+//! sources [`local`] and [`jwks`].
 
 mod authenticator;
 pub mod cache;
@@ -37,6 +38,7 @@ mod identity;
 pub mod jwks;
 mod key_source;
 pub mod local;
+pub mod refusals;
 #[cfg(test)]
 mod testing;
 

@@ -27,6 +27,9 @@ pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "CONFIGWATCH_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
+    /// Address of the admin HTTP listener (/healthz, /readyz, /metrics); empty for none.
+    #[arg(long, env = "CONFIGWATCH_ADMIN_LISTEN", default_value = crate::admin::DEFAULT_ADMIN_LISTEN)]
+    pub admin_listen: String,
     /// Directory for the embedded store and the signing key.
     #[arg(long, env = "CONFIGWATCH_DATA_DIR", default_value = "configwatch-data")]
     pub data_dir: PathBuf,
@@ -113,9 +116,23 @@ pub struct ServeArgs {
 }
 
 impl ServeArgs {
+    /// The admin listener's address, `None` when `--admin-listen` is empty.
+    pub fn admin_addr(&self) -> Result<Option<SocketAddr>, Failure> {
+        let value = self.admin_listen.trim();
+        if value.is_empty() {
+            return Ok(None);
+        }
+        value.parse().map(Some).map_err(|_| {
+            Failure::usage(format!(
+                "--admin-listen '{value}' is not an address such as 127.0.0.1:9090 (empty turns it off)"
+            ))
+        })
+    }
+
     /// Checks the flags before anything starts (a refusal names the flag: exit 64);
     /// returns the AWS settings for `--backend aws`, `None` for the embedded store.
     pub fn check(&self) -> Result<Option<AwsSettings>, Failure> {
+        self.admin_addr()?;
         if self.history == 0 {
             return Err(Failure::usage("--history must be at least 1"));
         }

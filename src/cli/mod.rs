@@ -7,9 +7,11 @@
 //!
 //! The parts: [`flags`] (the clap structs, value parsers and the checks made before
 //! any port is bound), [`serve`] (the composition root: the only code that knows
-//! every part of the server and wires them), and the client commands in
+//! every part of the server and wires them; `admin` its half that registers the
+//! metrics and starts the admin listener), and the client commands in
 //! [`commands`] (`token`, `get`, `put`, `delete`) and [`watch`].
 
+mod admin;
 pub mod commands;
 pub mod flags;
 pub mod serve;

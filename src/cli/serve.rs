@@ -6,16 +6,19 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
+use super::admin::{register_metrics, start_admin};
 use super::{AwsArgs, Failure, IdentityArgs, LogFormat, ServeArgs, open_key};
+use crate::admin::sources::SourceMetrics;
 use crate::api::{Limits, WatchSettings};
 use crate::auth::jwks::{JwksKeySource, JwksSettings};
 use crate::auth::{Authenticator, ClaimRules};
 use crate::aws::AwsSettings;
 use crate::hub::{Hub, HubConfig};
 use crate::keys;
-use crate::server::{App, ConnectionLimits, serve};
+use crate::server::{App, ConnectionLimits, RpcMetrics, serve};
 use crate::source::supervise::Supervisor;
 use crate::source::{SourceContext, SourceCounters, ddb_streams, reconcile, sqs_events};
 use crate::store::Router;
@@ -155,6 +158,7 @@ pub(super) async fn run_serve(args: ServeArgs) -> Result<(), Failure> {
     let hub_config = HubConfig {
         history_limit: args.history,
     };
+    let mut registry = Registry::default();
     let (router, hub, sources) = match (embedded, &aws) {
         (Some(store), _) => {
             let router = Arc::new(Router::single(Arc::new(store)));
@@ -162,8 +166,19 @@ pub(super) async fn run_serve(args: ServeArgs) -> Result<(), Failure> {
             (router, hub, None)
         }
         (None, Some(settings)) => {
-            let (router, hub, sources) =
-                start_aws(settings, &args.aws, hub_config, stop.child_token()).await;
+            let counters = Arc::new(SourceCounters::default());
+            let (router, hub, sources) = start_aws(
+                settings,
+                &args.aws,
+                hub_config,
+                counters.clone(),
+                stop.child_token(),
+            )
+            .await;
+            registry.register_collector(Box::new(SourceMetrics {
+                counters,
+                state: sources.state(),
+            }));
             (router, hub, Some(sources))
         }
         (None, None) => return Err(Failure::error("no store configured")),
@@ -174,10 +189,13 @@ pub(super) async fn run_serve(args: ServeArgs) -> Result<(), Failure> {
         *args.view_idle,
         stop.child_token(),
     ));
+    let auth = Arc::new(auth);
+    let rpc_metrics = Arc::new(RpcMetrics::default());
+    register_metrics(&mut registry, &rpc_metrics, &auth, &hub);
     let app = App {
         hub,
         router,
-        auth: Arc::new(auth),
+        auth,
         limits: Limits {
             max_prefixes: args.max_prefixes,
             page_entries: args.get_page_entries,
@@ -196,6 +214,7 @@ pub(super) async fn run_serve(args: ServeArgs) -> Result<(), Failure> {
         grace: *args.shutdown_grace,
         connections,
         sources: sources.as_ref().map(Supervisor::state),
+        rpc_metrics,
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -205,6 +224,7 @@ pub(super) async fn run_serve(args: ServeArgs) -> Result<(), Failure> {
         .map_err(|e| Failure::error(format!("cannot read the bound address: {e}")))?;
     // One line on stdout, for scripts that start the server on port 0.
     println!("listening on {addr}");
+    start_admin(&args, app.readiness(), registry, stop.child_token()).await?;
     match &aws {
         None => {
             tracing::info!(%addr, data_dir = %args.data_dir.display(), "configwatch serving on the embedded store")
@@ -270,6 +290,7 @@ async fn start_aws(
     settings: &AwsSettings,
     args: &AwsArgs,
     hub_config: HubConfig,
+    counters: Arc<SourceCounters>,
     stop: CancellationToken,
 ) -> (Arc<Router>, Arc<Hub>, Supervisor) {
     let sdk = crate::aws::sdk_config(args.region.clone()).await;
@@ -306,7 +327,7 @@ async fn start_aws(
     let hub = Arc::new(Hub::new(router.clone(), hub_config));
     let ctx = SourceContext {
         hub: hub.clone(),
-        counters: Arc::new(SourceCounters::default()),
+        counters,
     };
     let streams = ddb_streams::StreamSettings {
         poll_interval: *args.stream_poll_interval,

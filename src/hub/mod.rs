@@ -102,6 +102,8 @@ pub struct Hub {
     started: tokio::time::Instant,
     /// The highest revision any dropped view reached.
     retired: AtomicU64,
+    /// Watches started, by initial mode (full, diff, resumed).
+    initial_syncs: [AtomicU64; 3],
 }
 
 impl Hub {
@@ -115,6 +117,7 @@ impl Hub {
             next_watcher: AtomicU64::new(1),
             started: tokio::time::Instant::now(),
             retired: AtomicU64::new(0),
+            initial_syncs: Default::default(),
         }
     }
 

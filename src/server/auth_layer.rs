@@ -126,6 +126,7 @@ where
                     Ok(response)
                 }
                 Err(e) => {
+                    auth.refusals().count(&e);
                     refusals.refused(&e, request.uri().path());
                     Ok(tonic::Status::from(e).into_http())
                 }

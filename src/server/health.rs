@@ -1,41 +1,123 @@
-//! What the gRPC health service says of the ConfigService: SERVING while every
-//! store can write and every source task runs. Reads the stores' and the sources'
-//! watch channels; knows nothing of what they do.
+//! Readiness, and what the gRPC health service says of the ConfigService: ready
+//! (SERVING) while every store can write and every source task runs. One function,
+//! [`Readiness::check`], decides it for gRPC health and the admin `/readyz` alike.
+//! Reads the stores' and the sources' watch channels; knows nothing of what they do.
+//! The signing keys (or the JWKS) are loaded before the server starts: a server
+//! that could not load them never listens.
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::ConfigApi;
+use crate::auth::Authenticator;
 use crate::proto::config_service_server::ConfigServiceServer;
-use crate::source::supervise::SourcesState;
+use crate::source::supervise::{SourceStatus, SourcesState};
 use crate::store::StoreHealth;
 
-/// Keeps the health of the ConfigService current: SERVING while every store can
-/// write and every source runs, NOT_SERVING otherwise, until `stop`.
-pub(super) fn report_health(
-    reporter: tonic_health::server::HealthReporter,
+/// How often readiness looks again for keys while the authenticator has none.
+const KEYS_RECHECK: Duration = Duration::from_secs(1);
+
+/// What readiness follows: the token keys, the stores' health and the supervised
+/// sources' state.
+#[derive(Clone)]
+pub struct Readiness {
     stores: Vec<watch::Receiver<StoreHealth>>,
     sources: Option<watch::Receiver<SourcesState>>,
+    auth: Option<Arc<Authenticator>>,
+}
+
+impl Readiness {
+    pub fn new(
+        stores: Vec<watch::Receiver<StoreHealth>>,
+        sources: Option<watch::Receiver<SourcesState>>,
+    ) -> Readiness {
+        Readiness {
+            stores,
+            sources,
+            auth: None,
+        }
+    }
+
+    /// Also not ready while `auth` has no keys.
+    pub fn with_auth(mut self, auth: Arc<Authenticator>) -> Readiness {
+        self.auth = Some(auth);
+        self
+    }
+
+    fn has_keys(&self) -> bool {
+        self.auth.as_ref().is_none_or(|a| a.has_keys())
+    }
+
+    /// `Ok` when every store can write and every source runs; otherwise a short
+    /// reason naming what is not.
+    pub fn check(&self) -> Result<(), String> {
+        if !self.has_keys() {
+            return Err("no token keys loaded yet (the JWKS could not be fetched)".into());
+        }
+        if let Some(i) = self
+            .stores
+            .iter()
+            .position(|h| !matches!(*h.borrow(), StoreHealth::Ok))
+        {
+            return Err(format!("store {i} cannot write"));
+        }
+        if let Some(sources) = &self.sources {
+            let state = sources.borrow();
+            let down: Vec<&str> = state
+                .sources
+                .iter()
+                .filter(|s| s.status != SourceStatus::Running)
+                .map(|s| s.name)
+                .collect();
+            if !down.is_empty() {
+                return Err(format!("source down: {}", down.join(", ")));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Keeps the health of the ConfigService current: SERVING while `readiness` holds,
+/// NOT_SERVING otherwise, until `stop`.
+pub(super) fn report_health(
+    reporter: tonic_health::server::HealthReporter,
+    readiness: Readiness,
     stop: CancellationToken,
 ) {
-    if stores.is_empty() && sources.is_none() {
+    let Readiness {
+        stores, sources, ..
+    } = &readiness;
+    if stores.is_empty() && sources.is_none() && readiness.has_keys() {
         return;
     }
     // Each receiver pings one task, which reads them all.
     let (ping, mut pinged) = mpsc::channel::<()>(1);
-    for store in &stores {
+    for store in stores {
         forward_changes(store.clone(), ping.clone(), stop.child_token());
     }
-    if let Some(sources) = &sources {
+    if let Some(sources) = sources {
         forward_changes(sources.clone(), ping.clone(), stop.child_token());
+    }
+    if !readiness.has_keys() {
+        // Keys, once loaded, stay: look until they are, then ping once.
+        let (readiness, ping, stop) = (readiness.clone(), ping.clone(), stop.child_token());
+        tokio::spawn(async move {
+            while !readiness.has_keys() {
+                tokio::select! {
+                    () = tokio::time::sleep(KEYS_RECHECK) => {}
+                    () = stop.cancelled() => return,
+                }
+            }
+            let _ = ping.send(()).await;
+        });
     }
     drop(ping);
     tokio::spawn(async move {
         loop {
-            let ok = stores
-                .iter()
-                .all(|h| matches!(*h.borrow(), StoreHealth::Ok))
-                && sources.as_ref().is_none_or(|s| s.borrow().all_running());
+            let ok = readiness.check().is_ok();
             if stop.is_cancelled() {
                 return;
             }
@@ -83,7 +165,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::source::supervise::{SourceState, SourceStatus};
+    use crate::source::supervise::SourceState;
 
     async fn status(health: &HealthService) -> i32 {
         let request = tonic::Request::new(HealthCheckRequest {
@@ -118,13 +200,22 @@ mod tests {
         panic!("health never became {want:?}");
     }
 
+    #[test]
+    fn readiness_names_the_source_that_is_down() {
+        let (state, rx) = watch::channel(sources(SourceStatus::Running));
+        let readiness = Readiness::new(Vec::new(), Some(rx));
+        assert_eq!(readiness.check(), Ok(()));
+        state.send_replace(sources(SourceStatus::Down));
+        assert_eq!(readiness.check(), Err("source down: stream".to_owned()));
+    }
+
     #[tokio::test(start_paused = true)]
     async fn health_is_not_serving_while_a_source_is_down() {
         let reporter = HealthReporter::new();
         let health = HealthService::from_health_reporter(reporter.clone());
         let (state, rx) = watch::channel(sources(SourceStatus::Running));
         let stop = CancellationToken::new();
-        report_health(reporter, Vec::new(), Some(rx), stop.clone());
+        report_health(reporter, Readiness::new(Vec::new(), Some(rx)), stop.clone());
         until(&health, ServingStatus::Serving).await;
         state.send_replace(sources(SourceStatus::Down));
         until(&health, ServingStatus::NotServing).await;

@@ -14,13 +14,14 @@
 //! says so once per episode, instead of spinning on the error.
 //!
 //! The parts: `accept` (the accept loop and the connections it hands on),
-//! `auth_layer` (the token check before any handler), `health` (what the health
-//! service reports), and here the wiring of them into one tonic server.
+//! `auth_layer` (the token check before any handler), `rpc_metrics` (calls counted
+//! by method and status), `health` (readiness, and what the health service reports), and here the wiring of them into one tonic server.
 
 mod accept;
 mod auth_layer;
 mod health;
 mod refusal_log;
+mod rpc_metrics;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -38,8 +39,11 @@ use crate::store::Router;
 
 pub use accept::{Conn, accept_loop};
 use auth_layer::AuthLayer;
+pub use health::Readiness;
 use health::report_health;
 use refusal_log::RefusalLog;
+pub use rpc_metrics::RpcMetrics;
+use rpc_metrics::RpcMetricsLayer;
 
 /// The encoded descriptors of proto/, for reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
@@ -76,6 +80,15 @@ pub struct App {
     /// The source tasks' state (see `source::supervise`), when there are sources:
     /// health reports NOT_SERVING while one is down.
     pub sources: Option<watch::Receiver<SourcesState>>,
+    /// Where calls are counted (see `rpc_metrics`).
+    pub rpc_metrics: Arc<RpcMetrics>,
+}
+
+impl App {
+    /// Readiness as gRPC health and the admin `/readyz` report it.
+    pub fn readiness(&self) -> Readiness {
+        Readiness::new(self.router.health(), self.sources.clone()).with_auth(self.auth.clone())
+    }
 }
 
 /// What one socket may cost, and how many there may be.
@@ -165,8 +178,7 @@ pub async fn serve(
     // all recover.
     report_health(
         health_reporter.clone(),
-        app.router.health(),
-        app.sources.clone(),
+        app.readiness(),
         stop.token().child_token(),
     );
 
@@ -206,6 +218,9 @@ pub async fn serve(
         .timeout(app.connections.request_timeout)
         .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
+        .layer(RpcMetricsLayer {
+            metrics: app.rpc_metrics.clone(),
+        })
         .layer(AuthLayer {
             auth: app.auth.clone(),
             starts: starts.handle(),

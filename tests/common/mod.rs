@@ -132,6 +132,7 @@ impl TestServer {
             grace: Duration::from_secs(2),
             connections: options.connections.clone(),
             sources: None,
+            rpc_metrics: Default::default(),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await

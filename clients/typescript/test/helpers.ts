@@ -94,7 +94,7 @@ export class Server {
   }
 
   private spawnOnce(args: string[]): Promise<void> {
-    const child = spawn(BIN, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, CONFIGWATCH_LOG: 'info' } });
+    const child = spawn(BIN, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, CONFIGWATCH_LOG: 'info', CONFIGWATCH_ADMIN_LISTEN: '' } });
     this.child = child;
     this.exited = new Promise((resolve) => child.once('exit', () => resolve()));
     child.stderr?.on('data', (d: Buffer) => {

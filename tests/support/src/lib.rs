@@ -5,6 +5,7 @@
 //! - [`process`]: the `configwatch` binary as a child process on 127.0.0.1 port 0
 //!   (its address read from its first line), stopped with SIGTERM or `kill -9`;
 //!   commands that must exit by themselves.
+//! - [`http`]: a plain HTTP GET, for the admin listener.
 //! - [`token`]: tokens minted by the binary's own `token` command.
 //! - [`wait`]: waiting for a condition by polling it against a deadline, never by a
 //!   fixed sleep.
@@ -21,6 +22,7 @@
 // Test support: a failed step is a failed test, so panicking is how it reports.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod http;
 #[cfg(feature = "moto")]
 pub mod moto;
 pub mod process;
@@ -28,6 +30,7 @@ pub mod procfs;
 pub mod token;
 pub mod wait;
 
+pub use http::{HttpAnswer, http_get};
 pub use process::{ServerProcess, run_to_exit, serve_command, server_bin, under_file_limit};
 pub use token::mint_token;
 pub use wait::{PATIENCE, eventually, poll, wait_for};

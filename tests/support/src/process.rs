@@ -1,5 +1,6 @@
 //! The `configwatch` binary as a child process: started on 127.0.0.1 (port 0 unless
-//! told), its address read from the `listening on ADDR` line it prints first,
+//! told), its address read from the `listening on ADDR` line it prints first (and
+//! its admin address from the `admin listening on ADDR` line after, when it has one),
 //! stopped with SIGTERM (graceful) or SIGKILL, and killed when dropped. Also commands
 //! that must exit by themselves (a refused start, say).
 //!
@@ -44,7 +45,8 @@ pub fn server_bin() -> PathBuf {
 }
 
 /// `BIN serve --listen 127.0.0.1:PORT --data-dir DATA_DIR`, logging at `warn` (set
-/// `CONFIGWATCH_LOG` again to change it). Port 0 picks a free port.
+/// `CONFIGWATCH_LOG` again to change it), without the admin listener (add
+/// `--admin-listen 127.0.0.1:0` for one). Port 0 picks a free port.
 pub fn serve_command(bin: &Path, data_dir: &Path, port: u16) -> std::process::Command {
     let mut command = std::process::Command::new(bin);
     command
@@ -55,8 +57,34 @@ pub fn serve_command(bin: &Path, data_dir: &Path, port: u16) -> std::process::Co
             "--data-dir",
         ])
         .arg(data_dir)
-        .env("CONFIGWATCH_LOG", "warn");
+        .env("CONFIGWATCH_LOG", "warn")
+        .env("CONFIGWATCH_ADMIN_LISTEN", "");
     command
+}
+
+/// Whether `command` starts the admin listener: an `--admin-listen` argument, else
+/// `CONFIGWATCH_ADMIN_LISTEN` as the command or this process sets it, is not empty
+/// (the server's default address is not).
+fn starts_admin(command: &std::process::Command) -> bool {
+    let args: Vec<_> = command.get_args().map(|a| a.to_string_lossy()).collect();
+    for (i, arg) in args.iter().enumerate().rev() {
+        if let Some(value) = arg.strip_prefix("--admin-listen=") {
+            return !value.trim().is_empty();
+        }
+        if arg == "--admin-listen" {
+            return args.get(i + 1).is_some_and(|v| !v.trim().is_empty());
+        }
+    }
+    let from_command = command
+        .get_envs()
+        .find(|(name, _)| *name == "CONFIGWATCH_ADMIN_LISTEN")
+        .map(|(_, value)| value.map(|v| v.to_string_lossy().into_owned()));
+    match from_command {
+        Some(Some(value)) => !value.trim().is_empty(),
+        // Removed from the command's environment: the default.
+        Some(None) => true,
+        None => std::env::var("CONFIGWATCH_ADMIN_LISTEN").map_or(true, |v| !v.trim().is_empty()),
+    }
 }
 
 /// `command` run by `sh` under `ulimit -n FILES` (the soft and hard limit of open
@@ -79,10 +107,28 @@ pub fn under_file_limit(files: u32, command: std::process::Command) -> std::proc
     wrapped
 }
 
+/// The address on the server's next line of output, which must be `PREFIX ADDR`.
+async fn address_line(
+    lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    prefix: &str,
+) -> Result<SocketAddr, String> {
+    let line = tokio::time::timeout(STARTUP, lines.next_line())
+        .await
+        .map_err(|_| format!("the server did not print '{prefix}ADDR' within {STARTUP:?}"))?
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("the server exited before printing '{prefix}ADDR'"))?;
+    line.trim()
+        .strip_prefix(prefix)
+        .and_then(|a| a.parse().ok())
+        .ok_or_else(|| format!("unexpected line {line:?}, not '{prefix}ADDR'"))
+}
+
 /// A `configwatch serve` process; killed (SIGKILL) when dropped.
 pub struct ServerProcess {
     child: Child,
     pub addr: SocketAddr,
+    /// The admin listener's address, when the command starts one.
+    pub admin: Option<SocketAddr>,
 }
 
 impl ServerProcess {
@@ -99,6 +145,7 @@ impl ServerProcess {
     /// exited, printed something else, or said nothing for 20 s).
     pub async fn try_start(command: std::process::Command) -> Result<ServerProcess, String> {
         let program = command.get_program().to_owned();
+        let admin_wanted = starts_admin(&command);
         let mut command = tokio::process::Command::from(command);
         let mut child = command
             .stdin(Stdio::null())
@@ -108,19 +155,14 @@ impl ServerProcess {
             .map_err(|e| format!("cannot start {}: {e}", program.display()))?;
         let stdout = child.stdout.take().ok_or("no stdout")?;
         let mut lines = BufReader::new(stdout).lines();
-        let line = tokio::time::timeout(STARTUP, lines.next_line())
-            .await
-            .map_err(|_| format!("the server did not print its address within {STARTUP:?}"))?
-            .map_err(|e| e.to_string())?
-            .ok_or("the server exited before listening")?;
-        let addr = line
-            .trim()
-            .strip_prefix("listening on ")
-            .and_then(|a| a.parse().ok())
-            .ok_or_else(|| format!("unexpected first line {line:?}"))?;
+        let addr = address_line(&mut lines, "listening on ").await?;
+        let admin = match admin_wanted {
+            true => Some(address_line(&mut lines, "admin listening on ").await?),
+            false => None,
+        };
         // Keep reading: the server may print more, and a closed pipe would fail it.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Ok(ServerProcess { child, addr })
+        Ok(ServerProcess { child, addr, admin })
     }
 
     /// The server's process id (for /proc).

@@ -1,6 +1,7 @@
 //! What a process (a server under test) uses, read from `/proc` (Linux).
 //!
-//! Boundary: reads `/proc/PID/status` and `/proc/PID/stat` only.
+//! Boundary: reads `/proc/PID/status`, `/proc/PID/stat`, the process's descriptors
+//! and the kernel's TCP socket tables only.
 
 use std::time::Duration;
 
@@ -45,4 +46,37 @@ pub async fn settled_rss(pid: u32, every: Duration, within: Duration) -> u64 {
             return peak;
         }
     }
+}
+
+/// The TCP ports the process listens on (IPv4 and IPv6), sorted.
+pub fn listening_ports(pid: u32) -> Vec<u16> {
+    // The process's sockets, by inode.
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .filter_map(|link| {
+            let link = link.to_string_lossy().into_owned();
+            Some(link.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
+        })
+        .collect();
+    let mut ports = Vec::new();
+    for table in ["tcp", "tcp6"] {
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // local_address is field 1 (ADDR:PORT in hex), st field 3 (0A: LISTEN),
+            // inode field 9.
+            if fields.len() > 9
+                && fields[3] == "0A"
+                && inodes.iter().any(|i| i == fields[9])
+                && let Some(port) = fields[1].rsplit(':').next()
+            {
+                ports.push(u16::from_str_radix(port, 16).unwrap());
+            }
+        }
+    }
+    ports.sort_unstable();
+    ports
 }

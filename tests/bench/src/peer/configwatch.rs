@@ -51,10 +51,18 @@ impl Peer for Configwatch {
     async fn start(bins: &Binaries, opts: StartOptions) -> Result<Self> {
         let dir = temp_dir("configwatch")?;
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-        let mut args: Vec<OsString> = ["serve", "--listen", &addr.to_string(), "--log", "warn"]
-            .into_iter()
-            .map(OsString::from)
-            .collect();
+        let mut args: Vec<OsString> = [
+            "serve",
+            "--listen",
+            &addr.to_string(),
+            "--admin-listen",
+            "",
+            "--log",
+            "warn",
+        ]
+        .into_iter()
+        .map(OsString::from)
+        .collect();
         if opts.quiet {
             args.extend(["--progress-interval", "1h"].map(OsString::from));
         }

@@ -1,0 +1,87 @@
+//! The admin HTTP listener, beside the gRPC port: `/healthz` (the process runs),
+//! `/readyz` (the server's readiness, the same function gRPC health follows) and
+//! `/metrics` (the Prometheus text format). Plain HTTP/1.1 on hyper, bounded: a few
+//! connections at once (more are closed at once), small requests, a deadline per
+//! connection, and no keep-alive.
+//!
+//! Takes an already-bound listener, the readiness and the metrics registry, and a
+//! shutdown token; knows nothing of what the metrics count or what readiness reads.
+
+pub mod family;
+mod routes;
+pub mod sources;
+mod text;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::server::Readiness;
+
+/// The admin address unless configured (an empty value turns the listener off).
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
+/// Admin connections open at once; more are closed at once.
+const MAX_CONNECTIONS: usize = 16;
+/// Time a connection has to send its request headers.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time a connection may stay open in all.
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(15);
+/// Bytes a connection's read buffer may hold (hyper's minimum): bounds the request.
+const MAX_REQUEST_BYTES: usize = 8 * 1024;
+/// Pause after a failed accept (such as descriptor exhaustion) before the next.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// What the routes answer from.
+pub struct Admin {
+    pub readiness: Readiness,
+    pub registry: Registry,
+}
+
+/// Serves the admin routes on `listener` until `stop`.
+pub async fn serve_admin(listener: TcpListener, admin: Arc<Admin>, stop: CancellationToken) {
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let socket = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((socket, _)) => socket,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin listener cannot accept");
+                    tokio::select! {
+                        () = tokio::time::sleep(ACCEPT_BACKOFF) => continue,
+                        () = stop.cancelled() => return,
+                    }
+                }
+            },
+            () = stop.cancelled() => return,
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            continue;
+        };
+        let (admin, stop) = (admin.clone(), stop.child_token());
+        tokio::spawn(async move {
+            let _permit = permit;
+            let service = service_fn(move |request| {
+                let admin = admin.clone();
+                async move { Ok::<_, Infallible>(routes::answer(&admin, &request)) }
+            });
+            let connection = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .max_buf_size(MAX_REQUEST_BYTES)
+                .keep_alive(false)
+                .serve_connection(TokioIo::new(socket), service);
+            tokio::select! {
+                _ = tokio::time::timeout(CONNECTION_TIMEOUT, connection) => {}
+                () = stop.cancelled() => {}
+            }
+        });
+    }
+}

@@ -1,0 +1,109 @@
+//! The sources' metrics, read at each scrape: the counters the source tasks keep
+//! (`source::SourceCounters`) and the supervisor's per-source state (up, restarts).
+//! Reads them; counts nothing itself.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use tokio::sync::watch;
+
+use super::family::encode_counters;
+use crate::source::SourceCounters;
+use crate::source::supervise::{SourceStatus, SourcesState};
+
+/// Exports the source counters and the supervisor's state.
+#[derive(Debug)]
+pub struct SourceMetrics {
+    pub counters: Arc<SourceCounters>,
+    pub state: watch::Receiver<SourcesState>,
+}
+
+/// Each counter's metric name (without `_total`, which the encoder adds) and help.
+fn counters(c: &SourceCounters) -> [(&'static str, &'static str, &AtomicU64); 10] {
+    [
+        (
+            "configwatch_stream_records_read",
+            "DynamoDB stream records read.",
+            &c.stream_records_read,
+        ),
+        (
+            "configwatch_stream_records_applied",
+            "DynamoDB stream records applied to the hub (newer than what it held).",
+            &c.stream_records_applied,
+        ),
+        (
+            "configwatch_stream_records_skipped",
+            "DynamoDB stream records skipped as not configuration.",
+            &c.stream_records_skipped,
+        ),
+        (
+            "configwatch_stream_gaps",
+            "DynamoDB stream gaps that made the loaded tenants reload.",
+            &c.stream_gaps,
+        ),
+        (
+            "configwatch_stream_reversioned",
+            "Items rewritten with a higher version (a change arrived without one).",
+            &c.stream_reversioned,
+        ),
+        (
+            "configwatch_sqs_messages_applied",
+            "SQS messages handled and deleted.",
+            &c.sqs_messages_applied,
+        ),
+        (
+            "configwatch_sqs_messages_malformed",
+            "SQS messages that could not be parsed (left to the redrive policy).",
+            &c.sqs_messages_malformed,
+        ),
+        (
+            "configwatch_sqs_messages_outside_root",
+            "SQS messages naming a parameter outside the root (left to the redrive policy).",
+            &c.sqs_messages_outside_root,
+        ),
+        (
+            "configwatch_reconcile_runs",
+            "Reconciliation passes completed.",
+            &c.reconcile_runs,
+        ),
+        (
+            "configwatch_reconcile_drift",
+            "Changes reconciliation found and applied (drift).",
+            &c.reconcile_drift,
+        ),
+    ]
+}
+
+impl Collector for SourceMetrics {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        for (name, help, counter) in counters(&self.counters) {
+            let metric = ConstCounter::new(SourceCounters::get(counter));
+            metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)?;
+        }
+        let state = self.state.borrow().clone();
+        let up = ConstGauge::<i64>::new(0);
+        let mut family = encoder.encode_descriptor(
+            "configwatch_source_up",
+            "1 while the source task runs, 0 while it is down and waiting to restart.",
+            None,
+            up.metric_type(),
+        )?;
+        for source in &state.sources {
+            let value = i64::from(source.status == SourceStatus::Running);
+            ConstGauge::new(value).encode(family.encode_family(&[("source", source.name)])?)?;
+        }
+        let restarts = state.sources.iter().map(|s| (s.name, s.restarts)).collect();
+        encode_counters(
+            &mut encoder,
+            "configwatch_source_restarts",
+            "Times the supervisor started the source task again after it ended or panicked.",
+            "source",
+            restarts,
+        )?;
+        Ok(())
+    }
+}
