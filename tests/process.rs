@@ -211,6 +211,11 @@ fn bad_configuration_exits_64_before_binding() {
             "--stream-poll-interval",
         ),
         (&["--backend", "dynamo"][..], "--backend"),
+        (&["--max-connection-age", "0s"][..], "--max-connection-age"),
+        (
+            &["--max-connection-age", "500ms"][..],
+            "--max-connection-age",
+        ),
     ] {
         let out = Command::new(BIN)
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
