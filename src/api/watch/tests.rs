@@ -74,13 +74,18 @@ fn start_time() -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(1_800_000_000)
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_watch_ends_with_unavailable_when_its_connection_reaches_its_maximum_age() -> TestResult {
-    let settings = WatchSettings {
+/// Settings on a test clock at [`start_time`], with progress an hour away.
+fn quiet_settings() -> WatchSettings {
+    WatchSettings {
         clock: Clock::starting_at(start_time()),
         progress_interval: Duration::from_secs(3600),
         ..WatchSettings::default()
-    };
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_watch_ends_with_unavailable_when_its_connection_reaches_its_maximum_age() -> TestResult {
+    let settings = quiet_settings();
     // The connection ends before the token expires: the connection's end wins.
     let expires_at = start_time() + Duration::from_secs(60);
     let ends_at = Instant::now() + Duration::from_secs(20);
@@ -112,11 +117,7 @@ async fn a_watch_ends_with_unavailable_when_its_connection_reaches_its_maximum_a
 
 #[tokio::test(start_paused = true)]
 async fn a_watch_ends_at_its_token_expiry_by_the_injected_clock() -> TestResult {
-    let settings = WatchSettings {
-        clock: Clock::starting_at(start_time()),
-        progress_interval: Duration::from_secs(3600),
-        ..WatchSettings::default()
-    };
+    let settings = quiet_settings();
     let expires_at = start_time() + Duration::from_secs(30);
     let (_hub, _scope, mut w) = start(&[], &settings, Some(expires_at)).await?;
     let began = Instant::now();
