@@ -56,6 +56,21 @@ async fn clients_resume_without_loss_when_connections_reach_their_maximum_age() 
         reader_token.trim().to_owned(),
         stop.clone(),
     ));
+    // The client library's own unary call, on the channel its Watch uses: it tries
+    // a call its closing connection did not carry once more, so none fails.
+    let reads = tokio::spawn({
+        let (client, stop) = (rust.client.clone(), stop.clone());
+        async move {
+            let (mut answered, mut failed) = (0u64, Vec::new());
+            while !stop.is_cancelled() {
+                match client.read_secret("param_config_age/none").await {
+                    Ok(_) => answered += 1,
+                    Err(e) => failed.push(e.to_string()),
+                }
+            }
+            (answered, failed)
+        }
+    });
 
     let writer_token = mint_token(&server_bin(), &server.data_dir, TENANT, "writer", "24h")
         .await
@@ -83,6 +98,13 @@ async fn clients_resume_without_loss_when_connections_reach_their_maximum_age() 
     eprintln!(
         "max_age: {answered} Gets answered, {unsent} not sent (their connection was closing)"
     );
+    let (read, read_failed) = reads.await.unwrap();
+    assert!(
+        read_failed.is_empty(),
+        "read_secret failed: {read_failed:?}"
+    );
+    assert!(read > 0);
+    eprintln!("max_age: {read} read_secret calls answered");
     assert_eq!(writer.stats.uncertain, 0, "{:?}", writer.stats.errors);
 
     check_convergence(
