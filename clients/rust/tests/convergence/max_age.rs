@@ -80,15 +80,38 @@ async fn clients_resume_without_loss_when_connections_reach_their_maximum_age() 
         .collect();
     let (_server_addr, server_rx) = watch::channel(addr);
     let mut writer = Writer::new(server_rx, &writer_token, &keys);
-    for (i, key) in keys.iter().enumerate() {
-        let op = Op::Put {
-            value: json!({ "n": i }),
-            secret: false,
-        };
-        writer.write(key, op).await.unwrap();
-        tokio::time::sleep(WRITE_PACE).await;
-    }
-    stop.cancel();
+    // Meanwhile the TypeScript client reads with its own unary call, back to back.
+    let writes = async {
+        for (i, key) in keys.iter().enumerate() {
+            let op = Op::Put {
+                value: json!({ "n": i }),
+                secret: false,
+            };
+            writer.write(key, op).await.unwrap();
+            tokio::time::sleep(WRITE_PACE).await;
+        }
+        stop.cancel();
+    };
+    let ts_reads = async {
+        let (mut answered, mut failed) = (0u64, Vec::new());
+        while !stop.is_cancelled() {
+            match ts
+                .request_with("read", json!({ "key": "param_config_age/none" }))
+                .await
+            {
+                Ok(_) => answered += 1,
+                Err(e) => failed.push(e),
+            }
+        }
+        (answered, failed)
+    };
+    let ((), (ts_read, ts_failed)) = tokio::join!(writes, ts_reads);
+    assert!(
+        ts_failed.is_empty(),
+        "TypeScript readSecret failed: {ts_failed:?}"
+    );
+    assert!(ts_read > 0);
+    eprintln!("max_age: {ts_read} TypeScript readSecret calls answered");
     let (answered, unsent, failed) = gets.await.unwrap();
     assert!(
         failed.is_empty(),
