@@ -213,6 +213,11 @@ fn bad_configuration_exits_64_before_binding() {
         (&["--backend", "dynamo"][..], "--backend"),
         (&["--view-idle", "500ms"][..], "--view-idle"),
         (&["--view-idle", "soon"][..], "--view-idle"),
+        (&["--max-connection-age", "0s"][..], "--max-connection-age"),
+        (
+            &["--max-connection-age", "500ms"][..],
+            "--max-connection-age",
+        ),
     ] {
         let out = Command::new(BIN)
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
@@ -271,4 +276,50 @@ async fn tokens_and_secret_values_never_reach_the_logs() {
     );
     assert!(!logged.contains("not.a.jwt"));
     assert!(!logged.contains(secret), "a secret value was logged");
+}
+
+/// An HTTP/2 frame type: GOAWAY.
+const GOAWAY: u8 = 0x7;
+
+#[tokio::test]
+async fn a_connection_at_its_maximum_age_is_sent_goaway() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = temp_dir();
+    let server = ServerProcess::start(serve_command(
+        dir.path(),
+        &[
+            "--max-connection-age",
+            "1s",
+            "--max-connection-age-grace",
+            "1s",
+        ],
+    ))
+    .await;
+    // A client that speaks HTTP/2 and makes no call: the preface, empty SETTINGS.
+    let mut socket = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let opened = tokio::time::Instant::now();
+    socket
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    // Frames until a GOAWAY: a 9-byte header (24-bit length, type, flags, stream).
+    let goaway = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            let mut header = [0u8; 9];
+            socket.read_exact(&mut header).await?;
+            let len =
+                usize::from(header[0]) << 16 | usize::from(header[1]) << 8 | usize::from(header[2]);
+            let mut payload = vec![0u8; len];
+            socket.read_exact(&mut payload).await?;
+            if header[3] == GOAWAY {
+                return Ok::<_, std::io::Error>(payload);
+            }
+        }
+    })
+    .await
+    .expect("no GOAWAY within 10 s")
+    .unwrap();
+    // Sent at 90% of the age at the earliest; error code 0, NO_ERROR: a graceful end.
+    assert!(opened.elapsed() >= std::time::Duration::from_millis(900));
+    assert_eq!(goaway.get(4..8), Some(&[0u8, 0, 0, 0][..]), "{goaway:?}");
 }

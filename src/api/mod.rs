@@ -390,10 +390,10 @@ impl ConfigService for ConfigApi {
     ) -> Result<Response<Self::WatchStream>, Status> {
         let (id, scope) = caller(&request, &request.get_ref().tenant)?;
         // Its messages count against the connection's budget of unread replies.
-        let budget = request
-            .extensions()
-            .get::<ConnInfo>()
-            .map(|c| budget::StreamBudget::new(&c.replies, self.watch.max_batch_bytes));
+        let conn = request.extensions().get::<ConnInfo>();
+        let budget =
+            conn.map(|c| budget::StreamBudget::new(&c.replies, self.watch.max_batch_bytes));
+        let connection_ends_at = conn.and_then(|c| c.ends_at);
         let req = request.into_inner();
         check_prefixes(&req.prefixes, &self.limits)?;
         if req.known_versions.len() > self.limits.max_known_versions {
@@ -464,6 +464,7 @@ impl ConfigService for ConfigApi {
             sub,
             &self.watch,
             id.expires_at,
+            connection_ends_at,
             &self.shutdown,
             log,
         ));

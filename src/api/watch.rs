@@ -1,9 +1,10 @@
 //! One Watch stream: the initial state in chunks, then deltas as the hub hands them
-//! over, progress when idle, and a final status on shutdown or token expiry.
+//! over, progress when idle, and a final status on shutdown, token expiry or when
+//! its connection reached its maximum age.
 //!
 //! The stream is polled by the connection's own task; it spawns nothing. It wakes on
-//! a new change (the hub's waker), on its progress timer, on its token's expiry and
-//! on server shutdown.
+//! a new change (the hub's waker), on its progress timer, on its deadline (the
+//! earlier of its token's expiry and its connection's end) and on server shutdown.
 //!
 //! The delivery path is kept to what each message needs: shutdown and expiry are
 //! checked by an atomic flag ([`Shutdown::has_begun`], no lock) and the clock, and
@@ -45,7 +46,9 @@ pub struct WatchStream {
     progress: Pin<Box<Sleep>>,
     /// When the last message went out: progress is due a jittered interval later.
     last_sent: Instant,
-    expiry: Option<Pin<Box<Sleep>>>,
+    /// The earlier of the token's expiry and the connection's end (maximum age
+    /// plus grace), and which of them it is: one timer, one clock read per message.
+    deadline: Option<(Pin<Box<Sleep>>, EndReason)>,
     /// Checked before every message (an atomic load).
     cancel: Shutdown,
     /// Polled only when idle, to be woken when shutdown begins.
@@ -67,6 +70,7 @@ impl WatchStream {
         sub: Subscription,
         settings: &WatchSettings,
         expires_at: Option<SystemTime>,
+        connection_ends_at: Option<Instant>,
         shutdown: &Shutdown,
         log: EndLine,
     ) -> Self {
@@ -79,8 +83,14 @@ impl WatchStream {
             let left = at
                 .duration_since(settings.clock.now())
                 .unwrap_or(Duration::ZERO);
-            Box::pin(tokio::time::sleep(left))
+            (Instant::now() + left, EndReason::TokenExpired)
         });
+        let aged = connection_ends_at.map(|at| (at, EndReason::MaxConnectionAge));
+        let deadline = match (expiry, aged) {
+            (Some(e), Some(a)) => Some(if a.0 < e.0 { a } else { e }),
+            (e, a) => e.or(a),
+        }
+        .map(|(at, reason)| (Box::pin(tokio::time::sleep_until(at)), reason));
         WatchStream {
             handle: sub.handle,
             mode,
@@ -92,7 +102,7 @@ impl WatchStream {
             progress_interval: settings.progress_interval,
             progress: Box::pin(tokio::time::sleep(jittered(settings.progress_interval))),
             last_sent: Instant::now(),
-            expiry,
+            deadline,
             cancel: shutdown.clone(),
             shutdown: Box::pin(shutdown.token().child_token().cancelled_owned()),
             registered: None,
@@ -178,12 +188,11 @@ impl Stream for WatchStream {
         }
         // By the clock, not the timer's state: a stream that never idles has never
         // registered its timer.
-        if this
-            .expiry
-            .as_ref()
-            .is_some_and(|e| e.deadline() <= Instant::now())
+        if let Some((timer, reason)) = &this.deadline
+            && timer.deadline() <= Instant::now()
         {
-            return this.end(EndReason::TokenExpired, token_expired());
+            let reason = *reason;
+            return this.end(reason, reason_status(reason));
         }
         if let Some(msg) = this.next_initial() {
             this.sent(msg.changes.len());
@@ -206,10 +215,11 @@ impl Stream for WatchStream {
             if this.shutdown.as_mut().poll(cx).is_ready() {
                 return this.end(EndReason::Shutdown, shutting_down());
             }
-            if let Some(expiry) = this.expiry.as_mut()
-                && expiry.as_mut().poll(cx).is_ready()
+            if let Some((timer, reason)) = this.deadline.as_mut()
+                && timer.as_mut().poll(cx).is_ready()
             {
-                return this.end(EndReason::TokenExpired, token_expired());
+                let reason = *reason;
+                return this.end(reason, reason_status(reason));
             }
             let _ = this.progress.as_mut().poll(cx);
             this.registered = Some(cx.waker().clone());
@@ -251,6 +261,16 @@ impl Stream for WatchStream {
 
 fn shutting_down() -> Status {
     Status::unavailable("server is shutting down; reconnect and resume with your last resume_token")
+}
+
+/// The status a Watch ends with when its deadline passes.
+fn reason_status(reason: EndReason) -> Status {
+    match reason {
+        EndReason::MaxConnectionAge => Status::unavailable(
+            "the connection reached its maximum age; reconnect and resume with your last resume_token",
+        ),
+        _ => token_expired(),
+    }
 }
 
 fn token_expired() -> Status {

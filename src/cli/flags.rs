@@ -94,6 +94,15 @@ pub struct ServeArgs {
     /// connection's Gets wait and its Watches send nothing more until it reads.
     #[arg(long, env = "CONFIGWATCH_REPLY_BYTES_PER_CONNECTION", default_value_t = server::DEFAULT_REPLY_BYTES_PER_CONNECTION)]
     pub reply_bytes_per_connection: usize,
+    /// Age after which a connection is asked to go away (HTTP/2 GOAWAY) and, after
+    /// the grace, its Watch streams end with UNAVAILABLE so the client reconnects
+    /// and resumes (±10% per connection). Off unless set: set it behind a load
+    /// balancer so clients spread over new instances.
+    #[arg(long, env = "CONFIGWATCH_MAX_CONNECTION_AGE")]
+    pub max_connection_age: Option<humantime::Duration>,
+    /// How long Watch streams stay on a connection past its maximum age.
+    #[arg(long, env = "CONFIGWATCH_MAX_CONNECTION_AGE_GRACE", default_value_t = server::DEFAULT_MAX_CONNECTION_AGE_GRACE.into())]
+    pub max_connection_age_grace: humantime::Duration,
     /// How long shutdown waits for in-flight calls.
     #[arg(long, env = "CONFIGWATCH_SHUTDOWN_GRACE", default_value_t = server::DEFAULT_SHUTDOWN_GRACE.into())]
     pub shutdown_grace: humantime::Duration,
@@ -188,6 +197,14 @@ impl ServeArgs {
         }
         if *self.request_timeout < Duration::from_secs(1) {
             return Err(Failure::usage("--request-timeout must be at least 1s"));
+        }
+        if self
+            .max_connection_age
+            .is_some_and(|age| *age < Duration::from_secs(1))
+        {
+            return Err(Failure::usage(
+                "--max-connection-age must be at least 1s (leave it unset for no maximum)",
+            ));
         }
         let aws = self.aws.settings()?;
         if self.new_store && aws.is_some() {

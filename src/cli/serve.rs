@@ -18,7 +18,7 @@ use crate::auth::{Authenticator, ClaimRules};
 use crate::aws::AwsSettings;
 use crate::hub::{Hub, HubConfig};
 use crate::keys;
-use crate::server::{App, ConnectionLimits, RpcMetrics, serve};
+use crate::server::{App, ConnectionLimits, MaxConnectionAge, RpcMetrics, serve};
 use crate::source::supervise::Supervisor;
 use crate::source::{SourceContext, SourceCounters, ddb_streams, reconcile, sqs_events};
 use crate::store::Router;
@@ -260,6 +260,10 @@ fn connection_limits(args: &ServeArgs) -> ConnectionLimits {
         max_streams_per_connection: args.max_streams_per_connection,
         request_timeout: *args.request_timeout,
         reply_bytes_per_connection: args.reply_bytes_per_connection,
+        max_age: args.max_connection_age.map(|age| MaxConnectionAge {
+            age: *age,
+            grace: *args.max_connection_age_grace,
+        }),
     };
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(files) => {

@@ -172,6 +172,9 @@ async fn handshake(
         socket,
         replay: 0,
         peer,
+        ends_at: limits
+            .max_age
+            .map(|max| max.ends_at(tokio::time::Instant::now())),
         replies: ConnectionReplies::new(limits.reply_bytes_per_connection),
         _slot: slot,
     };
@@ -194,6 +197,8 @@ pub struct Conn {
     replay: usize,
     peer: std::net::SocketAddr,
     replies: ConnectionReplies,
+    /// When its Watch streams end (maximum age and grace), if there is a maximum age.
+    ends_at: Option<tokio::time::Instant>,
     _slot: OwnedSemaphorePermit,
 }
 
@@ -207,6 +212,7 @@ impl Connected for Conn {
                 remote_addr: Some(self.peer),
             },
             replies: self.replies.clone(),
+            ends_at: self.ends_at,
         }
     }
 }

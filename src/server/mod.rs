@@ -20,6 +20,7 @@
 mod accept;
 mod auth_layer;
 mod health;
+mod max_age;
 mod refusal_log;
 mod rpc_metrics;
 
@@ -41,6 +42,7 @@ pub use accept::{Conn, accept_loop};
 use auth_layer::AuthLayer;
 pub use health::Readiness;
 use health::report_health;
+pub use max_age::{DEFAULT_MAX_CONNECTION_AGE_GRACE, MaxConnectionAge};
 use refusal_log::RefusalLog;
 pub use rpc_metrics::RpcMetrics;
 use rpc_metrics::RpcMetricsLayer;
@@ -105,6 +107,9 @@ pub struct ConnectionLimits {
     /// Bytes of Get replies and Watch messages a connection's client has not read
     /// yet; more Gets on it wait, and its Watches send nothing more.
     pub reply_bytes_per_connection: usize,
+    /// When connections are asked to go away and their Watch streams end, so
+    /// clients reconnect (and spread over new instances); `None`: never.
+    pub max_age: Option<MaxConnectionAge>,
 }
 
 impl ConnectionLimits {
@@ -123,6 +128,7 @@ impl Default for ConnectionLimits {
             max_streams_per_connection: DEFAULT_MAX_STREAMS_PER_CONNECTION,
             request_timeout: crate::api::DEFAULT_REQUEST_TIMEOUT,
             reply_bytes_per_connection: DEFAULT_REPLY_BYTES_PER_CONNECTION,
+            max_age: None,
         }
     }
 }
@@ -213,7 +219,13 @@ pub async fn serve(
         stop.token().child_token(),
     ));
     let incoming = tokio_stream::wrappers::ReceiverStream::new(incoming);
-    let server = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(max) = app.connections.max_age {
+        // GOAWAY: no new calls on the connection; calls in flight finish, and its
+        // Watch streams end by themselves at the connection's end (see `accept`).
+        builder = builder.max_connection_age(max.goaway_after());
+    }
+    let server = builder
         .max_concurrent_streams(Some(app.connections.max_streams_per_connection))
         .timeout(app.connections.request_timeout)
         .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))

@@ -23,6 +23,8 @@
  *     going backwards, a set that does not raise the version, a `previousVersion`
  *     that is not the version last seen live, a delete of a key not live);
  *   - `counts`: changes, syncs by mode, disconnects, error events.
+ * - stdin `{"id":N,"cmd":"read","key":K}` -> `readSecret(K)`, answers
+ *   `{"id":N,"type":"read","value":V}` (null when the key does not exist).
  * - stdin `{"id":N,"cmd":"close"}` -> closes the client, answers
  *   `{"id":N,"type":"closed"}` and exits 0. End of stdin also closes and exits.
  * - a request that fails: `{"id":N,"type":"error","message":...}`.
@@ -209,11 +211,17 @@ async function main(): Promise<void> {
     if (line.trim() === '') return;
     let id: unknown;
     try {
-      const request = JSON.parse(line) as { id?: unknown; cmd?: unknown };
+      const request = JSON.parse(line) as { id?: unknown; cmd?: unknown; key?: unknown };
       id = request.id;
       switch (request.cmd) {
         case 'dump':
           send({ id, type: 'dump', ...dump() });
+          return;
+        case 'read':
+          client.readSecret(String(request.key)).then(
+            (value) => send({ id, type: 'read', value: value ?? null }),
+            (e: unknown) => send({ id, type: 'error', message: e instanceof Error ? e.message : String(e) }),
+          );
           return;
         case 'close':
           void closeAndExit(id);

@@ -25,6 +25,8 @@ pub(crate) enum EndReason {
     Shutdown,
     /// The caller's token expired.
     TokenExpired,
+    /// The connection reached its maximum age (and grace): the client reconnects.
+    MaxConnectionAge,
 }
 
 impl EndReason {
@@ -34,6 +36,7 @@ impl EndReason {
             EndReason::ClientGoneUnread => "client went away without reading (reply budget full)",
             EndReason::Shutdown => "shutdown",
             EndReason::TokenExpired => "token expired",
+            EndReason::MaxConnectionAge => "connection reached its maximum age",
         }
     }
 }

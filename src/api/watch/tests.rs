@@ -1,5 +1,6 @@
 //! The Watch stream's timers on paused tokio time: a stream ends at its token's
-//! expiry as the injected clock reads it, and an idle stream gets progress at the
+//! expiry as the injected clock reads it, or at its connection's end when that is
+//! earlier, and an idle stream gets progress at the
 //! jittered interval, counted from the last message it sent.
 
 use std::error::Error;
@@ -35,6 +36,16 @@ async fn start(
     settings: &WatchSettings,
     expires_at: Option<SystemTime>,
 ) -> Result<(Arc<Hub>, Scope, WatchStream), Box<dyn Error>> {
+    start_on(prefixes, settings, expires_at, None).await
+}
+
+/// The same, on a connection whose Watch streams end at `connection_ends_at`.
+async fn start_on(
+    prefixes: &[&str],
+    settings: &WatchSettings,
+    expires_at: Option<SystemTime>,
+    connection_ends_at: Option<Instant>,
+) -> Result<(Arc<Hub>, Scope, WatchStream), Box<dyn Error>> {
     let hub = Arc::new(Hub::new(Arc::new(Empty), HubConfig::default()));
     let scope = Scope::tenant("acme")?;
     let prefixes = PrefixSet::new(prefixes.iter().map(|p| p.to_string()));
@@ -42,7 +53,14 @@ async fn start(
         .subscribe(&scope, prefixes, None, &Known::Nothing)
         .await?;
     let log = EndLine::new(scope.clone(), 1, None);
-    let stream = WatchStream::new(sub, settings, expires_at, &Shutdown::new(), log);
+    let stream = WatchStream::new(
+        sub,
+        settings,
+        expires_at,
+        connection_ends_at,
+        &Shutdown::new(),
+        log,
+    );
     Ok((hub, scope, stream))
 }
 
@@ -56,13 +74,50 @@ fn start_time() -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(1_800_000_000)
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_watch_ends_at_its_token_expiry_by_the_injected_clock() -> TestResult {
-    let settings = WatchSettings {
+/// Settings on a test clock at [`start_time`], with progress an hour away.
+fn quiet_settings() -> WatchSettings {
+    WatchSettings {
         clock: Clock::starting_at(start_time()),
         progress_interval: Duration::from_secs(3600),
         ..WatchSettings::default()
-    };
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_watch_ends_with_unavailable_when_its_connection_reaches_its_maximum_age() -> TestResult {
+    let settings = quiet_settings();
+    // The connection ends before the token expires: the connection's end wins.
+    let expires_at = start_time() + Duration::from_secs(60);
+    let ends_at = Instant::now() + Duration::from_secs(20);
+    let (_hub, _scope, mut w) = start_on(&[], &settings, Some(expires_at), Some(ends_at)).await?;
+    let began = Instant::now();
+    assert!(next(&mut w).await?.initial_complete);
+    assert!(timeout(Duration::from_secs(19), w.next()).await.is_err());
+    let status = w.next().await.ok_or("a status")?.err().ok_or("an error")?;
+    assert_eq!(status.code(), Code::Unavailable);
+    assert!(
+        status.message().contains("maximum age") && status.message().contains("resume"),
+        "{status:?}"
+    );
+    assert_eq!(began.elapsed(), Duration::from_secs(20));
+    assert_eq!(
+        w.log.state(),
+        (1, 0, Some((EndReason::MaxConnectionAge, Code::Unavailable)))
+    );
+
+    // A token that expires first still ends the stream as expired.
+    let ends_at = Instant::now() + Duration::from_secs(60);
+    let expires_at = start_time() + Duration::from_secs(30);
+    let (_hub, _scope, mut w) = start_on(&[], &settings, Some(expires_at), Some(ends_at)).await?;
+    assert!(next(&mut w).await?.initial_complete);
+    let status = w.next().await.ok_or("a status")?.err();
+    assert_eq!(status.map(|s| s.code()), Some(Code::Unauthenticated));
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_watch_ends_at_its_token_expiry_by_the_injected_clock() -> TestResult {
+    let settings = quiet_settings();
     let expires_at = start_time() + Duration::from_secs(30);
     let (_hub, _scope, mut w) = start(&[], &settings, Some(expires_at)).await?;
     let began = Instant::now();

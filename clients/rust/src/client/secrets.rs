@@ -12,18 +12,33 @@ impl Client {
     /// Reads a value from the server with `Get`, on demand: for secrets, which the
     /// cache never holds. Never cached. `Ok(None)` when the key does not exist. The
     /// value must be a JSON string (as secrets are). A refused token gets one fresh
-    /// one; the whole call is bounded by `call_timeout`.
+    /// one, and a call its connection failed (closing, say after the server's GOAWAY)
+    /// one more try; the whole call is bounded by `call_timeout`.
     pub async fn read_secret(&self, key: &str) -> Result<Option<Versioned<String>>, Error> {
         if self.shared.shutdown.is_cancelled() {
             return Err(Error::Closed);
         }
         let timeout = self.shared.opts.call_timeout;
         let call = async {
-            match self.shared.get_once(key).await {
-                Err(e) if e.code() == Some(tonic::Code::Unauthenticated) => {
-                    self.shared.get_once(key).await
+            let (mut refreshed, mut repeated) = (false, false);
+            loop {
+                match self.shared.get_once(key).await {
+                    Err(e) if e.code() == Some(tonic::Code::Unauthenticated) && !refreshed => {
+                        refreshed = true;
+                    }
+                    // The connection was closing (the server's GOAWAY at its maximum
+                    // connection age, or a restart): a read, so safe to repeat once,
+                    // on a new connection.
+                    Err(e)
+                        if matches!(
+                            e.code(),
+                            Some(tonic::Code::Unavailable | tonic::Code::Cancelled)
+                        ) && !repeated =>
+                    {
+                        repeated = true;
+                    }
+                    other => return other,
                 }
-                other => other,
             }
         };
         let response = tokio::time::timeout(timeout, call)

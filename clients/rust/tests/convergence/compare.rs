@@ -117,12 +117,15 @@ pub(crate) struct Recorder {
     pub(crate) last: BTreeMap<String, LastEvent>,
     pub(crate) violations: Vec<String>,
     pub(crate) changes: u64,
+    /// Changes by how they reached the cache (full state, diff, resumed, live).
+    pub(crate) causes: BTreeMap<String, u64>,
     pub(crate) ended: Option<String>,
 }
 
 impl Recorder {
     pub(crate) fn record(&mut self, c: &Change) {
         self.changes += 1;
+        *self.causes.entry(format!("{:?}", c.cause)).or_default() += 1;
         let before = self.last.get(&c.key);
         let live = before.filter(|l| !l.delete).map(|l| l.version);
         let delete = c.kind == ChangeKind::Delete;

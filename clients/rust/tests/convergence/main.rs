@@ -27,6 +27,9 @@
 //!   processes);
 //! - `CONFIGWATCH_NODE` [node]: the Node.js binary; `CONFIGWATCH_BIN`: the server.
 //!
+//! `max_age` checks the same promise when connections reach the server's maximum
+//! age (`--max-connection-age`) instead.
+//!
 //! The TypeScript driver must be built: `npm ci && npm run build` in
 //! clients/typescript (tests/run does it before `cargo test`).
 
@@ -36,6 +39,7 @@ mod chaos;
 #[path = "../common/mod.rs"]
 mod common;
 mod compare;
+mod max_age;
 mod proxy;
 mod rust_client;
 mod server;

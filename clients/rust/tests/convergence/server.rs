@@ -38,12 +38,22 @@ impl Server {
     }
 
     pub(crate) async fn start(&mut self, history: usize) -> Result<SocketAddr, String> {
+        self.start_with(history, &[]).await
+    }
+
+    /// Starts it with more flags.
+    pub(crate) async fn start_with(
+        &mut self,
+        history: usize,
+        extra: &[&str],
+    ) -> Result<SocketAddr, String> {
         self.starts += 1;
         let log = std::fs::File::create(self.log()).map_err(|e| e.to_string())?;
         let mut command = serve_command(&server_bin(), &self.data_dir, 0);
         command
             .args(["--progress-interval", "500ms", "--shutdown-grace", "2s"])
             .args(["--history", &history.to_string()])
+            .args(extra)
             .env("CONFIGWATCH_LOG", "info")
             .stderr(log);
         let process = ServerProcess::try_start(command)

@@ -86,9 +86,18 @@ impl TsClient {
     }
 
     pub(crate) async fn request(&mut self, cmd: &str) -> Result<Value, String> {
+        self.request_with(cmd, json!({})).await
+    }
+
+    /// A command with arguments: the fields of `args` go into the request.
+    pub(crate) async fn request_with(&mut self, cmd: &str, args: Value) -> Result<Value, String> {
         self.next_id += 1;
         let id = self.next_id;
-        let line = format!("{}\n", json!({ "id": id, "cmd": cmd }));
+        let mut request = json!({ "id": id, "cmd": cmd });
+        if let (Some(r), Some(a)) = (request.as_object_mut(), args.as_object()) {
+            r.extend(a.clone());
+        }
+        let line = format!("{request}\n");
         self.stdin
             .write_all(line.as_bytes())
             .await
