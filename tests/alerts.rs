@@ -6,6 +6,8 @@
 //! promtool comes with Debian's `prometheus` package (`.ci/run` installs it); without
 //! it the promtool checks say SKIPPED and why.
 
+#![allow(clippy::unwrap_used)]
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
