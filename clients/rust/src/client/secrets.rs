@@ -13,29 +13,24 @@ impl Client {
     /// cache never holds. Never cached. `Ok(None)` when the key does not exist. The
     /// value must be a JSON string (as secrets are). A refused token gets one fresh
     /// one, and a call its connection failed (closing, say after the server's GOAWAY)
-    /// one more try; the whole call is bounded by `call_timeout`.
+    /// up to three more tries; the whole call is bounded by `call_timeout`.
     pub async fn read_secret(&self, key: &str) -> Result<Option<Versioned<String>>, Error> {
         if self.shared.shutdown.is_cancelled() {
             return Err(Error::Closed);
         }
         let timeout = self.shared.opts.call_timeout;
         let call = async {
-            let (mut refreshed, mut repeated) = (false, false);
+            let (mut refreshed, mut repeated) = (false, 0);
             loop {
                 match self.shared.get_once(key).await {
                     Err(e) if e.code() == Some(tonic::Code::Unauthenticated) && !refreshed => {
                         refreshed = true;
                     }
                     // The connection was closing (the server's GOAWAY at its maximum
-                    // connection age, or a restart): a read, so safe to repeat once,
-                    // on a new connection.
-                    Err(e)
-                        if matches!(
-                            e.code(),
-                            Some(tonic::Code::Unavailable | tonic::Code::Cancelled)
-                        ) && !repeated =>
-                    {
-                        repeated = true;
+                    // connection age, or a restart): a read, so safe to repeat, on a
+                    // new connection, a few times.
+                    Err(e) if connection_closed(&e) && repeated < CLOSED_RETRIES => {
+                        repeated += 1;
                     }
                     other => return other,
                 }
@@ -54,6 +49,23 @@ impl Client {
             revision: e.revision,
             updated_at: e.updated_at,
         }))
+    }
+}
+
+/// Times a read is repeated after its connection went away under it.
+const CLOSED_RETRIES: u32 = 3;
+
+/// Whether a call failed because its connection went away rather than by the
+/// server's answer: UNAVAILABLE, a call handed back unsent (CANCELLED), or the HTTP/2
+/// connection closing under it (tonic reports the transport's error, such as a GOAWAY
+/// that refused the stream, as INTERNAL or UNKNOWN with an "h2 protocol error").
+fn connection_closed(e: &Error) -> bool {
+    match e.code() {
+        Some(tonic::Code::Unavailable | tonic::Code::Cancelled) => true,
+        Some(tonic::Code::Internal | tonic::Code::Unknown) => {
+            e.to_string().contains("h2 protocol error")
+        }
+        _ => false,
     }
 }
 

@@ -58,6 +58,16 @@ pub(crate) struct Writer {
     pub(crate) stats: WriterStats,
 }
 
+/// Whether a call failed before the server handled it: hyper hands a queued request
+/// back as `Canceled("connection closed")` when its connection closes before the
+/// request was written, and a request whose stream the server's GOAWAY refused fails
+/// with the HTTP/2 connection error (NO_ERROR: "not a result of an error").
+pub(crate) fn never_sent(status: &Status) -> bool {
+    let text = format!("{status:?}");
+    (status.code() == Code::Cancelled && text.contains("Canceled, \"connection closed\""))
+        || text.contains("not a result of an error")
+}
+
 /// Codes that leave a write's outcome unknown: it may or may not have been applied.
 pub(crate) fn uncertain(code: Code) -> bool {
     matches!(
@@ -254,7 +264,9 @@ impl Writer {
                 .errors
                 .entry(format!("{code:?}: {}", status.message()))
                 .or_default() += 1;
-            if !unanswered {
+            // A call the server never handled (refused by its GOAWAY, or handed back
+            // unsent) leaves nothing uncertain: it is simply sent again.
+            if !unanswered && !never_sent(&status) {
                 self.stats.uncertain += 1;
             }
             if Instant::now() >= deadline {
