@@ -246,3 +246,35 @@ async fn readyz_is_503_while_the_jwks_has_not_been_fetched() {
     )
     .await;
 }
+
+/// A supervisor that reads only the first line of stdout (the gRPC address) and then
+/// closes the pipe must not stop the server: the admin line after it finds a broken
+/// pipe, and the server goes on serving.
+#[tokio::test]
+async fn a_reader_that_closes_stdout_after_the_first_line_does_not_stop_the_server() {
+    use std::io::{BufRead, BufReader};
+    let dir = temp_dir();
+    let mut child = serve_command(dir.path(), &["--admin-listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    // The reader (and the pipe) is gone here.
+    let addr: std::net::SocketAddr = first
+        .trim()
+        .trim_start_matches("listening on ")
+        .parse()
+        .unwrap();
+    let token = token(dir.path(), "acme", Role::Writer);
+    let mut c = connect(addr, Some(&token)).await;
+    for n in 0..3 {
+        put(&mut c, "tenant_config_a", &n.to_string()).await;
+    }
+    assert!(child.try_wait().unwrap().is_none(), "the server exited");
+    child.kill().unwrap();
+    let _ = child.wait();
+}

@@ -71,7 +71,7 @@ pub(super) async fn start_admin(
     let addr = listener
         .local_addr()
         .map_err(|e| Failure::error(format!("cannot read the bound admin address: {e}")))?;
-    println!("admin listening on {addr}");
+    super::serve::announce(&format!("admin listening on {addr}"));
     let admin = Arc::new(Admin {
         readiness,
         registry,

@@ -223,7 +223,7 @@ pub(super) async fn run_serve(args: ServeArgs) -> Result<(), Failure> {
         .local_addr()
         .map_err(|e| Failure::error(format!("cannot read the bound address: {e}")))?;
     // One line on stdout, for scripts that start the server on port 0.
-    println!("listening on {addr}");
+    announce(&format!("listening on {addr}"));
     start_admin(&args, app.readiness(), registry, stop.child_token()).await?;
     match &aws {
         None => {
@@ -433,6 +433,15 @@ pub(super) fn init_logging(filter: &str, format: LogFormat) -> Result<(), Failur
             .try_init(),
     };
     Ok(())
+}
+
+/// One line on stdout for scripts that start the server on port 0. A reader that
+/// closed stdout after the line it wanted (a broken pipe) must not stop the server,
+/// so a failed write is ignored rather than a panic as `println!` would be.
+pub(super) fn announce(line: &str) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}").and_then(|()| out.flush());
 }
 
 #[cfg(test)]
