@@ -26,6 +26,8 @@
 //!   against a fresh read of the sources; the fan-out into pending sets.
 //! - `pending`: one watcher's changes not yet taken, coalesced by key.
 //! - `watch`: [`Hub::subscribe`] and the [`WatchHandle`] a watcher reads through.
+//! - `confirm`: a diff's removals of keys the view does not know, checked with the
+//!   sources first (the caller may come from an instance that is ahead).
 //! - `token`: [`ResumeToken`], a position in a scope's change order.
 //! - `digest`: [`StateDigest`] and [`Known`], what a reconnecting watcher holds.
 //! - `page`: one page of a `Get` ([`Hub::snapshot_page`]).
@@ -37,6 +39,7 @@
 //! This file holds the [`Hub`] itself (views by scope) and its tuning.
 
 mod apply;
+mod confirm;
 mod digest;
 mod idle;
 mod page;

@@ -21,6 +21,10 @@ impl ScopeLoader for Fixed {
     async fn load_scope(&self, _: &Scope) -> Result<Vec<Entry>, StoreError> {
         Ok(lock(&self.0).clone())
     }
+
+    async fn read_key(&self, _: &Scope, key: &str) -> Result<Option<Entry>, StoreError> {
+        Ok(lock(&self.0).iter().find(|e| &*e.key == key).cloned())
+    }
 }
 
 fn hub(initial: Vec<Entry>) -> Hub {
@@ -465,5 +469,85 @@ async fn dropping_a_handle_unregisters_it() -> Result<(), Box<dyn std::error::Er
     assert_eq!(hub.watcher_stats().len(), 1);
     drop(sub);
     assert!(hub.watcher_stats().is_empty());
+    Ok(())
+}
+
+/// A caller that moves from an instance whose sources brought changes first to one
+/// that has not applied them yet holds newer versions than this view: the diff
+/// leaves those as held (versions only grow) and still sends what is newer here.
+#[tokio::test]
+async fn a_diff_never_takes_a_caller_back_to_an_older_version()
+-> Result<(), Box<dyn std::error::Error>> {
+    let scope = Scope::tenant("t").map_err(|e| StoreError::Internal(e.to_string()))?;
+    let hub = hub(vec![
+        e("tenant_config_a", 3, "1"),
+        Entry::tombstone("tenant_config_b", 2, 0),
+        e("tenant_config_c", 4, "1"),
+    ]);
+    let ahead = Known::Versions(
+        [
+            ("tenant_config_a".to_owned(), 5),
+            ("tenant_config_b".to_owned(), 6),
+            ("tenant_config_c".to_owned(), 4),
+        ]
+        .into(),
+    );
+    let sub = hub
+        .subscribe(&scope, PrefixSet::everything(), None, &ahead)
+        .await?;
+    assert_eq!(sub.mode, InitialMode::Diff);
+    assert_eq!(summary(&sub.initial), []);
+    let behind = Known::Versions(
+        [
+            ("tenant_config_a".to_owned(), 2),
+            ("tenant_config_b".to_owned(), 1),
+            ("tenant_config_c".to_owned(), 4),
+        ]
+        .into(),
+    );
+    let sub = hub
+        .subscribe(&scope, PrefixSet::everything(), None, &behind)
+        .await?;
+    assert_eq!(
+        summary(&sub.initial),
+        [("tenant_config_a".into(), 3), ("tenant_config_b".into(), 2)]
+    );
+    assert!(sub.initial[1].deleted);
+    Ok(())
+}
+
+/// A caller holding a key this view has not heard of yet (its sources have not
+/// brought it; another instance's have) keeps it: the hub reads it from the
+/// sources, applies it, and the caller gets it as a change; a key the sources do
+/// not hold either is removed.
+#[tokio::test]
+async fn a_diff_removes_an_unknown_key_only_when_the_sources_do_not_hold_it()
+-> Result<(), Box<dyn std::error::Error>> {
+    let scope = Scope::tenant("t").map_err(|e| StoreError::Internal(e.to_string()))?;
+    let source = Arc::new(Fixed(Mutex::new(vec![e("tenant_config_a", 1, "1")])));
+    let hub = Hub::new(source.clone(), HubConfig { history_limit: 8 });
+    hub.subscribe(&scope, PrefixSet::everything(), None, &Known::Nothing)
+        .await?;
+    // Written through another instance: in the sources, not yet in this view.
+    lock(&source.0).push(e("tenant_config_new", 2, "2"));
+    let known = Known::Versions(
+        [
+            ("tenant_config_a".to_owned(), 1),
+            ("tenant_config_new".to_owned(), 2),
+            ("tenant_config_gone".to_owned(), 1),
+        ]
+        .into(),
+    );
+    let mut sub = hub
+        .subscribe(&scope, PrefixSet::everything(), None, &known)
+        .await?;
+    assert_eq!(sub.mode, InitialMode::Diff);
+    assert_eq!(summary(&sub.initial), [("tenant_config_gone".into(), 0)]);
+    assert!(sub.initial[0].deleted);
+    // The view has it now, and the watcher gets it like any change.
+    assert_eq!(
+        summary(&next(&mut sub.handle).await),
+        [("tenant_config_new".into(), 2)]
+    );
     Ok(())
 }

@@ -18,13 +18,20 @@ use super::token::ResumeToken;
 use super::watch::WatcherSlot;
 use super::{Hub, lock};
 use crate::keys::PrefixSet;
-use crate::model::{Entry, Millis, Scope, now_millis};
+use crate::model::{Entry, Scope};
 use crate::store::{Router, StoreError};
 
 /// Loads a scope's whole state from the sources of truth.
 #[async_trait]
 pub trait ScopeLoader: Send + Sync + 'static {
     async fn load_scope(&self, scope: &Scope) -> Result<Vec<Entry>, StoreError>;
+
+    /// One key as the sources of truth hold it now, a secret without its value;
+    /// `None` when they do not have it. The default has no such read and answers
+    /// `None`.
+    async fn read_key(&self, _scope: &Scope, _key: &str) -> Result<Option<Entry>, StoreError> {
+        Ok(None)
+    }
 
     /// The identity of the store loaded from (empty when unknown).
     fn store_id(&self) -> Arc<str> {
@@ -36,6 +43,14 @@ pub trait ScopeLoader: Send + Sync + 'static {
 impl ScopeLoader for Router {
     async fn load_scope(&self, scope: &Scope) -> Result<Vec<Entry>, StoreError> {
         Router::load_scope(self, scope).await
+    }
+
+    async fn read_key(&self, scope: &Scope, key: &str) -> Result<Option<Entry>, StoreError> {
+        match self.route(key) {
+            Ok((_, backend)) => backend.read(scope, key, false).await,
+            // No backend holds such a key.
+            Err(_) => Ok(None),
+        }
     }
 
     fn store_id(&self) -> Arc<str> {
@@ -260,42 +275,48 @@ impl ScopeView {
     }
 
     /// What a caller holding `known` lacks under `set` in the state at `revision`:
-    /// entries at other versions, and removals for keys it holds that are deleted
-    /// or unknown here. Keys changed after `revision` are left out (the watcher's
-    /// pending set has them).
+    /// entries at newer versions than it holds, and removals for keys it holds that
+    /// are deleted here (at a newer version); then, apart, the keys it holds that
+    /// this view does not know at all, in key order (`confirm` decides their
+    /// removals). Keys changed after `revision` are left out (the watcher's pending
+    /// set has them). A key the caller holds at a newer version than this view is
+    /// left as held: it comes from an instance whose sources brought the change
+    /// first, and versions only grow, so sending this view's older one would take
+    /// the caller back.
     pub(super) async fn diff_at(
         &self,
         set: &PrefixSet,
         known: &HashMap<String, u64>,
         revision: u64,
-    ) -> Vec<Arc<SharedEntry>> {
+    ) -> (Vec<Arc<SharedEntry>>, Vec<String>) {
         let mut out: Vec<Arc<SharedEntry>> = Vec::new();
         self.scan_at(set, revision, |e| {
-            let held = known.get(&*e.key);
+            let held = known.get(&*e.key).copied();
             let send = if e.deleted {
-                held.is_some()
+                held.is_some_and(|v| v < e.version)
             } else {
-                held != Some(&e.version)
+                held.is_none_or(|v| v < e.version)
             };
             if send {
                 out.push(e.clone());
             }
         })
         .await;
-        let mut unknown: Vec<&String> = known.keys().filter(|k| set.matches(k)).collect();
-        unknown.sort();
-        let now: Millis = now_millis();
-        for chunk in unknown.chunks(SCAN_CHUNK) {
+        let mut held: Vec<&String> = known.keys().filter(|k| set.matches(k)).collect();
+        held.sort();
+        let mut unknown = Vec::new();
+        for chunk in held.chunks(SCAN_CHUNK) {
             {
                 let st = lock(&self.state);
-                for key in chunk {
-                    if !st.entries.contains_key(key.as_str()) {
-                        out.push(Arc::new(SharedEntry::new(Entry::tombstone(key, 0, now))));
-                    }
-                }
+                unknown.extend(
+                    chunk
+                        .iter()
+                        .filter(|key| !st.entries.contains_key(key.as_str()))
+                        .map(|key| (*key).clone()),
+                );
             }
             tokio::task::yield_now().await;
         }
-        out
+        (out, unknown)
     }
 }

@@ -162,10 +162,11 @@ impl Hub {
                 (InitialMode::Full, all)
             }
             Plan::Diff(versions) => {
-                let out = handle
+                let (mut out, unknown) = handle
                     .view
                     .diff_at(&handle.slot.prefixes, versions, revision)
                     .await;
+                out.extend(self.confirm_removals(scope, unknown).await);
                 (InitialMode::Diff, out)
             }
         };
