@@ -3,8 +3,11 @@
 //!
 //! - FULL initial state: replaces everything held (the cache only ever holds keys
 //!   under the watched prefixes of one tenant).
-//! - DIFF initial state: each entry is authoritative whatever its version; a deleted
-//!   entry is a removal (version 0 when the server never knew the key).
+//! - DIFF initial state: each entry applies if it is newer than what is held for
+//!   its key (live or deleted): the server may lag behind the instance the cache
+//!   heard a version from, and versions only grow. A deleted entry is a
+//!   removal; at version 0 (a key neither the server nor its sources know) it
+//!   always applies, and the tombstone keeps the version held.
 //! - RESUMED initial state and deltas: an entry applies only if its version is newer
 //!   than the one held for its key. Versions of deleted keys are kept as tombstones,
 //!   so an old message can never bring a deleted key back.
@@ -281,7 +284,7 @@ impl Cache {
     pub fn apply_initial(&mut self, mode: SyncMode, entries: Vec<WireEntry>) -> Vec<Change> {
         match mode {
             SyncMode::Resumed => self.apply_deltas(entries, Cause::Resumed),
-            SyncMode::Diff => self.apply_authoritative(entries, Cause::Diff),
+            SyncMode::Diff => self.apply_diff(entries),
             SyncMode::Full => {
                 let present: HashSet<&str> = entries.iter().map(|e| e.key.as_str()).collect();
                 let gone: Vec<String> = self
@@ -325,6 +328,24 @@ impl Cache {
             }
         }
         changes
+    }
+
+    /// A DIFF: each entry newer than what is held for its key (live or deleted);
+    /// a removal at version 0 (a key the server does not know) always,
+    /// as a tombstone at the version held (as a FULL state's removals).
+    fn apply_diff(&mut self, entries: Vec<WireEntry>) -> Vec<Change> {
+        let entries = entries
+            .into_iter()
+            .filter_map(|mut e| {
+                let held = self.held.get(&e.key).map(|cur| cur.version);
+                if e.deleted && e.version == 0 {
+                    e.version = held.unwrap_or(0);
+                    return Some(e);
+                }
+                held.is_none_or(|v| v < e.version).then_some(e)
+            })
+            .collect();
+        self.apply_authoritative(entries, Cause::Diff)
     }
 
     fn apply_authoritative(&mut self, entries: Vec<WireEntry>, cause: Cause) -> Vec<Change> {
@@ -490,16 +511,29 @@ mod tests {
     }
 
     #[test]
-    fn diff_is_authoritative_whatever_the_version() {
+    fn a_diff_never_takes_a_key_back_but_removes_what_the_server_does_not_know() {
         let mut c = Cache::default();
         c.apply_initial(SyncMode::Full, vec![e("a", 5, "5"), e("b", 5, "5")]);
-        // A server that lost its data: a is back at version 1, b unknown (version 0).
-        let ch = c.apply_initial(SyncMode::Diff, vec![e("a", 1, "1"), del("b", 0)]);
-        assert_eq!(summary(&ch), ["a@1", "b@0-"]);
-        assert_eq!(c.version_of("b"), Some(0));
-        // So the new server's version 1 of b applies.
-        let ch = c.apply_deltas(vec![e("b", 1, "x")], Cause::Delta);
-        assert_eq!(summary(&ch), ["b@1"]);
+        c.apply_deltas(vec![del("d", 9)], Cause::Delta);
+        // A server that lags behind the instance the cache came from: a at 1 and d
+        // live at 8 are older than held; b it does not know at all (version 0).
+        let ch = c.apply_initial(
+            SyncMode::Diff,
+            vec![e("a", 1, "1"), del("b", 0), e("d", 8, "8")],
+        );
+        // b is gone: its tombstone keeps the version held.
+        assert_eq!(summary(&ch), ["b@5-"]);
+        assert_eq!(c.version_of("a"), Some(5));
+        assert!(c.live("d").is_none());
+        assert_eq!(c.version_of("b"), Some(5));
+        // What is newer applies.
+        let ch = c.apply_initial(
+            SyncMode::Diff,
+            vec![e("a", 6, "6"), e("d", 10, "10"), e("b", 5, "old")],
+        );
+        assert_eq!(summary(&ch), ["a@6", "d@10"]);
+        let ch = c.apply_deltas(vec![e("b", 6, "x")], Cause::Delta);
+        assert_eq!(summary(&ch), ["b@6"]);
     }
 
     #[test]

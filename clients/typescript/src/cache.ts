@@ -4,8 +4,11 @@
  *
  * - FULL initial state: replaces everything held (the cache only ever holds keys
  *   under the watched prefixes of one tenant).
- * - DIFF initial state: each entry is authoritative whatever its version; a deleted
- *   entry is a removal.
+ * - DIFF initial state: each entry applies if it is newer than what is held for its
+ *   key (live or deleted): the server may lag behind the instance the cache heard a
+ *   version from, and versions only grow. A deleted entry is a removal; at version 0
+ *   (a key neither the server nor its sources know) it always applies, and the
+ *   tombstone keeps the version held (as a FULL state's removals).
  * - RESUMED initial state and deltas: an entry applies only if its version is newer
  *   than the one held for its key. Versions of deleted keys are kept as tombstones,
  *   so an old message can never bring a deleted key back.
@@ -183,7 +186,7 @@ export class Cache {
       case 'resumed':
         return this.applyDeltas(entries, 'resumed');
       case 'diff':
-        return this.applyAuthoritative(entries, 'diff');
+        return this.applyAuthoritative(this.newerThanHeld(entries), 'diff');
       case 'full': {
         const changes: Change[] = [];
         const present = new Set(entries.map((e) => e.key));
@@ -214,6 +217,21 @@ export class Cache {
   /** Loads entries from a snapshot into an empty cache (no changes reported). */
   load(entries: readonly WireEntry[]): void {
     for (const e of entries) this.held.set(e.key, hold(e));
+  }
+
+  /**
+   * The entries of a DIFF that apply: those newer than what is held for their key
+   * (live or deleted), and removals at version 0 (keys the server does not know), at
+   * the version held.
+   */
+  private newerThanHeld(entries: readonly WireEntry[]): WireEntry[] {
+    const out: WireEntry[] = [];
+    for (const e of entries) {
+      const cur = this.held.get(e.key);
+      if (e.deleted && e.version === 0) out.push(cur === undefined ? e : { ...e, version: cur.version });
+      else if (cur === undefined || cur.version < e.version) out.push(e);
+    }
+    return out;
   }
 
   private applyAuthoritative(entries: readonly WireEntry[], cause: ChangeCause): Change[] {

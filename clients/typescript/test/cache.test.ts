@@ -77,16 +77,24 @@ test('a FULL initial state replaces everything held', () => {
   assert.deepEqual(c.liveEntries().map((h) => h.key), ['a', 'c']);
 });
 
-test('a DIFF initial state is authoritative whatever the versions', () => {
+test('a DIFF initial state never takes a key back, but removes what the server does not know', () => {
   const c = new Cache();
-  c.applyDeltas([e('a', 5, 'five'), e('b', 2, 'two')]);
-  // The server says a is at 3 (a restored store) and b is gone (version 0: unknown).
-  const changes = c.applyInitial('diff', [e('a', 3, 'three'), del('b', 0)]);
-  assert.deepEqual(summary(changes), ['a@3', 'b@0-']);
-  assert.equal(c.live('a')?.value, 'three');
+  c.applyDeltas([e('a', 5, 'five'), e('b', 2, 'two'), del('d', 9)]);
+  // A server that lags behind the instance the cache came from: a at 3 and d live at
+  // 8 are older than held; b it does not know at all (version 0).
+  const changes = c.applyInitial('diff', [e('a', 3, 'three'), del('b', 0), e('d', 8, 'eight')]);
+  // b is gone: its tombstone keeps the version held.
+  assert.deepEqual(summary(changes), ['b@2-']);
+  assert.equal(c.live('a')?.value, 'five');
   assert.equal(c.live('b'), undefined);
+  assert.equal(c.live('d'), undefined);
+  // What is newer applies; b at the version of its tombstone does not.
+  assert.deepEqual(summary(c.applyInitial('diff', [e('a', 6, 'six'), e('d', 10, 'ten'), e('b', 2, 'old')])), [
+    'a@6',
+    'd@10',
+  ]);
   // A RESUMED state is applied like deltas.
-  assert.deepEqual(summary(c.applyInitial('resumed', [e('a', 3, 'dup'), e('a', 4, 'four')])), ['a@4']);
+  assert.deepEqual(summary(c.applyInitial('resumed', [e('a', 6, 'dup'), e('a', 7, 'seven')])), ['a@7']);
 });
 
 test('secrets never hold a value, even if one arrives', () => {
