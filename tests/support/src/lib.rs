@@ -10,7 +10,8 @@
 //! - [`wait`]: waiting for a condition by polling it against a deadline, never by a
 //!   fixed sleep.
 //! - `moto` (feature `moto`): a private moto server (AWS emulator) with the
-//!   resources of the CloudFormation template.
+//!   resources of the CloudFormation template (and, for a second instance, one
+//!   more queue the rule feeds: `Moto::add_event_queue`).
 //! - [`procfs`]: a process's resident memory and CPU time from `/proc`.
 //! - [`temp_dir`]: a temporary directory, removed when dropped.
 //!
@@ -25,6 +26,8 @@
 pub mod http;
 #[cfg(feature = "moto")]
 pub mod moto;
+#[cfg(feature = "moto")]
+mod moto_fanout;
 pub mod process;
 pub mod procfs;
 pub mod token;

@@ -22,6 +22,8 @@ pub const REGION: &str = "us-east-1";
 pub const ACCOUNT: &str = "123456789012";
 pub const TABLE: &str = "configwatch-tenant-config";
 pub const ROOT: &str = "/config-service";
+/// The EventBridge rule that sends Parameter Store changes to the queue(s).
+pub const RULE: &str = "configwatch-parameter-changes";
 
 pub struct Moto {
     child: Child,
@@ -176,7 +178,7 @@ impl Moto {
         let events = self.events().await;
         let rule_arn = events
             .put_rule()
-            .name("configwatch-parameter-changes")
+            .name(RULE)
             .event_pattern(template_event_pattern(ROOT).to_string())
             .state(aws_sdk_eventbridge::types::RuleState::Enabled)
             .send()
@@ -186,7 +188,7 @@ impl Moto {
             .unwrap();
         events
             .put_targets()
-            .rule("configwatch-parameter-changes")
+            .rule(RULE)
             .targets(
                 aws_sdk_eventbridge::types::Target::builder()
                     .id("configwatch-queue")
@@ -224,7 +226,7 @@ impl Moto {
         }
     }
 
-    async fn queue_arn(&self, url: &str) -> String {
+    pub(crate) async fn queue_arn(&self, url: &str) -> String {
         self.sqs()
             .await
             .get_queue_attributes()

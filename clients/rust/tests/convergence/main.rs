@@ -28,13 +28,16 @@
 //! - `CONFIGWATCH_NODE` [node]: the Node.js binary; `CONFIGWATCH_BIN`: the server.
 //!
 //! `max_age` checks the same promise when connections reach the server's maximum
-//! age (`--max-connection-age`) instead.
+//! age (`--max-connection-age`) instead, and `spread` with two instances on the AWS
+//! backend (moto) behind a round-robin `balancer`, the second started later: the
+//! watchers spread to it and none misses a change.
 //!
 //! The TypeScript driver must be built: `npm ci && npm run build` in
 //! clients/typescript (tests/run does it before `cargo test`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod balancer;
 mod chaos;
 #[path = "../common/mod.rs"]
 mod common;
@@ -43,9 +46,11 @@ mod max_age;
 mod proxy;
 mod rust_client;
 mod server;
+mod spread;
 mod ts_client;
 mod writer;
 
+use balancer::*;
 use chaos::*;
 use compare::*;
 use proxy::*;
@@ -386,12 +391,31 @@ async fn check_convergence(
         ));
     }
     let keys: Vec<String> = writer.keys().cloned().collect();
+    converge_on(&truth, &keys, rust, ts).await?;
+    // Nothing may have moved in the meantime: no writes happen now.
+    let again = writer.truth().await?;
+    if again != truth {
+        return Err(format!(
+            "the server's state changed with no writes: {truth:?} then {again:?}"
+        ));
+    }
+    Ok(())
+}
+
+/// Waits until every client holds `truth` (`keys`: every key written), checking
+/// their change events on the way.
+async fn converge_on(
+    truth: &Truth,
+    keys: &[String],
+    rust: &[RustClient],
+    ts: &mut [TsClient],
+) -> Result<(), String> {
     let waiting = RefCell::new(Vec::new());
     // Locked across the awaits of one check; the checks never overlap.
     let ts = tokio::sync::Mutex::new(ts);
     let converged = poll(CONVERGE_WITHIN, || async {
         let mut ts = ts.lock().await;
-        match not_converged(&truth, &keys, rust, &mut ts).await {
+        match not_converged(truth, keys, rust, &mut ts).await {
             Err(e) => Some(Err(e)),
             Ok(left) if left.is_empty() => Some(Ok(())),
             Ok(left) => {
@@ -401,31 +425,25 @@ async fn check_convergence(
         }
     })
     .await;
-    if converged.is_err() {
-        let waiting = waiting.into_inner();
-        let mut msg = format!(
-            "{} client(s) did not converge within {CONVERGE_WITHIN:?}:",
-            waiting.len()
-        );
-        for (name, view, m) in waiting {
-            let _ = write!(
-                msg,
-                "\n{name} ({}):\n  {}",
-                view.status,
-                m.iter().take(12).cloned().collect::<Vec<_>>().join("\n  ")
+    match converged {
+        Ok(outcome) => outcome,
+        Err(_) => {
+            let waiting = waiting.into_inner();
+            let mut msg = format!(
+                "{} client(s) did not converge within {CONVERGE_WITHIN:?}:",
+                waiting.len()
             );
+            for (name, view, m) in waiting {
+                let _ = write!(
+                    msg,
+                    "\n{name} ({}):\n  {}",
+                    view.status,
+                    m.iter().take(12).cloned().collect::<Vec<_>>().join("\n  ")
+                );
+            }
+            Err(msg)
         }
-        return Err(msg);
     }
-    converged.ok().transpose()?;
-    // Nothing may have moved in the meantime: no writes happen now.
-    let again = writer.truth().await?;
-    if again != truth {
-        return Err(format!(
-            "the server's state changed with no writes: {truth:?} then {again:?}"
-        ));
-    }
-    Ok(())
 }
 
 /// The clients whose cache does not equal `truth` yet, with their view and what

@@ -10,6 +10,8 @@ pub(crate) struct Server {
     pub(crate) logs: PathBuf,
     pub(crate) process: Option<ServerProcess>,
     pub(crate) starts: u32,
+    /// Environment for the process (the AWS endpoint of a moto server, say).
+    pub(crate) env: Vec<(String, String)>,
 }
 
 impl Server {
@@ -19,6 +21,7 @@ impl Server {
             logs,
             process: None,
             starts: 0,
+            env: Vec::new(),
         }
     }
 
@@ -54,6 +57,7 @@ impl Server {
             .args(["--progress-interval", "500ms", "--shutdown-grace", "2s"])
             .args(["--history", &history.to_string()])
             .args(extra)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("CONFIGWATCH_LOG", "info")
             .stderr(log);
         let process = ServerProcess::try_start(command)

@@ -1,0 +1,359 @@
+//! Connections rebalance: two instances over the same AWS sources (moto), each with
+//! its own queue, behind a round-robin balancer. Watchers of both languages start on
+//! instance A alone; B starts later and joins the balancer; with a short maximum
+//! connection age the watchers spread over both, while changes arrive the whole time
+//! through A's API, B's API, DynamoDB directly and Parameter Store (with its event
+//! fanned out to both queues). At the end every watcher holds what the store holds
+//! (read from DynamoDB and Parameter Store directly), no watcher saw a version go
+//! back, and none was sent a full state again after its first.
+//!
+//! Reconciliation is set far beyond the test's length, so every change has to come
+//! by the stream, the queue or the instance's own write: none is repaired later.
+
+use super::*;
+
+use std::cell::Cell;
+
+use configwatch_test_support::moto::{Moto, REGION, ROOT, Resources};
+use configwatch_test_support::{PATIENCE, http_get};
+use tokio_util::sync::CancellationToken;
+
+mod changes;
+
+use changes::*;
+
+/// Watchers per language.
+const WATCHERS: usize = 6;
+/// Short connection lifetimes: GOAWAY at 0.9 s, Watches end 0.9-1.1 s after the
+/// connection opened plus the grace.
+const MAX_AGE: &[&str] = &[
+    "--max-connection-age",
+    "1s",
+    "--max-connection-age-grace",
+    "500ms",
+];
+/// Changes made while A is alone, before B starts.
+const WRITES_BEFORE_B: usize = 24;
+/// How long changes go on after the watchers are spread: a few more connection
+/// lifetimes, so watchers keep moving between the instances while changes arrive.
+const WRITES_AFTER_SPREAD: Duration = Duration::from_secs(4);
+/// How long the watchers get to spread once B is in the balancer: about ten
+/// connection lifetimes.
+const SPREAD_WITHIN: Duration = Duration::from_secs(15);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watchers_spread_to_a_second_instance_and_miss_no_change() {
+    let driver = typescript_driver();
+    let dir = temp_dir();
+    let seed: u64 = std::env::var("CONFIGWATCH_CONVERGENCE_SEED")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or_else(|| rand::rng().random());
+    eprintln!("spread: seed {seed} (replay with CONFIGWATCH_CONVERGENCE_SEED={seed})");
+    let started = Instant::now();
+    let moto = Moto::start();
+    let res = moto.create_resources(Duration::from_secs(2)).await;
+    // B's queue: the rule hands every Parameter Store event to both queues.
+    let b_queue = moto
+        .add_event_queue("configwatch-parameter-changes-b", Duration::from_secs(2))
+        .await;
+
+    let data_dir = dir.path().join("data");
+    let mut a = instance(&moto, &data_dir, dir.path().join("a"));
+    let mut b = instance(&moto, &data_dir, dir.path().join("b"));
+    let a_addr = a
+        .start_with(4096, &aws_flags(&res, &res.queue_url))
+        .await
+        .unwrap();
+    // One signing key for both: the data directory holds nothing else on AWS.
+    let token_file = dir.path().join("reader.token");
+    let reader = mint_token(&server_bin(), &data_dir, TENANT, "reader", "10m")
+        .await
+        .unwrap();
+    std::fs::write(&token_file, reader).unwrap();
+    let writer_token = mint_token(&server_bin(), &data_dir, TENANT, "writer", "10m")
+        .await
+        .unwrap();
+
+    let balancer = Balancer::start(a_addr).await.unwrap();
+    let url = format!("http://{}", balancer.addr);
+    // Both languages start on the empty tenant: their first state carries no
+    // change, so any change that arrives in a full state later is a resend.
+    let mut rust = Vec::new();
+    let mut ts = Vec::new();
+    for i in 0..WATCHERS {
+        rust.push(
+            RustClient::start(format!("rust-{i}"), &url, &token_file, watches(i))
+                .await
+                .unwrap(),
+        );
+        ts.push(
+            TsClient::start(
+                &driver,
+                format!("ts-{i}"),
+                &url,
+                &token_file,
+                watches(i),
+                &dir.path().join(format!("ts-{i}.log")),
+            )
+            .await
+            .unwrap(),
+        );
+    }
+    let a_admin = admin_of(&a);
+    let all = 2 * WATCHERS as u64;
+    wait_for_streams(a_admin, all, "every watcher on A").await;
+
+    let mut changes = Changes::new(&moto, &res, &writer_token, a_addr, seed).await;
+    let anchors = changes.anchors().await.unwrap();
+    hold(&anchors, &rust, &mut ts).await;
+    let stop = CancellationToken::new();
+    let (progress, mut progress_rx) = watch::channel(0usize);
+    let (b_tx, b_rx) = watch::channel(None::<SocketAddr>);
+    let writes = changes.run(b_rx, stop.clone(), progress);
+    let scenario = async {
+        // Whatever happens here, the writes stop with it.
+        let _stop = stop.clone().drop_guard();
+        progress_rx
+            .wait_for(|n| *n >= WRITES_BEFORE_B)
+            .await
+            .unwrap();
+        let b_addr = b
+            .start_with(4096, &aws_flags(&res, &b_queue))
+            .await
+            .unwrap();
+        b_tx.send_replace(Some(b_addr));
+        balancer.add(b_addr);
+        let b_admin = admin_of(&b);
+        let joined = Instant::now();
+        let spread = spread_over(a_admin, b_admin, all).await;
+        eprintln!(
+            "spread: {} Watch streams on A, {} on B, {} ms after B joined",
+            spread.0,
+            spread.1,
+            joined.elapsed().as_millis()
+        );
+        // The scenario: changes go on while connections keep aging.
+        tokio::time::sleep(WRITES_AFTER_SPREAD).await;
+        (b_addr, spread)
+    };
+    let (written, (b_addr, _)) = tokio::join!(writes, scenario);
+    written.unwrap_or_else(|e| {
+        panic!("{e}\n{}\n{}", a.log_tail(30), b.log_tail(30));
+    });
+    eprintln!(
+        "spread: {}; connections through the balancer: {} to A, {} to B",
+        changes.stats(),
+        balancer.opened_to(a_addr),
+        balancer.opened_to(b_addr)
+    );
+
+    // The store, read directly, holds every acknowledged write through the API.
+    let truth = changes.store_state().await;
+    let lost = changes.api.compare_record(
+        &truth
+            .iter()
+            .filter(|(k, _)| k.starts_with(API_PREFIX))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+    );
+    assert!(lost.is_empty(), "API writes lost:\n  {}", lost.join("\n  "));
+
+    let t = Instant::now();
+    converge_on(&truth, &changes.keys(), &rust, &mut ts)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}\n{}", a.log_tail(30), b.log_tail(30)));
+    eprintln!(
+        "spread: every watcher held the store's {} keys {} ms after the writes stopped",
+        truth.len(),
+        t.elapsed().as_millis()
+    );
+
+    // Each watcher moved (its first sync, then at least two more), and never got
+    // a full state again: the instances resumed it or sent the difference.
+    let mut report = String::new();
+    for c in &rust {
+        let status = c.client.status();
+        let recorded = c.recorder.lock().unwrap();
+        assert!(status.syncs >= 3, "{}: {status:?}", c.name);
+        assert!(
+            !recorded.causes.contains_key("Full"),
+            "{}: a full state after the first: {:?}",
+            c.name,
+            recorded.causes
+        );
+        let _ = write!(
+            report,
+            " {}: {} syncs {:?};",
+            c.name, status.syncs, recorded.causes
+        );
+    }
+    for c in &mut ts {
+        let counts = c.dump().await.unwrap().counts;
+        assert_eq!(counts["syncs"]["full"], json!(1), "{}: {counts}", c.name);
+        assert!(
+            counts["disconnects"].as_u64().unwrap_or(0) >= 2,
+            "{}: {counts}",
+            c.name
+        );
+        let _ = write!(report, " {}: {};", c.name, counts["syncs"]);
+    }
+    eprintln!(
+        "spread: passed in {:.1} s;{report}",
+        started.elapsed().as_secs_f64()
+    );
+
+    for c in rust {
+        c.client.close().await;
+    }
+    for c in ts {
+        c.close().await.unwrap();
+    }
+    a.kill().await;
+    b.kill().await;
+}
+
+/// What watcher `i` of a language watches: every other one the keys of other tools
+/// only (DynamoDB and Parameter Store), the others the whole tenant.
+fn watches(i: usize) -> Vec<String> {
+    if i % 2 == 1 {
+        vec![DDB_PREFIX.into(), SSM_PREFIX.into()]
+    } else {
+        Vec::new()
+    }
+}
+
+/// A server on the AWS backend of `moto`, logging into `logs`.
+fn instance(moto: &Moto, data_dir: &Path, logs: PathBuf) -> Server {
+    std::fs::create_dir_all(&logs).unwrap();
+    let mut server = Server::new(data_dir.to_owned(), logs);
+    server.env = [
+        ("AWS_ENDPOINT_URL", moto.endpoint.as_str()),
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    server
+}
+
+/// The flags of an instance reading `res` with its own `queue`.
+fn aws_flags<'a>(res: &'a Resources, queue: &'a str) -> Vec<&'a str> {
+    let mut flags = vec![
+        "--backend",
+        "aws",
+        "--table",
+        &res.table,
+        "--queue-url",
+        queue,
+        "--ssm-root",
+        ROOT,
+        "--region",
+        REGION,
+        "--stream-poll-interval",
+        "100ms",
+        // Nothing may be repaired by a re-read during the test.
+        "--reconcile-interval",
+        "10m",
+        "--admin-listen",
+        "127.0.0.1:0",
+    ];
+    flags.extend_from_slice(MAX_AGE);
+    flags
+}
+
+fn admin_of(server: &Server) -> SocketAddr {
+    server
+        .process
+        .as_ref()
+        .and_then(|p| p.admin)
+        .expect("the instance's admin listener")
+}
+
+/// `configwatch_watch_streams_open` of the instance whose admin listener is `admin`.
+async fn streams_open(admin: SocketAddr) -> u64 {
+    let answer = http_get(admin, "/metrics").await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    answer
+        .body
+        .lines()
+        .find_map(|l| l.strip_prefix("configwatch_watch_streams_open "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
+        .unwrap_or_else(|| panic!("no configwatch_watch_streams_open in {}", answer.body))
+}
+
+async fn wait_for_streams(admin: SocketAddr, n: u64, what: &str) {
+    let last = Cell::new(0);
+    let reached = poll(PATIENCE, || async {
+        last.set(streams_open(admin).await);
+        (last.get() == n).then_some(())
+    })
+    .await;
+    assert!(
+        reached.is_ok(),
+        "{what}: {} Watch streams open, not {n}",
+        last.get()
+    );
+}
+
+/// Waits until each instance holds at least a third of the `all` watchers' streams;
+/// returns the counts (A, B).
+///
+/// Why this cannot flake: from B's joining, every watcher's connection ends within
+/// 1.1 s + 500 ms of opening (its age, then the grace) and its next one goes to A or
+/// B in strict turn, so each connection lifetime deals the watchers out afresh, and
+/// more evenly than coin flips would (the turns alternate): one deal leaving either
+/// side fewer than 4 of 12 has a chance of a few percent at most. The check looks
+/// every 20 ms for 15 s, about ten deals; only watchers that do not move (B holding
+/// next to nothing throughout) keep it false.
+async fn spread_over(a: SocketAddr, b: SocketAddr, all: u64) -> (u64, u64) {
+    let fair = all.div_ceil(3);
+    let last = Cell::new((0, 0));
+    let spread = poll(SPREAD_WITHIN, || async {
+        let counts = (streams_open(a).await, streams_open(b).await);
+        last.set(counts);
+        (counts.0 >= fair && counts.1 >= fair).then_some(counts)
+    })
+    .await;
+    spread.unwrap_or_else(|_| {
+        panic!(
+            "the watchers did not spread within {SPREAD_WITHIN:?}: last seen {} Watch streams \
+             on A and {} on B (each should hold at least {fair} of {all})",
+            last.get().0,
+            last.get().1
+        )
+    })
+}
+
+/// Waits until every watcher holds each of `keys`.
+async fn hold(keys: &[String], rust: &[RustClient], ts: &mut [TsClient]) {
+    let missing = RefCell::new(Vec::new());
+    let ts = tokio::sync::Mutex::new(ts);
+    let held = poll(PATIENCE, || async {
+        let mut without = Vec::new();
+        for c in rust {
+            let cache = c.view().cache;
+            if !keys.iter().all(|k| cache.contains_key(k)) {
+                without.push(c.name.clone());
+            }
+        }
+        for c in ts.lock().await.iter_mut() {
+            let cache = c.dump().await.unwrap().view.cache;
+            if !keys.iter().all(|k| cache.contains_key(k)) {
+                without.push(c.name.clone());
+            }
+        }
+        let done = without.is_empty();
+        *missing.borrow_mut() = without;
+        done.then_some(())
+    })
+    .await;
+    assert!(
+        held.is_ok(),
+        "watchers without {keys:?}: {:?}",
+        missing.into_inner()
+    );
+}
