@@ -23,7 +23,7 @@ use tonic::{Request, Response, Status};
 
 use crate::auth::Identity;
 use crate::clock::Clock;
-use crate::hub::{Hub, Known, PageRequest, ResumeToken, StateDigest};
+use crate::hub::{ChangeSource, Hub, Known, Origin, PageRequest, ResumeToken, StateDigest};
 use crate::keys::{self, PrefixSet};
 use crate::model::{Entry, Scope};
 use crate::proto;
@@ -523,7 +523,9 @@ impl ConfigApi {
     /// Hands a committed write to the hub; returns it with the revision at which it
     /// was applied (by this call, or first by a source that saw the same change).
     fn apply(&self, scope: &Scope, entry: Entry) -> Entry {
-        match self.hub.apply(scope, entry.clone()) {
+        // Just committed: its freshness is timed from now.
+        let origin = Origin::now(ChangeSource::Api);
+        match self.hub.apply_from(scope, entry.clone(), Some(origin)) {
             Some(applied) => Entry {
                 value: entry.value,
                 ..applied.entry().clone()

@@ -157,6 +157,7 @@ pub(super) async fn run_serve(args: ServeArgs) -> Result<(), Failure> {
     let auth = authenticator(&args.identity, &args.data_dir, stop.child_token()).await?;
     let hub_config = HubConfig {
         history_limit: args.history,
+        ..HubConfig::default()
     };
     let mut registry = Registry::default();
     let (router, hub, sources) = match (embedded, &aws) {

@@ -26,7 +26,10 @@ impl ScopeLoader for Fixed {
 fn hub(initial: Vec<Entry>) -> Hub {
     Hub::new(
         Arc::new(Fixed(Mutex::new(initial))),
-        HubConfig { history_limit: 8 },
+        HubConfig {
+            history_limit: 8,
+            ..HubConfig::default()
+        },
     )
 }
 
@@ -336,7 +339,13 @@ async fn resync_applies_drift_and_removes_what_the_source_lost()
         e("tenant_config_b", 1, "1"),
         e("tenant_config_old", 5, "1"),
     ])));
-    let hub = Hub::new(source.clone(), HubConfig { history_limit: 8 });
+    let hub = Hub::new(
+        source.clone(),
+        HubConfig {
+            history_limit: 8,
+            ..HubConfig::default()
+        },
+    );
     let mut sub = hub
         .subscribe(&scope, PrefixSet::everything(), None, &Known::Nothing)
         .await?;
@@ -361,10 +370,11 @@ async fn resync_applies_drift_and_removes_what_the_source_lost()
     assert_eq!(hub.resync(&scope).await?.applied, 0);
     assert_eq!(hub.scopes(), std::slice::from_ref(&scope));
     assert!(
-        hub.remove_if_live(&scope, "tenant_config_b").is_none(),
+        hub.remove_if_live(&scope, "tenant_config_b", None)
+            .is_none(),
         "already gone"
     );
-    let removed = hub.remove_if_live(&scope, "tenant_config_c");
+    let removed = hub.remove_if_live(&scope, "tenant_config_c", None);
     assert!(removed.is_some_and(|r| r.deleted && r.version == 2));
     Ok(())
 }
@@ -401,7 +411,13 @@ async fn changes_during_the_first_load_are_neither_lost_nor_undone()
         first: Mutex::new(Some((before, held))),
         reads: AtomicU64::new(0),
     });
-    let hub = Arc::new(Hub::new(source.clone(), HubConfig { history_limit: 8 }));
+    let hub = Arc::new(Hub::new(
+        source.clone(),
+        HubConfig {
+            history_limit: 8,
+            ..HubConfig::default()
+        },
+    ));
     let loading = tokio::spawn({
         let (hub, scope) = (hub.clone(), scope.clone());
         async move {
@@ -417,7 +433,10 @@ async fn changes_during_the_first_load_are_neither_lost_nor_undone()
     assert!(hub.has_view(&scope) && !hub.is_loaded(&scope));
     *lock(&source.now) = vec![e("tenant_config_a", 2, "2")];
     assert!(hub.apply(&scope, e("tenant_config_a", 2, "2")).is_some());
-    assert!(hub.remove_if_live(&scope, "tenant_config_b").is_none());
+    assert!(
+        hub.remove_if_live(&scope, "tenant_config_b", None)
+            .is_none()
+    );
     let _ = release.send(());
     let initial = loading
         .await
@@ -436,7 +455,13 @@ async fn a_resync_asked_during_the_first_load_makes_it_read_again() -> Result<()
         first: Mutex::new(Some((vec![], held))),
         reads: AtomicU64::new(0),
     });
-    let hub = Arc::new(Hub::new(source.clone(), HubConfig { history_limit: 8 }));
+    let hub = Arc::new(Hub::new(
+        source.clone(),
+        HubConfig {
+            history_limit: 8,
+            ..HubConfig::default()
+        },
+    ));
     let loading = tokio::spawn({
         let (hub, scope) = (hub.clone(), scope.clone());
         async move { hub.view(&scope).await.map(|_| ()) }

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use super::digest::Known;
+use super::fresh::Freshness;
 use super::idle::touch_at;
 use super::pending::Pending;
 use super::shared::SharedEntry;
@@ -146,6 +147,7 @@ impl Hub {
             view,
             slot,
             delivered: revision,
+            fresh: self.config.track_delivery.then(|| self.fresh.clone()),
         };
         let (mode, initial) = match plan {
             Plan::Ready(mode, initial) => (mode, initial),
@@ -224,6 +226,8 @@ pub struct WatchHandle {
     delivered: u64,
     /// The hub's clock, to mark the view used when the watcher ends.
     hub_started: tokio::time::Instant,
+    /// Where changes taken are counted, when the hub times deliveries.
+    fresh: Option<Arc<Freshness>>,
 }
 
 impl WatchHandle {
@@ -256,6 +260,9 @@ impl WatchHandle {
             }
             bytes += size;
             let Some(entry) = p.pop() else { break };
+            if let Some(fresh) = &self.fresh {
+                fresh.taken(&entry);
+            }
             batch.push(entry);
         }
         if let Some(last) = batch.last() {
@@ -307,5 +314,14 @@ impl Drop for WatchHandle {
             st.watchers.swap_remove(i);
         }
         touch_at(&self.view, self.hub_started);
+        drop(st);
+        // Unregistered: nothing is added any more. What it had not taken was not
+        // delivered, and is no longer waited for.
+        if let Some(fresh) = &self.fresh {
+            let left = std::mem::take(&mut lock(&self.slot.pending).by_revision);
+            for entry in left.values() {
+                fresh.left(entry);
+            }
+        }
     }
 }

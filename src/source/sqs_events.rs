@@ -46,6 +46,7 @@ use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 use super::{SourceContext, SourceCounters};
+use crate::hub::{ChangeSource, Origin};
 use crate::model::Entry;
 use crate::store::ssm::SsmBackend;
 use crate::store::{Backend, StoreError};
@@ -91,6 +92,8 @@ pub struct ParameterChange {
     pub operation: String,
     /// `String`, `StringList` or `SecureString`, when the event says.
     pub kind: Option<String>,
+    /// The event's `time` (whole seconds), when it has a readable one.
+    pub made_at: Option<std::time::SystemTime>,
 }
 
 /// Why a message is not a Parameter Store change event.
@@ -117,6 +120,7 @@ struct Envelope {
     #[serde(rename = "detail-type")]
     detail_type: Option<String>,
     detail: Option<serde_json::Value>,
+    time: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -153,6 +157,9 @@ pub fn parse_event(body: &str) -> Result<ParameterChange, MalformedEvent> {
         name: detail.name,
         operation: detail.operation,
         kind: detail.kind,
+        made_at: envelope
+            .time
+            .and_then(|t| humantime::parse_rfc3339(&t).ok()),
     })
 }
 
@@ -324,6 +331,12 @@ async fn handle(ctx: &SourceContext, backend: &SsmBackend, body: Option<&str>) -
         Ok(change) => change,
         Err(why) => return Outcome::Malformed(why),
     };
+    let origin = change
+        .made_at
+        .and_then(|at| Origin::at(ChangeSource::ParameterEvents, at));
+    if let Some(origin) = origin {
+        ctx.hub.freshness().saw(origin);
+    }
     let targets = backend.locate(&change.name);
     if targets.is_empty() {
         return Outcome::OutsideRoot(change.name);
@@ -342,7 +355,7 @@ async fn handle(ctx: &SourceContext, backend: &SsmBackend, body: Option<&str>) -
         match state {
             Some(mut entry) => {
                 entry.key = Arc::from(target.key.as_str());
-                let applied = ctx.hub.apply(&target.scope, entry);
+                let applied = ctx.hub.apply_from(&target.scope, entry, origin);
                 tracing::debug!(
                     scope = %target.scope,
                     key = target.key,
@@ -352,7 +365,7 @@ async fn handle(ctx: &SourceContext, backend: &SsmBackend, body: Option<&str>) -
                 );
             }
             None => {
-                let removed = ctx.hub.remove_if_live(&target.scope, &target.key);
+                let removed = ctx.hub.remove_if_live(&target.scope, &target.key, origin);
                 tracing::debug!(
                     scope = %target.scope,
                     key = target.key,
@@ -399,6 +412,7 @@ mod tests {
                 name: "/config-service/acme/db".into(),
                 operation: "Update".into(),
                 kind: Some("SecureString".into()),
+                made_at: humantime::parse_rfc3339("2026-11-23T20:00:00Z").ok(),
             })
         );
         let mut with_account: serde_json::Value =

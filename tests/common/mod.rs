@@ -116,6 +116,7 @@ impl TestServer {
             router.clone(),
             HubConfig {
                 history_limit: options.history,
+                ..HubConfig::default()
             },
         ));
         let app = App {
