@@ -8,6 +8,7 @@
 //! shutdown token; knows nothing of what the metrics count or what readiness reads.
 
 pub mod family;
+pub mod fresh;
 mod routes;
 pub mod sources;
 mod text;

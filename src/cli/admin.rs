@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Failure, ServeArgs};
 use crate::admin::family::CounterFamily;
+use crate::admin::fresh::FreshnessMetrics;
 use crate::admin::{Admin, serve_admin};
 use crate::auth::Authenticator;
 use crate::hub::Hub;
@@ -45,6 +46,7 @@ pub(super) fn register_metrics(
         label: "reason",
         read: Box::new(move || auth.refusals().snapshot()),
     }));
+    registry.register_collector(Box::new(FreshnessMetrics { hub: hub.clone() }));
     let hub = hub.clone();
     registry.register_collector(Box::new(CounterFamily {
         name: "configwatch_watch_initial_syncs",
