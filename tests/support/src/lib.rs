@@ -30,7 +30,7 @@ pub mod procfs;
 pub mod token;
 pub mod wait;
 
-pub use http::{HttpAnswer, http_get};
+pub use http::{HttpAnswer, http_get, scrape_metrics};
 pub use process::{ServerProcess, run_to_exit, serve_command, server_bin, under_file_limit};
 pub use token::mint_token;
 pub use wait::{PATIENCE, eventually, poll, wait_for};
