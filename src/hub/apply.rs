@@ -216,7 +216,7 @@ impl Hub {
                     waker.wake();
                 }
                 handed += 1;
-                if let Some(old) = replaced.filter(|_| track) {
+                if track && let Some(old) = replaced {
                     self.fresh.left(&old);
                 }
             }
