@@ -3,7 +3,7 @@
 //! through the API from its commit, and one made in Parameter Store from its
 //! EventBridge event's time; each moves its source's applied and delivered delay
 //! histograms by exactly one observation, with a plausible delay, and each event
-//! source's newest record age appears.
+//! source's newest record age and time since its last successful read appear.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -85,6 +85,17 @@ fn moved_once(
     assert_eq!(after.get("configwatch_change_clock_skew_total"), Some(&0.0));
 }
 
+/// The gauge `configwatch_source_{which}_age_seconds` of `source` is present,
+/// and between 0 and `bound` seconds.
+fn age_within(scrape: &HashMap<String, f64>, which: &str, source: &str, bound: f64) {
+    let name = format!("configwatch_source_{which}_age_seconds{{source=\"{source}\"}}");
+    let age = *scrape.get(&name).unwrap_or_else(|| panic!("no {name}"));
+    assert!(
+        (0.0..=bound).contains(&age),
+        "{name} {age}, at most {bound}"
+    );
+}
+
 #[tokio::test]
 async fn a_dynamodb_change_and_an_api_write_are_timed_from_their_sources() {
     let moto = Moto::start();
@@ -124,14 +135,10 @@ async fn a_dynamodb_change_and_an_api_write_are_timed_from_their_sources() {
         "dynamodb_stream",
         started.elapsed().as_secs_f64(),
     );
-    let seen = after
-        .get(age)
-        .copied()
-        .expect("the stream's newest record age");
-    assert!(
-        (0.0..=started.elapsed().as_secs_f64()).contains(&seen),
-        "{seen}"
-    );
+    let elapsed = started.elapsed().as_secs_f64();
+    age_within(&after, "newest_record", "dynamodb_stream", elapsed);
+    // It polls every 100 ms: its last success is at most that poll's time ago.
+    age_within(&after, "last_success", "dynamodb_stream", elapsed);
 
     // Through the API (a Parameter Store key: no event brings it back a second way).
     let writer = token(dir.path(), "acme", Role::Writer);
@@ -176,9 +183,8 @@ async fn a_parameter_store_change_is_timed_from_its_event() {
     // time the change really took.
     let bound = started.elapsed().as_secs_f64() + 1.0;
     moved_once(&before, &after, "parameter_events", bound);
-    let seen = after
-        .get(age)
-        .copied()
-        .expect("the events' newest record age");
-    assert!((0.0..=bound).contains(&seen), "{seen}");
+    age_within(&after, "newest_record", "parameter_events", bound);
+    // The receive that brought the event succeeded.
+    let elapsed = started.elapsed().as_secs_f64();
+    age_within(&after, "last_success", "parameter_events", elapsed);
 }

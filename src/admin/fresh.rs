@@ -1,6 +1,7 @@
 //! The freshness metrics, read at each scrape from the hub's [`Freshness`]: the
 //! delay histograms by source (to applied, to delivered), the delays clamped for
-//! clock skew, and the age of the newest record each event source has seen.
+//! clock skew, the age of the newest record each event source has seen and the time
+//! since its last successful read.
 //! Reads them; counts nothing itself.
 
 use std::sync::Arc;
@@ -59,6 +60,24 @@ fn encode_delays(
     Ok(())
 }
 
+/// Writes a gauge family `name_seconds{source=...}`: one series per event source
+/// for which `read` has a value.
+fn encode_ages(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    read: impl Fn(ChangeSource) -> Option<f64>,
+) -> Result<(), std::fmt::Error> {
+    let mut family =
+        encoder.encode_descriptor(name, help, Some(&Unit::Seconds), MetricType::Gauge)?;
+    for source in EVENT_SOURCES {
+        if let Some(age) = read(source) {
+            ConstGauge::new(age).encode(family.encode_family(&[("source", source.label())])?)?;
+        }
+    }
+    Ok(())
+}
+
 impl Collector for FreshnessMetrics {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         encode_delays(
@@ -81,17 +100,18 @@ impl Collector for FreshnessMetrics {
             None,
             skew.metric_type(),
         )?)?;
-        let mut ages = encoder.encode_descriptor(
+        encode_ages(
+            &mut encoder,
             "configwatch_source_newest_record_age",
             "Time since the source timestamp of the newest record a source has seen.",
-            Some(&Unit::Seconds),
-            MetricType::Gauge,
+            |s| self.fresh().newest_record_age(s),
         )?;
-        for source in EVENT_SOURCES {
-            if let Some(age) = self.fresh().newest_record_age(source) {
-                ConstGauge::new(age).encode(ages.encode_family(&[("source", source.label())])?)?;
-            }
-        }
-        Ok(())
+        encode_ages(
+            &mut encoder,
+            "configwatch_source_last_success_age",
+            "Time since a source last read its source successfully (every stream shard \
+             polled, a queue receive returned).",
+            |s| self.fresh().last_success_age(s),
+        )
     }
 }

@@ -1,6 +1,7 @@
 //! Freshness: how long a change took from the moment it was made at its source to
 //! being applied in the hub, and to the last watcher it was handed to having taken
-//! it; and the newest source timestamp each event source has seen.
+//! it; and, for each event source, the newest source timestamp it has seen and when
+//! it last read its source successfully.
 //!
 //! A change carries its [`Origin`] (which source, and when the source says it was
 //! made) beside it in its [`SharedEntry`]. Two delay histograms by source:
@@ -103,6 +104,12 @@ impl Origin {
     }
 }
 
+/// Seconds from the time in `at` (µs since the epoch) to now; `None` if unset.
+fn age(at: &AtomicI64) -> Option<f64> {
+    let at = at.load(Ordering::Relaxed);
+    (at != NONE_SEEN).then(|| now_micros().saturating_sub(at) as f64 / 1e6)
+}
+
 fn now_micros() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -175,6 +182,8 @@ pub struct Freshness {
     clock_skew: AtomicU64,
     /// The newest source timestamp seen (µs since the epoch), by source.
     newest: [AtomicI64; 4],
+    /// When each source last read its source successfully (µs since the epoch).
+    last_success: [AtomicI64; 4],
 }
 
 impl Default for Freshness {
@@ -184,6 +193,7 @@ impl Default for Freshness {
             delivered: Default::default(),
             clock_skew: AtomicU64::new(0),
             newest: std::array::from_fn(|_| AtomicI64::new(NONE_SEEN)),
+            last_success: std::array::from_fn(|_| AtomicI64::new(NONE_SEEN)),
         }
     }
 }
@@ -213,8 +223,19 @@ impl Freshness {
     /// Seconds from the newest source timestamp `source` has seen to now; `None`
     /// until it has seen one. Negative under clock skew.
     pub fn newest_record_age(&self, source: ChangeSource) -> Option<f64> {
-        let newest = self.newest[source as usize].load(Ordering::Relaxed);
-        (newest != NONE_SEEN).then(|| now_micros().saturating_sub(newest) as f64 / 1e6)
+        age(&self.newest[source as usize])
+    }
+
+    /// A source has read its source successfully (a stream poll of every shard, a
+    /// queue receive): what was there before is in hand.
+    pub fn source_succeeded(&self, source: ChangeSource) {
+        self.last_success[source as usize].store(now_micros(), Ordering::Relaxed);
+    }
+
+    /// Seconds since `source` last read its source successfully; `None` until it
+    /// has.
+    pub fn last_success_age(&self, source: ChangeSource) -> Option<f64> {
+        age(&self.last_success[source as usize])
     }
 
     /// The delay from `origin` to now, clamped to 0 (and counted) under skew.

@@ -210,6 +210,8 @@ pub async fn run(
         let messages = match received {
             Ok(out) => {
                 backoff.succeeded();
+                let fresh = ctx.hub.freshness();
+                fresh.source_succeeded(ChangeSource::ParameterEvents);
                 out.messages.unwrap_or_default()
             }
             Err(e) => {

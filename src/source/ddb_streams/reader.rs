@@ -136,6 +136,10 @@ impl<S: StreamApi, V: VersionWriter> Reader<S, V> {
         if self.gap_pending {
             trouble |= !self.resync().await;
         }
+        if !trouble {
+            let fresh = self.hub().freshness();
+            fresh.source_succeeded(crate::hub::ChangeSource::DynamodbStream);
+        }
         trouble
     }
 
