@@ -17,22 +17,14 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_ssm::types::ParameterType;
 use common::*;
 use configwatch::auth::Role;
-use configwatch_test_support::moto::{Moto, REGION, ROOT, Resources};
+use configwatch_test_support::moto::{Moto, ROOT, Resources};
 use configwatch_test_support::{ServerProcess, eventually, scrape_metrics};
 
 /// The server on moto with its admin listener, and moto's resources.
 async fn start(moto: &Moto, dir: &std::path::Path) -> (ServerProcess, SocketAddr, Resources) {
     let res = moto.create_resources(Duration::from_secs(2)).await;
-    let mut command = serve_command(dir, &["--backend", "aws"]);
-    command
-        .args(["--admin-listen", "127.0.0.1:0"])
-        .args(["--table", &res.table, "--queue-url", &res.queue_url])
-        .args(["--ssm-root", ROOT, "--region", REGION])
-        .args(["--stream-poll-interval", "100ms"])
-        .env("AWS_ENDPOINT_URL", &moto.endpoint)
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env("AWS_EC2_METADATA_DISABLED", "true");
+    let mut command = serve_command(dir, &["--backend", "aws", "--admin-listen", "127.0.0.1:0"]);
+    moto.serve_on(&mut command, &res);
     let server = ServerProcess::start(command).await;
     let admin = server.admin.expect("an admin address");
     // The stream reader's first read of the table: from here records arrive.
