@@ -145,12 +145,7 @@ async fn metrics_count_exactly_the_calls_made() {
         2.0
     );
     drop(stream);
-    let mut refused = connect(server.addr, Some("not-a-token")).await;
-    let status = refused
-        .get(configwatch::proto::GetRequest::default())
-        .await
-        .expect_err("a malformed token is refused");
-    assert_eq!(status.code(), tonic::Code::Unauthenticated);
+    refused_get(server.addr).await;
 
     // The Watch is counted when the server sees its stream go.
     let watch_ended = r#"configwatch_rpc_calls_total{method="Watch",code="CANCELLED"}"#;
@@ -165,57 +160,49 @@ async fn metrics_count_exactly_the_calls_made() {
         },
     )
     .await;
-    for (series, moved) in [
-        (
-            r#"configwatch_rpc_calls_total{method="Put",code="OK"}"#,
-            5.0,
-        ),
-        (
-            r#"configwatch_rpc_latency_seconds_count{method="Put"}"#,
-            5.0,
-        ),
-        (watch_ended, 1.0),
-        (
-            r#"configwatch_rpc_calls_total{method="Get",code="UNAUTHENTICATED"}"#,
-            1.0,
-        ),
-        (
-            r#"configwatch_auth_refusals_total{reason="malformed"}"#,
-            1.0,
-        ),
-        (r#"configwatch_watch_initial_syncs_total{mode="full"}"#, 1.0),
-        (r#"configwatch_watch_initial_syncs_total{mode="diff"}"#, 0.0),
-        ("configwatch_watch_streams_open", 0.0),
-        ("configwatch_watch_deltas_sent_total", 2.0),
-        ("configwatch_watch_changes_coalesced_total", 0.0),
-        (gone, 1.0),
-        ("configwatch_views_loaded_total", 1.0),
-        // Six calls with the writer's token (the first verifies it), and the
-        // refused one.
-        ("configwatch_auth_token_cache_hits_total", 5.0),
-        ("configwatch_auth_token_cache_misses_total", 2.0),
-        ("configwatch_jwks_fetches_total", 0.0),
-    ] {
-        assert_eq!(
-            after.delta(&before, series),
-            moved,
-            "{series}\n{}",
-            after.text
-        );
-    }
+    after.assert_moved(
+        &before,
+        &[
+            (
+                r#"configwatch_rpc_calls_total{method="Put",code="OK"}"#,
+                5.0,
+            ),
+            (
+                r#"configwatch_rpc_latency_seconds_count{method="Put"}"#,
+                5.0,
+            ),
+            (watch_ended, 1.0),
+            (
+                r#"configwatch_rpc_calls_total{method="Get",code="UNAUTHENTICATED"}"#,
+                1.0,
+            ),
+            (
+                r#"configwatch_auth_refusals_total{reason="malformed"}"#,
+                1.0,
+            ),
+            (r#"configwatch_watch_initial_syncs_total{mode="full"}"#, 1.0),
+            (r#"configwatch_watch_initial_syncs_total{mode="diff"}"#, 0.0),
+            ("configwatch_watch_streams_open", 0.0),
+            ("configwatch_watch_deltas_sent_total", 2.0),
+            ("configwatch_watch_changes_coalesced_total", 0.0),
+            (gone, 1.0),
+            ("configwatch_views_loaded_total", 1.0),
+            // Six calls with the writer's token (the first verifies it), and the
+            // refused one.
+            ("configwatch_auth_token_cache_hits_total", 5.0),
+            ("configwatch_auth_token_cache_misses_total", 2.0),
+            ("configwatch_jwks_fetches_total", 0.0),
+        ],
+    );
     // Nothing else moved: the sums over every label.
-    for (family, moved) in [
-        ("configwatch_rpc_calls_total", 7.0),
-        ("configwatch_auth_refusals_total", 1.0),
-        ("configwatch_watch_streams_ended_total", 1.0),
-    ] {
-        assert_eq!(
-            after.family_delta(&before, family),
-            moved,
-            "{family}\n{}",
-            after.text
-        );
-    }
+    after.assert_families_moved(
+        &before,
+        &[
+            ("configwatch_rpc_calls_total", 7.0),
+            ("configwatch_auth_refusals_total", 1.0),
+            ("configwatch_watch_streams_ended_total", 1.0),
+        ],
+    );
     promtool_check(&after.text);
 
     // A Watch that does not read while one key changes UNREAD_PUTS times: every

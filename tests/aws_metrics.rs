@@ -12,10 +12,9 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use aws_sdk_dynamodb::types::AttributeValue;
 use common::*;
 use configwatch::auth::Role;
-use configwatch_test_support::moto::{Moto, REGION, ROOT};
+use configwatch_test_support::moto::Moto;
 use configwatch_test_support::{Scrape, ServerProcess, eventually, promtool_check};
 
 /// Waits for a scrape in which `ready` holds.
@@ -37,18 +36,20 @@ async fn every_counter_moves_by_exactly_what_happened() {
     // A long visibility timeout: the malformed message is not received twice.
     let res = moto.create_resources(Duration::from_secs(600)).await;
     let dir = temp_dir();
-    let mut command = serve_command(dir.path(), &["--backend", "aws"]);
-    command
-        .args(["--admin-listen", "127.0.0.1:0"])
-        .args(["--table", &res.table, "--queue-url", &res.queue_url])
-        .args(["--ssm-root", ROOT, "--region", REGION])
-        .args(["--stream-poll-interval", "100ms"])
-        // No reconciliation pass during the test: its re-reads would count.
-        .args(["--reconcile-interval", "1h"])
-        .env("AWS_ENDPOINT_URL", &moto.endpoint)
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env("AWS_EC2_METADATA_DISABLED", "true");
+    let command = aws_serve_command(
+        dir.path(),
+        &moto,
+        &res,
+        &[
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--stream-poll-interval",
+            "100ms",
+            // No reconciliation pass during the test: its re-reads would count.
+            "--reconcile-interval",
+            "1h",
+        ],
+    );
     let server = ServerProcess::start(command).await;
     let admin = server.admin.expect("an admin address");
     // The stream reader is reading its shard (after its first-start gap).
@@ -69,17 +70,7 @@ async fn every_counter_moves_by_exactly_what_happened() {
     }
     assert_eq!(changes(&mut stream, 3).await.len(), 3);
     // A change written directly in the table arrives by the stream.
-    moto.dynamodb()
-        .await
-        .put_item()
-        .table_name(&res.table)
-        .item("pk", AttributeValue::S("TENANT#acme".into()))
-        .item("sk", AttributeValue::S("CONFIG#direct".into()))
-        .item("config", AttributeValue::Bool(true))
-        .item("version", AttributeValue::N("1".into()))
-        .send()
-        .await
-        .unwrap();
+    moto.put_config_item(&res.table, "acme", "direct", 1).await;
     let direct = changes(&mut stream, 1).await;
     assert_eq!(
         summary(&direct),
@@ -87,21 +78,9 @@ async fn every_counter_moves_by_exactly_what_happened() {
     );
     drop(stream);
     // A refused token.
-    let mut refused = connect(server.addr, Some("not-a-token")).await;
-    let status = refused
-        .get(configwatch::proto::GetRequest::default())
-        .await
-        .expect_err("a malformed token is refused");
-    assert_eq!(status.code(), tonic::Code::Unauthenticated);
+    refused_get(server.addr).await;
     // A message on the queue that is not an event.
-    moto.sqs()
-        .await
-        .send_message()
-        .queue_url(&res.queue_url)
-        .message_body("not an event")
-        .send()
-        .await
-        .unwrap();
+    moto.send_raw_message(&res.queue_url, "not an event").await;
 
     // What arrives asynchronously: the stream records of the four writes, the
     // message, and the end of the Watch as the server sees it. moto streams an
@@ -117,85 +96,72 @@ async fn every_counter_moves_by_exactly_what_happened() {
             && s.delta(&before, gone) == 1.0
     })
     .await;
-    for (series, moved) in [
-        // Calls.
-        (
-            r#"configwatch_rpc_calls_total{method="Put",code="OK"}"#,
-            3.0,
-        ),
-        (watch_ended, 1.0),
-        (
-            r#"configwatch_rpc_calls_total{method="Get",code="UNAUTHENTICATED"}"#,
-            1.0,
-        ),
-        (
-            r#"configwatch_auth_refusals_total{reason="malformed"}"#,
-            1.0,
-        ),
-        // The Watch's first call verified the writer's token; the puts found it
-        // cached; the refused token was looked up and verified.
-        ("configwatch_auth_token_cache_hits_total", 3.0),
-        ("configwatch_auth_token_cache_misses_total", 2.0),
-        ("configwatch_jwks_fetches_total", 0.0),
-        ("configwatch_jwks_fetch_failures_total", 0.0),
-        // The Watch.
-        (r#"configwatch_watch_initial_syncs_total{mode="full"}"#, 1.0),
-        ("configwatch_watch_deltas_sent_total", 4.0),
-        ("configwatch_watch_changes_coalesced_total", 0.0),
-        (gone, 1.0),
-        ("configwatch_watch_streams_open", 0.0),
-        ("configwatch_watch_backlog_largest", 0.0),
-        // The hub: acme's view loaded by the Watch, and kept.
-        ("configwatch_views_loaded_total", 1.0),
-        ("configwatch_views_dropped_total", 0.0),
-        ("configwatch_views", 1.0),
-        ("configwatch_hub_resyncs_total", 0.0),
-        // The stream: seven records (three of them not configuration).
-        ("configwatch_stream_records_read_total", 7.0),
-        ("configwatch_stream_records_skipped_total", 3.0),
-        ("configwatch_stream_gaps_total", 0.0),
-        ("configwatch_stream_reversioned_total", 0.0),
-        ("configwatch_stream_iterator_renewals_total", 0.0),
-        ("configwatch_stream_shards", 0.0),
-        // The queue: one message, malformed.
-        ("configwatch_sqs_messages_received_total", 1.0),
-        ("configwatch_sqs_messages_malformed_total", 1.0),
-        ("configwatch_sqs_messages_applied_total", 0.0),
-        ("configwatch_sqs_messages_outside_root_total", 0.0),
-        ("configwatch_reconcile_runs_total", 0.0),
-        ("configwatch_reconcile_drift_total", 0.0),
-    ] {
-        assert!(
-            after.series.contains_key(series),
-            "{series} is not exported\n{}",
-            after.text
-        );
-        assert_eq!(
-            after.delta(&before, series),
-            moved,
-            "{series}\n{}",
-            after.text
-        );
-    }
+    after.assert_moved(
+        &before,
+        &[
+            // Calls.
+            (
+                r#"configwatch_rpc_calls_total{method="Put",code="OK"}"#,
+                3.0,
+            ),
+            (watch_ended, 1.0),
+            (
+                r#"configwatch_rpc_calls_total{method="Get",code="UNAUTHENTICATED"}"#,
+                1.0,
+            ),
+            (
+                r#"configwatch_auth_refusals_total{reason="malformed"}"#,
+                1.0,
+            ),
+            // The Watch's first call verified the writer's token; the puts found it
+            // cached; the refused token was looked up and verified.
+            ("configwatch_auth_token_cache_hits_total", 3.0),
+            ("configwatch_auth_token_cache_misses_total", 2.0),
+            ("configwatch_jwks_fetches_total", 0.0),
+            ("configwatch_jwks_fetch_failures_total", 0.0),
+            // The Watch.
+            (r#"configwatch_watch_initial_syncs_total{mode="full"}"#, 1.0),
+            ("configwatch_watch_deltas_sent_total", 4.0),
+            ("configwatch_watch_changes_coalesced_total", 0.0),
+            (gone, 1.0),
+            ("configwatch_watch_streams_open", 0.0),
+            ("configwatch_watch_backlog_largest", 0.0),
+            // The hub: acme's view loaded by the Watch, and kept.
+            ("configwatch_views_loaded_total", 1.0),
+            ("configwatch_views_dropped_total", 0.0),
+            ("configwatch_views", 1.0),
+            ("configwatch_hub_resyncs_total", 0.0),
+            // The stream: seven records (three of them not configuration).
+            ("configwatch_stream_records_read_total", 7.0),
+            ("configwatch_stream_records_skipped_total", 3.0),
+            ("configwatch_stream_gaps_total", 0.0),
+            ("configwatch_stream_reversioned_total", 0.0),
+            ("configwatch_stream_iterator_renewals_total", 0.0),
+            ("configwatch_stream_shards", 0.0),
+            // The queue: one message, malformed.
+            ("configwatch_sqs_messages_received_total", 1.0),
+            ("configwatch_sqs_messages_malformed_total", 1.0),
+            ("configwatch_sqs_messages_applied_total", 0.0),
+            ("configwatch_sqs_messages_outside_root_total", 0.0),
+            ("configwatch_reconcile_runs_total", 0.0),
+            ("configwatch_reconcile_drift_total", 0.0),
+        ],
+    );
     // The direct write is applied by the stream. A put's own record may reach
     // the hub before the put's reply applies it (whichever comes first applies;
     // the hub sends it once: four deltas above).
     let applied = after.delta(&before, "configwatch_stream_records_applied_total");
     assert!((1.0..=4.0).contains(&applied), "{applied}\n{}", after.text);
     // Nothing else moved: the sums over every label.
-    for (family, moved) in [
-        ("configwatch_rpc_calls_total", 5.0),
-        ("configwatch_auth_refusals_total", 1.0),
-        ("configwatch_watch_streams_ended_total", 1.0),
-        ("configwatch_watch_initial_syncs_total", 1.0),
-        ("configwatch_source_restarts_total", 0.0),
-    ] {
-        assert_eq!(
-            after.family_delta(&before, family),
-            moved,
-            "{family}\n{}",
-            after.text
-        );
-    }
+    after.assert_families_moved(
+        &before,
+        &[
+            ("configwatch_rpc_calls_total", 5.0),
+            ("configwatch_auth_refusals_total", 1.0),
+            ("configwatch_watch_streams_ended_total", 1.0),
+            ("configwatch_watch_initial_syncs_total", 1.0),
+            ("configwatch_source_restarts_total", 0.0),
+        ],
+    );
     promtool_check(&after.text);
 }

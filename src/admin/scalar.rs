@@ -34,12 +34,7 @@ impl Scalar {
         help: &'static str,
         read: impl Fn() -> u64 + Send + Sync + 'static,
     ) -> Box<Self> {
-        Box::new(Scalar {
-            name,
-            help,
-            kind: Kind::Counter,
-            read: Box::new(read),
-        })
+        Self::boxed(name, help, Kind::Counter, Box::new(read))
     }
 
     /// A gauge read from `read`.
@@ -48,11 +43,15 @@ impl Scalar {
         help: &'static str,
         read: impl Fn() -> u64 + Send + Sync + 'static,
     ) -> Box<Self> {
+        Self::boxed(name, help, Kind::Gauge, Box::new(read))
+    }
+
+    fn boxed(name: &'static str, help: &'static str, kind: Kind, read: Read) -> Box<Self> {
         Box::new(Scalar {
             name,
             help,
-            kind: Kind::Gauge,
-            read: Box::new(read),
+            kind,
+            read,
         })
     }
 }
@@ -69,24 +68,15 @@ impl std::fmt::Debug for Scalar {
 impl Collector for Scalar {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let value = (self.read)();
+        let (name, help) = (self.name, self.help);
         match self.kind {
             Kind::Counter => {
                 let metric = ConstCounter::new(value);
-                metric.encode(encoder.encode_descriptor(
-                    self.name,
-                    self.help,
-                    None,
-                    metric.metric_type(),
-                )?)
+                metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
             }
             Kind::Gauge => {
                 let metric = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
-                metric.encode(encoder.encode_descriptor(
-                    self.name,
-                    self.help,
-                    None,
-                    metric.metric_type(),
-                )?)
+                metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
             }
         }
     }

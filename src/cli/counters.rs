@@ -4,6 +4,7 @@
 //! parts' read functions and the exporter's collectors; counts nothing itself.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 use prometheus_client::registry::Registry;
 
@@ -13,15 +14,6 @@ use crate::api::WatchEnds;
 use crate::auth::Authenticator;
 use crate::hub::{Hub, HubCounters};
 
-/// The hub's counter `field`, as a read function for a collector.
-fn hub_counter(
-    hub: &Arc<Hub>,
-    field: fn(&HubCounters) -> &std::sync::atomic::AtomicU64,
-) -> impl Fn() -> u64 + Send + Sync + 'static {
-    let hub = hub.clone();
-    move || HubCounters::get(field(hub.counters()))
-}
-
 /// Registers the hub's counters and gauges, the Watch endings by reason, and the
 /// authenticator's token cache and key fetches.
 pub(super) fn register_counters(
@@ -30,34 +22,39 @@ pub(super) fn register_counters(
     ends: &Arc<WatchEnds>,
     auth: &Arc<Authenticator>,
 ) {
-    for metric in [
-        Scalar::counter(
+    type Field = fn(&HubCounters) -> &AtomicU64;
+    let hub_counters: [(&'static str, &'static str, Field); 5] = [
+        (
             "configwatch_watch_deltas_sent",
             "Changes sent on Watch streams after their initial state (taken from the watchers' pending sets).",
-            hub_counter(hub, |c| &c.deltas_sent),
+            |c| &c.deltas_sent,
         ),
-        Scalar::counter(
+        (
             "configwatch_watch_changes_coalesced",
             "Pending changes replaced by a newer change of the same key before a slow watcher took them.",
-            hub_counter(hub, |c| &c.changes_coalesced),
+            |c| &c.changes_coalesced,
         ),
-        Scalar::counter(
+        (
             "configwatch_views_loaded",
             "Scope views loaded from the sources (a first use, or a use after an idle drop).",
-            hub_counter(hub, |c| &c.views_loaded),
+            |c| &c.views_loaded,
         ),
-        Scalar::counter(
+        (
             "configwatch_views_dropped",
             "Scope views dropped from memory as idle (--view-idle).",
-            hub_counter(hub, |c| &c.views_dropped),
+            |c| &c.views_dropped,
         ),
-        Scalar::counter(
+        (
             "configwatch_hub_resyncs",
             "Loaded scopes re-read from the sources and merged (after a stream gap, or by reconciliation).",
-            hub_counter(hub, |c| &c.resyncs),
+            |c| &c.resyncs,
         ),
-    ] {
-        registry.register_collector(metric);
+    ];
+    for (name, help, field) in hub_counters {
+        let hub = hub.clone();
+        registry.register_collector(Scalar::counter(name, help, move || {
+            HubCounters::get(field(hub.counters()))
+        }));
     }
     let views = hub.clone();
     registry.register_collector(Scalar::gauge(

@@ -54,6 +54,29 @@ impl Scrape {
         self.value(series) - before.value(series)
     }
 
+    /// Asserts that each series is exported and moved since `before` by exactly
+    /// its amount.
+    pub fn assert_moved(&self, before: &Scrape, expected: &[(&str, f64)]) {
+        for (series, moved) in expected {
+            assert!(
+                self.series.contains_key(*series),
+                "{series} is not exported\n{}",
+                self.text
+            );
+            let delta = self.delta(before, series);
+            assert_eq!(delta, *moved, "{series}\n{}", self.text);
+        }
+    }
+
+    /// Asserts that the series of each family, summed over their labels, moved
+    /// since `before` by exactly its amount (so no label moved but those expected).
+    pub fn assert_families_moved(&self, before: &Scrape, expected: &[(&str, f64)]) {
+        for (family, moved) in expected {
+            let delta = self.family_delta(before, family);
+            assert_eq!(delta, *moved, "{family}\n{}", self.text);
+        }
+    }
+
     /// How much every series of `family` (its name, any labels) moved since
     /// `before`, summed.
     pub fn family_delta(&self, before: &Scrape, family: &str) -> f64 {
