@@ -9,6 +9,7 @@
 
 pub mod family;
 mod routes;
+pub mod scalar;
 pub mod sources;
 mod text;
 

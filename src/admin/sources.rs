@@ -23,7 +23,7 @@ pub struct SourceMetrics {
 }
 
 /// Each counter's metric name (without `_total`, which the encoder adds) and help.
-fn counters(c: &SourceCounters) -> [(&'static str, &'static str, &AtomicU64); 10] {
+fn counters(c: &SourceCounters) -> [(&'static str, &'static str, &AtomicU64); 12] {
     [
         (
             "configwatch_stream_records_read",
@@ -49,6 +49,16 @@ fn counters(c: &SourceCounters) -> [(&'static str, &'static str, &AtomicU64); 10
             "configwatch_stream_reversioned",
             "Items rewritten with a higher version (a change arrived without one).",
             &c.stream_reversioned,
+        ),
+        (
+            "configwatch_stream_iterator_renewals",
+            "DynamoDB shard iterators got again for a shard already read (renewed by age, or after one expired or failed).",
+            &c.stream_iterator_renewals,
+        ),
+        (
+            "configwatch_sqs_messages_received",
+            "SQS messages received from the Parameter Store event queue (redeliveries included).",
+            &c.sqs_messages_received,
         ),
         (
             "configwatch_sqs_messages_applied",
@@ -84,6 +94,14 @@ impl Collector for SourceMetrics {
             let metric = ConstCounter::new(SourceCounters::get(counter));
             metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)?;
         }
+        let shards = SourceCounters::get(&self.counters.stream_shards);
+        let shards = ConstGauge::new(i64::try_from(shards).unwrap_or(i64::MAX));
+        shards.encode(encoder.encode_descriptor(
+            "configwatch_stream_shards",
+            "DynamoDB stream shards being read now (0 until the first listing).",
+            None,
+            shards.metric_type(),
+        )?)?;
         let state = self.state.borrow().clone();
         let up = ConstGauge::<i64>::new(0);
         let mut family = encoder.encode_descriptor(

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use super::admin::{register_metrics, start_admin};
 use super::{AwsArgs, Failure, IdentityArgs, LogFormat, ServeArgs, open_key};
 use crate::admin::sources::SourceMetrics;
-use crate::api::{Limits, WatchSettings};
+use crate::api::{Limits, WatchEnds, WatchSettings};
 use crate::auth::jwks::{JwksKeySource, JwksSettings};
 use crate::auth::{Authenticator, ClaimRules};
 use crate::aws::AwsSettings;
@@ -191,7 +191,8 @@ pub(super) async fn run_serve(args: ServeArgs) -> Result<(), Failure> {
     ));
     let auth = Arc::new(auth);
     let rpc_metrics = Arc::new(RpcMetrics::default());
-    register_metrics(&mut registry, &rpc_metrics, &auth, &hub);
+    let watch_ends = Arc::<WatchEnds>::default();
+    register_metrics(&mut registry, &rpc_metrics, &auth, &hub, &watch_ends);
     let app = App {
         hub,
         router,
@@ -208,13 +209,15 @@ pub(super) async fn run_serve(args: ServeArgs) -> Result<(), Failure> {
         },
         watch: WatchSettings {
             progress_interval: *args.progress_interval,
+            ends: watch_ends,
             ..WatchSettings::default()
         },
         max_request_bytes: args.max_request_bytes,
         grace: *args.shutdown_grace,
         connections,
         sources: sources.as_ref().map(Supervisor::state),
-        rpc_metrics,
+        // Without an admin listener nobody reads the call counts: no layer counts them.
+        rpc_metrics: args.admin_addr()?.map(|_| rpc_metrics),
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

@@ -16,7 +16,7 @@ use std::sync::atomic::Ordering;
 
 use super::shared::SharedEntry;
 use super::view::{ScopeView, ViewState};
-use super::{Hub, lock};
+use super::{Hub, HubCounters, lock};
 use crate::model::{Entry, Scope, now_millis};
 use crate::store::StoreError;
 
@@ -108,6 +108,7 @@ impl Hub {
             st.revision
         };
         let fresh = self.loader.load_scope(scope).await?;
+        HubCounters::add(&self.counters.resyncs, 1);
         let mut st = lock(&view.state);
         Ok(self.merge_fresh(&view, &mut st, fresh, before))
     }
@@ -179,11 +180,12 @@ impl Hub {
                 st.history_floor = old.revision;
             }
         }
+        let mut coalesced = 0;
         for w in &st.watchers {
             if w.prefixes.matches(&entry.key) {
                 let waker = {
                     let mut p = lock(&w.pending);
-                    p.push(&entry);
+                    coalesced += usize::from(p.push(&entry));
                     p.waker.take()
                 };
                 if let Some(waker) = waker {
@@ -191,6 +193,7 @@ impl Hub {
                 }
             }
         }
+        HubCounters::add(&self.counters.changes_coalesced, coalesced);
         view.published.store(st.revision, Ordering::Release);
         Some(entry)
     }

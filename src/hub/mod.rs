@@ -33,6 +33,7 @@
 //!   [`sweep`]); the next use loads them again.
 //! - `shared`: [`SharedEntry`], an entry as the hub shares it, with a slot the API
 //!   fills with the entry's encoding.
+//! - `stats`: [`HubCounters`] and the gauges operators read (views, largest backlog).
 //!
 //! This file holds the [`Hub`] itself (views by scope) and its tuning.
 
@@ -42,6 +43,7 @@ mod idle;
 mod page;
 mod pending;
 mod shared;
+mod stats;
 mod token;
 mod view;
 mod watch;
@@ -59,6 +61,7 @@ pub use digest::{Known, StateDigest};
 pub use idle::{DEFAULT_VIEW_IDLE, sweep};
 pub use page::{Page, PageError, PageRequest};
 pub use shared::SharedEntry;
+pub use stats::HubCounters;
 pub use token::{BadToken, ResumeToken};
 pub use view::{ScopeLoader, ScopeView};
 pub use watch::{InitialMode, SubscribeError, Subscription, WatchHandle, WatcherStats};
@@ -104,6 +107,8 @@ pub struct Hub {
     retired: AtomicU64,
     /// Watches started, by initial mode (full, diff, resumed).
     initial_syncs: [AtomicU64; 3],
+    /// What operators read (see `stats`); watch handles share it.
+    counters: Arc<HubCounters>,
 }
 
 impl Hub {
@@ -118,6 +123,7 @@ impl Hub {
             started: tokio::time::Instant::now(),
             retired: AtomicU64::new(0),
             initial_syncs: Default::default(),
+            counters: Arc::default(),
         }
     }
 

@@ -38,8 +38,9 @@ pub(super) struct Pending {
 }
 
 impl Pending {
+    /// Adds a change; true when it replaced a pending change of the same key.
     #[inline]
-    pub(super) fn push(&mut self, entry: &Arc<SharedEntry>) {
+    pub(super) fn push(&mut self, entry: &Arc<SharedEntry>) -> bool {
         let replaced = match &mut self.index {
             Some(index) => index.insert(entry.key.clone(), entry.revision),
             None => self
@@ -51,6 +52,7 @@ impl Pending {
         if let Some(old) = replaced {
             self.by_revision.remove(&old);
         }
+        let coalesced = replaced.is_some();
         self.by_revision.insert(entry.revision, entry.clone());
         if self.index.is_none() && self.by_revision.len() > PENDING_SCAN {
             self.index = Some(
@@ -61,6 +63,7 @@ impl Pending {
             );
         }
         self.high_water = self.high_water.max(self.by_revision.len());
+        coalesced
     }
 
     /// Takes the oldest pending change.

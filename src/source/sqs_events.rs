@@ -222,6 +222,7 @@ pub async fn run(
         if messages.is_empty() {
             continue;
         }
+        SourceCounters::add(&ctx.counters.sqs_messages_received, messages.len() as u64);
         tokio::select! {
             () = shutdown.cancelled() => return,
             () = handle_batch(&ctx, &sqs, &queue_url, &backend, &messages) => {}

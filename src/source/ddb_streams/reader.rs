@@ -23,6 +23,8 @@ struct ShardState {
     iterator: Option<(String, Instant)>,
     /// Read to its end.
     drained: bool,
+    /// An iterator was got for it before: the next one is a renewal.
+    had_iterator: bool,
 }
 
 impl ShardState {
@@ -114,6 +116,7 @@ impl<S: StreamApi, V: VersionWriter> Reader<S, V> {
             .filter(|(_, s)| self.is_readable(s))
             .map(|(id, _)| id.clone())
             .collect();
+        SourceCounters::set(&self.ctx.counters.stream_shards, readable.len() as u64);
         for id in &readable {
             trouble |= !self.ensure_iterator(id).await;
         }
@@ -182,6 +185,7 @@ impl<S: StreamApi, V: VersionWriter> Reader<S, V> {
                     position,
                     iterator: None,
                     drained,
+                    had_iterator: false,
                 },
             );
         }
@@ -222,6 +226,10 @@ impl<S: StreamApi, V: VersionWriter> Reader<S, V> {
                 }
                 if let Some(shard) = self.shards.get_mut(id) {
                     shard.iterator = Some((iterator, Instant::now()));
+                    if shard.had_iterator {
+                        SourceCounters::add(&self.ctx.counters.stream_iterator_renewals, 1);
+                    }
+                    shard.had_iterator = true;
                 }
                 true
             }

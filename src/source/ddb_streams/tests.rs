@@ -208,6 +208,8 @@ async fn an_expired_iterator_resumes_after_the_last_record_read() -> TestResult 
         1,
         "an expiry with a known position is no gap"
     );
+    assert_eq!(get(&s.counters.stream_iterator_renewals), 1);
+    assert_eq!(get(&s.counters.stream_shards), 1);
     s.stop().await
 }
 

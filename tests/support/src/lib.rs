@@ -6,6 +6,7 @@
 //!   (its address read from its first line), stopped with SIGTERM or `kill -9`;
 //!   commands that must exit by themselves.
 //! - [`http`]: a plain HTTP GET, for the admin listener.
+//! - [`metrics`]: scrapes of `/metrics` and their deltas; `promtool check metrics`.
 //! - [`token`]: tokens minted by the binary's own `token` command.
 //! - [`wait`]: waiting for a condition by polling it against a deadline, never by a
 //!   fixed sleep.
@@ -23,6 +24,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod http;
+pub mod metrics;
 #[cfg(feature = "moto")]
 pub mod moto;
 pub mod process;
@@ -31,6 +33,7 @@ pub mod token;
 pub mod wait;
 
 pub use http::{HttpAnswer, http_get};
+pub use metrics::{Scrape, promtool_check};
 pub use process::{ServerProcess, run_to_exit, serve_command, server_bin, under_file_limit};
 pub use token::mint_token;
 pub use wait::{PATIENCE, eventually, poll, wait_for};
