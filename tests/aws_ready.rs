@@ -19,7 +19,6 @@ use configwatch::auth::Role;
 use configwatch_test_support::moto::{Moto, REGION, ROOT, Resources};
 use configwatch_test_support::{CutProxy, ServerProcess, eventually, http_get};
 use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
 
 /// The grace the servers here run with.
 const GRACE: Duration = Duration::from_secs(2);
@@ -67,35 +66,6 @@ async fn readyz(admin: SocketAddr, status: u16, text: &str, within: Duration) ->
     .await
 }
 
-/// Waits until gRPC health says `want` of the ConfigService.
-async fn grpc_health(server: &ServerProcess, want: ServingStatus) {
-    let channel = tonic::transport::Channel::from_shared(server.url())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let health = HealthClient::new(channel);
-    eventually(
-        PATIENCE,
-        || format!("gRPC health to say {want:?}"),
-        || {
-            let mut health = health.clone();
-            async move {
-                let status = health
-                    .check(tonic_health::pb::HealthCheckRequest {
-                        service: "configwatch.v1.ConfigService".into(),
-                    })
-                    .await
-                    .ok()?
-                    .into_inner()
-                    .status;
-                (status == want as i32).then_some(())
-            }
-        },
-    )
-    .await;
-}
-
 /// The value of the series `series` in a `/metrics` scrape, if there.
 async fn series(admin: SocketAddr, series: &str) -> Option<f64> {
     let answer = http_get(admin, "/metrics").await;
@@ -119,7 +89,7 @@ async fn sources_cut_off_turn_not_ready_within_the_grace_and_ready_again_losing_
     .await;
     let admin = server.admin.expect("an admin address");
     readyz(admin, 200, "ready", PATIENCE).await;
-    grpc_health(&server, ServingStatus::Serving).await;
+    wait_for_health(server.addr, ServingStatus::Serving).await;
 
     let reader = token(dir.path(), "acme", Role::Reader);
     let mut client = connect(server.addr, Some(&reader)).await;
@@ -143,7 +113,7 @@ async fn sources_cut_off_turn_not_ready_within_the_grace_and_ready_again_losing_
     // Each failing source is named, with its error.
     readyz(admin, 503, "source dynamodb-stream failing for", DETECTION).await;
     readyz(admin, 503, "source sqs-events failing for", DETECTION).await;
-    grpc_health(&server, ServingStatus::NotServing).await;
+    wait_for_health(server.addr, ServingStatus::NotServing).await;
 
     // Changes made while the server cannot see them.
     moto.dynamodb()
@@ -187,7 +157,7 @@ async fn sources_cut_off_turn_not_ready_within_the_grace_and_ready_again_losing_
     assert_eq!(arrived[0].value, "\"postgres://a\"");
     assert_eq!(arrived[1].value, "true");
     readyz(admin, 200, "ready", PATIENCE).await;
-    grpc_health(&server, ServingStatus::Serving).await;
+    wait_for_health(server.addr, ServingStatus::Serving).await;
 }
 
 #[tokio::test]
@@ -226,13 +196,13 @@ async fn a_server_started_while_its_sources_are_cut_off_turns_ready_only_once_th
     )
     .await;
     assert!(both.contains("dynamodb-stream"), "{both}");
-    grpc_health(&server, ServingStatus::NotServing).await;
+    wait_for_health(server.addr, ServingStatus::NotServing).await;
     let age = "configwatch_source_last_success_age_seconds{source=\"dynamodb-stream\"}";
     assert_eq!(series(admin, age).await, None, "no success yet");
 
     proxy.restore();
     readyz(admin, 200, "ready", GRACE + DETECTION).await;
-    grpc_health(&server, ServingStatus::Serving).await;
+    wait_for_health(server.addr, ServingStatus::Serving).await;
     let seconds = series(admin, age)
         .await
         .expect("the age of the last success");
