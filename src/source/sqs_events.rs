@@ -26,7 +26,8 @@
 //!   above the wait; a failure is retried forever with jittered exponential backoff
 //!   (the loop never dies), reset by the next success. The first receive, and the
 //!   first after a failure, do not wait (a short poll), so that the source's health
-//!   learns at once that the queue answers.
+//!   learns at once that the queue answers. The health logs the first failure and
+//!   the recovery; each failed receive is logged at debug level.
 //! - `GetParameter` (through the backend; the SDK's retry, [`crate::aws::retry_config`],
 //!   covers throttling): a
 //!   failure leaves the message; it becomes visible again after the queue's
@@ -219,7 +220,7 @@ pub async fn run(
                     DisplayErrorContext(&e)
                 ));
                 answered = false;
-                tracing::warn!(
+                tracing::debug!(
                     queue = %queue_url,
                     error = %DisplayErrorContext(&e),
                     ?delay,

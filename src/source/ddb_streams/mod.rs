@@ -61,6 +61,10 @@
 //! - Resync after a gap: a scope that fails to load keeps the gap pending, retried
 //!   next tick.
 //!
+//! Each round's outcome goes to the source's [`SourceHealth`] (readiness waits for the
+//! first successful round); it logs the first failure and the recovery, and the failed
+//! calls themselves are logged at debug level.
+//!
 //! The task never ends on an error; it stops promptly when `shutdown` is cancelled.
 
 mod api;
@@ -137,7 +141,7 @@ pub async fn run(
         match stream_arn(&dynamodb, &table).await {
             Ok(arn) => break arn,
             Err(e) => {
-                tracing::error!(error = %e, "cannot read the table's stream yet; retrying");
+                tracing::debug!(error = %e, "cannot read the table's stream yet; retrying");
                 health.failing(format!("cannot find the table's stream: {e}"));
             }
         }

@@ -107,7 +107,7 @@ impl<S: StreamApi, V: VersionWriter> Reader<S, V> {
                     self.next_listing = Instant::now() + self.settings.rediscover_interval;
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot list the stream's shards; retrying");
+                    tracing::debug!(error = %e, "cannot list the stream's shards; retrying");
                     self.trouble = Some(format!("DescribeStream failed: {e}"));
                     trouble = true;
                 }
@@ -242,7 +242,7 @@ impl<S: StreamApi, V: VersionWriter> Reader<S, V> {
                 if matches!(e, StreamError::Gone(_)) {
                     self.next_listing = Instant::now();
                 }
-                tracing::warn!(shard = id, error = %e, "cannot get a shard iterator; retrying");
+                tracing::debug!(shard = id, error = %e, "cannot get a shard iterator; retrying");
                 self.trouble = Some(format!("GetShardIterator failed: {e}"));
                 false
             }
@@ -272,7 +272,7 @@ impl<S: StreamApi, V: VersionWriter> Reader<S, V> {
                     StreamError::Gone(_) => self.next_listing = Instant::now(),
                     StreamError::Other(_) => {}
                 }
-                tracing::warn!(shard = id, error = %e, "GetRecords failed");
+                tracing::debug!(shard = id, error = %e, "GetRecords failed");
                 self.trouble = Some(format!("GetRecords failed: {e}"));
                 if drop_iterator && let Some(shard) = self.shards.get_mut(id) {
                     shard.iterator = None;
