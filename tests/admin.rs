@@ -294,31 +294,7 @@ async fn readyz_is_503_while_the_jwks_has_not_been_fetched() {
     assert!(ready.body.contains("no token keys"), "{ready:?}");
     assert_eq!(http_get(admin, "/healthz").await.status, 200);
     // gRPC health follows the same readiness.
-    let channel = tonic::transport::Channel::from_shared(server.url())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let health = tonic_health::pb::health_client::HealthClient::new(channel);
-    eventually(
-        PATIENCE,
-        || "gRPC health to say NOT_SERVING".into(),
-        || {
-            let mut health = health.clone();
-            async move {
-                let status = health
-                    .check(tonic_health::pb::HealthCheckRequest {
-                        service: "configwatch.v1.ConfigService".into(),
-                    })
-                    .await
-                    .ok()?
-                    .into_inner()
-                    .status;
-                (status == ServingStatus::NotServing as i32).then_some(())
-            }
-        },
-    )
-    .await;
+    wait_for_health(server.addr, ServingStatus::NotServing).await;
 }
 
 /// A supervisor that reads only the first line of stdout (the gRPC address) and then

@@ -1,5 +1,5 @@
 //! The admin listener of `configwatch serve --backend aws`, on moto: `/readyz` once
-//! every source task runs, and `/metrics` showing each source up and the source
+//! every source has made its first poll, and `/metrics` showing each source up and the source
 //! counters moving as DynamoDB stream records and SQS messages arrive.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -62,8 +62,13 @@ async fn sources_are_up_ready_and_counted() {
     let server = ServerProcess::start(command).await;
     let admin = server.admin.expect("an admin address");
 
-    let ready = http_get(admin, "/readyz").await;
-    assert_eq!(ready.status, 200, "{ready:?}");
+    // Ready once the stream and the queue have each answered a first poll.
+    eventually(
+        PATIENCE,
+        || "/readyz to answer 200".into(),
+        || async { (http_get(admin, "/readyz").await.status == 200).then_some(()) },
+    )
+    .await;
     let scrape = metrics(admin).await;
     for source in ["dynamodb-stream", "sqs-events", "reconcile"] {
         let up = format!("configwatch_source_up{{source=\"{source}\"}}");

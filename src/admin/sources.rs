@@ -1,5 +1,6 @@
 //! The sources' metrics, read at each scrape: the counters the source tasks keep
-//! (`source::SourceCounters`) and the supervisor's per-source state (up, restarts).
+//! (`source::SourceCounters`) and the supervisor's per-source state (up, restarts,
+//! the age of the last success).
 //! Reads them; counts nothing itself.
 
 use std::sync::Arc;
@@ -10,6 +11,7 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use super::family::encode_counters;
 use crate::source::SourceCounters;
@@ -122,6 +124,29 @@ impl Collector for SourceMetrics {
             "source",
             restarts,
         )?;
-        Ok(())
+        encode_last_success_age(&mut encoder, &state)
     }
+}
+
+/// `configwatch_source_last_success_age_seconds{source}`: seconds since each source's
+/// last successful round, for the sources that have had one.
+fn encode_last_success_age(
+    encoder: &mut DescriptorEncoder,
+    state: &SourcesState,
+) -> Result<(), std::fmt::Error> {
+    let now = Instant::now();
+    let kind = ConstGauge::<f64>::new(0.0).metric_type();
+    let mut family = encoder.encode_descriptor(
+        "configwatch_source_last_success_age_seconds",
+        "Seconds since the source's last successful round (a stream poll over every shard, a queue receive, a reconciliation pass); absent before the first.",
+        None,
+        kind,
+    )?;
+    for source in &state.sources {
+        if let Some(at) = source.progress.last_success {
+            let age = now.saturating_duration_since(at).as_secs_f64();
+            ConstGauge::new(age).encode(family.encode_family(&[("source", source.name)])?)?;
+        }
+    }
+    Ok(())
 }

@@ -19,6 +19,7 @@ use crate::aws::AwsSettings;
 use crate::hub::{Hub, HubConfig};
 use crate::keys;
 use crate::server::{App, ConnectionLimits, MaxConnectionAge, RpcMetrics, serve};
+use crate::source::health::Awaited;
 use crate::source::supervise::Supervisor;
 use crate::source::{SourceContext, SourceCounters, ddb_streams, reconcile, sqs_events};
 use crate::store::Router;
@@ -340,19 +341,21 @@ async fn start_aws(
         poll_interval: *args.stream_poll_interval,
         ..ddb_streams::StreamSettings::default()
     };
-    let mut sources = Supervisor::new(stop, SOURCE_RESTART);
+    let mut sources =
+        Supervisor::new(stop, SOURCE_RESTART).with_down_grace(*args.source_down_grace);
     let (stream_ctx, stream_client, table) = (
         ctx.clone(),
         aws_sdk_dynamodbstreams::Client::new(&sdk),
         settings.table.clone(),
     );
-    sources.spawn("dynamodb-stream", move |stop| {
+    sources.spawn_reporting("dynamodb-stream", Awaited::Success, move |stop, health| {
         ddb_streams::run(
             stream_ctx.clone(),
             streams.clone(),
             dynamodb.clone(),
             stream_client.clone(),
             table.clone(),
+            health,
             stop,
         )
     });
@@ -363,13 +366,14 @@ async fn start_aws(
                 aws_sdk_sqs::Client::new(&sdk),
                 queue_url.clone(),
             );
-            sources.spawn("sqs-events", move |stop| {
+            sources.spawn_reporting("sqs-events", Awaited::Success, move |stop, health| {
                 sqs_events::run(
                     sqs_ctx.clone(),
                     sqs.clone(),
                     queue_url.clone(),
                     ssm.clone(),
                     sqs_events::SqsSettings::default(),
+                    health,
                     stop,
                 )
             });
@@ -379,8 +383,8 @@ async fn start_aws(
         ),
     }
     let interval = settings.reconcile_interval;
-    sources.spawn("reconcile", move |stop| {
-        reconcile::run(ctx.clone(), interval, stop)
+    sources.spawn_reporting("reconcile", Awaited::TaskOnly, move |stop, health| {
+        reconcile::run(ctx.clone(), interval, health, stop)
     });
     (router, hub, sources)
 }

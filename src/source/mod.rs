@@ -11,6 +11,7 @@
 //! the shutdown token is cancelled.
 
 pub mod ddb_streams;
+pub mod health;
 pub mod reconcile;
 pub mod sqs_events;
 pub mod supervise;

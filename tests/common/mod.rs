@@ -366,3 +366,31 @@ pub async fn refused_get(addr: SocketAddr) {
         .expect_err("a malformed token is refused");
     assert_eq!(status.code(), tonic::Code::Unauthenticated);
 }
+
+/// Waits until gRPC health says `want` of the ConfigService on `addr`.
+pub async fn wait_for_health(
+    addr: SocketAddr,
+    want: tonic_health::pb::health_check_response::ServingStatus,
+) {
+    configwatch_test_support::eventually(
+        PATIENCE,
+        || format!("gRPC health to become {want:?}"),
+        || async move {
+            let channel = Channel::from_shared(format!("http://{addr}"))
+                .ok()?
+                .connect()
+                .await
+                .ok()?;
+            let status = tonic_health::pb::health_client::HealthClient::new(channel)
+                .check(tonic_health::pb::HealthCheckRequest {
+                    service: "configwatch.v1.ConfigService".into(),
+                })
+                .await
+                .ok()?
+                .into_inner()
+                .status;
+            (status == want as i32).then_some(())
+        },
+    )
+    .await;
+}

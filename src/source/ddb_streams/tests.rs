@@ -13,6 +13,7 @@ use super::*;
 use crate::hub::{Hub, HubConfig, SharedEntry};
 use crate::model::{Entry, Scope};
 use crate::source::SourceCounters;
+use crate::source::health::SourceHealth;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -51,6 +52,7 @@ async fn start(fake: &Fake) -> Result<Setup, Box<dyn std::error::Error>> {
         settings(),
         fake.clone(),
         versions.clone(),
+        SourceHealth::detached("dynamodb-stream"),
         shutdown.clone(),
     ));
     Ok(Setup {

@@ -13,6 +13,7 @@
 //! - `moto` (feature `moto`): a private moto server (AWS emulator) with the
 //!   resources of the CloudFormation template.
 //! - [`procfs`]: a process's resident memory and CPU time from `/proc`.
+//! - [`proxy`]: a TCP proxy a test can cut (resetting connections) and restore.
 //! - [`temp_dir`]: a temporary directory, removed when dropped.
 //!
 //! Boundary: this crate knows the binary's command line and output, the AWS SDK and
@@ -29,12 +30,14 @@ pub mod metrics;
 pub mod moto;
 pub mod process;
 pub mod procfs;
+pub mod proxy;
 pub mod token;
 pub mod wait;
 
 pub use http::{HttpAnswer, http_get};
 pub use metrics::{Scrape, promtool_check};
 pub use process::{ServerProcess, run_to_exit, serve_command, server_bin, under_file_limit};
+pub use proxy::CutProxy;
 pub use token::mint_token;
 pub use wait::{PATIENCE, eventually, poll, wait_for};
 
