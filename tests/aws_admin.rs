@@ -1,5 +1,5 @@
 //! The admin listener of `configwatch serve --backend aws`, on moto: `/readyz` once
-//! every source task runs, and `/metrics` showing each source up and the source
+//! every source has made its first poll, and `/metrics` showing each source up and the source
 //! counters moving as DynamoDB stream records and SQS messages arrive.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -13,7 +13,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use common::*;
 use configwatch::auth::Role;
 use configwatch_test_support::moto::Moto;
-use configwatch_test_support::{ServerProcess, eventually, http_get, scrape_metrics};
+use configwatch_test_support::{Scrape, ServerProcess, eventually, http_get};
 
 /// Waits until the series `name` reaches `at_least`.
 async fn reaches(admin: SocketAddr, name: &str, at_least: f64) {
@@ -21,8 +21,9 @@ async fn reaches(admin: SocketAddr, name: &str, at_least: f64) {
         PATIENCE,
         || format!("{name} to reach {at_least}"),
         || async {
-            let value = scrape_metrics(admin)
+            let value = Scrape::take(admin)
                 .await
+                .series
                 .get(name)
                 .copied()
                 .unwrap_or(0.0);
@@ -43,9 +44,14 @@ async fn sources_are_up_ready_and_counted() {
     let server = ServerProcess::start(command).await;
     let admin = server.admin.expect("an admin address");
 
-    let ready = http_get(admin, "/readyz").await;
-    assert_eq!(ready.status, 200, "{ready:?}");
-    let scrape = scrape_metrics(admin).await;
+    // Ready once the stream and the queue have each answered a first poll.
+    eventually(
+        PATIENCE,
+        || "/readyz to answer 200".into(),
+        || async { (http_get(admin, "/readyz").await.status == 200).then_some(()) },
+    )
+    .await;
+    let scrape = Scrape::take(admin).await.series;
     for source in ["dynamodb-stream", "sqs-events", "reconcile"] {
         let up = format!("configwatch_source_up{{source=\"{source}\"}}");
         assert_eq!(scrape.get(&up), Some(&1.0), "{up}");

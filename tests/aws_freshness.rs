@@ -18,7 +18,7 @@ use aws_sdk_ssm::types::ParameterType;
 use common::*;
 use configwatch::auth::Role;
 use configwatch_test_support::moto::{Moto, ROOT, Resources};
-use configwatch_test_support::{ServerProcess, eventually, scrape_metrics};
+use configwatch_test_support::{Scrape, ServerProcess, eventually};
 
 /// The server on moto with its admin listener, and moto's resources.
 async fn start(moto: &Moto, dir: &std::path::Path) -> (ServerProcess, SocketAddr, Resources) {
@@ -32,7 +32,7 @@ async fn start(moto: &Moto, dir: &std::path::Path) -> (ServerProcess, SocketAddr
         PATIENCE,
         || "the stream reader's first gap".into(),
         || async {
-            let gaps = scrape_metrics(admin).await;
+            let gaps = Scrape::take(admin).await.series;
             (gaps.get("configwatch_stream_gaps_total") >= Some(&1.0)).then_some(())
         },
     )
@@ -59,7 +59,7 @@ fn moved_once(
     bound: f64,
 ) {
     for which in ["applied", "delivered"] {
-        for other in ["api", "dynamodb_stream", "parameter_events", "reconcile"] {
+        for other in ["api", "dynamodb-stream", "sqs-events", "reconcile"] {
             let (n0, s0) = delays(before, which, other);
             let (n1, s1) = delays(after, which, other);
             if other != source {
@@ -101,8 +101,8 @@ async fn a_dynamodb_change_and_an_api_write_are_timed_from_their_sources() {
     )
     .await;
     initial(&mut w).await;
-    let before = scrape_metrics(admin).await;
-    let age = "configwatch_source_newest_record_age_seconds{source=\"dynamodb_stream\"}";
+    let before = Scrape::take(admin).await.series;
+    let age = "configwatch_source_newest_record_age_seconds{source=\"dynamodb-stream\"}";
     assert_eq!(before.get(age), None, "absent until a record is seen");
 
     // Made in the table by another tool: timed from the stream record.
@@ -120,17 +120,17 @@ async fn a_dynamodb_change_and_an_api_write_are_timed_from_their_sources() {
         .unwrap();
     let got = changes(&mut w, 1).await;
     assert_eq!(summary(&got), [("tenant_config_flag".into(), 1, false)]);
-    let after = scrape_metrics(admin).await;
+    let after = Scrape::take(admin).await.series;
     moved_once(
         &before,
         &after,
-        "dynamodb_stream",
+        "dynamodb-stream",
         started.elapsed().as_secs_f64(),
     );
     let elapsed = started.elapsed().as_secs_f64();
-    age_within(&after, "newest_record", "dynamodb_stream", elapsed);
+    age_within(&after, "newest_record", "dynamodb-stream", elapsed);
     // It polls every 100 ms: its last success is at most that poll's time ago.
-    age_within(&after, "last_success", "dynamodb_stream", elapsed);
+    age_within(&after, "last_success", "dynamodb-stream", elapsed);
 
     // Through the API (a Parameter Store key: no event brings it back a second way).
     let writer = token(dir.path(), "acme", Role::Writer);
@@ -139,7 +139,7 @@ async fn a_dynamodb_change_and_an_api_write_are_timed_from_their_sources() {
     put(&mut writer, "param_config_api/flag", "\"on\"").await;
     let got = changes(&mut w, 1).await;
     assert_eq!(got[0].key, "param_config_api/flag");
-    let last = scrape_metrics(admin).await;
+    let last = Scrape::take(admin).await.series;
     moved_once(&after, &last, "api", started.elapsed().as_secs_f64());
 }
 
@@ -152,8 +152,8 @@ async fn a_parameter_store_change_is_timed_from_its_event() {
     let mut client = connect(server.addr, Some(&reader)).await;
     let mut w = watch(&mut client, watch_prefixes(&["param_config_"])).await;
     initial(&mut w).await;
-    let before = scrape_metrics(admin).await;
-    let age = "configwatch_source_newest_record_age_seconds{source=\"parameter_events\"}";
+    let before = Scrape::take(admin).await.series;
+    let age = "configwatch_source_newest_record_age_seconds{source=\"sqs-events\"}";
     assert_eq!(before.get(age), None, "absent until an event is seen");
 
     let started = Instant::now();
@@ -170,13 +170,13 @@ async fn a_parameter_store_change_is_timed_from_its_event() {
     moto.ssm_change_event(&name, "Create", "String").await;
     let got = changes(&mut w, 1).await;
     assert_eq!(got[0].key, "param_config_db/url");
-    let after = scrape_metrics(admin).await;
+    let after = Scrape::take(admin).await.series;
     // An event's time is in whole seconds, rounded down: up to 1 s more than the
     // time the change really took.
     let bound = started.elapsed().as_secs_f64() + 1.0;
-    moved_once(&before, &after, "parameter_events", bound);
-    age_within(&after, "newest_record", "parameter_events", bound);
+    moved_once(&before, &after, "sqs-events", bound);
+    age_within(&after, "newest_record", "sqs-events", bound);
     // The receive that brought the event succeeded.
     let elapsed = started.elapsed().as_secs_f64();
-    age_within(&after, "last_success", "parameter_events", elapsed);
+    age_within(&after, "last_success", "sqs-events", elapsed);
 }

@@ -105,13 +105,6 @@ impl Collector for FreshnessMetrics {
             "configwatch_source_newest_record_age",
             "Time since the source timestamp of the newest record a source has seen.",
             |s| self.fresh().newest_record_age(s),
-        )?;
-        encode_ages(
-            &mut encoder,
-            "configwatch_source_last_success_age",
-            "Time since a source last read its source successfully (every stream shard \
-             polled, a queue receive returned).",
-            |s| self.fresh().last_success_age(s),
         )
     }
 }

@@ -10,6 +10,7 @@
 pub mod family;
 pub mod fresh;
 mod routes;
+pub mod scalar;
 pub mod sources;
 mod text;
 

@@ -17,7 +17,7 @@ use std::sync::atomic::Ordering;
 use super::fresh::{ChangeSource, Origin};
 use super::shared::SharedEntry;
 use super::view::{ScopeView, ViewState};
-use super::{Hub, lock};
+use super::{Hub, HubCounters, lock};
 use crate::model::{Entry, Scope, now_millis};
 use crate::store::StoreError;
 
@@ -126,6 +126,7 @@ impl Hub {
             st.revision
         };
         let fresh = self.loader.load_scope(scope).await?;
+        HubCounters::add(&self.counters.resyncs, 1);
         let mut st = lock(&view.state);
         Ok(self.merge_fresh(&view, &mut st, fresh, before))
     }
@@ -205,6 +206,7 @@ impl Hub {
         }
         let track = self.config.track_delivery;
         let mut handed = 0u32;
+        let mut coalesced = 0;
         for w in &st.watchers {
             if w.prefixes.matches(&entry.key) {
                 let (waker, replaced) = {
@@ -216,14 +218,18 @@ impl Hub {
                     waker.wake();
                 }
                 handed += 1;
-                if track && let Some(old) = replaced {
-                    self.fresh.left(&old);
+                if let Some(old) = replaced {
+                    coalesced += 1;
+                    if track {
+                        self.fresh.left(&old);
+                    }
                 }
             }
         }
         if track {
             self.fresh.handed_out(&entry, handed);
         }
+        HubCounters::add(&self.counters.changes_coalesced, coalesced);
         view.published.store(st.revision, Ordering::Release);
         Some(entry)
     }

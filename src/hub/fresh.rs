@@ -61,8 +61,8 @@ impl ChangeSource {
     pub fn label(self) -> &'static str {
         match self {
             ChangeSource::Api => "api",
-            ChangeSource::DynamodbStream => "dynamodb_stream",
-            ChangeSource::ParameterEvents => "parameter_events",
+            ChangeSource::DynamodbStream => "dynamodb-stream",
+            ChangeSource::ParameterEvents => "sqs-events",
             ChangeSource::Reconcile => "reconcile",
         }
     }
@@ -182,8 +182,6 @@ pub struct Freshness {
     clock_skew: AtomicU64,
     /// The newest source timestamp seen (µs since the epoch), by source.
     newest: [AtomicI64; 4],
-    /// When each source last read its source successfully (µs since the epoch).
-    last_success: [AtomicI64; 4],
 }
 
 impl Default for Freshness {
@@ -193,7 +191,6 @@ impl Default for Freshness {
             delivered: Default::default(),
             clock_skew: AtomicU64::new(0),
             newest: std::array::from_fn(|_| AtomicI64::new(NONE_SEEN)),
-            last_success: std::array::from_fn(|_| AtomicI64::new(NONE_SEEN)),
         }
     }
 }
@@ -224,18 +221,6 @@ impl Freshness {
     /// until it has seen one. Negative under clock skew.
     pub fn newest_record_age(&self, source: ChangeSource) -> Option<f64> {
         age(&self.newest[source as usize])
-    }
-
-    /// A source has read its source successfully (a stream poll of every shard, a
-    /// queue receive): what was there before is in hand.
-    pub fn source_succeeded(&self, source: ChangeSource) {
-        self.last_success[source as usize].store(now_micros(), Ordering::Relaxed);
-    }
-
-    /// Seconds since `source` last read its source successfully; `None` until it
-    /// has.
-    pub fn last_success_age(&self, source: ChangeSource) -> Option<f64> {
-        age(&self.last_success[source as usize])
     }
 
     /// The delay from `origin` to now, clamped to 0 (and counted) under skew.

@@ -35,6 +35,7 @@
 //!   fills with the entry's encoding.
 //! - `fresh`: [`Freshness`], delays from a change's source to applied and to
 //!   delivered, by source ([`Origin`]).
+//! - `stats`: [`HubCounters`] and the gauges operators read (views, largest backlog).
 //!
 //! This file holds the [`Hub`] itself (views by scope) and its tuning.
 
@@ -45,6 +46,7 @@ mod idle;
 mod page;
 mod pending;
 mod shared;
+mod stats;
 mod token;
 mod view;
 mod watch;
@@ -63,6 +65,7 @@ pub use fresh::{ChangeSource, DELAY_BUCKETS, DelaySnapshot, Freshness, Origin};
 pub use idle::{DEFAULT_VIEW_IDLE, sweep};
 pub use page::{Page, PageError, PageRequest};
 pub use shared::SharedEntry;
+pub use stats::HubCounters;
 pub use token::{BadToken, ResumeToken};
 pub use view::{ScopeLoader, ScopeView};
 pub use watch::{InitialMode, SubscribeError, Subscription, WatchHandle, WatcherStats};
@@ -113,6 +116,8 @@ pub struct Hub {
     /// Watches started, by initial mode (full, diff, resumed).
     initial_syncs: [AtomicU64; 3],
     fresh: Arc<fresh::Freshness>,
+    /// What operators read (see `stats`); watch handles share it.
+    counters: Arc<HubCounters>,
 }
 
 impl Hub {
@@ -128,6 +133,7 @@ impl Hub {
             retired: AtomicU64::new(0),
             initial_syncs: Default::default(),
             fresh: Arc::default(),
+            counters: Arc::default(),
         }
     }
 

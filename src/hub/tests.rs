@@ -492,3 +492,41 @@ async fn dropping_a_handle_unregisters_it() -> Result<(), Box<dyn std::error::Er
     assert!(hub.watcher_stats().is_empty());
     Ok(())
 }
+
+/// The hub's counters move by exactly what happened: one view loaded, each change
+/// taken counted once per watcher that took it, a change replacing a pending one of
+/// the same key counted as coalesced, a resync counted, and the largest backlog
+/// read from the slow watcher.
+#[tokio::test]
+async fn counters_count_deltas_coalescing_loads_and_resyncs()
+-> Result<(), Box<dyn std::error::Error>> {
+    let scope = Scope::tenant("t")?;
+    let hub = hub(vec![e("tenant_config_a", 1, "1")]);
+    let all = || PrefixSet::new(["tenant_config_".to_string()]);
+    let mut fast = hub.subscribe(&scope, all(), None, &Known::Nothing).await?;
+    let slow = hub.subscribe(&scope, all(), None, &Known::Nothing).await?;
+    assert_eq!(hub.views_in_memory(), 1);
+    for version in 2..=4 {
+        hub.apply(&scope, e("tenant_config_a", version, "2"));
+        assert_eq!(next(&mut fast.handle).await.len(), 1);
+    }
+    hub.apply(&scope, e("tenant_config_b", 1, "3"));
+    let c = hub.counters();
+    // The fast watcher took 3 changes and has 1 waiting; the slow one took none
+    // and holds one change per key: a's three versions coalesced into one.
+    assert_eq!(HubCounters::get(&c.deltas_sent), 3);
+    assert_eq!(HubCounters::get(&c.changes_coalesced), 2);
+    assert_eq!(hub.largest_backlog(), 2);
+    assert_eq!(next(&mut fast.handle).await.len(), 1);
+    assert_eq!(
+        HubCounters::get(&c.deltas_sent),
+        4,
+        "a batch counts its changes"
+    );
+    hub.resync(&scope).await?;
+    assert_eq!(HubCounters::get(&c.resyncs), 1);
+    assert_eq!(HubCounters::get(&c.views_loaded), 1);
+    drop((fast, slow));
+    assert_eq!(hub.largest_backlog(), 0);
+    Ok(())
+}

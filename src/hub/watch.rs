@@ -18,7 +18,7 @@ use super::pending::Pending;
 use super::shared::SharedEntry;
 use super::token::{ResumeToken, filter_hash};
 use super::view::ScopeView;
-use super::{Hub, lock};
+use super::{Hub, HubCounters, lock};
 use crate::keys::PrefixSet;
 use crate::model::Scope;
 use crate::store::StoreError;
@@ -143,6 +143,7 @@ impl Hub {
         // From here a dropped future (the caller went away) unregisters the watcher.
         let handle = WatchHandle {
             hub_started: self.started,
+            counters: self.counters.clone(),
             token_base: self.token(scope, &slot.prefixes, 0),
             view,
             slot,
@@ -228,6 +229,8 @@ pub struct WatchHandle {
     hub_started: tokio::time::Instant,
     /// Where changes taken are counted, when the hub times deliveries.
     fresh: Option<Arc<Freshness>>,
+    /// Where the changes taken are counted.
+    counters: Arc<HubCounters>,
 }
 
 impl WatchHandle {
@@ -268,6 +271,7 @@ impl WatchHandle {
         if let Some(last) = batch.last() {
             self.delivered = last.revision;
         }
+        HubCounters::add(&self.counters.deltas_sent, batch.len());
         Poll::Ready(batch)
     }
 

@@ -24,7 +24,10 @@
 //! Retry policy, per operation:
 //! - `ReceiveMessage`: long poll (`WaitTimeSeconds` 20) with an operation timeout
 //!   above the wait; a failure is retried forever with jittered exponential backoff
-//!   (the loop never dies), reset by the next success.
+//!   (the loop never dies), reset by the next success. The first receive, and the
+//!   first after a failure, do not wait (a short poll), so that the source's health
+//!   learns at once that the queue answers. The health logs the first failure and
+//!   the recovery; each failed receive is logged at debug level.
 //! - `GetParameter` (through the backend; the SDK's retry, [`crate::aws::retry_config`],
 //!   covers throttling): a
 //!   failure leaves the message; it becomes visible again after the queue's
@@ -45,6 +48,7 @@ use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, Message, MessageSystemA
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
+use super::health::SourceHealth;
 use super::{SourceContext, SourceCounters};
 use crate::hub::{ChangeSource, Origin};
 use crate::model::Entry;
@@ -181,6 +185,7 @@ pub async fn run(
     queue_url: String,
     backend: Arc<SsmBackend>,
     settings: SqsSettings,
+    health: SourceHealth,
     shutdown: CancellationToken,
 ) {
     let wait = settings.wait.min(MAX_WAIT);
@@ -191,12 +196,13 @@ pub async fn run(
         .build();
     let mut backoff = Retry::new(Backoff::doubling(settings.retry_base, settings.retry_max));
     tracing::info!(queue = %queue_url, root = backend.root(), "reading Parameter Store events");
+    let mut answered = false;
     loop {
         let receive = sqs
             .receive_message()
             .queue_url(&queue_url)
             .max_number_of_messages(MAX_MESSAGES)
-            .wait_time_seconds(wait_seconds)
+            .wait_time_seconds(if answered { wait_seconds } else { 0 })
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
             .customize()
             .config_override(
@@ -210,13 +216,18 @@ pub async fn run(
         let messages = match received {
             Ok(out) => {
                 backoff.succeeded();
-                let fresh = ctx.hub.freshness();
-                fresh.source_succeeded(ChangeSource::ParameterEvents);
+                health.succeeded();
+                answered = true;
                 out.messages.unwrap_or_default()
             }
             Err(e) => {
                 let delay = backoff.failed();
-                tracing::warn!(
+                health.failing(format!(
+                    "ReceiveMessage failed: {}",
+                    DisplayErrorContext(&e)
+                ));
+                answered = false;
+                tracing::debug!(
                     queue = %queue_url,
                     error = %DisplayErrorContext(&e),
                     ?delay,
@@ -231,6 +242,7 @@ pub async fn run(
         if messages.is_empty() {
             continue;
         }
+        SourceCounters::add(&ctx.counters.sqs_messages_received, messages.len() as u64);
         tokio::select! {
             () = shutdown.cancelled() => return,
             () = handle_batch(&ctx, &sqs, &queue_url, &backend, &messages) => {}

@@ -253,16 +253,6 @@ fn the_newest_record_age_is_absent_until_one_is_seen_and_follows_the_newest() {
 }
 
 #[test]
-fn the_last_success_age_is_absent_until_a_read_succeeds() {
-    let fresh = Freshness::default();
-    assert_eq!(fresh.last_success_age(ChangeSource::ParameterEvents), None);
-    fresh.source_succeeded(ChangeSource::ParameterEvents);
-    let age = fresh.last_success_age(ChangeSource::ParameterEvents);
-    assert!(age.is_some_and(|a| (0.0..1.0).contains(&a)), "{age:?}");
-    assert_eq!(fresh.last_success_age(ChangeSource::DynamodbStream), None);
-}
-
-#[test]
 fn buckets_hold_a_delay_up_to_their_bound() {
     let h = DelayHistogram::default();
     for micros in [0, 1_000, 1_001, 400_000_000] {

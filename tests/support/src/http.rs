@@ -54,19 +54,3 @@ async fn try_get(addr: SocketAddr, path: &str) -> Result<HttpAnswer, String> {
         body: body.to_owned(),
     })
 }
-
-/// Each series of a `/metrics` scrape (`name{labels}`) with its value; panics
-/// unless the scrape answers 200.
-pub async fn scrape_metrics(addr: SocketAddr) -> std::collections::HashMap<String, f64> {
-    let answer = http_get(addr, "/metrics").await;
-    assert_eq!(answer.status, 200, "{answer:?}");
-    answer
-        .body
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            Some((series.to_owned(), value.parse().ok()?))
-        })
-        .collect()
-}

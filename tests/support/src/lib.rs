@@ -6,12 +6,14 @@
 //!   (its address read from its first line), stopped with SIGTERM or `kill -9`;
 //!   commands that must exit by themselves.
 //! - [`http`]: a plain HTTP GET, for the admin listener.
+//! - [`metrics`]: scrapes of `/metrics` and their deltas; `promtool check metrics`.
 //! - [`token`]: tokens minted by the binary's own `token` command.
 //! - [`wait`]: waiting for a condition by polling it against a deadline, never by a
 //!   fixed sleep.
 //! - `moto` (feature `moto`): a private moto server (AWS emulator) with the
 //!   resources of the CloudFormation template.
 //! - [`procfs`]: a process's resident memory and CPU time from `/proc`.
+//! - [`proxy`]: a TCP proxy a test can cut (resetting connections) and restore.
 //! - [`temp_dir`]: a temporary directory, removed when dropped.
 //!
 //! Boundary: this crate knows the binary's command line and output, the AWS SDK and
@@ -23,15 +25,19 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod http;
+pub mod metrics;
 #[cfg(feature = "moto")]
 pub mod moto;
 pub mod process;
 pub mod procfs;
+pub mod proxy;
 pub mod token;
 pub mod wait;
 
-pub use http::{HttpAnswer, http_get, scrape_metrics};
+pub use http::{HttpAnswer, http_get};
+pub use metrics::{Scrape, promtool_check};
 pub use process::{ServerProcess, run_to_exit, serve_command, server_bin, under_file_limit};
+pub use proxy::CutProxy;
 pub use token::mint_token;
 pub use wait::{PATIENCE, eventually, poll, wait_for};
 

@@ -282,6 +282,35 @@ impl Moto {
             .expect("put events");
         assert_eq!(out.failed_entry_count, 0, "event refused: {out:?}");
     }
+
+    /// Writes a configuration item in `table` directly, as another tool would:
+    /// tenant `tenant`, key `tenant_config_{name}`, value `true`, at `version`.
+    pub async fn put_config_item(&self, table: &str, tenant: &str, name: &str, version: u64) {
+        use aws_sdk_dynamodb::types::AttributeValue;
+        self.dynamodb()
+            .await
+            .put_item()
+            .table_name(table)
+            .item("pk", AttributeValue::S(format!("TENANT#{tenant}")))
+            .item("sk", AttributeValue::S(format!("CONFIG#{name}")))
+            .item("config", AttributeValue::Bool(true))
+            .item("version", AttributeValue::N(version.to_string()))
+            .send()
+            .await
+            .expect("put item");
+    }
+
+    /// Sends `body` to the queue as it is.
+    pub async fn send_raw_message(&self, queue_url: &str, body: &str) {
+        self.sqs()
+            .await
+            .send_message()
+            .queue_url(queue_url)
+            .message_body(body)
+            .send()
+            .await
+            .expect("send message");
+    }
 }
 
 /// The EventBridge pattern of the template's rule, with its root filled in.
