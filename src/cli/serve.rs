@@ -156,9 +156,12 @@ pub(super) async fn run_serve(args: ServeArgs) -> Result<(), Failure> {
         Some(_) => None,
     };
     let auth = authenticator(&args.identity, &args.data_dir, stop.child_token()).await?;
+    // Metrics nobody can read cost nothing: without an admin listener the hub does
+    // not time deliveries and no layer counts calls.
+    let metrics_on = args.admin_addr()?.is_some();
     let hub_config = HubConfig {
         history_limit: args.history,
-        ..HubConfig::default()
+        track_delivery: metrics_on,
     };
     let mut registry = Registry::default();
     let (router, hub, sources) = match (embedded, &aws) {
@@ -219,7 +222,7 @@ pub(super) async fn run_serve(args: ServeArgs) -> Result<(), Failure> {
         connections,
         sources: sources.as_ref().map(Supervisor::state),
         // Without an admin listener nobody reads the call counts: no layer counts them.
-        rpc_metrics: args.admin_addr()?.map(|_| rpc_metrics),
+        rpc_metrics: metrics_on.then_some(rpc_metrics),
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
