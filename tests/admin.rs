@@ -6,14 +6,12 @@
 
 mod common;
 
-use std::collections::HashMap;
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use common::*;
 use configwatch::auth::Role;
 use configwatch_test_support::procfs::listening_ports;
-use configwatch_test_support::{ServerProcess, eventually, http_get};
+use configwatch_test_support::{Scrape, ServerProcess, eventually, http_get, promtool_check};
 use tonic_health::pb::health_check_response::ServingStatus;
 
 async fn start_with_admin(dir: &std::path::Path) -> (ServerProcess, std::net::SocketAddr) {
@@ -45,12 +43,30 @@ async fn healthz_and_readyz_answer_200_on_the_embedded_store() {
     );
 }
 
+/// Without an admin listener nothing counts calls (no layer wraps the replies),
+/// and calls are answered as ever: a Put, a Get, and a Watch's initial state and
+/// a delta.
 #[tokio::test]
-async fn an_empty_admin_listen_opens_no_port() {
+async fn an_empty_admin_listen_opens_no_port_and_serves_without_metrics() {
     let dir = temp_dir();
     let server = ServerProcess::start(serve_command(dir.path(), &["--admin-listen", ""])).await;
     assert!(server.admin.is_none());
     assert_eq!(listening_ports(server.pid()), vec![server.addr.port()]);
+
+    let writer = token(dir.path(), "acme", Role::Writer);
+    let mut client = connect(server.addr, Some(&writer)).await;
+    put(&mut client, "tenant_config_a", "1").await;
+    let got = get_keys(&mut client, &["tenant_config_a"]).await;
+    assert_eq!(
+        summary(&got.entries),
+        [("tenant_config_a".into(), 1, false)]
+    );
+    let mut stream = watch(&mut client, watch_prefixes(&["tenant_config_"])).await;
+    let (entries, _) = initial(&mut stream).await;
+    assert_eq!(summary(&entries), [("tenant_config_a".into(), 1, false)]);
+    put(&mut client, "tenant_config_a", "2").await;
+    let delta = changes(&mut stream, 1).await;
+    assert_eq!(summary(&delta), [("tenant_config_a".into(), 2, false)]);
 }
 
 #[test]
@@ -65,60 +81,48 @@ fn a_bad_admin_listen_exits_64_before_binding() {
     assert!(out.stdout.is_empty(), "a port was bound");
 }
 
-/// A scrape of `/metrics`: each series (name and labels as written) with its value.
-async fn scrape(admin: std::net::SocketAddr) -> (String, HashMap<String, f64>) {
-    let answer = http_get(admin, "/metrics").await;
-    assert_eq!(answer.status, 200, "{answer:?}");
-    let series = answer
-        .body
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .map(|l| {
-            let (name, value) = l.rsplit_once(' ').expect("a series and its value");
-            let value = value
-                .parse()
-                .unwrap_or_else(|_| panic!("a number in {l:?}"));
-            (name.to_owned(), value)
-        })
-        .collect();
-    (answer.body, series)
+/// A Watch on a connection whose HTTP/2 windows are small and that never reads:
+/// what it is sent stays in the server, and its pending set coalesces.
+async fn unread_watch(
+    addr: std::net::SocketAddr,
+    token: &str,
+) -> tonic::codec::Streaming<configwatch::proto::WatchResponse> {
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .initial_stream_window_size(65_535)
+        .initial_connection_window_size(65_535)
+        .connect()
+        .await
+        .unwrap();
+    let header: tonic::metadata::MetadataValue<_> = format!("Bearer {token}").parse().unwrap();
+    let mut client =
+        configwatch::proto::config_service_client::ConfigServiceClient::with_interceptor(
+            channel,
+            move |mut r: tonic::Request<()>| {
+                r.metadata_mut().insert("authorization", header.clone());
+                Ok(r)
+            },
+        );
+    client
+        .watch(watch_prefixes(&["tenant_config_"]))
+        .await
+        .unwrap()
+        .into_inner()
 }
 
-/// `promtool check metrics` on `text`, when promtool is installed.
-fn promtool_check(text: &str) {
-    let child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn();
-    let Ok(mut child) = child else {
-        eprintln!("SKIPPED promtool check: promtool is not installed (Debian package prometheus)");
-        return;
-    };
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool check metrics: {}{}\n{text}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+/// Writes to one key while a Watch of it does not read.
+const UNREAD_PUTS: usize = 40;
 
 #[tokio::test]
 async fn metrics_count_exactly_the_calls_made() {
     let dir = temp_dir();
-    let (server, admin) = start_with_admin(dir.path()).await;
-    let (_, before) = scrape(admin).await;
-    let delta = |after: &HashMap<String, f64>, series: &str| {
-        after.get(series).copied().unwrap_or(0.0) - before.get(series).copied().unwrap_or(0.0)
-    };
+    let server = ServerProcess::start(serve_command(
+        dir.path(),
+        &["--admin-listen", "127.0.0.1:0", "--view-idle", "3s"],
+    ))
+    .await;
+    let admin = server.admin.expect("the server said its admin address");
+    let before = Scrape::take(admin).await;
 
     let writer = token(dir.path(), "acme", Role::Writer);
     let mut client = connect(server.addr, Some(&writer)).await;
@@ -128,67 +132,137 @@ async fn metrics_count_exactly_the_calls_made() {
     let mut stream = watch(&mut client, watch_prefixes(&["tenant_config_"])).await;
     let (entries, _) = initial(&mut stream).await;
     assert_eq!(entries.len(), 3);
-    let (_, during) = scrape(admin).await;
-    assert_eq!(during["configwatch_watch_streams_open"], 1.0);
+    // Two changes after the initial state: two deltas.
+    for i in 3..5 {
+        put(&mut client, &format!("tenant_config_k{i}"), "1").await;
+    }
+    assert_eq!(changes(&mut stream, 2).await.len(), 2);
+    let during = Scrape::take(admin).await;
+    assert_eq!(during.value("configwatch_watch_streams_open"), 1.0);
+    assert_eq!(during.value("configwatch_views"), 1.0);
+    assert_eq!(
+        during.delta(&before, "configwatch_watch_deltas_sent_total"),
+        2.0
+    );
     drop(stream);
-    let mut refused = connect(server.addr, Some("not-a-token")).await;
-    let status = refused
-        .get(configwatch::proto::GetRequest::default())
-        .await
-        .expect_err("a malformed token is refused");
-    assert_eq!(status.code(), tonic::Code::Unauthenticated);
+    refused_get(server.addr).await;
 
     // The Watch is counted when the server sees its stream go.
     let watch_ended = r#"configwatch_rpc_calls_total{method="Watch",code="CANCELLED"}"#;
+    let gone = r#"configwatch_watch_streams_ended_total{reason="client_gone"}"#;
     let after = eventually(
         PATIENCE,
         || "the closed Watch to be counted".into(),
         || async {
-            let (text, after) = scrape(admin).await;
-            (delta(&after, watch_ended) == 1.0).then_some((text, after))
+            let after = Scrape::take(admin).await;
+            (after.delta(&before, watch_ended) == 1.0 && after.delta(&before, gone) == 1.0)
+                .then_some(after)
         },
     )
     .await;
-    let (text, after) = after;
-    for (series, moved) in [
-        (
-            r#"configwatch_rpc_calls_total{method="Put",code="OK"}"#,
-            3.0,
-        ),
-        (
-            r#"configwatch_rpc_latency_seconds_count{method="Put"}"#,
-            3.0,
-        ),
-        (watch_ended, 1.0),
-        (
-            r#"configwatch_rpc_calls_total{method="Get",code="UNAUTHENTICATED"}"#,
-            1.0,
-        ),
-        (
-            r#"configwatch_auth_refusals_total{reason="malformed"}"#,
-            1.0,
-        ),
-        (r#"configwatch_watch_initial_syncs_total{mode="full"}"#, 1.0),
-        (r#"configwatch_watch_initial_syncs_total{mode="diff"}"#, 0.0),
-        ("configwatch_watch_streams_open", 0.0),
-    ] {
-        assert_eq!(delta(&after, series), moved, "{series}\n{text}");
-    }
-    // Nothing else moved: the sums over every label.
-    let moved = |family: &str| -> f64 {
-        after
-            .keys()
-            .filter(|s| s.starts_with(family))
-            .map(|s| delta(&after, s))
-            .sum()
-    };
-    assert_eq!(
-        moved("configwatch_rpc_calls_total"),
-        5.0,
-        "three Puts, one Watch, one refused Get\n{text}"
+    after.assert_moved(
+        &before,
+        &[
+            (
+                r#"configwatch_rpc_calls_total{method="Put",code="OK"}"#,
+                5.0,
+            ),
+            (
+                r#"configwatch_rpc_latency_seconds_count{method="Put"}"#,
+                5.0,
+            ),
+            (watch_ended, 1.0),
+            (
+                r#"configwatch_rpc_calls_total{method="Get",code="UNAUTHENTICATED"}"#,
+                1.0,
+            ),
+            (
+                r#"configwatch_auth_refusals_total{reason="malformed"}"#,
+                1.0,
+            ),
+            (r#"configwatch_watch_initial_syncs_total{mode="full"}"#, 1.0),
+            (r#"configwatch_watch_initial_syncs_total{mode="diff"}"#, 0.0),
+            ("configwatch_watch_streams_open", 0.0),
+            ("configwatch_watch_deltas_sent_total", 2.0),
+            ("configwatch_watch_changes_coalesced_total", 0.0),
+            (gone, 1.0),
+            ("configwatch_views_loaded_total", 1.0),
+            // Six calls with the writer's token (the first verifies it), and the
+            // refused one.
+            ("configwatch_auth_token_cache_hits_total", 5.0),
+            ("configwatch_auth_token_cache_misses_total", 2.0),
+            ("configwatch_jwks_fetches_total", 0.0),
+        ],
     );
-    assert_eq!(moved("configwatch_auth_refusals_total"), 1.0, "{text}");
-    promtool_check(&text);
+    // Nothing else moved: the sums over every label.
+    after.assert_families_moved(
+        &before,
+        &[
+            ("configwatch_rpc_calls_total", 7.0),
+            ("configwatch_auth_refusals_total", 1.0),
+            ("configwatch_watch_streams_ended_total", 1.0),
+        ],
+    );
+    promtool_check(&after.text);
+
+    // A Watch that does not read while one key changes UNREAD_PUTS times: every
+    // change was taken (a delta), replaced by a newer one (coalesced) or is
+    // waiting (the largest backlog).
+    let reader = token(dir.path(), "beta", Role::Reader);
+    let unread = unread_watch(server.addr, &reader).await;
+    let mut beta = connect(server.addr, Some(&token(dir.path(), "beta", Role::Writer))).await;
+    let big = format!("\"{}\"", "x".repeat(20_000));
+    for _ in 0..UNREAD_PUTS {
+        put(&mut beta, "tenant_config_big", &big).await;
+    }
+    let slow = eventually(
+        PATIENCE,
+        || "the unread Watch's changes to be taken, coalesced or waiting".into(),
+        || async {
+            let s = Scrape::take(admin).await;
+            let accounted = s.delta(&after, "configwatch_watch_deltas_sent_total")
+                + s.delta(&after, "configwatch_watch_changes_coalesced_total")
+                + s.value("configwatch_watch_backlog_largest");
+            (accounted == UNREAD_PUTS as f64).then_some(s)
+        },
+    )
+    .await;
+    let coalesced = slow.delta(&after, "configwatch_watch_changes_coalesced_total");
+    assert!(coalesced > 0.0, "nothing coalesced\n{}", slow.text);
+    drop(unread);
+
+    // Every view goes once idle: each one loaded was dropped.
+    let last = eventually(
+        PATIENCE,
+        || "both Watches counted as ended and both views dropped".into(),
+        || async {
+            let s = Scrape::take(admin).await;
+            (s.family_delta(&before, "configwatch_watch_streams_ended_total") == 2.0
+                && s.value("configwatch_views") == 0.0)
+                .then_some(s)
+        },
+    )
+    .await;
+    assert_eq!(
+        last.delta(&before, "configwatch_views_loaded_total"),
+        2.0,
+        "{}",
+        last.text
+    );
+    assert_eq!(
+        last.delta(&before, "configwatch_views_dropped_total"),
+        2.0,
+        "{}",
+        last.text
+    );
+    assert_eq!(last.value("configwatch_watch_backlog_largest"), 0.0);
+    assert_eq!(
+        last.delta(&before, "configwatch_watch_changes_coalesced_total"),
+        coalesced,
+        "{}",
+        last.text
+    );
+    promtool_check(&last.text);
 }
 
 #[tokio::test]
@@ -220,31 +294,7 @@ async fn readyz_is_503_while_the_jwks_has_not_been_fetched() {
     assert!(ready.body.contains("no token keys"), "{ready:?}");
     assert_eq!(http_get(admin, "/healthz").await.status, 200);
     // gRPC health follows the same readiness.
-    let channel = tonic::transport::Channel::from_shared(server.url())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let health = tonic_health::pb::health_client::HealthClient::new(channel);
-    eventually(
-        PATIENCE,
-        || "gRPC health to say NOT_SERVING".into(),
-        || {
-            let mut health = health.clone();
-            async move {
-                let status = health
-                    .check(tonic_health::pb::HealthCheckRequest {
-                        service: "configwatch.v1.ConfigService".into(),
-                    })
-                    .await
-                    .ok()?
-                    .into_inner()
-                    .status;
-                (status == ServingStatus::NotServing as i32).then_some(())
-            }
-        },
-    )
-    .await;
+    wait_for_health(server.addr, ServingStatus::NotServing).await;
 }
 
 /// A supervisor that reads only the first line of stdout (the gRPC address) and then

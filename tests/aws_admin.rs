@@ -1,35 +1,19 @@
 //! The admin listener of `configwatch serve --backend aws`, on moto: `/readyz` once
-//! every source task runs, and `/metrics` showing each source up and the source
+//! every source has made its first poll, and `/metrics` showing each source up and the source
 //! counters moving as DynamoDB stream records and SQS messages arrive.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use common::*;
 use configwatch::auth::Role;
-use configwatch_test_support::moto::{Moto, REGION, ROOT};
-use configwatch_test_support::{ServerProcess, eventually, http_get};
-
-/// Each series of a `/metrics` scrape with its value.
-async fn metrics(admin: SocketAddr) -> HashMap<String, f64> {
-    let answer = http_get(admin, "/metrics").await;
-    assert_eq!(answer.status, 200, "{answer:?}");
-    answer
-        .body
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (name, value) = l.rsplit_once(' ')?;
-            Some((name.to_owned(), value.parse().ok()?))
-        })
-        .collect()
-}
+use configwatch_test_support::moto::Moto;
+use configwatch_test_support::{Scrape, ServerProcess, eventually, http_get};
 
 /// Waits until the series `name` reaches `at_least`.
 async fn reaches(admin: SocketAddr, name: &str, at_least: f64) {
@@ -37,7 +21,12 @@ async fn reaches(admin: SocketAddr, name: &str, at_least: f64) {
         PATIENCE,
         || format!("{name} to reach {at_least}"),
         || async {
-            let value = metrics(admin).await.get(name).copied().unwrap_or(0.0);
+            let value = Scrape::take(admin)
+                .await
+                .series
+                .get(name)
+                .copied()
+                .unwrap_or(0.0);
             (value >= at_least).then_some(())
         },
     )
@@ -50,21 +39,19 @@ async fn sources_are_up_ready_and_counted() {
     let res = moto.create_resources(Duration::from_secs(2)).await;
     let dir = temp_dir();
     let mut command = serve_command(dir.path(), &["--backend", "aws"]);
-    command
-        .args(["--admin-listen", "127.0.0.1:0"])
-        .args(["--table", &res.table, "--queue-url", &res.queue_url])
-        .args(["--ssm-root", ROOT, "--region", REGION])
-        .args(["--stream-poll-interval", "100ms"])
-        .env("AWS_ENDPOINT_URL", &moto.endpoint)
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env("AWS_EC2_METADATA_DISABLED", "true");
+    command.args(["--admin-listen", "127.0.0.1:0"]);
+    moto.serve_on(&mut command, &res);
     let server = ServerProcess::start(command).await;
     let admin = server.admin.expect("an admin address");
 
-    let ready = http_get(admin, "/readyz").await;
-    assert_eq!(ready.status, 200, "{ready:?}");
-    let scrape = metrics(admin).await;
+    // Ready once the stream and the queue have each answered a first poll.
+    eventually(
+        PATIENCE,
+        || "/readyz to answer 200".into(),
+        || async { (http_get(admin, "/readyz").await.status == 200).then_some(()) },
+    )
+    .await;
+    let scrape = Scrape::take(admin).await.series;
     for source in ["dynamodb-stream", "sqs-events", "reconcile"] {
         let up = format!("configwatch_source_up{{source=\"{source}\"}}");
         assert_eq!(scrape.get(&up), Some(&1.0), "{up}");

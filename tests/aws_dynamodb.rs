@@ -16,6 +16,7 @@ use configwatch::auth::Role;
 use configwatch::keys;
 use configwatch::proto;
 use configwatch::source::ddb_streams::{self, StreamSettings};
+use configwatch::source::health::SourceHealth;
 use configwatch::source::{SourceContext, SourceCounters};
 use configwatch::store::Router;
 use configwatch::store::dynamodb::DynamoBackend;
@@ -82,6 +83,7 @@ impl Env {
             ddb.clone(),
             moto.streams().await,
             res.table.clone(),
+            SourceHealth::detached("dynamodb-stream"),
             shutdown.clone(),
         ));
         Env {

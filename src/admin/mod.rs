@@ -8,7 +8,9 @@
 //! shutdown token; knows nothing of what the metrics count or what readiness reads.
 
 pub mod family;
+pub mod fresh;
 mod routes;
+pub mod scalar;
 pub mod sources;
 mod text;
 

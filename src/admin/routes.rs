@@ -69,15 +69,16 @@ mod tests {
 
     use super::*;
     use crate::server::Readiness;
+    use crate::source::health::Awaited;
     use crate::source::supervise::{SourceState, SourceStatus, SourcesState};
 
     fn sources(status: SourceStatus) -> SourcesState {
+        let mut source = SourceState::running("sqs-events", Awaited::TaskOnly);
+        source.status = status;
+        source.restarts = 1;
         SourcesState {
-            sources: vec![SourceState {
-                name: "sqs-events",
-                status,
-                restarts: 1,
-            }],
+            sources: vec![source],
+            ..SourcesState::default()
         }
     }
 
@@ -101,7 +102,7 @@ mod tests {
         };
         let (status, body) = get(&admin, "/readyz").await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(body, "not ready: source down: sqs-events\n");
+        assert_eq!(body, "not ready: source sqs-events down\n");
         assert_eq!(get(&admin, "/healthz").await.0, StatusCode::OK);
         state.send_replace(sources(SourceStatus::Running));
         assert_eq!(get(&admin, "/readyz").await.0, StatusCode::OK);

@@ -1,5 +1,6 @@
 //! The sources' metrics, read at each scrape: the counters the source tasks keep
-//! (`source::SourceCounters`) and the supervisor's per-source state (up, restarts).
+//! (`source::SourceCounters`) and the supervisor's per-source state (up, restarts,
+//! the age of the last success).
 //! Reads them; counts nothing itself.
 
 use std::sync::Arc;
@@ -10,6 +11,7 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use super::family::encode_counters;
 use crate::source::SourceCounters;
@@ -23,7 +25,7 @@ pub struct SourceMetrics {
 }
 
 /// Each counter's metric name (without `_total`, which the encoder adds) and help.
-fn counters(c: &SourceCounters) -> [(&'static str, &'static str, &AtomicU64); 10] {
+fn counters(c: &SourceCounters) -> [(&'static str, &'static str, &AtomicU64); 12] {
     [
         (
             "configwatch_stream_records_read",
@@ -49,6 +51,16 @@ fn counters(c: &SourceCounters) -> [(&'static str, &'static str, &AtomicU64); 10
             "configwatch_stream_reversioned",
             "Items rewritten with a higher version (a change arrived without one).",
             &c.stream_reversioned,
+        ),
+        (
+            "configwatch_stream_iterator_renewals",
+            "DynamoDB shard iterators got again for a shard already read (renewed by age, or after one expired or failed).",
+            &c.stream_iterator_renewals,
+        ),
+        (
+            "configwatch_sqs_messages_received",
+            "SQS messages received from the Parameter Store event queue (redeliveries included).",
+            &c.sqs_messages_received,
         ),
         (
             "configwatch_sqs_messages_applied",
@@ -84,6 +96,14 @@ impl Collector for SourceMetrics {
             let metric = ConstCounter::new(SourceCounters::get(counter));
             metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)?;
         }
+        let shards = SourceCounters::get(&self.counters.stream_shards);
+        let shards = ConstGauge::new(i64::try_from(shards).unwrap_or(i64::MAX));
+        shards.encode(encoder.encode_descriptor(
+            "configwatch_stream_shards",
+            "DynamoDB stream shards being read now (0 until the first listing).",
+            None,
+            shards.metric_type(),
+        )?)?;
         let state = self.state.borrow().clone();
         let up = ConstGauge::<i64>::new(0);
         let mut family = encoder.encode_descriptor(
@@ -104,6 +124,29 @@ impl Collector for SourceMetrics {
             "source",
             restarts,
         )?;
-        Ok(())
+        encode_last_success_age(&mut encoder, &state)
     }
+}
+
+/// `configwatch_source_last_success_age_seconds{source}`: seconds since each source's
+/// last successful round, for the sources that have had one.
+fn encode_last_success_age(
+    encoder: &mut DescriptorEncoder,
+    state: &SourcesState,
+) -> Result<(), std::fmt::Error> {
+    let now = Instant::now();
+    let kind = ConstGauge::<f64>::new(0.0).metric_type();
+    let mut family = encoder.encode_descriptor(
+        "configwatch_source_last_success_age_seconds",
+        "Seconds since the source's last successful round (a stream poll over every shard, a queue receive, a reconciliation pass); absent before the first.",
+        None,
+        kind,
+    )?;
+    for source in &state.sources {
+        if let Some(at) = source.progress.last_success {
+            let age = now.saturating_duration_since(at).as_secs_f64();
+            ConstGauge::new(age).encode(family.encode_family(&[("source", source.name)])?)?;
+        }
+    }
+    Ok(())
 }

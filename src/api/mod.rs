@@ -23,7 +23,7 @@ use tonic::{Request, Response, Status};
 
 use crate::auth::Identity;
 use crate::clock::Clock;
-use crate::hub::{Hub, Known, PageRequest, ResumeToken, StateDigest};
+use crate::hub::{ChangeSource, Hub, Known, Origin, PageRequest, ResumeToken, StateDigest};
 use crate::keys::{self, PrefixSet};
 use crate::model::{Entry, Scope};
 use crate::proto;
@@ -31,7 +31,7 @@ use crate::proto::config_service_server::ConfigService;
 use crate::store::{Router, Write};
 
 pub use conn::ConnInfo;
-pub use watch::{EndLine, WatchStream};
+pub use watch::{EndLine, WatchEnds, WatchStream};
 
 /// Prefixes in one Get or Watch, unless configured.
 pub const DEFAULT_MAX_PREFIXES: usize = 64;
@@ -102,6 +102,8 @@ pub struct WatchSettings {
     pub max_batch_bytes: usize,
     /// Wall time, against which a stream's token expiry is read.
     pub clock: Clock,
+    /// Where ended streams are counted by reason (clones share the counts).
+    pub ends: Arc<WatchEnds>,
 }
 
 impl Default for WatchSettings {
@@ -111,6 +113,7 @@ impl Default for WatchSettings {
             max_batch_entries: 1_000,
             max_batch_bytes: 1 << 20,
             clock: Clock::system(),
+            ends: Arc::default(),
         }
     }
 }
@@ -453,7 +456,8 @@ impl ConfigService for ConfigApi {
             .await
             .ok_or_else(|| Status::unavailable("the server is shutting down"))?;
         let waiting = budget.as_ref().map(budget::StreamBudget::waiting);
-        let log = EndLine::new(scope.clone(), req.prefixes.len(), waiting);
+        let log = EndLine::new(scope.clone(), req.prefixes.len(), waiting)
+            .counted_in(self.watch.ends.clone());
         let sub = self
             .hub
             .subscribe(&scope, PrefixSet::new(req.prefixes), resume, &known)
@@ -523,7 +527,9 @@ impl ConfigApi {
     /// Hands a committed write to the hub; returns it with the revision at which it
     /// was applied (by this call, or first by a source that saw the same change).
     fn apply(&self, scope: &Scope, entry: Entry) -> Entry {
-        match self.hub.apply(scope, entry.clone()) {
+        // Just committed: its freshness is timed from now.
+        let origin = Origin::now(ChangeSource::Api);
+        match self.hub.apply_from(scope, entry.clone(), Some(origin)) {
             Some(applied) => Entry {
                 value: entry.value,
                 ..applied.entry().clone()

@@ -25,8 +25,8 @@ use tonic::Status;
 
 mod end;
 
-pub use end::EndLine;
 use end::EndReason;
+pub use end::{EndLine, WatchEnds};
 
 use super::frame::WatchFrame;
 use super::{Shutdown, WatchSettings};

@@ -13,7 +13,7 @@ use super::cache::{self, Lookup, TokenCache, Verified};
 use super::claims::{check_time, date_claim, time_claims};
 use super::error::{map_jwt_error, unreadable};
 use super::refusals::Refusals;
-use super::{AuthError, ClaimRules, Identity, KeySource, MAX_LEEWAY};
+use super::{AuthError, ClaimRules, Identity, KeyFetches, KeySource, MAX_LEEWAY};
 use crate::clock::Clock;
 
 /// Turns bearer tokens into identities.
@@ -66,6 +66,16 @@ impl Authenticator {
     /// Refused tokens by reason.
     pub fn refusals(&self) -> &Refusals {
         &self.refusals
+    }
+
+    /// Token cache lookups so far: (answered from the cache, verified in full).
+    pub fn token_cache_lookups(&self) -> (u64, u64) {
+        self.cache.lookups()
+    }
+
+    /// Fetches of the key set so far (a JWKS; none for the embedded key).
+    pub fn key_fetches(&self) -> KeyFetches {
+        self.keys.fetches()
     }
 
     /// Verified tokens cached now (for operators and tests).

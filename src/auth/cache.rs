@@ -35,6 +35,7 @@
 
 use sha2::{Digest as _, Sha256};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use super::claims::check_time;
@@ -101,6 +102,10 @@ pub(crate) struct TokenCache {
     shards: Box<[Mutex<Shard>]>,
     /// Entries per generation per shard (0: the cache is off).
     generation: usize,
+    /// Lookups answered from the cache (a verified token, or one its time rule
+    /// refused) and lookups that were not (the token is verified in full).
+    hits: AtomicU64,
+    misses: AtomicU64,
 }
 
 fn lock(m: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
@@ -117,6 +122,8 @@ impl TokenCache {
         TokenCache {
             shards: (0..shards).map(|_| Mutex::new(Shard::default())).collect(),
             generation,
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
         }
     }
 
@@ -126,6 +133,24 @@ impl TokenCache {
 
     /// The cached verification of this token, checked at `now` with `leeway`.
     pub fn lookup(&self, digest: &TokenDigest, now: u64, leeway: u64) -> Lookup {
+        let found = self.find(digest, now, leeway);
+        let counter = match found {
+            Lookup::Miss => &self.misses,
+            Lookup::Hit(_) | Lookup::Refused(_) => &self.hits,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        found
+    }
+
+    /// Lookups answered from the cache so far, and lookups that missed.
+    pub fn lookups(&self) -> (u64, u64) {
+        (
+            self.hits.load(Ordering::Relaxed),
+            self.misses.load(Ordering::Relaxed),
+        )
+    }
+
+    fn find(&self, digest: &TokenDigest, now: u64, leeway: u64) -> Lookup {
         if self.generation == 0 {
             return Lookup::Miss;
         }

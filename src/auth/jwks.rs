@@ -30,7 +30,7 @@ use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, Header};
 use tokio_util::sync::CancellationToken;
 
-use super::{AuthError, KeySource, VerifyKey};
+use super::{AuthError, KeyFetches, KeySource, VerifyKey};
 
 /// The largest JWKS document accepted.
 const MAX_JWKS_BYTES: usize = 1 << 20;
@@ -104,6 +104,7 @@ pub struct JwksKeySource {
     keys: RwLock<Arc<HashMap<String, Arc<VerifyKey>>>>,
     fetch: tokio::sync::Mutex<FetchState>,
     fetches: AtomicU64,
+    fetch_failures: AtomicU64,
 }
 
 fn is_asymmetric(alg: Algorithm) -> bool {
@@ -144,6 +145,7 @@ impl JwksKeySource {
                 last_error: None,
             }),
             fetches: AtomicU64::new(0),
+            fetch_failures: AtomicU64::new(0),
         });
         source.refetch(true).await;
         let background = source.clone();
@@ -196,6 +198,7 @@ impl JwksKeySource {
                 state.last_error = None;
             }
             Err(e) => {
+                self.fetch_failures.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(url = %self.settings.url, error = %e, "JWKS fetch failed; keeping the cached keys");
                 state.last_error = Some(e.to_string());
             }
@@ -277,6 +280,13 @@ impl JwksKeySource {
 impl KeySource for JwksKeySource {
     fn has_keys(&self) -> bool {
         self.key_count() > 0
+    }
+
+    fn fetches(&self) -> KeyFetches {
+        KeyFetches {
+            made: self.fetch_count(),
+            failed: self.fetch_failures.load(Ordering::Relaxed),
+        }
     }
 
     async fn key_for(&self, header: &Header) -> Result<Arc<VerifyKey>, AuthError> {

@@ -1,6 +1,7 @@
 //! Where verification keys come from: the [`KeySource`] trait that the embedded key
 //! ([`super::local`]) and a JWKS URL ([`super::jwks`]) implement, and the
-//! [`VerifyKey`] each hands out.
+//! [`VerifyKey`] each hands out, and what a source that fetches its keys counts
+//! ([`KeyFetches`]).
 
 use std::sync::Arc;
 
@@ -31,4 +32,17 @@ pub trait KeySource: Send + Sync + 'static {
     fn has_keys(&self) -> bool {
         true
     }
+
+    /// Fetches of the key set made so far, and how many of them failed (none for
+    /// a source that fetches nothing).
+    fn fetches(&self) -> KeyFetches {
+        KeyFetches::default()
+    }
+}
+
+/// Fetches of a key set so far, for operators.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct KeyFetches {
+    pub made: u64,
+    pub failed: u64,
 }

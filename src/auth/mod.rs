@@ -49,4 +49,4 @@ pub use claims::{
 };
 pub use error::{AuthError, MAX_ECHO_CHARS};
 pub use identity::{Identity, Role, Signer, TokenUse};
-pub use key_source::{KeySource, VerifyKey};
+pub use key_source::{KeyFetches, KeySource, VerifyKey};

@@ -9,7 +9,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Failure, ServeArgs};
 use crate::admin::family::CounterFamily;
+use crate::admin::fresh::FreshnessMetrics;
 use crate::admin::{Admin, serve_admin};
+use crate::api::WatchEnds;
 use crate::auth::Authenticator;
 use crate::hub::Hub;
 use crate::server::{Readiness, RpcMetrics};
@@ -21,7 +23,9 @@ pub(super) fn register_metrics(
     rpc: &Arc<RpcMetrics>,
     auth: &Arc<Authenticator>,
     hub: &Arc<Hub>,
+    ends: &Arc<WatchEnds>,
 ) {
+    super::counters::register_counters(registry, hub, ends, auth);
     registry.register(
         "configwatch_rpc_calls",
         "gRPC calls ended, by method and status code (a Watch when its stream ends)",
@@ -45,6 +49,7 @@ pub(super) fn register_metrics(
         label: "reason",
         read: Box::new(move || auth.refusals().snapshot()),
     }));
+    registry.register_collector(Box::new(FreshnessMetrics { hub: hub.clone() }));
     let hub = hub.clone();
     registry.register_collector(Box::new(CounterFamily {
         name: "configwatch_watch_initial_syncs",

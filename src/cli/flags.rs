@@ -257,11 +257,21 @@ pub struct AwsArgs {
     /// Time between GetRecords calls on each stream shard.
     #[arg(long, env = "CONFIGWATCH_STREAM_POLL_INTERVAL", default_value_t = crate::source::ddb_streams::DEFAULT_POLL_INTERVAL.into())]
     pub stream_poll_interval: humantime::Duration,
+    /// How long a source (the stream reader, the queue reader) may fail, or its
+    /// task be down, before `/readyz` and gRPC health say not ready.
+    #[arg(long, env = "CONFIGWATCH_SOURCE_DOWN_GRACE", default_value_t = crate::source::health::DEFAULT_DOWN_GRACE.into())]
+    pub source_down_grace: humantime::Duration,
 }
 
 impl AwsArgs {
     /// The settings for `--backend aws`, checked; `None` for the embedded store.
     pub fn settings(&self) -> Result<Option<AwsSettings>, Failure> {
+        if *self.source_down_grace > MAX_SOURCE_DOWN_GRACE {
+            return Err(Failure::usage(format!(
+                "--source-down-grace must be at most {} (a longer one hides an outage from the load balancer)",
+                humantime::format_duration(MAX_SOURCE_DOWN_GRACE)
+            )));
+        }
         if self.backend == BackendKind::Embedded {
             let stray = [
                 ("--table", self.table.is_some()),
@@ -291,6 +301,9 @@ impl AwsArgs {
         Ok(Some(settings))
     }
 }
+
+/// The longest `--source-down-grace`.
+const MAX_SOURCE_DOWN_GRACE: Duration = Duration::from_secs(3600);
 
 /// How tokens are validated. Without `--jwks-url`, the server's own signing key in
 /// the data directory verifies them (`configwatch token` signs with it).

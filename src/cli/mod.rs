@@ -8,11 +8,12 @@
 //! The parts: [`flags`] (the clap structs, value parsers and the checks made before
 //! any port is bound), [`serve`] (the composition root: the only code that knows
 //! every part of the server and wires them; `admin` its half that registers the
-//! metrics and starts the admin listener), and the client commands in
+//! metrics and starts the admin listener, `counters` the parts' counters and gauges), and the client commands in
 //! [`commands`] (`token`, `get`, `put`, `delete`) and [`watch`].
 
 mod admin;
 pub mod commands;
+mod counters;
 pub mod flags;
 pub mod serve;
 pub mod watch;

@@ -12,13 +12,14 @@ use tokio_util::sync::CancellationToken;
 use super::admin::{register_metrics, start_admin};
 use super::{AwsArgs, Failure, IdentityArgs, LogFormat, ServeArgs, open_key};
 use crate::admin::sources::SourceMetrics;
-use crate::api::{Limits, WatchSettings};
+use crate::api::{Limits, WatchEnds, WatchSettings};
 use crate::auth::jwks::{JwksKeySource, JwksSettings};
 use crate::auth::{Authenticator, ClaimRules};
 use crate::aws::AwsSettings;
 use crate::hub::{Hub, HubConfig};
 use crate::keys;
 use crate::server::{App, ConnectionLimits, MaxConnectionAge, RpcMetrics, serve};
+use crate::source::health::Awaited;
 use crate::source::supervise::Supervisor;
 use crate::source::{SourceContext, SourceCounters, ddb_streams, reconcile, sqs_events};
 use crate::store::Router;
@@ -155,8 +156,12 @@ pub(super) async fn run_serve(args: ServeArgs) -> Result<(), Failure> {
         Some(_) => None,
     };
     let auth = authenticator(&args.identity, &args.data_dir, stop.child_token()).await?;
+    // Metrics nobody can read cost nothing: without an admin listener the hub does
+    // not time deliveries and no layer counts calls.
+    let metrics_on = args.admin_addr()?.is_some();
     let hub_config = HubConfig {
         history_limit: args.history,
+        track_delivery: metrics_on,
     };
     let mut registry = Registry::default();
     let (router, hub, sources) = match (embedded, &aws) {
@@ -191,7 +196,8 @@ pub(super) async fn run_serve(args: ServeArgs) -> Result<(), Failure> {
     ));
     let auth = Arc::new(auth);
     let rpc_metrics = Arc::new(RpcMetrics::default());
-    register_metrics(&mut registry, &rpc_metrics, &auth, &hub);
+    let watch_ends = Arc::<WatchEnds>::default();
+    register_metrics(&mut registry, &rpc_metrics, &auth, &hub, &watch_ends);
     let app = App {
         hub,
         router,
@@ -208,13 +214,15 @@ pub(super) async fn run_serve(args: ServeArgs) -> Result<(), Failure> {
         },
         watch: WatchSettings {
             progress_interval: *args.progress_interval,
+            ends: watch_ends,
             ..WatchSettings::default()
         },
         max_request_bytes: args.max_request_bytes,
         grace: *args.shutdown_grace,
         connections,
         sources: sources.as_ref().map(Supervisor::state),
-        rpc_metrics,
+        // Without an admin listener nobody reads the call counts: no layer counts them.
+        rpc_metrics: metrics_on.then_some(rpc_metrics),
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -337,19 +345,21 @@ async fn start_aws(
         poll_interval: *args.stream_poll_interval,
         ..ddb_streams::StreamSettings::default()
     };
-    let mut sources = Supervisor::new(stop, SOURCE_RESTART);
+    let mut sources =
+        Supervisor::new(stop, SOURCE_RESTART).with_down_grace(*args.source_down_grace);
     let (stream_ctx, stream_client, table) = (
         ctx.clone(),
         aws_sdk_dynamodbstreams::Client::new(&sdk),
         settings.table.clone(),
     );
-    sources.spawn("dynamodb-stream", move |stop| {
+    sources.spawn_reporting("dynamodb-stream", Awaited::Success, move |stop, health| {
         ddb_streams::run(
             stream_ctx.clone(),
             streams.clone(),
             dynamodb.clone(),
             stream_client.clone(),
             table.clone(),
+            health,
             stop,
         )
     });
@@ -360,13 +370,14 @@ async fn start_aws(
                 aws_sdk_sqs::Client::new(&sdk),
                 queue_url.clone(),
             );
-            sources.spawn("sqs-events", move |stop| {
+            sources.spawn_reporting("sqs-events", Awaited::Success, move |stop, health| {
                 sqs_events::run(
                     sqs_ctx.clone(),
                     sqs.clone(),
                     queue_url.clone(),
                     ssm.clone(),
                     sqs_events::SqsSettings::default(),
+                    health,
                     stop,
                 )
             });
@@ -376,8 +387,8 @@ async fn start_aws(
         ),
     }
     let interval = settings.reconcile_interval;
-    sources.spawn("reconcile", move |stop| {
-        reconcile::run(ctx.clone(), interval, stop)
+    sources.spawn_reporting("reconcile", Awaited::TaskOnly, move |stop, health| {
+        reconcile::run(ctx.clone(), interval, health, stop)
     });
     (router, hub, sources)
 }

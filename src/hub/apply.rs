@@ -14,9 +14,10 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use super::fresh::{ChangeSource, Origin};
 use super::shared::SharedEntry;
 use super::view::{ScopeView, ViewState};
-use super::{Hub, lock};
+use super::{Hub, HubCounters, lock};
 use crate::model::{Entry, Scope, now_millis};
 use crate::store::StoreError;
 
@@ -34,10 +35,22 @@ impl Hub {
     /// Applies a change from any source. Returns the entry as applied, with its
     /// revision, or `None` when the view already holds this version or a newer one, or
     /// nobody has loaded the scope (the source of truth has it; a later load reads it).
+    /// Its source time is unknown: see [`Hub::apply_from`].
     pub fn apply(&self, scope: &Scope, entry: Entry) -> Option<Arc<SharedEntry>> {
+        self.apply_from(scope, entry, None)
+    }
+
+    /// [`Hub::apply`] of a change made at `origin`, which its freshness is timed
+    /// from (a change without one is not timed).
+    pub fn apply_from(
+        &self,
+        scope: &Scope,
+        entry: Entry,
+        origin: Option<Origin>,
+    ) -> Option<Arc<SharedEntry>> {
         let view = self.views.get(scope)?.clone();
         let mut st = lock(&view.state);
-        self.apply_locked(&view, &mut st, entry)
+        self.apply_locked(&view, &mut st, entry, origin)
     }
 
     /// Deletes a key that a source reports gone without a version (a Parameter
@@ -45,7 +58,12 @@ impl Hub {
     /// version above the live entry. `None` if the key is not live in a loaded view.
     /// While the scope's first load is in flight, the load is made to read again
     /// instead (it may have read the key before it went).
-    pub fn remove_if_live(&self, scope: &Scope, key: &str) -> Option<Arc<SharedEntry>> {
+    pub fn remove_if_live(
+        &self,
+        scope: &Scope,
+        key: &str,
+        origin: Option<Origin>,
+    ) -> Option<Arc<SharedEntry>> {
         let view = self.views.get(scope)?.clone();
         let mut st = lock(&view.state);
         if st.loading {
@@ -54,7 +72,7 @@ impl Hub {
         }
         let current = st.entries.get(key).filter(|e| !e.deleted)?;
         let tombstone = Entry::tombstone(key, current.version + 1, now_millis());
-        self.apply_locked(&view, &mut st, tombstone)
+        self.apply_locked(&view, &mut st, tombstone, origin)
     }
 
     /// What a loaded view holds for a key (tombstones included); `None` when the
@@ -108,6 +126,7 @@ impl Hub {
             st.revision
         };
         let fresh = self.loader.load_scope(scope).await?;
+        HubCounters::add(&self.counters.resyncs, 1);
         let mut st = lock(&view.state);
         Ok(self.merge_fresh(&view, &mut st, fresh, before))
     }
@@ -135,7 +154,8 @@ impl Hub {
                     .push((entry.key.to_string(), entry.version, held.version));
                 continue;
             }
-            if self.apply_locked(view, st, entry).is_some() {
+            let origin = Origin::at_millis(ChangeSource::Reconcile, entry.updated_at);
+            if self.apply_locked(view, st, entry, origin).is_some() {
                 report.applied += 1;
             }
         }
@@ -146,9 +166,10 @@ impl Hub {
             .filter(|e| !e.deleted && e.revision <= before && !present.contains(&e.key))
             .map(|e| (e.key.clone(), e.version))
             .collect();
+        // When they went is unknown: not timed.
         for (key, version) in gone {
             let tombstone = Entry::tombstone(&key, version + 1, now_millis());
-            if self.apply_locked(view, st, tombstone).is_some() {
+            if self.apply_locked(view, st, tombstone, None).is_some() {
                 report.applied += 1;
             }
         }
@@ -160,6 +181,7 @@ impl Hub {
         view: &ScopeView,
         st: &mut ViewState,
         entry: Entry,
+        origin: Option<Origin>,
     ) -> Option<Arc<SharedEntry>> {
         if st
             .entries
@@ -171,7 +193,10 @@ impl Hub {
         st.revision += 1;
         let mut entry = entry.without_secret();
         entry.revision = st.revision;
-        let entry = Arc::new(SharedEntry::new(entry));
+        if let Some(origin) = origin {
+            self.fresh.observe_applied(origin);
+        }
+        let entry = Arc::new(SharedEntry::applying(entry, origin));
         st.entries.insert(entry.key.clone(), entry.clone());
         st.history.push_back(entry.clone());
         while st.history.len() > self.config.history_limit {
@@ -179,18 +204,32 @@ impl Hub {
                 st.history_floor = old.revision;
             }
         }
+        let track = self.config.track_delivery;
+        let mut handed = 0u32;
+        let mut coalesced = 0;
         for w in &st.watchers {
             if w.prefixes.matches(&entry.key) {
-                let waker = {
+                let (waker, replaced) = {
                     let mut p = lock(&w.pending);
-                    p.push(&entry);
-                    p.waker.take()
+                    let replaced = p.push(&entry);
+                    (p.waker.take(), replaced)
                 };
                 if let Some(waker) = waker {
                     waker.wake();
                 }
+                handed += 1;
+                if let Some(old) = replaced {
+                    coalesced += 1;
+                    if track {
+                        self.fresh.left(&old);
+                    }
+                }
             }
         }
+        if track {
+            self.fresh.handed_out(&entry, handed);
+        }
+        HubCounters::add(&self.counters.changes_coalesced, coalesced);
         view.published.store(st.revision, Ordering::Release);
         Some(entry)
     }

@@ -24,7 +24,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::view::ScopeView;
-use super::{Hub, lock};
+use super::{Hub, HubCounters, lock};
 
 /// How long a view may go unused before it is dropped, unless configured otherwise.
 pub const DEFAULT_VIEW_IDLE: Duration = Duration::from_secs(600);
@@ -77,6 +77,7 @@ impl Hub {
                 dropped += 1;
             }
         }
+        HubCounters::add(&self.counters.views_dropped, dropped);
         dropped
     }
 

@@ -35,16 +35,21 @@
 //!   [`sweep`]); the next use loads them again.
 //! - `shared`: [`SharedEntry`], an entry as the hub shares it, with a slot the API
 //!   fills with the entry's encoding.
+//! - `fresh`: [`Freshness`], delays from a change's source to applied and to
+//!   delivered, by source ([`Origin`]).
+//! - `stats`: [`HubCounters`] and the gauges operators read (views, largest backlog).
 //!
 //! This file holds the [`Hub`] itself (views by scope) and its tuning.
 
 mod apply;
 mod confirm;
 mod digest;
+mod fresh;
 mod idle;
 mod page;
 mod pending;
 mod shared;
+mod stats;
 mod token;
 mod view;
 mod watch;
@@ -59,9 +64,11 @@ use dashmap::DashMap;
 
 pub use apply::Resync;
 pub use digest::{Known, StateDigest};
+pub use fresh::{ChangeSource, DELAY_BUCKETS, DelaySnapshot, Freshness, Origin};
 pub use idle::{DEFAULT_VIEW_IDLE, sweep};
 pub use page::{Page, PageError, PageRequest};
 pub use shared::SharedEntry;
+pub use stats::HubCounters;
 pub use token::{BadToken, ResumeToken};
 pub use view::{ScopeLoader, ScopeView};
 pub use watch::{InitialMode, SubscribeError, Subscription, WatchHandle, WatcherStats};
@@ -76,12 +83,16 @@ pub const DEFAULT_HISTORY: usize = 4096;
 pub struct HubConfig {
     /// Changes kept per scope for resume by token.
     pub history_limit: usize,
+    /// Time every change to the last watcher that takes it (the delivered delay of
+    /// `fresh`): one atomic operation per delivery.
+    pub track_delivery: bool,
 }
 
 impl Default for HubConfig {
     fn default() -> Self {
         HubConfig {
             history_limit: DEFAULT_HISTORY,
+            track_delivery: true,
         }
     }
 }
@@ -107,6 +118,9 @@ pub struct Hub {
     retired: AtomicU64,
     /// Watches started, by initial mode (full, diff, resumed).
     initial_syncs: [AtomicU64; 3],
+    fresh: Arc<fresh::Freshness>,
+    /// What operators read (see `stats`); watch handles share it.
+    counters: Arc<HubCounters>,
 }
 
 impl Hub {
@@ -121,11 +135,18 @@ impl Hub {
             started: tokio::time::Instant::now(),
             retired: AtomicU64::new(0),
             initial_syncs: Default::default(),
+            fresh: Arc::default(),
+            counters: Arc::default(),
         }
     }
 
     /// The identity of the store the views come from (empty when unknown).
     pub fn store_id(&self) -> &Arc<str> {
         &self.store_id
+    }
+
+    /// How fresh changes are: delays by source, newest source timestamps seen.
+    pub fn freshness(&self) -> &Freshness {
+        &self.fresh
     }
 }

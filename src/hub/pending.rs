@@ -38,8 +38,9 @@ pub(super) struct Pending {
 }
 
 impl Pending {
+    /// Adds a change; returns the pending change of the same key it replaced.
     #[inline]
-    pub(super) fn push(&mut self, entry: &Arc<SharedEntry>) {
+    pub(super) fn push(&mut self, entry: &Arc<SharedEntry>) -> Option<Arc<SharedEntry>> {
         let replaced = match &mut self.index {
             Some(index) => index.insert(entry.key.clone(), entry.revision),
             None => self
@@ -48,9 +49,7 @@ impl Pending {
                 .find(|(_, e)| e.key == entry.key)
                 .map(|(revision, _)| *revision),
         };
-        if let Some(old) = replaced {
-            self.by_revision.remove(&old);
-        }
+        let replaced = replaced.and_then(|old| self.by_revision.remove(&old));
         self.by_revision.insert(entry.revision, entry.clone());
         if self.index.is_none() && self.by_revision.len() > PENDING_SCAN {
             self.index = Some(
@@ -61,6 +60,7 @@ impl Pending {
             );
         }
         self.high_water = self.high_water.max(self.by_revision.len());
+        replaced
     }
 
     /// Takes the oldest pending change.

@@ -21,7 +21,9 @@
 use std::fmt;
 use std::ops::Deref;
 use std::sync::OnceLock;
+use std::sync::atomic::AtomicU64;
 
+use super::fresh::{HANDING, Origin};
 use crate::model::Entry;
 
 /// An entry as the hub shares it, with room for one byte form of it made outside
@@ -29,6 +31,11 @@ use crate::model::Entry;
 pub struct SharedEntry {
     entry: Entry,
     slot: OnceLock<Box<[u8]>>,
+    /// Where and when the change was made, when its source says (see `fresh`).
+    pub(super) origin: Option<Origin>,
+    /// The copies of this change still pending in watchers' sets and the watchers
+    /// that took one, for the delivered delay (see `fresh`).
+    pub(super) holders: AtomicU64,
 }
 
 impl SharedEntry {
@@ -37,6 +44,17 @@ impl SharedEntry {
         SharedEntry {
             entry,
             slot: OnceLock::new(),
+            origin: None,
+            holders: AtomicU64::new(0),
+        }
+    }
+
+    /// A change the hub is applying, made at `origin`, before its fan-out.
+    pub(super) fn applying(entry: Entry, origin: Option<Origin>) -> Self {
+        SharedEntry {
+            origin,
+            holders: AtomicU64::new(HANDING),
+            ..SharedEntry::new(entry)
         }
     }
 

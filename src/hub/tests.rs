@@ -30,7 +30,10 @@ impl ScopeLoader for Fixed {
 fn hub(initial: Vec<Entry>) -> Hub {
     Hub::new(
         Arc::new(Fixed(Mutex::new(initial))),
-        HubConfig { history_limit: 8 },
+        HubConfig {
+            history_limit: 8,
+            ..HubConfig::default()
+        },
     )
 }
 
@@ -340,7 +343,13 @@ async fn resync_applies_drift_and_removes_what_the_source_lost()
         e("tenant_config_b", 1, "1"),
         e("tenant_config_old", 5, "1"),
     ])));
-    let hub = Hub::new(source.clone(), HubConfig { history_limit: 8 });
+    let hub = Hub::new(
+        source.clone(),
+        HubConfig {
+            history_limit: 8,
+            ..HubConfig::default()
+        },
+    );
     let mut sub = hub
         .subscribe(&scope, PrefixSet::everything(), None, &Known::Nothing)
         .await?;
@@ -365,10 +374,11 @@ async fn resync_applies_drift_and_removes_what_the_source_lost()
     assert_eq!(hub.resync(&scope).await?.applied, 0);
     assert_eq!(hub.scopes(), std::slice::from_ref(&scope));
     assert!(
-        hub.remove_if_live(&scope, "tenant_config_b").is_none(),
+        hub.remove_if_live(&scope, "tenant_config_b", None)
+            .is_none(),
         "already gone"
     );
-    let removed = hub.remove_if_live(&scope, "tenant_config_c");
+    let removed = hub.remove_if_live(&scope, "tenant_config_c", None);
     assert!(removed.is_some_and(|r| r.deleted && r.version == 2));
     Ok(())
 }
@@ -405,7 +415,13 @@ async fn changes_during_the_first_load_are_neither_lost_nor_undone()
         first: Mutex::new(Some((before, held))),
         reads: AtomicU64::new(0),
     });
-    let hub = Arc::new(Hub::new(source.clone(), HubConfig { history_limit: 8 }));
+    let hub = Arc::new(Hub::new(
+        source.clone(),
+        HubConfig {
+            history_limit: 8,
+            ..HubConfig::default()
+        },
+    ));
     let loading = tokio::spawn({
         let (hub, scope) = (hub.clone(), scope.clone());
         async move {
@@ -421,7 +437,10 @@ async fn changes_during_the_first_load_are_neither_lost_nor_undone()
     assert!(hub.has_view(&scope) && !hub.is_loaded(&scope));
     *lock(&source.now) = vec![e("tenant_config_a", 2, "2")];
     assert!(hub.apply(&scope, e("tenant_config_a", 2, "2")).is_some());
-    assert!(hub.remove_if_live(&scope, "tenant_config_b").is_none());
+    assert!(
+        hub.remove_if_live(&scope, "tenant_config_b", None)
+            .is_none()
+    );
     let _ = release.send(());
     let initial = loading
         .await
@@ -440,7 +459,13 @@ async fn a_resync_asked_during_the_first_load_makes_it_read_again() -> Result<()
         first: Mutex::new(Some((vec![], held))),
         reads: AtomicU64::new(0),
     });
-    let hub = Arc::new(Hub::new(source.clone(), HubConfig { history_limit: 8 }));
+    let hub = Arc::new(Hub::new(
+        source.clone(),
+        HubConfig {
+            history_limit: 8,
+            ..HubConfig::default()
+        },
+    ));
     let loading = tokio::spawn({
         let (hub, scope) = (hub.clone(), scope.clone());
         async move { hub.view(&scope).await.map(|_| ()) }
@@ -525,7 +550,13 @@ async fn a_diff_removes_an_unknown_key_only_when_the_sources_do_not_hold_it()
 -> Result<(), Box<dyn std::error::Error>> {
     let scope = Scope::tenant("t").map_err(|e| StoreError::Internal(e.to_string()))?;
     let source = Arc::new(Fixed(Mutex::new(vec![e("tenant_config_a", 1, "1")])));
-    let hub = Hub::new(source.clone(), HubConfig { history_limit: 8 });
+    let hub = Hub::new(
+        source.clone(),
+        HubConfig {
+            history_limit: 8,
+            ..HubConfig::default()
+        },
+    );
     hub.subscribe(&scope, PrefixSet::everything(), None, &Known::Nothing)
         .await?;
     // Written through another instance: in the sources, not yet in this view.
@@ -549,5 +580,43 @@ async fn a_diff_removes_an_unknown_key_only_when_the_sources_do_not_hold_it()
         summary(&next(&mut sub.handle).await),
         [("tenant_config_new".into(), 2)]
     );
+    Ok(())
+}
+
+/// The hub's counters move by exactly what happened: one view loaded, each change
+/// taken counted once per watcher that took it, a change replacing a pending one of
+/// the same key counted as coalesced, a resync counted, and the largest backlog
+/// read from the slow watcher.
+#[tokio::test]
+async fn counters_count_deltas_coalescing_loads_and_resyncs()
+-> Result<(), Box<dyn std::error::Error>> {
+    let scope = Scope::tenant("t")?;
+    let hub = hub(vec![e("tenant_config_a", 1, "1")]);
+    let all = || PrefixSet::new(["tenant_config_".to_string()]);
+    let mut fast = hub.subscribe(&scope, all(), None, &Known::Nothing).await?;
+    let slow = hub.subscribe(&scope, all(), None, &Known::Nothing).await?;
+    assert_eq!(hub.views_in_memory(), 1);
+    for version in 2..=4 {
+        hub.apply(&scope, e("tenant_config_a", version, "2"));
+        assert_eq!(next(&mut fast.handle).await.len(), 1);
+    }
+    hub.apply(&scope, e("tenant_config_b", 1, "3"));
+    let c = hub.counters();
+    // The fast watcher took 3 changes and has 1 waiting; the slow one took none
+    // and holds one change per key: a's three versions coalesced into one.
+    assert_eq!(HubCounters::get(&c.deltas_sent), 3);
+    assert_eq!(HubCounters::get(&c.changes_coalesced), 2);
+    assert_eq!(hub.largest_backlog(), 2);
+    assert_eq!(next(&mut fast.handle).await.len(), 1);
+    assert_eq!(
+        HubCounters::get(&c.deltas_sent),
+        4,
+        "a batch counts its changes"
+    );
+    hub.resync(&scope).await?;
+    assert_eq!(HubCounters::get(&c.resyncs), 1);
+    assert_eq!(HubCounters::get(&c.views_loaded), 1);
+    drop((fast, slow));
+    assert_eq!(hub.largest_backlog(), 0);
     Ok(())
 }

@@ -16,7 +16,7 @@ use super::digest::StateDigest;
 use super::shared::SharedEntry;
 use super::token::ResumeToken;
 use super::watch::WatcherSlot;
-use super::{Hub, lock};
+use super::{Hub, HubCounters, lock};
 use crate::keys::PrefixSet;
 use crate::model::{Entry, Scope};
 use crate::store::{Router, StoreError};
@@ -156,6 +156,7 @@ impl Hub {
                     self.merge_fresh(&view, &mut st, fresh, before);
                     again = finish_load(&view, &mut st);
                 }
+                HubCounters::add(&self.counters.views_loaded, 1);
                 Ok::<(), StoreError>(())
             })
             .await?;

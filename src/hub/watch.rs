@@ -12,12 +12,13 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use super::digest::Known;
+use super::fresh::Freshness;
 use super::idle::touch_at;
 use super::pending::Pending;
 use super::shared::SharedEntry;
 use super::token::{ResumeToken, filter_hash};
 use super::view::ScopeView;
-use super::{Hub, lock};
+use super::{Hub, HubCounters, lock};
 use crate::keys::PrefixSet;
 use crate::model::Scope;
 use crate::store::StoreError;
@@ -142,10 +143,12 @@ impl Hub {
         // From here a dropped future (the caller went away) unregisters the watcher.
         let handle = WatchHandle {
             hub_started: self.started,
+            counters: self.counters.clone(),
             token_base: self.token(scope, &slot.prefixes, 0),
             view,
             slot,
             delivered: revision,
+            fresh: self.config.track_delivery.then(|| self.fresh.clone()),
         };
         let (mode, initial) = match plan {
             Plan::Ready(mode, initial) => (mode, initial),
@@ -225,6 +228,10 @@ pub struct WatchHandle {
     delivered: u64,
     /// The hub's clock, to mark the view used when the watcher ends.
     hub_started: tokio::time::Instant,
+    /// Where changes taken are counted, when the hub times deliveries.
+    fresh: Option<Arc<Freshness>>,
+    /// Where the changes taken are counted.
+    counters: Arc<HubCounters>,
 }
 
 impl WatchHandle {
@@ -257,11 +264,15 @@ impl WatchHandle {
             }
             bytes += size;
             let Some(entry) = p.pop() else { break };
+            if let Some(fresh) = &self.fresh {
+                fresh.taken(&entry);
+            }
             batch.push(entry);
         }
         if let Some(last) = batch.last() {
             self.delivered = last.revision;
         }
+        HubCounters::add(&self.counters.deltas_sent, batch.len());
         Poll::Ready(batch)
     }
 
@@ -308,5 +319,14 @@ impl Drop for WatchHandle {
             st.watchers.swap_remove(i);
         }
         touch_at(&self.view, self.hub_started);
+        drop(st);
+        // Unregistered: nothing is added any more. What it had not taken was not
+        // delivered, and is no longer waited for.
+        if let Some(fresh) = &self.fresh {
+            let left = std::mem::take(&mut lock(&self.slot.pending).by_revision);
+            for entry in left.values() {
+                fresh.left(entry);
+            }
+        }
     }
 }

@@ -1,7 +1,10 @@
 //! Readiness, and what the gRPC health service says of the ConfigService: ready
-//! (SERVING) while every store can write and every source task runs. One function,
-//! [`Readiness::check`], decides it for gRPC health and the admin `/readyz` alike.
-//! Reads the stores' and the sources' watch channels; knows nothing of what they do.
+//! (SERVING) while every store can write and the sources are healthy: each awaited
+//! source has made its first successful poll, and none has failed (or had its task
+//! down) for longer than the grace period (see `source::health`). One function,
+//! [`Readiness::check`], decides it for gRPC health and the admin `/readyz` alike;
+//! the health reporter logs each change of it. Reads the stores' and the sources'
+//! watch channels; knows nothing of what they do.
 //! The signing keys (or the JWKS) are loaded before the server starts: a server
 //! that could not load them never listens.
 
@@ -9,12 +12,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::ConfigApi;
 use crate::auth::Authenticator;
 use crate::proto::config_service_server::ConfigServiceServer;
-use crate::source::supervise::{SourceStatus, SourcesState};
+use crate::source::supervise::SourcesState;
 use crate::store::StoreHealth;
 
 /// How often readiness looks again for keys while the authenticator has none.
@@ -51,8 +55,8 @@ impl Readiness {
         self.auth.as_ref().is_none_or(|a| a.has_keys())
     }
 
-    /// `Ok` when every store can write and every source runs; otherwise a short
-    /// reason naming what is not.
+    /// `Ok` when every store can write and the sources are healthy; otherwise a
+    /// short reason naming what is not.
     pub fn check(&self) -> Result<(), String> {
         if !self.has_keys() {
             return Err("no token keys loaded yet (the JWKS could not be fetched)".into());
@@ -65,18 +69,16 @@ impl Readiness {
             return Err(format!("store {i} cannot write"));
         }
         if let Some(sources) = &self.sources {
-            let state = sources.borrow();
-            let down: Vec<&str> = state
-                .sources
-                .iter()
-                .filter(|s| s.status != SourceStatus::Running)
-                .map(|s| s.name)
-                .collect();
-            if !down.is_empty() {
-                return Err(format!("source down: {}", down.join(", ")));
-            }
+            sources.borrow().verdict(Instant::now())?;
         }
         Ok(())
+    }
+
+    /// When [`check`](Self::check) may change by time alone (a source's failure
+    /// reaching the end of its grace).
+    fn turns_at(&self) -> Option<Instant> {
+        let now = Instant::now();
+        self.sources.as_ref().and_then(|s| s.borrow().turns_at(now))
     }
 }
 
@@ -116,12 +118,18 @@ pub(super) fn report_health(
     }
     drop(ping);
     tokio::spawn(async move {
+        let mut was_ready = None;
         loop {
-            let ok = readiness.check().is_ok();
+            let verdict = readiness.check();
             if stop.is_cancelled() {
                 return;
             }
-            if ok {
+            let ready = verdict.is_ok();
+            if was_ready != Some(ready) {
+                log_change(was_ready, &verdict);
+                was_ready = Some(ready);
+            }
+            if ready {
                 reporter
                     .set_serving::<ConfigServiceServer<ConfigApi>>()
                     .await;
@@ -130,12 +138,32 @@ pub(super) fn report_health(
                     .set_not_serving::<ConfigServiceServer<ConfigApi>>()
                     .await;
             }
+            let turn = readiness.turns_at();
             tokio::select! {
                 pinged = pinged.recv() => if pinged.is_none() { return },
+                () = sleep_until(turn) => {}
                 () = stop.cancelled() => return,
             }
         }
     });
+}
+
+/// One line when readiness changes: at warn with the reason when the server stops
+/// being ready, at info when it becomes ready.
+fn log_change(was_ready: Option<bool>, verdict: &Result<(), String>) {
+    match (was_ready, verdict) {
+        (_, Ok(())) => tracing::info!("ready"),
+        (None, Err(reason)) => tracing::info!(reason, "not ready yet"),
+        (Some(_), Err(reason)) => tracing::warn!(reason, "not ready"),
+    }
+}
+
+/// Completes at `at`, or never.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Pings `ping` each time `rx` changes, until `stop` or the sender is gone.
@@ -165,7 +193,10 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::source::supervise::SourceState;
+    use crate::source::health::{Awaited, Failing};
+    use crate::source::supervise::{SourceState, SourceStatus};
+
+    const GRACE: Duration = Duration::from_secs(2);
 
     async fn status(health: &HealthService) -> i32 {
         let request = tonic::Request::new(HealthCheckRequest {
@@ -179,47 +210,87 @@ mod tests {
             .status
     }
 
-    fn sources(status: SourceStatus) -> SourcesState {
+    /// One source, `stream`, awaited, with what it reported.
+    fn sources(
+        status: SourceStatus,
+        last_success: Option<Instant>,
+        failing: Option<Failing>,
+    ) -> SourcesState {
+        let mut source = SourceState::running("stream", Awaited::Success);
+        source.status = status;
+        source.progress.last_success = last_success;
+        source.progress.failing = failing;
         SourcesState {
-            sources: vec![SourceState {
-                name: "stream",
-                status,
-                restarts: 0,
-            }],
+            sources: vec![source],
+            grace: GRACE,
         }
     }
 
-    /// Waits (on paused time) until the health service answers `want`.
-    async fn until(health: &HealthService, want: ServingStatus) {
-        for _ in 0..100 {
+    fn failing_now(reason: &str) -> Option<Failing> {
+        Some(Failing {
+            since: Instant::now(),
+            reason: reason.to_owned(),
+        })
+    }
+
+    /// Waits (on paused time, in small steps) until the health service answers
+    /// `want`; returns how long that took.
+    async fn until(health: &HealthService, want: ServingStatus) -> Duration {
+        let start = Instant::now();
+        for _ in 0..1000 {
             if status(health).await == want as i32 {
-                return;
+                return start.elapsed();
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         panic!("health never became {want:?}");
     }
 
-    #[test]
-    fn readiness_names_the_source_that_is_down() {
-        let (state, rx) = watch::channel(sources(SourceStatus::Running));
+    #[tokio::test(start_paused = true)]
+    async fn readiness_names_the_source_that_is_down_or_never_worked() {
+        let (state, rx) = watch::channel(sources(SourceStatus::Running, None, None));
         let readiness = Readiness::new(Vec::new(), Some(rx));
+        assert_eq!(
+            readiness.check(),
+            Err("source stream: no successful poll yet".to_owned())
+        );
+        state.send_replace(sources(SourceStatus::Running, Some(Instant::now()), None));
         assert_eq!(readiness.check(), Ok(()));
-        state.send_replace(sources(SourceStatus::Down));
-        assert_eq!(readiness.check(), Err("source down: stream".to_owned()));
+        state.send_replace(sources(SourceStatus::Down, Some(Instant::now()), None));
+        assert_eq!(readiness.check(), Err("source stream down".to_owned()));
     }
 
     #[tokio::test(start_paused = true)]
-    async fn health_is_not_serving_while_a_source_is_down() {
+    async fn health_turns_not_serving_when_a_failure_outlasts_the_grace() {
         let reporter = HealthReporter::new();
         let health = HealthService::from_health_reporter(reporter.clone());
-        let (state, rx) = watch::channel(sources(SourceStatus::Running));
+        let (state, rx) = watch::channel(sources(SourceStatus::Running, None, None));
         let stop = CancellationToken::new();
         report_health(reporter, Readiness::new(Vec::new(), Some(rx)), stop.clone());
-        until(&health, ServingStatus::Serving).await;
-        state.send_replace(sources(SourceStatus::Down));
         until(&health, ServingStatus::NotServing).await;
-        state.send_replace(sources(SourceStatus::Running));
+        // Not before the first success, however long the source fails.
+        state.send_replace(sources(SourceStatus::Running, None, failing_now("refused")));
+        tokio::time::sleep(GRACE * 3).await;
+        until(&health, ServingStatus::NotServing).await;
+        state.send_replace(sources(SourceStatus::Running, Some(Instant::now()), None));
+        until(&health, ServingStatus::Serving).await;
+
+        // A failure: still serving within the grace, not serving right after it,
+        // with nothing else changing.
+        state.send_replace(sources(
+            SourceStatus::Running,
+            Some(Instant::now()),
+            failing_now("GetRecords failed"),
+        ));
+        tokio::time::sleep(GRACE - Duration::from_millis(100)).await;
+        assert_eq!(status(&health).await, ServingStatus::Serving as i32);
+        let took = until(&health, ServingStatus::NotServing).await;
+        assert!(
+            took <= Duration::from_millis(200),
+            "{took:?} after the grace"
+        );
+
+        state.send_replace(sources(SourceStatus::Running, Some(Instant::now()), None));
         until(&health, ServingStatus::Serving).await;
         stop.cancel();
     }

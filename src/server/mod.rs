@@ -82,8 +82,10 @@ pub struct App {
     /// The source tasks' state (see `source::supervise`), when there are sources:
     /// health reports NOT_SERVING while one is down.
     pub sources: Option<watch::Receiver<SourcesState>>,
-    /// Where calls are counted (see `rpc_metrics`).
-    pub rpc_metrics: Arc<RpcMetrics>,
+    /// Where calls are counted (see `rpc_metrics`); `None` when nobody can read
+    /// the counts (no admin listener): the layer that wraps every reply is then not
+    /// installed at all.
+    pub rpc_metrics: Option<Arc<RpcMetrics>>,
 }
 
 impl App {
@@ -230,9 +232,11 @@ pub async fn serve(
         .timeout(app.connections.request_timeout)
         .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
-        .layer(RpcMetricsLayer {
-            metrics: app.rpc_metrics.clone(),
-        })
+        .layer(tower::util::option_layer(
+            app.rpc_metrics
+                .clone()
+                .map(|metrics| RpcMetricsLayer { metrics }),
+        ))
         .layer(AuthLayer {
             auth: app.auth.clone(),
             starts: starts.handle(),

@@ -11,6 +11,7 @@
 //! the shutdown token is cancelled.
 
 pub mod ddb_streams;
+pub mod health;
 pub mod reconcile;
 pub mod sqs_events;
 pub mod supervise;
@@ -36,6 +37,13 @@ pub struct SourceCounters {
     /// Items rewritten with a higher version because a change arrived without one
     /// (a tool that did not bump `version`).
     pub stream_reversioned: AtomicU64,
+    /// Shard iterators got again for a shard already read (renewed before they
+    /// expire, or after one expired or failed).
+    pub stream_iterator_renewals: AtomicU64,
+    /// Stream shards being read now (a gauge, set each round).
+    pub stream_shards: AtomicU64,
+    /// SQS messages received (each receive of a message, redeliveries included).
+    pub sqs_messages_received: AtomicU64,
     /// SQS messages handled and deleted.
     pub sqs_messages_applied: AtomicU64,
     /// SQS messages that could not be parsed (left to the redrive policy).
@@ -51,6 +59,11 @@ pub struct SourceCounters {
 impl SourceCounters {
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Sets a gauge kept among the counters.
+    pub fn set(gauge: &AtomicU64, n: u64) {
+        gauge.store(n, Ordering::Relaxed);
     }
 
     pub fn get(counter: &AtomicU64) -> u64 {

@@ -12,22 +12,43 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use super::health::SourceHealth;
 use super::{SourceContext, SourceCounters};
 
-/// Runs passes every `interval` (jittered ±20%) until `shutdown`.
-pub async fn run(ctx: SourceContext, interval: Duration, shutdown: CancellationToken) {
+/// Runs passes every `interval` (jittered ±20%) until `shutdown`, reporting each to
+/// `health`: a success when every scope was read, a failure otherwise.
+pub async fn run(
+    ctx: SourceContext,
+    interval: Duration,
+    health: SourceHealth,
+    shutdown: CancellationToken,
+) {
     loop {
         let wait = interval.mul_f64(rand::random_range(0.8..1.2));
         tokio::select! {
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(wait) => {}
         }
-        pass(&ctx, &shutdown).await;
+        let mut unread = None;
+        pass_reporting(&ctx, &shutdown, &mut unread).await;
+        match unread {
+            None => health.succeeded(),
+            Some(why) => health.failing(why),
+        }
     }
 }
 
 /// One pass over every loaded scope. Returns the drift found (changes applied).
 pub async fn pass(ctx: &SourceContext, shutdown: &CancellationToken) -> u64 {
+    pass_reporting(ctx, shutdown, &mut None).await
+}
+
+/// [`pass`], keeping in `unread` why the last scope that could not be read was not.
+async fn pass_reporting(
+    ctx: &SourceContext,
+    shutdown: &CancellationToken,
+    unread: &mut Option<String>,
+) -> u64 {
     let mut drift = 0u64;
     let scopes = ctx.hub.scopes();
     for scope in &scopes {
@@ -55,7 +76,8 @@ pub async fn pass(ctx: &SourceContext, shutdown: &CancellationToken) -> u64 {
                 drift += report.applied as u64;
             }
             Err(e) => {
-                tracing::warn!(%scope, error = %e, "reconciliation could not read the scope; next pass retries")
+                tracing::warn!(%scope, error = %e, "reconciliation could not read the scope; next pass retries");
+                *unread = Some(format!("cannot read a scope: {e}"));
             }
         }
     }

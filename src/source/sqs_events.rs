@@ -24,7 +24,10 @@
 //! Retry policy, per operation:
 //! - `ReceiveMessage`: long poll (`WaitTimeSeconds` 20) with an operation timeout
 //!   above the wait; a failure is retried forever with jittered exponential backoff
-//!   (the loop never dies), reset by the next success.
+//!   (the loop never dies), reset by the next success. The first receive, and the
+//!   first after a failure, do not wait (a short poll), so that the source's health
+//!   learns at once that the queue answers. The health logs the first failure and
+//!   the recovery; each failed receive is logged at debug level.
 //! - `GetParameter` (through the backend; the SDK's retry, [`crate::aws::retry_config`],
 //!   covers throttling): a
 //!   failure leaves the message; it becomes visible again after the queue's
@@ -45,7 +48,9 @@ use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, Message, MessageSystemA
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
+use super::health::SourceHealth;
 use super::{SourceContext, SourceCounters};
+use crate::hub::{ChangeSource, Origin};
 use crate::model::Entry;
 use crate::store::ssm::SsmBackend;
 use crate::store::{Backend, StoreError};
@@ -91,6 +96,8 @@ pub struct ParameterChange {
     pub operation: String,
     /// `String`, `StringList` or `SecureString`, when the event says.
     pub kind: Option<String>,
+    /// The event's `time` (whole seconds), when it has a readable one.
+    pub made_at: Option<std::time::SystemTime>,
 }
 
 /// Why a message is not a Parameter Store change event.
@@ -117,6 +124,7 @@ struct Envelope {
     #[serde(rename = "detail-type")]
     detail_type: Option<String>,
     detail: Option<serde_json::Value>,
+    time: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -153,6 +161,9 @@ pub fn parse_event(body: &str) -> Result<ParameterChange, MalformedEvent> {
         name: detail.name,
         operation: detail.operation,
         kind: detail.kind,
+        made_at: envelope
+            .time
+            .and_then(|t| humantime::parse_rfc3339(&t).ok()),
     })
 }
 
@@ -174,6 +185,7 @@ pub async fn run(
     queue_url: String,
     backend: Arc<SsmBackend>,
     settings: SqsSettings,
+    health: SourceHealth,
     shutdown: CancellationToken,
 ) {
     let wait = settings.wait.min(MAX_WAIT);
@@ -184,12 +196,13 @@ pub async fn run(
         .build();
     let mut backoff = Retry::new(Backoff::doubling(settings.retry_base, settings.retry_max));
     tracing::info!(queue = %queue_url, root = backend.root(), "reading Parameter Store events");
+    let mut answered = false;
     loop {
         let receive = sqs
             .receive_message()
             .queue_url(&queue_url)
             .max_number_of_messages(MAX_MESSAGES)
-            .wait_time_seconds(wait_seconds)
+            .wait_time_seconds(if answered { wait_seconds } else { 0 })
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
             .customize()
             .config_override(
@@ -203,11 +216,18 @@ pub async fn run(
         let messages = match received {
             Ok(out) => {
                 backoff.succeeded();
+                health.succeeded();
+                answered = true;
                 out.messages.unwrap_or_default()
             }
             Err(e) => {
                 let delay = backoff.failed();
-                tracing::warn!(
+                health.failing(format!(
+                    "ReceiveMessage failed: {}",
+                    DisplayErrorContext(&e)
+                ));
+                answered = false;
+                tracing::debug!(
                     queue = %queue_url,
                     error = %DisplayErrorContext(&e),
                     ?delay,
@@ -222,6 +242,7 @@ pub async fn run(
         if messages.is_empty() {
             continue;
         }
+        SourceCounters::add(&ctx.counters.sqs_messages_received, messages.len() as u64);
         tokio::select! {
             () = shutdown.cancelled() => return,
             () = handle_batch(&ctx, &sqs, &queue_url, &backend, &messages) => {}
@@ -324,6 +345,12 @@ async fn handle(ctx: &SourceContext, backend: &SsmBackend, body: Option<&str>) -
         Ok(change) => change,
         Err(why) => return Outcome::Malformed(why),
     };
+    let origin = change
+        .made_at
+        .and_then(|at| Origin::at(ChangeSource::ParameterEvents, at));
+    if let Some(origin) = origin {
+        ctx.hub.freshness().saw(origin);
+    }
     let targets = backend.locate(&change.name);
     if targets.is_empty() {
         return Outcome::OutsideRoot(change.name);
@@ -342,7 +369,7 @@ async fn handle(ctx: &SourceContext, backend: &SsmBackend, body: Option<&str>) -
         match state {
             Some(mut entry) => {
                 entry.key = Arc::from(target.key.as_str());
-                let applied = ctx.hub.apply(&target.scope, entry);
+                let applied = ctx.hub.apply_from(&target.scope, entry, origin);
                 tracing::debug!(
                     scope = %target.scope,
                     key = target.key,
@@ -352,7 +379,7 @@ async fn handle(ctx: &SourceContext, backend: &SsmBackend, body: Option<&str>) -
                 );
             }
             None => {
-                let removed = ctx.hub.remove_if_live(&target.scope, &target.key);
+                let removed = ctx.hub.remove_if_live(&target.scope, &target.key, origin);
                 tracing::debug!(
                     scope = %target.scope,
                     key = target.key,
@@ -399,6 +426,7 @@ mod tests {
                 name: "/config-service/acme/db".into(),
                 operation: "Update".into(),
                 kind: Some("SecureString".into()),
+                made_at: humantime::parse_rfc3339("2026-11-23T20:00:00Z").ok(),
             })
         );
         let mut with_account: serde_json::Value =

@@ -2,11 +2,14 @@
 //! keeps its handle, and when a task ends or panics while the server is not shutting
 //! down, logs it (error level, with the panic message), marks it down, and starts it
 //! again after a backoff. What the sources are doing is one small struct,
-//! [`SourcesState`], published on a watch channel: the server's health reports
-//! NOT_SERVING while a source is down.
+//! [`SourcesState`], published on a watch channel: each task's status, and the
+//! progress the task reports through its [`SourceHealth`] (see [`super::health`]).
+//! The server's readiness reads it ([`SourcesState::verdict`]): not ready before an
+//! awaited source's first success, nor while a source fails or its task is down
+//! beyond the grace period.
 //!
 //! Knows nothing of what a source does: a task is a function from its shutdown token
-//! (a child of the supervisor's) to a future.
+//! (a child of the supervisor's), and its health handle, to a future.
 
 use std::future::Future;
 use std::time::Duration;
@@ -14,7 +17,10 @@ use std::time::Duration;
 use configwatch_client::{Backoff, Retry};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+use super::health::{Awaited, DEFAULT_DOWN_GRACE, Failing, Progress, SourceHealth};
 
 /// How long a task must have run for its next failure to wait the initial delay
 /// again, rather than longer than the last.
@@ -36,12 +42,43 @@ pub struct SourceState {
     pub status: SourceStatus,
     /// Times the task was started again after it ended or panicked.
     pub restarts: u64,
+    /// Since when, and why, the task is down (while it is).
+    pub down: Option<Failing>,
+    /// What the task reported of its rounds.
+    pub progress: Progress,
+}
+
+impl SourceState {
+    /// A source whose task was just started.
+    pub fn running(name: &'static str, awaited: Awaited) -> SourceState {
+        SourceState {
+            name,
+            status: SourceStatus::Running,
+            restarts: 0,
+            down: None,
+            progress: Progress {
+                awaited,
+                ..Progress::default()
+            },
+        }
+    }
 }
 
 /// Every supervised source, in the order they were started.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SourcesState {
     pub sources: Vec<SourceState>,
+    /// How long a source may fail or be down before readiness says so.
+    pub grace: Duration,
+}
+
+impl Default for SourcesState {
+    fn default() -> Self {
+        SourcesState {
+            sources: Vec::new(),
+            grace: DEFAULT_DOWN_GRACE,
+        }
+    }
 }
 
 impl SourcesState {
@@ -50,6 +87,28 @@ impl SourcesState {
         self.sources
             .iter()
             .all(|s| s.status == SourceStatus::Running)
+    }
+
+    /// `Ok` when every source lets the server be ready at `now`; otherwise the
+    /// reasons of those that do not.
+    pub fn verdict(&self, now: Instant) -> Result<(), String> {
+        let reasons: Vec<String> = self
+            .sources
+            .iter()
+            .filter_map(|s| s.verdict(now, self.grace).err())
+            .collect();
+        match reasons.is_empty() {
+            true => Ok(()),
+            false => Err(reasons.join("; ")),
+        }
+    }
+
+    /// The next time after `now` the verdict would change by time alone.
+    pub fn turns_at(&self, now: Instant) -> Option<Instant> {
+        self.sources
+            .iter()
+            .filter_map(|s| s.turns_at(now, self.grace))
+            .min()
     }
 }
 
@@ -73,46 +132,63 @@ impl Supervisor {
         }
     }
 
-    /// The sources' state, updated as tasks go down and come back.
+    /// How long a source may fail, or its task be down, before readiness says so
+    /// (`--source-down-grace`).
+    pub fn with_down_grace(self, grace: Duration) -> Self {
+        self.state.send_modify(|s| s.grace = grace);
+        self
+    }
+
+    /// The sources' state, updated as tasks go down and come back and as they
+    /// report their first success and their failures.
     pub fn state(&self) -> watch::Receiver<SourcesState> {
         self.state.subscribe()
     }
 
-    /// Starts the task `name`: `start` is called with a fresh child of the shutdown
-    /// token each time the task (re)starts.
+    /// Starts the task `name`, which reports no progress: only its task being down
+    /// counts. `start` is called with a fresh child of the shutdown token each time
+    /// the task (re)starts.
     pub fn spawn<F, Fut>(&mut self, name: &'static str, mut start: F)
     where
         F: FnMut(CancellationToken) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
+        self.spawn_reporting(name, Awaited::TaskOnly, move |stop, _| start(stop));
+    }
+
+    /// Starts the task `name`, which reports its rounds through the [`SourceHealth`]
+    /// it is given; with [`Awaited::Success`] readiness waits for its first success.
+    pub fn spawn_reporting<F, Fut>(&mut self, name: &'static str, awaited: Awaited, mut start: F)
+    where
+        F: FnMut(CancellationToken, SourceHealth) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
         let index = self.state.borrow().sources.len();
-        self.state.send_modify(|s| {
-            s.sources.push(SourceState {
-                name,
-                status: SourceStatus::Running,
-                restarts: 0,
-            })
-        });
+        self.state
+            .send_modify(|s| s.sources.push(SourceState::running(name, awaited)));
+        let health = SourceHealth::new(self.state.clone(), index);
         let shutdown = self.shutdown.clone();
-        let state = self.state.clone();
         let mut retry = Retry::new(self.backoff);
         self.tasks.push(tokio::spawn(async move {
             loop {
-                let started = tokio::time::Instant::now();
-                let task = tokio::spawn(start(shutdown.child_token()));
+                let started = Instant::now();
+                let task = tokio::spawn(start(shutdown.child_token(), health.clone()));
                 let ended = task.await;
                 if shutdown.is_cancelled() {
                     return;
                 }
-                match ended {
-                    Ok(()) => tracing::error!(source = name, "source task ended; restarting it"),
-                    Err(e) => tracing::error!(
-                        source = name,
-                        panic = panic_message(e),
-                        "source task failed; restarting it"
-                    ),
-                }
-                state.send_modify(|s| s.sources[index].status = SourceStatus::Down);
+                let reason = match ended {
+                    Ok(()) => {
+                        tracing::error!(source = name, "source task ended; restarting it");
+                        "its task ended".to_owned()
+                    }
+                    Err(e) => {
+                        let panic = panic_message(e);
+                        tracing::error!(source = name, %panic, "source task failed; restarting it");
+                        format!("its task failed: {panic}")
+                    }
+                };
+                health.task_down(reason);
                 if started.elapsed() >= HEALTHY_RUN {
                     retry.succeeded();
                 }
@@ -120,11 +196,7 @@ impl Supervisor {
                     () = shutdown.cancelled() => return,
                     () = tokio::time::sleep(retry.failed()) => {}
                 }
-                state.send_modify(|s| {
-                    let source = &mut s.sources[index];
-                    source.status = SourceStatus::Running;
-                    source.restarts += 1;
-                });
+                health.task_restarted();
             }
         }));
     }

@@ -22,6 +22,7 @@ use configwatch::auth::Role;
 use configwatch::keys;
 use configwatch::model::Scope;
 use configwatch::proto;
+use configwatch::source::health::SourceHealth;
 use configwatch::source::sqs_events::{self, SqsSettings};
 use configwatch::source::{SourceContext, SourceCounters, reconcile};
 use configwatch::store::ssm::{SsmBackend, served_version};
@@ -74,6 +75,7 @@ async fn start() -> Env {
             wait: Duration::from_secs(2),
             ..SqsSettings::default()
         },
+        SourceHealth::detached("sqs-events"),
         shutdown.clone(),
     ));
     Env {

@@ -116,6 +116,7 @@ impl TestServer {
             router.clone(),
             HubConfig {
                 history_limit: options.history,
+                ..HubConfig::default()
             },
         ));
         let app = App {
@@ -333,4 +334,64 @@ pub fn token(dir: &Path, tenant: &str, role: Role) -> String {
         "test",
     )
     .unwrap()
+}
+
+/// `configwatch serve --backend aws` on 127.0.0.1 port 0 with `dir`, against `moto`
+/// and the template's resources `res` (table, queue, Parameter Store root), with
+/// `extra` arguments.
+pub fn aws_serve_command(
+    dir: &Path,
+    moto: &configwatch_test_support::moto::Moto,
+    res: &configwatch_test_support::moto::Resources,
+    extra: &[&str],
+) -> std::process::Command {
+    use configwatch_test_support::moto::{REGION, ROOT};
+    let mut command = serve_command(dir, &["--backend", "aws"]);
+    command
+        .args(["--table", &res.table, "--queue-url", &res.queue_url])
+        .args(["--ssm-root", ROOT, "--region", REGION])
+        .args(extra)
+        .env("AWS_ENDPOINT_URL", &moto.endpoint)
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_EC2_METADATA_DISABLED", "true");
+    command
+}
+
+/// A Get with a token that is not one: refused with UNAUTHENTICATED.
+pub async fn refused_get(addr: SocketAddr) {
+    let mut refused = connect(addr, Some("not-a-token")).await;
+    let status = refused
+        .get(proto::GetRequest::default())
+        .await
+        .expect_err("a malformed token is refused");
+    assert_eq!(status.code(), tonic::Code::Unauthenticated);
+}
+
+/// Waits until gRPC health says `want` of the ConfigService on `addr`.
+pub async fn wait_for_health(
+    addr: SocketAddr,
+    want: tonic_health::pb::health_check_response::ServingStatus,
+) {
+    configwatch_test_support::eventually(
+        PATIENCE,
+        || format!("gRPC health to become {want:?}"),
+        || async move {
+            let channel = Channel::from_shared(format!("http://{addr}"))
+                .ok()?
+                .connect()
+                .await
+                .ok()?;
+            let status = tonic_health::pb::health_client::HealthClient::new(channel)
+                .check(tonic_health::pb::HealthCheckRequest {
+                    service: "configwatch.v1.ConfigService".into(),
+                })
+                .await
+                .ok()?
+                .into_inner()
+                .status;
+            (status == want as i32).then_some(())
+        },
+    )
+    .await;
 }

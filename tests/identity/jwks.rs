@@ -307,6 +307,7 @@ async fn a_key_dropped_from_the_jwks_stops_verifying_cached_tokens() {
     auth.verify(&token).await.unwrap();
     assert_eq!(keys.fetch_count(), 1);
     assert_eq!(auth.cached_tokens(), 1);
+    assert_eq!(auth.token_cache_lookups(), (1, 1), "(hits, misses)");
 
     // The provider rotates: the same key material under a new kid only.
     *body.lock().unwrap() = JWKS.replace(KID, "test-key-2");
@@ -320,4 +321,12 @@ async fn a_key_dropped_from_the_jwks_stops_verifying_cached_tokens() {
         matches!(err, configwatch::auth::AuthError::UnknownKey(_)),
         "{err:?}"
     );
+    let fetched = configwatch::auth::KeyFetches { made: 3, failed: 0 };
+    assert_eq!(auth.key_fetches(), fetched, "the unknown kid fetched again");
+
+    // A set that cannot be read is a failed fetch.
+    *body.lock().unwrap() = "not a key set".to_owned();
+    let _ = auth.verify(&rs256(&good_claims(), "test-key-3")).await;
+    let failed = configwatch::auth::KeyFetches { made: 4, failed: 1 };
+    assert_eq!(auth.key_fetches(), failed);
 }

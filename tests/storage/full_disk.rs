@@ -29,31 +29,6 @@ impl Drop for Tmpfs {
     }
 }
 
-async fn config_health(addr: std::net::SocketAddr) -> i32 {
-    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    tonic_health::pb::health_client::HealthClient::new(channel)
-        .check(tonic_health::pb::HealthCheckRequest {
-            service: "configwatch.v1.ConfigService".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .status
-}
-
-async fn wait_for_health(addr: std::net::SocketAddr, want: ServingStatus) {
-    eventually(
-        PATIENCE,
-        || format!("health to become {want:?}"),
-        || async move { (config_health(addr).await == want as i32).then_some(()) },
-    )
-    .await
-}
-
 #[tokio::test]
 async fn a_full_disk_fails_writes_with_unavailable_and_recovers_without_restart() {
     let Some(fs) = Tmpfs::mount("2m") else {

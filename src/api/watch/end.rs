@@ -4,10 +4,11 @@
 //! The stream owns one [`EndLine`] and tells it of each message (two integer
 //! additions, nothing else on the delivery path) and of the status it ends with.
 //! The line is written when the stream is dropped, the only moment that also sees
-//! a client that went away. Knows the scope and a gRPC code; nothing of the hub.
+//! a client that went away, and counted then in [`WatchEnds`] by its reason (a
+//! fixed set of five). Knows the scope and a gRPC code; nothing of the hub.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use tokio::time::Instant;
 
@@ -30,6 +31,26 @@ pub(crate) enum EndReason {
 }
 
 impl EndReason {
+    /// Every reason, in the order [`WatchEnds`] counts them.
+    const ALL: [EndReason; 5] = [
+        EndReason::ClientGone,
+        EndReason::ClientGoneUnread,
+        EndReason::Shutdown,
+        EndReason::TokenExpired,
+        EndReason::MaxConnectionAge,
+    ];
+
+    /// The reason as a metric label: short and fixed.
+    fn label(self) -> &'static str {
+        match self {
+            EndReason::ClientGone => "client_gone",
+            EndReason::ClientGoneUnread => "client_gone_unread",
+            EndReason::Shutdown => "shutdown",
+            EndReason::TokenExpired => "token_expired",
+            EndReason::MaxConnectionAge => "max_connection_age",
+        }
+    }
+
     fn as_str(self) -> &'static str {
         match self {
             EndReason::ClientGone => "client went away",
@@ -38,6 +59,26 @@ impl EndReason {
             EndReason::TokenExpired => "token expired",
             EndReason::MaxConnectionAge => "connection reached its maximum age",
         }
+    }
+}
+
+/// Watch streams ended so far, by reason.
+#[derive(Debug, Default)]
+pub struct WatchEnds {
+    counts: [AtomicU64; EndReason::ALL.len()],
+}
+
+impl WatchEnds {
+    fn count(&self, reason: EndReason) {
+        self.counts[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Each reason's label with its count.
+    pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+        EndReason::ALL
+            .iter()
+            .map(|r| (r.label(), self.counts[*r as usize].load(Ordering::Relaxed)))
+            .collect()
     }
 }
 
@@ -52,6 +93,8 @@ pub struct EndLine {
     ended: Option<(EndReason, tonic::Code)>,
     /// Set while the Watch waits for its connection's reply budget.
     waiting: Option<Arc<AtomicBool>>,
+    /// Where the ending is counted, if anywhere.
+    ends: Option<Arc<WatchEnds>>,
 }
 
 impl EndLine {
@@ -66,7 +109,14 @@ impl EndLine {
             changes: 0,
             ended: None,
             waiting,
+            ends: None,
         }
+    }
+
+    /// Counts the ending in `ends` as well as logging it.
+    pub fn counted_in(mut self, ends: Arc<WatchEnds>) -> Self {
+        self.ends = Some(ends);
+        self
     }
 
     /// A message carrying `changes` changes went out.
@@ -106,6 +156,9 @@ impl EndLine {
 impl Drop for EndLine {
     fn drop(&mut self) {
         let (reason, code) = self.reason();
+        if let Some(ends) = &self.ends {
+            ends.count(reason);
+        }
         tracing::info!(
             tenant = self.scope.tenant_id(),
             service = self.scope.service(),

@@ -205,3 +205,20 @@ async fn a_watch_dropped_while_waiting_for_its_reply_budget_says_so() -> TestRes
     assert_eq!(log.reason(), (EndReason::ClientGoneUnread, None));
     Ok(())
 }
+
+#[tokio::test]
+async fn an_ended_watch_is_counted_once_under_its_reason() -> TestResult {
+    let ends = Arc::new(WatchEnds::default());
+    let waiting = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    drop(EndLine::new(Scope::tenant("acme")?, 1, Some(waiting)).counted_in(ends.clone()));
+    let mut expired = EndLine::new(Scope::tenant("acme")?, 1, None).counted_in(ends.clone());
+    expired.ended(EndReason::TokenExpired, tonic::Code::Unauthenticated);
+    drop(expired);
+    drop(EndLine::new(Scope::tenant("acme")?, 1, None));
+    let counts = ends.snapshot();
+    assert_eq!(counts.len(), 5, "{counts:?}");
+    assert!(counts.contains(&("client_gone_unread", 1)), "{counts:?}");
+    assert!(counts.contains(&("token_expired", 1)), "{counts:?}");
+    assert_eq!(counts.iter().map(|(_, n)| n).sum::<u64>(), 2, "{counts:?}");
+    Ok(())
+}

@@ -49,7 +49,13 @@ fn setup() -> (Arc<Source>, Hub, Scope) {
     let source = Arc::new(Source::default());
     source.write(Entry::live("tenant_config_a", 3, "\"a\"", 0));
     source.write(Entry::live("tenant_config_b", 7, "\"b\"", 0));
-    let hub = Hub::new(source.clone(), HubConfig { history_limit: 8 });
+    let hub = Hub::new(
+        source.clone(),
+        HubConfig {
+            history_limit: 8,
+            ..HubConfig::default()
+        },
+    );
     let scope = Scope::tenant("t").unwrap_or_else(|e| panic!("{e}"));
     (source, hub, scope)
 }
@@ -173,7 +179,10 @@ async fn sources_do_not_resurrect_a_dropped_view() -> Result<(), StoreError> {
     let change = Entry::live("tenant_config_a", 4, "\"a4\"", 0);
     source.write(change.clone());
     assert!(hub.apply(&scope, change).is_none());
-    assert!(hub.remove_if_live(&scope, "tenant_config_b").is_none());
+    assert!(
+        hub.remove_if_live(&scope, "tenant_config_b", None)
+            .is_none()
+    );
     assert_eq!(hub.resync(&scope).await?.applied, 0);
     assert!(
         !hub.has_view(&scope),

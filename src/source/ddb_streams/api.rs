@@ -50,6 +50,8 @@ pub struct ChangeRecord {
     pub keys: Image,
     pub new_image: Option<Image>,
     pub old_image: Option<Image>,
+    /// ApproximateCreationDateTime (ms since the epoch; AWS gives whole seconds).
+    pub created: Option<crate::model::Millis>,
 }
 
 /// One GetRecords answer. `next` is `None` when the shard is closed and read to its

@@ -250,5 +250,6 @@ pub(super) fn put_record(
             .collect(),
         new_image: Some(image),
         old_image: None,
+        created: None,
     }
 }

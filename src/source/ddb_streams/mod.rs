@@ -61,6 +61,10 @@
 //! - Resync after a gap: a scope that fails to load keeps the gap pending, retried
 //!   next tick.
 //!
+//! Each round's outcome goes to the source's [`SourceHealth`] (readiness waits for the
+//! first successful round); it logs the first failure and the recovery, and the failed
+//! calls themselves are logged at debug level.
+//!
 //! The task never ends on an error; it stops promptly when `shutdown` is cancelled.
 
 mod api;
@@ -84,6 +88,7 @@ pub use record::{Removal, removal};
 pub use sdk::{SdkStream, SetupError, convert_record, stream_arn};
 
 use super::SourceContext;
+use super::health::SourceHealth;
 use crate::store::dynamodb::DynamoBackend;
 use configwatch_client::{Backoff, Retry};
 use reader::Reader;
@@ -116,13 +121,16 @@ impl Default for StreamSettings {
 }
 
 /// Reads the table's stream into the hub until `shutdown`. Waits (retrying with
-/// backoff, logging why) until the table's stream can be found.
+/// backoff, logging why) until the table's stream can be found. Reports to
+/// `health` each round: a success once the stream is found and every readable shard
+/// was read, a failure (with the last error) otherwise.
 pub async fn run(
     ctx: SourceContext,
     settings: StreamSettings,
     dynamodb: aws_sdk_dynamodb::Client,
     streams: aws_sdk_dynamodbstreams::Client,
     table: String,
+    health: SourceHealth,
     shutdown: CancellationToken,
 ) {
     let mut backoff = Retry::new(Backoff::doubling(
@@ -132,7 +140,10 @@ pub async fn run(
     let arn = loop {
         match stream_arn(&dynamodb, &table).await {
             Ok(arn) => break arn,
-            Err(e) => tracing::error!(error = %e, "cannot read the table's stream yet; retrying"),
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read the table's stream yet; retrying");
+                health.failing(format!("cannot find the table's stream: {e}"));
+            }
         }
         tokio::select! {
             () = shutdown.cancelled() => return,
@@ -142,7 +153,7 @@ pub async fn run(
     tracing::info!(%table, stream = %arn, "reading the DynamoDB stream");
     let api = SdkStream::new(streams, dynamodb.clone(), table.clone(), arn);
     let versions = DynamoBackend::new(dynamodb, table);
-    run_with(ctx, settings, api, versions, shutdown).await;
+    run_with(ctx, settings, api, versions, health, shutdown).await;
 }
 
 /// The reader over any [`StreamApi`] and [`VersionWriter`] (the fake in tests).
@@ -151,6 +162,7 @@ pub async fn run_with<S: StreamApi, V: VersionWriter>(
     settings: StreamSettings,
     api: S,
     versions: V,
+    health: SourceHealth,
     shutdown: CancellationToken,
 ) {
     let mut backoff = Retry::new(Backoff::doubling(
@@ -164,11 +176,16 @@ pub async fn run_with<S: StreamApi, V: VersionWriter>(
             () = shutdown.cancelled() => break,
             trouble = reader.tick() => trouble,
         };
-        let wait = if trouble {
-            backoff.failed()
-        } else {
-            backoff.succeeded();
-            poll
+        let wait = match trouble {
+            Some(why) => {
+                health.failing(why);
+                backoff.failed()
+            }
+            None => {
+                health.succeeded();
+                backoff.succeeded();
+                poll
+            }
         };
         tokio::select! {
             () = shutdown.cancelled() => break,

@@ -23,6 +23,8 @@ struct ShardState {
     iterator: Option<(String, Instant)>,
     /// Read to its end.
     drained: bool,
+    /// An iterator was got for it before: the next one is a renewal.
+    had_iterator: bool,
 }
 
 impl ShardState {
@@ -45,6 +47,8 @@ pub(super) struct Reader<S, V> {
     listed: bool,
     next_listing: Instant,
     gap_pending: bool,
+    /// What failed last in this round, for the source's health.
+    trouble: Option<String>,
 }
 
 impl<S: StreamApi, V: VersionWriter> Reader<S, V> {
@@ -58,6 +62,7 @@ impl<S: StreamApi, V: VersionWriter> Reader<S, V> {
             listed: false,
             next_listing: Instant::now(),
             gap_pending: false,
+            trouble: None,
         }
     }
 
@@ -93,8 +98,9 @@ impl<S: StreamApi, V: VersionWriter> Reader<S, V> {
     }
 
     /// One round: list shards if due, get missing iterators, read every readable
-    /// shard once, resync after a gap. Returns whether anything failed.
-    pub(super) async fn tick(&mut self) -> bool {
+    /// shard once, resync after a gap. Returns what failed, if anything did.
+    pub(super) async fn tick(&mut self) -> Option<String> {
+        self.trouble = None;
         let mut trouble = false;
         if !self.listed || Instant::now() >= self.next_listing {
             match self.api.shards().await {
@@ -103,7 +109,8 @@ impl<S: StreamApi, V: VersionWriter> Reader<S, V> {
                     self.next_listing = Instant::now() + self.settings.rediscover_interval;
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot list the stream's shards; retrying");
+                    tracing::debug!(error = %e, "cannot list the stream's shards; retrying");
+                    self.trouble = Some(format!("DescribeStream failed: {e}"));
                     trouble = true;
                 }
             }
@@ -114,6 +121,7 @@ impl<S: StreamApi, V: VersionWriter> Reader<S, V> {
             .filter(|(_, s)| self.is_readable(s))
             .map(|(id, _)| id.clone())
             .collect();
+        SourceCounters::set(&self.ctx.counters.stream_shards, readable.len() as u64);
         for id in &readable {
             trouble |= !self.ensure_iterator(id).await;
         }
@@ -136,7 +144,8 @@ impl<S: StreamApi, V: VersionWriter> Reader<S, V> {
         if self.gap_pending {
             trouble |= !self.resync().await;
         }
-        trouble
+        let why = self.trouble.take();
+        trouble.then(|| why.unwrap_or_else(|| "a stream round failed".to_owned()))
     }
 
     fn is_readable(&self, shard: &ShardState) -> bool {
@@ -182,6 +191,7 @@ impl<S: StreamApi, V: VersionWriter> Reader<S, V> {
                     position,
                     iterator: None,
                     drained,
+                    had_iterator: false,
                 },
             );
         }
@@ -222,6 +232,10 @@ impl<S: StreamApi, V: VersionWriter> Reader<S, V> {
                 }
                 if let Some(shard) = self.shards.get_mut(id) {
                     shard.iterator = Some((iterator, Instant::now()));
+                    if shard.had_iterator {
+                        SourceCounters::add(&self.ctx.counters.stream_iterator_renewals, 1);
+                    }
+                    shard.had_iterator = true;
                 }
                 true
             }
@@ -236,7 +250,8 @@ impl<S: StreamApi, V: VersionWriter> Reader<S, V> {
                 if matches!(e, StreamError::Gone(_)) {
                     self.next_listing = Instant::now();
                 }
-                tracing::warn!(shard = id, error = %e, "cannot get a shard iterator; retrying");
+                tracing::debug!(shard = id, error = %e, "cannot get a shard iterator; retrying");
+                self.trouble = Some(format!("GetShardIterator failed: {e}"));
                 false
             }
         }
@@ -265,7 +280,8 @@ impl<S: StreamApi, V: VersionWriter> Reader<S, V> {
                     StreamError::Gone(_) => self.next_listing = Instant::now(),
                     StreamError::Other(_) => {}
                 }
-                tracing::warn!(shard = id, error = %e, "GetRecords failed");
+                tracing::debug!(shard = id, error = %e, "GetRecords failed");
+                self.trouble = Some(format!("GetRecords failed: {e}"));
                 if drop_iterator && let Some(shard) = self.shards.get_mut(id) {
                     shard.iterator = None;
                 }
@@ -316,6 +332,8 @@ impl<S: StreamApi, V: VersionWriter> Reader<S, V> {
                 Ok(_) => {}
                 Err(e) => {
                     tracing::warn!(%scope, error = %e, "cannot reload a tenant after a stream gap; retrying");
+                    self.trouble =
+                        Some(format!("reloading a tenant after a stream gap failed: {e}"));
                     ok = false;
                 }
             }

@@ -8,6 +8,7 @@
 
 use super::api::{ChangeKind, ChangeRecord, StreamApi, VersionWriter};
 use super::reader::Reader;
+use crate::hub::{ChangeSource, Origin};
 use crate::model::{Entry, Scope, now_millis};
 use crate::source::SourceCounters;
 use crate::store::StoreError;
@@ -64,6 +65,12 @@ pub fn removal(record: &ChangeRecord) -> Result<Removal, ItemError> {
 impl<S: StreamApi, V: VersionWriter> Reader<S, V> {
     /// Applies one record. Returns false when it must be read again later.
     pub(super) async fn handle_record(&self, record: &ChangeRecord) -> bool {
+        let origin = record
+            .created
+            .and_then(|at| Origin::at_millis(ChangeSource::DynamodbStream, at));
+        if let Some(origin) = origin {
+            self.hub().freshness().saw(origin);
+        }
         match record.kind {
             ChangeKind::Insert | ChangeKind::Modify => {
                 let Some(image) = &record.new_image else {
@@ -75,7 +82,7 @@ impl<S: StreamApi, V: VersionWriter> Reader<S, V> {
                     return true;
                 };
                 match parse_item(image) {
-                    Ok(parsed) => self.apply_image(parsed).await,
+                    Ok(parsed) => self.apply_image(parsed, origin).await,
                     Err(e) => {
                         tracing::warn!(
                             sequence = %record.sequence,
@@ -90,22 +97,25 @@ impl<S: StreamApi, V: VersionWriter> Reader<S, V> {
                 }
             }
             ChangeKind::Remove => {
-                self.apply_remove(record);
+                self.apply_remove(record, origin);
                 true
             }
         }
     }
 
-    fn apply_remove(&self, record: &ChangeRecord) {
+    fn apply_remove(&self, record: &ChangeRecord, origin: Option<Origin>) {
         let applied = match removal(record) {
             Ok(Removal::Tombstone {
                 scope,
                 key,
                 version,
-            }) => self
-                .hub()
-                .apply(&scope, Entry::tombstone(&key, version, now_millis())),
-            Ok(Removal::AboveServed { scope, key }) => self.hub().remove_if_live(&scope, &key),
+            }) => {
+                let tombstone = Entry::tombstone(&key, version, now_millis());
+                self.hub().apply_from(&scope, tombstone, origin)
+            }
+            Ok(Removal::AboveServed { scope, key }) => {
+                self.hub().remove_if_live(&scope, &key, origin)
+            }
             Err(e) => {
                 tracing::warn!(sequence = %record.sequence, error = %e, "skipping a REMOVE record that names no configuration key");
                 SourceCounters::add(&self.ctx.counters.stream_records_skipped, 1);
@@ -119,7 +129,7 @@ impl<S: StreamApi, V: VersionWriter> Reader<S, V> {
 
     /// Applies a new image, or re-versions the item when it changed without a
     /// version bump. Returns false when the table was unavailable for that.
-    async fn apply_image(&self, parsed: ParsedItem) -> bool {
+    async fn apply_image(&self, parsed: ParsedItem, origin: Option<Origin>) -> bool {
         let ParsedItem {
             scope,
             entry,
@@ -155,7 +165,7 @@ impl<S: StreamApi, V: VersionWriter> Reader<S, V> {
                 };
             }
         }
-        if self.hub().apply(&scope, entry).is_some() {
+        if self.hub().apply_from(&scope, entry, origin).is_some() {
             SourceCounters::add(&self.ctx.counters.stream_records_applied, 1);
         }
         true

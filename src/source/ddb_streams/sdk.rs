@@ -139,6 +139,9 @@ pub fn convert_record(record: &st::Record) -> Option<ChangeRecord> {
         keys: data.keys().map(convert_image).unwrap_or_default(),
         new_image: data.new_image().map(convert_image),
         old_image: data.old_image().map(convert_image),
+        created: data
+            .approximate_creation_date_time()
+            .and_then(|t| t.to_millis().ok()),
     })
 }
 

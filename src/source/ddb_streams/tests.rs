@@ -13,6 +13,7 @@ use super::*;
 use crate::hub::{Hub, HubConfig, SharedEntry};
 use crate::model::{Entry, Scope};
 use crate::source::SourceCounters;
+use crate::source::health::SourceHealth;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -51,6 +52,7 @@ async fn start(fake: &Fake) -> Result<Setup, Box<dyn std::error::Error>> {
         settings(),
         fake.clone(),
         versions.clone(),
+        SourceHealth::detached("dynamodb-stream"),
         shutdown.clone(),
     ));
     Ok(Setup {
@@ -208,6 +210,8 @@ async fn an_expired_iterator_resumes_after_the_last_record_read() -> TestResult 
         1,
         "an expiry with a known position is no gap"
     );
+    assert_eq!(get(&s.counters.stream_iterator_renewals), 1);
+    assert_eq!(get(&s.counters.stream_shards), 1);
     s.stop().await
 }
 

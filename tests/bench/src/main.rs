@@ -69,6 +69,11 @@ pub struct Cli {
     /// profiling exactly the fan-out, e.g. `callgrind_control -i on "$2"`.
     #[arg(long, global = true)]
     pub around_changes: Option<String>,
+    /// Serve configwatch with its admin listener (on a free port) and so with its
+    /// metrics; without it the server keeps none. Compare runs with and without to
+    /// measure what the metrics cost.
+    #[arg(long, global = true)]
+    pub metrics: bool,
 }
 
 impl Cli {
@@ -81,6 +86,7 @@ impl Cli {
         Ok(peer::Binaries {
             configwatch,
             etcd: self.etcd_bin.clone(),
+            configwatch_metrics: self.metrics,
         })
     }
 }

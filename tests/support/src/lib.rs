@@ -6,6 +6,7 @@
 //!   (its address read from its first line), stopped with SIGTERM or `kill -9`;
 //!   commands that must exit by themselves.
 //! - [`http`]: a plain HTTP GET, for the admin listener.
+//! - [`metrics`]: scrapes of `/metrics` and their deltas; `promtool check metrics`.
 //! - [`token`]: tokens minted by the binary's own `token` command.
 //! - [`wait`]: waiting for a condition by polling it against a deadline, never by a
 //!   fixed sleep.
@@ -13,6 +14,7 @@
 //!   resources of the CloudFormation template (and, for a second instance, one
 //!   more queue the rule feeds: `Moto::add_event_queue`).
 //! - [`procfs`]: a process's resident memory and CPU time from `/proc`.
+//! - [`proxy`]: a TCP proxy a test can cut (resetting connections) and restore.
 //! - [`temp_dir`]: a temporary directory, removed when dropped.
 //!
 //! Boundary: this crate knows the binary's command line and output, the AWS SDK and
@@ -24,17 +26,21 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod http;
+pub mod metrics;
 #[cfg(feature = "moto")]
 pub mod moto;
 #[cfg(feature = "moto")]
 mod moto_fanout;
 pub mod process;
 pub mod procfs;
+pub mod proxy;
 pub mod token;
 pub mod wait;
 
 pub use http::{HttpAnswer, http_get};
+pub use metrics::{Scrape, promtool_check};
 pub use process::{ServerProcess, run_to_exit, serve_command, server_bin, under_file_limit};
+pub use proxy::CutProxy;
 pub use token::mint_token;
 pub use wait::{PATIENCE, eventually, poll, wait_for};
 

@@ -5,7 +5,8 @@
 //!
 //! moto_server is found through `CONFIGWATCH_MOTO_SERVER`, else on PATH;
 //! `tests/run` installs it into a virtualenv and sets the variable. This module knows
-//! the template's resources and the AWS SDK, nothing of configwatch's code.
+//! the template's resources, the AWS SDK and the flags that point `configwatch serve`
+//! at them; nothing of configwatch's code.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -107,6 +108,20 @@ impl Moto {
 
     pub async fn events(&self) -> aws_sdk_eventbridge::Client {
         aws_sdk_eventbridge::Client::new(&self.sdk_config().await)
+    }
+
+    /// Points a `configwatch serve --backend aws` command at this moto: the
+    /// resources, the root, the region, static credentials, and a stream poll
+    /// every 100 ms.
+    pub fn serve_on(&self, command: &mut Command, res: &Resources) {
+        command
+            .args(["--table", &res.table, "--queue-url", &res.queue_url])
+            .args(["--ssm-root", ROOT, "--region", REGION])
+            .args(["--stream-poll-interval", "100ms"])
+            .env("AWS_ENDPOINT_URL", &self.endpoint)
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_EC2_METADATA_DISABLED", "true");
     }
 
     /// Creates the template's table, queues and rule. `visibility` is the queue's
@@ -268,6 +283,35 @@ impl Moto {
             .await
             .expect("put events");
         assert_eq!(out.failed_entry_count, 0, "event refused: {out:?}");
+    }
+
+    /// Writes a configuration item in `table` directly, as another tool would:
+    /// tenant `tenant`, key `tenant_config_{name}`, value `true`, at `version`.
+    pub async fn put_config_item(&self, table: &str, tenant: &str, name: &str, version: u64) {
+        use aws_sdk_dynamodb::types::AttributeValue;
+        self.dynamodb()
+            .await
+            .put_item()
+            .table_name(table)
+            .item("pk", AttributeValue::S(format!("TENANT#{tenant}")))
+            .item("sk", AttributeValue::S(format!("CONFIG#{name}")))
+            .item("config", AttributeValue::Bool(true))
+            .item("version", AttributeValue::N(version.to_string()))
+            .send()
+            .await
+            .expect("put item");
+    }
+
+    /// Sends `body` to the queue as it is.
+    pub async fn send_raw_message(&self, queue_url: &str, body: &str) {
+        self.sqs()
+            .await
+            .send_message()
+            .queue_url(queue_url)
+            .message_body(body)
+            .send()
+            .await
+            .expect("send message");
     }
 }
 

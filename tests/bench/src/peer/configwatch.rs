@@ -51,12 +51,18 @@ impl Peer for Configwatch {
     async fn start(bins: &Binaries, opts: StartOptions) -> Result<Self> {
         let dir = temp_dir("configwatch")?;
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+        // An empty address turns the admin listener, and with it the metrics, off.
+        let admin = if bins.configwatch_metrics {
+            "127.0.0.1:0"
+        } else {
+            ""
+        };
         let mut args: Vec<OsString> = [
             "serve",
             "--listen",
             &addr.to_string(),
             "--admin-listen",
-            "",
+            admin,
             "--log",
             "warn",
         ]

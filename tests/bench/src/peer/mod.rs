@@ -20,10 +20,13 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::process::Process;
 
-/// The server binaries, as the command line names them.
+/// The server binaries, as the command line names them, and how configwatch runs.
 pub struct Binaries {
     pub configwatch: PathBuf,
     pub etcd: PathBuf,
+    /// configwatch serves with its admin listener on (and so keeps its metrics);
+    /// off by default, where the server keeps none.
+    pub configwatch_metrics: bool,
 }
 
 /// A started server: its process and the address its clients use.
