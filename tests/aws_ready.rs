@@ -209,6 +209,40 @@ async fn a_server_started_while_its_sources_are_cut_off_turns_ready_only_once_th
     assert!(seconds < 60.0, "{seconds}");
 }
 
+/// With AWS out of reach at start, the server waits for the table before it
+/// serves; meanwhile it is alive (`/healthz`, so a liveness probe does not kill
+/// it), not ready, and says why; once AWS answers it starts and serves.
+#[tokio::test]
+async fn a_server_that_cannot_reach_aws_at_start_is_alive_and_says_it_is_starting() {
+    let moto = Moto::start();
+    let res = moto.create_resources(Duration::from_secs(2)).await;
+    let proxy = CutProxy::to_endpoint(&moto.endpoint).await;
+    proxy.cut();
+    let dir = temp_dir();
+    let server = ServerProcess::start(aws_command(
+        dir.path(),
+        &res,
+        &[("AWS_ENDPOINT_URL", proxy.url())],
+    ))
+    .await;
+    let admin = server.admin.expect("an admin address");
+    let health = http_get(admin, "/healthz").await;
+    assert_eq!((health.status, health.body.as_str()), (200, "ok\n"));
+    let starting = readyz(admin, 503, "starting", PATIENCE).await;
+    assert_eq!(
+        starting,
+        "not ready: starting (waiting for the stores to answer)\n"
+    );
+    assert_eq!(http_get(admin, "/metrics").await.status, 503);
+
+    proxy.restore();
+    readyz(admin, 200, "ready", PATIENCE).await;
+    wait_for_health(server.addr, ServingStatus::Serving).await;
+    let reader = token(dir.path(), "acme", Role::Reader);
+    let mut client = connect(server.addr, Some(&reader)).await;
+    get_keys(&mut client, &["tenant_config_flag"]).await;
+}
+
 #[test]
 fn a_bad_source_down_grace_exits_64_before_binding() {
     let dir = temp_dir();

@@ -4,8 +4,9 @@
 //! connections at once (more are closed at once), small requests, a deadline per
 //! connection, and no keep-alive.
 //!
-//! Takes an already-bound listener, the readiness and the metrics registry, and a
-//! shutdown token; knows nothing of what the metrics count or what readiness reads.
+//! Takes an already-bound listener and a shutdown token, and later the readiness
+//! and the metrics registry of the started server; knows nothing of what the
+//! metrics count or what readiness reads.
 
 pub mod family;
 pub mod fresh;
@@ -15,7 +16,7 @@ pub mod sources;
 mod text;
 
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use hyper::server::conn::http1;
@@ -41,10 +42,31 @@ const MAX_REQUEST_BYTES: usize = 8 * 1024;
 /// Pause after a failed accept (such as descriptor exhaustion) before the next.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
-/// What the routes answer from.
+/// What the routes answer from. The listener opens before the server has reached
+/// its stores (with `--backend aws` it waits for the table to answer), so that
+/// `/healthz` answers while it waits; until [`Admin::started`] is given what the
+/// started server reads, `/readyz` and `/metrics` say it is starting.
+#[derive(Default)]
 pub struct Admin {
+    started: OnceLock<Started>,
+}
+
+/// What a started server's admin routes read.
+pub struct Started {
     pub readiness: Readiness,
     pub registry: Registry,
+}
+
+impl Admin {
+    /// Answers `/readyz` and `/metrics` from `started` from now on (the first call
+    /// only; a server starts once).
+    pub fn started(&self, started: Started) {
+        let _ = self.started.set(started);
+    }
+
+    fn get(&self) -> Option<&Started> {
+        self.started.get()
+    }
 }
 
 /// Serves the admin routes on `listener` until `stop`.

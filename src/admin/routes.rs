@@ -8,6 +8,8 @@ use http_body_util::Full;
 use super::Admin;
 
 const TEXT_TYPE: &str = "text/plain; charset=utf-8";
+/// What `/readyz` and `/metrics` say before the server has reached its stores.
+const STARTING: &str = "starting (waiting for the stores to answer)";
 
 /// The answer to one admin request.
 pub(super) fn answer<B>(admin: &Admin, request: &Request<B>) -> Response<Full<Bytes>> {
@@ -20,17 +22,29 @@ pub(super) fn answer<B>(admin: &Admin, request: &Request<B>) -> Response<Full<By
     }
     match request.uri().path() {
         "/healthz" => reply(StatusCode::OK, TEXT_TYPE, "ok\n".into()),
-        "/readyz" => match admin.readiness.check() {
-            Ok(()) => reply(StatusCode::OK, TEXT_TYPE, "ready\n".into()),
-            Err(reason) => reply(
+        "/readyz" => match admin.get().map(|s| s.readiness.check()) {
+            Some(Ok(())) => reply(StatusCode::OK, TEXT_TYPE, "ready\n".into()),
+            Some(Err(reason)) => reply(
                 StatusCode::SERVICE_UNAVAILABLE,
                 TEXT_TYPE,
                 format!("not ready: {reason}\n"),
             ),
+            None => reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                TEXT_TYPE,
+                format!("not ready: {STARTING}\n"),
+            ),
         },
         "/metrics" => {
+            let Some(started) = admin.get() else {
+                return reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    TEXT_TYPE,
+                    format!("no metrics yet: {STARTING}\n"),
+                );
+            };
             let mut text = String::new();
-            match prometheus_client::encoding::text::encode(&mut text, &admin.registry) {
+            match prometheus_client::encoding::text::encode(&mut text, &started.registry) {
                 Ok(()) => reply(
                     StatusCode::OK,
                     super::text::CONTENT_TYPE,
@@ -68,6 +82,7 @@ mod tests {
     use tokio::sync::watch;
 
     use super::*;
+    use crate::admin::Started;
     use crate::server::Readiness;
     use crate::source::health::Awaited;
     use crate::source::supervise::{SourceState, SourceStatus, SourcesState};
@@ -94,12 +109,25 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn readyz_is_503_with_the_reason_while_a_source_is_down() {
+    async fn readyz_says_starting_then_is_503_with_the_reason_while_a_source_is_down() {
         let (state, rx) = watch::channel(sources(SourceStatus::Down));
-        let admin = Admin {
+        let admin = Admin::default();
+        assert_eq!(
+            get(&admin, "/readyz").await,
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not ready: {STARTING}\n")
+            )
+        );
+        assert_eq!(
+            get(&admin, "/metrics").await.0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(get(&admin, "/healthz").await.0, StatusCode::OK);
+        admin.started(Started {
             readiness: Readiness::new(Vec::new(), Some(rx)),
             registry: Registry::default(),
-        };
+        });
         let (status, body) = get(&admin, "/readyz").await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(body, "not ready: source sqs-events down\n");

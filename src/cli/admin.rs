@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Failure, ServeArgs};
 use crate::admin::family::CounterFamily;
 use crate::admin::fresh::FreshnessMetrics;
-use crate::admin::{Admin, serve_admin};
+use crate::admin::{Admin, Started, serve_admin};
 use crate::api::WatchEnds;
 use crate::auth::Authenticator;
 use crate::hub::Hub;
@@ -60,15 +60,14 @@ pub(super) fn register_metrics(
 }
 
 /// Binds the admin listener (unless `--admin-listen` is empty), says its address on
-/// stdout after the gRPC one, and serves it until `stop`.
-pub(super) async fn start_admin(
+/// stdout after the gRPC one, and serves it until `stop`: `/healthz` at once,
+/// `/readyz` and `/metrics` once the server has started (see [`Admin::started`]).
+pub(super) async fn open_admin(
     args: &ServeArgs,
-    readiness: Readiness,
-    registry: Registry,
     stop: CancellationToken,
-) -> Result<(), Failure> {
+) -> Result<Option<Arc<Admin>>, Failure> {
     let Some(addr) = args.admin_addr()? else {
-        return Ok(());
+        return Ok(None);
     };
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -77,10 +76,17 @@ pub(super) async fn start_admin(
         .local_addr()
         .map_err(|e| Failure::error(format!("cannot read the bound admin address: {e}")))?;
     super::serve::announce(&format!("admin listening on {addr}"));
-    let admin = Arc::new(Admin {
-        readiness,
-        registry,
-    });
-    tokio::spawn(serve_admin(listener, admin, stop));
-    Ok(())
+    let admin = Arc::new(Admin::default());
+    tokio::spawn(serve_admin(listener, admin.clone(), stop));
+    Ok(Some(admin))
+}
+
+/// Turns the admin routes to the started server's readiness and metrics.
+pub(super) fn admin_started(admin: Option<&Arc<Admin>>, readiness: Readiness, registry: Registry) {
+    if let Some(admin) = admin {
+        admin.started(Started {
+            readiness,
+            registry,
+        });
+    }
 }

@@ -2,15 +2,18 @@
 //! the authenticator, the API settings and the server, starts the sources, and
 //! serves until SIGINT or SIGTERM. The only code that knows every part.
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use super::admin::{register_metrics, start_admin};
+use super::admin::{admin_started, open_admin, register_metrics};
 use super::{AwsArgs, Failure, IdentityArgs, LogFormat, ServeArgs, open_key};
+use crate::admin::Admin;
 use crate::admin::sources::SourceMetrics;
 use crate::api::{Limits, WatchEnds, WatchSettings};
 use crate::auth::jwks::{JwksKeySource, JwksSettings};
@@ -163,6 +166,15 @@ pub(super) async fn run_serve(args: ServeArgs) -> Result<(), Failure> {
         history_limit: args.history,
         track_delivery: metrics_on,
     };
+    // On AWS both ports open before the server reaches AWS (it waits for the table
+    // to answer, as long as it takes): calls wait in the listen queue until it
+    // serves, and the admin listener answers /healthz (alive) and /readyz
+    // (starting) meanwhile. The embedded store is open already: the ports open
+    // once the server serves.
+    let early = match aws {
+        Some(_) => Some(open_ports(&args, &stop).await?),
+        None => None,
+    };
     let mut registry = Registry::default();
     let (router, hub, sources) = match (embedded, &aws) {
         (Some(store), _) => {
@@ -224,15 +236,11 @@ pub(super) async fn run_serve(args: ServeArgs) -> Result<(), Failure> {
         // Without an admin listener nobody reads the call counts: no layer counts them.
         rpc_metrics: metrics_on.then_some(rpc_metrics),
     };
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .map_err(|e| Failure::error(format!("cannot listen on {}: {e}", args.listen)))?;
-    let addr = listener
-        .local_addr()
-        .map_err(|e| Failure::error(format!("cannot read the bound address: {e}")))?;
-    // One line on stdout, for scripts that start the server on port 0.
-    announce(&format!("listening on {addr}"));
-    start_admin(&args, app.readiness(), registry, stop.child_token()).await?;
+    let (listener, addr, admin) = match early {
+        Some(ports) => ports,
+        None => open_ports(&args, &stop).await?,
+    };
+    admin_started(admin.as_ref(), app.readiness(), registry);
     match &aws {
         None => {
             tracing::info!(%addr, data_dir = %args.data_dir.display(), "configwatch serving on the embedded store")
@@ -252,6 +260,23 @@ pub(super) async fn run_serve(args: ServeArgs) -> Result<(), Failure> {
     signals.abort();
     stop.cancel();
     served.map_err(|e| Failure::error(e.to_string()))
+}
+
+/// Binds the gRPC listener and says its address (one line on stdout, for scripts
+/// that start the server on port 0), then opens the admin listener.
+async fn open_ports(
+    args: &ServeArgs,
+    stop: &CancellationToken,
+) -> Result<(TcpListener, SocketAddr, Option<Arc<Admin>>), Failure> {
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| Failure::error(format!("cannot listen on {}: {e}", args.listen)))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Failure::error(format!("cannot read the bound address: {e}")))?;
+    announce(&format!("listening on {addr}"));
+    let admin = open_admin(args, stop.child_token()).await?;
+    Ok((listener, addr, admin))
 }
 
 /// Descriptors kept for everything but client connections (store files, AWS

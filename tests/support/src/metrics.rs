@@ -22,9 +22,19 @@ pub struct Scrape {
 }
 
 impl Scrape {
-    /// Scrapes `/metrics` on the admin listener at `admin`.
+    /// Scrapes `/metrics` on the admin listener at `admin`, once the server has
+    /// started (on AWS the admin listener answers while the server still waits for
+    /// the table, with no metrics yet).
     pub async fn take(admin: SocketAddr) -> Scrape {
-        let answer = http_get(admin, "/metrics").await;
+        let answer = crate::eventually(
+            crate::PATIENCE,
+            || "the server to start and serve its metrics".into(),
+            || async {
+                let answer = http_get(admin, "/metrics").await;
+                (!answer.body.starts_with("no metrics yet")).then_some(answer)
+            },
+        )
+        .await;
         assert_eq!(answer.status, 200, "{answer:?}");
         let series = answer
             .body

@@ -15,7 +15,7 @@ use super::*;
 use std::cell::Cell;
 
 use configwatch_test_support::moto::{Moto, REGION, ROOT, Resources};
-use configwatch_test_support::{PATIENCE, http_get};
+use configwatch_test_support::{PATIENCE, Scrape};
 use tokio_util::sync::CancellationToken;
 
 mod changes;
@@ -272,17 +272,12 @@ fn admin_of(server: &Server) -> SocketAddr {
         .expect("the instance's admin listener")
 }
 
-/// `configwatch_watch_streams_open` of the instance whose admin listener is `admin`.
+/// `configwatch_watch_streams_open` of the instance whose admin listener is `admin`
+/// (once it has started: it opens its ports before it reaches AWS).
 async fn streams_open(admin: SocketAddr) -> u64 {
-    let answer = http_get(admin, "/metrics").await;
-    assert_eq!(answer.status, 200, "{answer:?}");
-    answer
-        .body
-        .lines()
-        .find_map(|l| l.strip_prefix("configwatch_watch_streams_open "))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .map(|v| v as u64)
-        .unwrap_or_else(|| panic!("no configwatch_watch_streams_open in {}", answer.body))
+    Scrape::take(admin)
+        .await
+        .value("configwatch_watch_streams_open") as u64
 }
 
 /// Waits until the instance whose admin listener is `admin` has `n` Watch streams
