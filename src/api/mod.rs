@@ -31,7 +31,7 @@ use crate::proto::config_service_server::ConfigService;
 use crate::store::{Router, Write};
 
 pub use conn::ConnInfo;
-pub use watch::{EndLine, WatchEnds, WatchStream};
+pub use watch::{EndLine, WatchCalls, WatchEnds, WatchStream};
 
 /// Prefixes in one Get or Watch, unless configured.
 pub const DEFAULT_MAX_PREFIXES: usize = 64;
@@ -455,14 +455,17 @@ impl ConfigService for ConfigApi {
             .acquire(scope.tenant_id())
             .await
             .ok_or_else(|| Status::unavailable("the server is shutting down"))?;
-        let waiting = budget.as_ref().map(budget::StreamBudget::waiting);
-        let log = EndLine::new(scope.clone(), req.prefixes.len(), waiting)
-            .counted_in(self.watch.ends.clone());
+        let prefixes = req.prefixes.len();
         let sub = self
             .hub
             .subscribe(&scope, PrefixSet::new(req.prefixes), resume, &known)
             .await?;
         drop(slot);
+        // From here the stream runs: its end is logged and counted (a refusal
+        // above is an error reply, counted with every call's).
+        let waiting = budget.as_ref().map(budget::StreamBudget::waiting);
+        let log =
+            EndLine::new(scope.clone(), prefixes, waiting).counted_in(self.watch.ends.clone());
         tracing::debug!(%scope, subject = %id.subject, mode = ?sub.mode, known = sent, "watch started");
         let mut response = Response::new(WatchStream::new(
             sub,

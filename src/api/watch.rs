@@ -26,7 +26,7 @@ use tonic::Status;
 mod end;
 
 use end::EndReason;
-pub use end::{EndLine, WatchEnds};
+pub use end::{EndLine, WatchCalls, WatchEnds};
 
 use super::frame::WatchFrame;
 use super::{Shutdown, WatchSettings};

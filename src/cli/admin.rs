@@ -60,14 +60,16 @@ pub(super) fn register_metrics(
 }
 
 /// Binds the admin listener (unless `--admin-listen` is empty), says its address on
-/// stdout after the gRPC one, and serves it until `stop`: `/healthz` at once,
-/// `/readyz` and `/metrics` once the server has started (see [`Admin::started`]).
+/// stdout after the gRPC one, and serves `admin` on it until `stop`: `/healthz` at
+/// once, `/readyz` and `/metrics` once the server has started (see
+/// [`Admin::started`]).
 pub(super) async fn open_admin(
     args: &ServeArgs,
+    admin: Arc<Admin>,
     stop: CancellationToken,
-) -> Result<Option<Arc<Admin>>, Failure> {
+) -> Result<(), Failure> {
     let Some(addr) = args.admin_addr()? else {
-        return Ok(None);
+        return Ok(());
     };
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -76,17 +78,14 @@ pub(super) async fn open_admin(
         .local_addr()
         .map_err(|e| Failure::error(format!("cannot read the bound admin address: {e}")))?;
     super::serve::announce(&format!("admin listening on {addr}"));
-    let admin = Arc::new(Admin::default());
-    tokio::spawn(serve_admin(listener, admin.clone(), stop));
-    Ok(Some(admin))
+    tokio::spawn(serve_admin(listener, admin, stop));
+    Ok(())
 }
 
 /// Turns the admin routes to the started server's readiness and metrics.
-pub(super) fn admin_started(admin: Option<&Arc<Admin>>, readiness: Readiness, registry: Registry) {
-    if let Some(admin) = admin {
-        admin.started(Started {
-            readiness,
-            registry,
-        });
-    }
+pub(super) fn admin_started(admin: &Admin, readiness: Readiness, registry: Registry) {
+    admin.started(Started {
+        readiness,
+        registry,
+    });
 }

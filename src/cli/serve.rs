@@ -171,8 +171,9 @@ pub(super) async fn run_serve(args: ServeArgs) -> Result<(), Failure> {
     // serves, and the admin listener answers /healthz (alive) and /readyz
     // (starting) meanwhile. The embedded store is open already: the ports open
     // once the server serves.
+    let admin = Arc::new(Admin::default());
     let early = match aws {
-        Some(_) => Some(open_ports(&args, &stop).await?),
+        Some(_) => Some(open_ports(&args, &admin, &stop).await?),
         None => None,
     };
     let mut registry = Registry::default();
@@ -208,7 +209,12 @@ pub(super) async fn run_serve(args: ServeArgs) -> Result<(), Failure> {
     ));
     let auth = Arc::new(auth);
     let rpc_metrics = Arc::new(RpcMetrics::default());
-    let watch_ends = Arc::<WatchEnds>::default();
+    // A Watch stream counts its own call when it ends (the layer does not wrap it).
+    let watch_ends = Arc::new(if metrics_on {
+        WatchEnds::with_calls(rpc_metrics.clone())
+    } else {
+        WatchEnds::default()
+    });
     register_metrics(&mut registry, &rpc_metrics, &auth, &hub, &watch_ends);
     let app = App {
         hub,
@@ -236,11 +242,13 @@ pub(super) async fn run_serve(args: ServeArgs) -> Result<(), Failure> {
         // Without an admin listener nobody reads the call counts: no layer counts them.
         rpc_metrics: metrics_on.then_some(rpc_metrics),
     };
-    let (listener, addr, admin) = match early {
+    // Started before the ports open, where they open now: the first scrape or
+    // readiness check already sees the server.
+    admin_started(&admin, app.readiness(), registry);
+    let (listener, addr) = match early {
         Some(ports) => ports,
-        None => open_ports(&args, &stop).await?,
+        None => open_ports(&args, &admin, &stop).await?,
     };
-    admin_started(admin.as_ref(), app.readiness(), registry);
     match &aws {
         None => {
             tracing::info!(%addr, data_dir = %args.data_dir.display(), "configwatch serving on the embedded store")
@@ -263,11 +271,12 @@ pub(super) async fn run_serve(args: ServeArgs) -> Result<(), Failure> {
 }
 
 /// Binds the gRPC listener and says its address (one line on stdout, for scripts
-/// that start the server on port 0), then opens the admin listener.
+/// that start the server on port 0), then opens the admin listener on `admin`.
 async fn open_ports(
     args: &ServeArgs,
+    admin: &Arc<Admin>,
     stop: &CancellationToken,
-) -> Result<(TcpListener, SocketAddr, Option<Arc<Admin>>), Failure> {
+) -> Result<(TcpListener, SocketAddr), Failure> {
     let listener = TcpListener::bind(args.listen)
         .await
         .map_err(|e| Failure::error(format!("cannot listen on {}: {e}", args.listen)))?;
@@ -275,8 +284,8 @@ async fn open_ports(
         .local_addr()
         .map_err(|e| Failure::error(format!("cannot read the bound address: {e}")))?;
     announce(&format!("listening on {addr}"));
-    let admin = open_admin(args, stop.child_token()).await?;
-    Ok((listener, addr, admin))
+    open_admin(args, admin.clone(), stop.child_token()).await?;
+    Ok((listener, addr))
 }
 
 /// Descriptors kept for everything but client connections (store files, AWS

@@ -2,7 +2,9 @@
 //! latency of unary calls by method, and the Watch streams open. A call is counted
 //! when its reply body ends (the status in its trailers), or when it is dropped
 //! before (CANCELLED: the client went away); a refusal before any handler (a
-//! trailers-only reply) is counted with its status too.
+//! trailers-only reply) is counted with its status too. A Watch whose stream
+//! started is the exception: its reply passes through unwrapped, and the stream
+//! tells [`RpcMetrics`] (as `api::WatchCalls`) when it starts and how it ends.
 //!
 //! Labels are bounded: the method is one of the API's RPCs, `Health`, or `other`;
 //! the code one of gRPC's 17. Knows the gRPC wire (paths, `grpc-status`), not what
@@ -151,9 +153,10 @@ where
         Box::pin(async move {
             let response = call.await?;
             let header_code = code_of(response.headers().get("grpc-status"));
-            let watch_open = method == "Watch" && header_code.is_none();
-            if watch_open {
-                metrics.watch_streams_open.inc();
+            if method == "Watch" && header_code.is_none() {
+                // A Watch stream that started counts itself when it ends (see
+                // `WatchCalls`): its messages pass unwrapped.
+                return Ok(response);
             }
             let record = CallRecord {
                 metrics,
@@ -162,7 +165,6 @@ where
                 header_code,
                 trailer_code: None,
                 finished: false,
-                watch_open,
             };
             Ok(response.map(|body| {
                 tonic::body::Body::new(Counted {
@@ -174,6 +176,24 @@ where
     }
 }
 
+/// The Watch streams that started are counted by the streams themselves.
+impl crate::api::WatchCalls for RpcMetrics {
+    fn opened(&self) {
+        self.watch_streams_open.inc();
+    }
+
+    fn ended(&self, code: tonic::Code) {
+        let code = CODES.get(code as usize).copied().unwrap_or("UNKNOWN");
+        self.calls
+            .get_or_create(&CallLabels {
+                method: "Watch",
+                code,
+            })
+            .inc();
+        self.watch_streams_open.dec();
+    }
+}
+
 /// What is known of a call until its reply ends; counted once, when dropped.
 struct CallRecord {
     metrics: Arc<RpcMetrics>,
@@ -182,7 +202,6 @@ struct CallRecord {
     header_code: Option<&'static str>,
     trailer_code: Option<&'static str>,
     finished: bool,
-    watch_open: bool,
 }
 
 impl Drop for CallRecord {
@@ -205,9 +224,6 @@ impl Drop for CallRecord {
                 .latency
                 .get_or_create(&MethodLabels { method })
                 .observe(self.started.elapsed().as_secs_f64());
-        }
-        if self.watch_open {
-            self.metrics.watch_streams_open.dec();
         }
     }
 }

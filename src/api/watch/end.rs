@@ -5,7 +5,8 @@
 //! additions, nothing else on the delivery path) and of the status it ends with.
 //! The line is written when the stream is dropped, the only moment that also sees
 //! a client that went away, and counted then in [`WatchEnds`] by its reason (a
-//! fixed set of five). Knows the scope and a gRPC code; nothing of the hub.
+//! fixed set of five), and as a call by its status through [`WatchCalls`]. Knows
+//! the scope and a gRPC code; nothing of the hub or of the metrics exporter.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -62,15 +63,47 @@ impl EndReason {
     }
 }
 
-/// Watch streams ended so far, by reason.
-#[derive(Debug, Default)]
+/// Where the server counts Watch calls (by the status they end with, and the
+/// streams open), told by each stream itself: a stream knows how it ended, so no
+/// layer has to wrap its reply body (which would cost every message of every
+/// Watch a call through one more boxed body).
+pub trait WatchCalls: Send + Sync + 'static {
+    /// A Watch stream started.
+    fn opened(&self);
+    /// A Watch stream ended with a status of `code` (CANCELLED when the client
+    /// went away).
+    fn ended(&self, code: tonic::Code);
+}
+
+/// Watch streams ended so far, by reason; and where their calls are counted.
+#[derive(Default)]
 pub struct WatchEnds {
     counts: [AtomicU64; EndReason::ALL.len()],
+    calls: Option<Arc<dyn WatchCalls>>,
+}
+
+impl std::fmt::Debug for WatchEnds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WatchEnds")
+            .field("counts", &self.counts)
+            .finish_non_exhaustive()
+    }
 }
 
 impl WatchEnds {
-    fn count(&self, reason: EndReason) {
+    /// Also tells `calls` of every Watch stream that starts and ends.
+    pub fn with_calls(calls: Arc<dyn WatchCalls>) -> Self {
+        WatchEnds {
+            counts: Default::default(),
+            calls: Some(calls),
+        }
+    }
+
+    fn count(&self, reason: EndReason, code: tonic::Code) {
         self.counts[reason as usize].fetch_add(1, Ordering::Relaxed);
+        if let Some(calls) = &self.calls {
+            calls.ended(code);
+        }
     }
 
     /// Each reason's label with its count.
@@ -113,8 +146,13 @@ impl EndLine {
         }
     }
 
-    /// Counts the ending in `ends` as well as logging it.
+    /// Counts the stream as open in `ends` now, and its ending when it ends, as
+    /// well as logging it. For a stream that has started: a Watch refused before
+    /// is counted by the server's call metrics as any refused call.
     pub fn counted_in(mut self, ends: Arc<WatchEnds>) -> Self {
+        if let Some(calls) = &ends.calls {
+            calls.opened();
+        }
         self.ends = Some(ends);
         self
     }
@@ -157,7 +195,7 @@ impl Drop for EndLine {
     fn drop(&mut self) {
         let (reason, code) = self.reason();
         if let Some(ends) = &self.ends {
-            ends.count(reason);
+            ends.count(reason, code.unwrap_or(tonic::Code::Cancelled));
         }
         tracing::info!(
             tenant = self.scope.tenant_id(),
