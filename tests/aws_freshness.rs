@@ -13,7 +13,6 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_ssm::types::ParameterType;
 use common::*;
 use configwatch::auth::Role;
@@ -107,17 +106,7 @@ async fn a_dynamodb_change_and_an_api_write_are_timed_from_their_sources() {
 
     // Made in the table by another tool: timed from the stream record.
     let started = Instant::now();
-    moto.dynamodb()
-        .await
-        .put_item()
-        .table_name(&res.table)
-        .item("pk", AttributeValue::S("TENANT#acme".into()))
-        .item("sk", AttributeValue::S("CONFIG#flag".into()))
-        .item("config", AttributeValue::Bool(true))
-        .item("version", AttributeValue::N("1".into()))
-        .send()
-        .await
-        .unwrap();
+    moto.put_config_item(&res.table, "acme", "flag", 1).await;
     let got = changes(&mut w, 1).await;
     assert_eq!(summary(&got), [("tenant_config_flag".into(), 1, false)]);
     let after = Scrape::take(admin).await.series;

@@ -12,7 +12,6 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_ssm::types::ParameterType;
 use common::*;
 use configwatch::auth::Role;
@@ -116,17 +115,7 @@ async fn sources_cut_off_turn_not_ready_within_the_grace_and_ready_again_losing_
     wait_for_health(server.addr, ServingStatus::NotServing).await;
 
     // Changes made while the server cannot see them.
-    moto.dynamodb()
-        .await
-        .put_item()
-        .table_name(&res.table)
-        .item("pk", AttributeValue::S("TENANT#acme".into()))
-        .item("sk", AttributeValue::S("CONFIG#flag".into()))
-        .item("config", AttributeValue::Bool(true))
-        .item("version", AttributeValue::N("1".into()))
-        .send()
-        .await
-        .unwrap();
+    moto.put_config_item(&res.table, "acme", "flag", 1).await;
     let url = format!("{ROOT}/acme/db/url");
     moto.ssm()
         .await
