@@ -2,6 +2,7 @@
 // next one when the server it uses dies, resumes there from what it holds, and a
 // refused token or permission never moves it.
 import assert from 'node:assert/strict';
+import * as net from 'node:net';
 import { test } from 'node:test';
 
 import type { AddressChangedInfo, ConnectedInfo, ReconnectingInfo, StoreChange } from '../src';
@@ -84,6 +85,56 @@ test('two servers of different stores: the one in use dies, the client moves to 
   assert.equal(client.has('tenant_config_gone'), false);
   assert.equal(client.has('param_config_b'), false);
 });
+
+test('the same store behind the next address: the client resumes there by digest, with nothing resent', async (t) => {
+  const h = new Harness(t);
+  const a = await h.server();
+  for (const k of ['a', 'b', 'c']) await a.put(TENANT, `tenant_config_${k}`, k);
+  // B is the same data directory served on another port once A is gone (one process
+  // at a time holds the store): another address, the same store.
+  const portB = await freePort();
+  const client = await h.client({
+    addresses: [a.url, `http://127.0.0.1:${portB}`],
+    randomStart: false,
+    tenant: TENANT,
+    token: () => a.token(TENANT),
+  });
+  const syncs: ConnectedInfo[] = [];
+  const storeChanges: StoreChange[] = [];
+  client.on('connected', (i) => syncs.push(i));
+  client.on('storeChanged', (i) => storeChanges.push(i));
+  let changes = 0;
+  client.on('change', () => changes++);
+  await client.ready({ timeoutMs: 10_000 });
+  assert.equal(changes, 3);
+  await a.kill('SIGKILL');
+  const b = await h.server(a.dataDir, portB);
+  await converged(client, b, TENANT);
+  assert.equal(client.address, b.url);
+  // Not a full state: the digest of what the client holds matched, and nothing came again.
+  assert.deepEqual(
+    syncs.map((s) => [s.mode, s.changes]),
+    [
+      ['full', 3],
+      ['diff', 0],
+    ],
+  );
+  assert.equal(changes, 3);
+  assert.deepEqual(storeChanges, []);
+  // And it follows B from there.
+  await b.put(TENANT, 'tenant_config_a', 'again');
+  await waitFor(() => client.get('tenant_config_a')?.value === 'again', 10_000, () => 'the write on B');
+});
+
+/** A port free on 127.0.0.1 now (for a server started later on it). */
+async function freePort(): Promise<number> {
+  const server = net.createServer();
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const address = server.address();
+  await new Promise((resolve) => server.close(resolve));
+  assert.ok(address !== null && typeof address === 'object');
+  return address.port;
+}
 
 test('every address down: the client goes round them, waiting the backoff after each full round, and syncs when one is back', async (t) => {
   const h = new Harness(t);
