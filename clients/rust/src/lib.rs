@@ -60,6 +60,7 @@ mod changes;
 mod client;
 mod error;
 mod guard;
+mod servers;
 mod snapshot;
 mod token;
 mod watch;

@@ -93,7 +93,7 @@ pub struct Client {
 impl fmt::Debug for Client {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Client")
-            .field("server", &self.shared.server)
+            .field("servers", &self.shared.servers)
             .field("tenant", &self.shared.tenant)
             .field("prefixes", &self.shared.prefixes)
             .finish_non_exhaustive()
@@ -117,6 +117,17 @@ impl Client {
         tokens: impl TokenSource,
     ) -> ClientBuilder {
         ClientBuilder::new(server, tenant, tokens)
+    }
+
+    /// The URL of the server the watch uses now (or is trying): one of
+    /// [`servers`](Self::servers). It changes when that server fails the watch.
+    pub fn server(&self) -> String {
+        self.shared.server().to_owned()
+    }
+
+    /// The servers the watch goes through, in order.
+    pub fn servers(&self) -> &[String] {
+        &self.shared.servers
     }
 
     /// The tenant this cache belongs to.
