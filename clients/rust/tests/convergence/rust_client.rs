@@ -17,6 +17,17 @@ impl RustClient {
         token_file: &Path,
         prefixes: Vec<String>,
     ) -> Result<RustClient, String> {
+        Self::start_with(name, url, token_file, prefixes, |b| b).await
+    }
+
+    /// [`start`](Self::start) with more settings made by `configure`.
+    pub(crate) async fn start_with(
+        name: String,
+        url: &str,
+        token_file: &Path,
+        prefixes: Vec<String>,
+        configure: impl FnOnce(ClientBuilder) -> ClientBuilder,
+    ) -> Result<RustClient, String> {
         let file = token_file.to_owned();
         let tokens = move || {
             let file = file.clone();
@@ -26,10 +37,11 @@ impl RustClient {
                     .map(|t| t.trim().to_owned())
             }
         };
-        let client = Client::builder(url, TENANT, tokens)
+        let builder = Client::builder(url, TENANT, tokens)
             .prefixes(prefixes.clone())
             .backoff(fast_backoff())
-            .idle_timeout(IDLE_TIMEOUT)
+            .idle_timeout(IDLE_TIMEOUT);
+        let client = configure(builder)
             .start()
             .await
             .map_err(|e| format!("{name}: {e}"))?;

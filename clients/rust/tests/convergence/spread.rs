@@ -62,7 +62,10 @@ async fn watchers_spread_to_a_second_instance_and_miss_no_change() {
     let mut a = instance(&moto, &data_dir, dir.path().join("a"));
     let mut b = instance(&moto, &data_dir, dir.path().join("b"));
     let a_addr = a
-        .start_with(4096, &aws_flags(&res, &res.queue_url))
+        .start_with(
+            4096,
+            &[aws_flags(&res, &res.queue_url), MAX_AGE.to_vec()].concat(),
+        )
         .await
         .unwrap();
     // One signing key for both: the data directory holds nothing else on AWS.
@@ -119,7 +122,10 @@ async fn watchers_spread_to_a_second_instance_and_miss_no_change() {
             .await
             .unwrap();
         let b_addr = b
-            .start_with(4096, &aws_flags(&res, &b_queue))
+            .start_with(
+                4096,
+                &[aws_flags(&res, &b_queue), MAX_AGE.to_vec()].concat(),
+            )
             .await
             .unwrap();
         b_tx.send_replace(Some(b_addr));
@@ -224,7 +230,7 @@ fn watches(i: usize) -> Vec<String> {
 }
 
 /// A server on the AWS backend of `moto`, logging into `logs`.
-fn instance(moto: &Moto, data_dir: &Path, logs: PathBuf) -> Server {
+pub(super) fn instance(moto: &Moto, data_dir: &Path, logs: PathBuf) -> Server {
     std::fs::create_dir_all(&logs).unwrap();
     let mut server = Server::new(data_dir.to_owned(), logs);
     server.env = [
@@ -239,9 +245,10 @@ fn instance(moto: &Moto, data_dir: &Path, logs: PathBuf) -> Server {
     server
 }
 
-/// The flags of an instance reading `res` with its own `queue`.
-fn aws_flags<'a>(res: &'a Resources, queue: &'a str) -> Vec<&'a str> {
-    let mut flags = vec![
+/// The flags of an instance reading `res` with its own `queue`, without a maximum
+/// connection age.
+pub(super) fn aws_flags<'a>(res: &'a Resources, queue: &'a str) -> Vec<&'a str> {
+    vec![
         "--backend",
         "aws",
         "--table",
@@ -259,12 +266,10 @@ fn aws_flags<'a>(res: &'a Resources, queue: &'a str) -> Vec<&'a str> {
         "10m",
         "--admin-listen",
         "127.0.0.1:0",
-    ];
-    flags.extend_from_slice(MAX_AGE);
-    flags
+    ]
 }
 
-fn admin_of(server: &Server) -> SocketAddr {
+pub(super) fn admin_of(server: &Server) -> SocketAddr {
     server
         .process
         .as_ref()
@@ -274,7 +279,7 @@ fn admin_of(server: &Server) -> SocketAddr {
 
 /// `configwatch_watch_streams_open` of the instance whose admin listener is `admin`
 /// (once it has started: it opens its ports before it reaches AWS).
-async fn streams_open(admin: SocketAddr) -> u64 {
+pub(super) async fn streams_open(admin: SocketAddr) -> u64 {
     Scrape::take(admin)
         .await
         .value("configwatch_watch_streams_open") as u64
@@ -282,7 +287,7 @@ async fn streams_open(admin: SocketAddr) -> u64 {
 
 /// Waits until the instance whose admin listener is `admin` has `n` Watch streams
 /// open (all of the watchers: none is between two connections).
-async fn wait_for_streams(admin: SocketAddr, n: u64, what: &str) {
+pub(super) async fn wait_for_streams(admin: SocketAddr, n: u64, what: &str) {
     let last = Cell::new(0);
     let reached = poll(PATIENCE, || async {
         last.set(streams_open(admin).await);
