@@ -1,7 +1,9 @@
-//! The connection to the server: the server URL made into a lazy tonic channel
-//! (scheme, TLS, connect timeout, HTTP/2 keepalives), the gRPC client on it, its
-//! renewal after a silent stream, and the `authorization` header from the token
-//! source. Knows nothing of the cache or the watch protocol.
+//! The connection to the server: a server URL made into a lazy tonic channel
+//! (scheme, TLS, connect timeout, HTTP/2 keepalives), the gRPC client on it, which
+//! server of the list is in use (moving to another, or renewing the connection after
+//! a silent stream, makes a new channel), and the `authorization` header from the
+//! token source. Knows nothing of the cache or the watch protocol, nor when to move
+//! (`servers.rs` and the watch decide).
 
 use std::fmt;
 use std::sync::{Arc, MutexGuard};

@@ -5,7 +5,7 @@
 //! - `status.rs`: [`State`], [`Source`], [`Status`]: how current the cache is.
 //! - `secrets.rs`: [`Client::read_secret`], a `Get` on demand, never cached.
 //! - `shared.rs`: the state the handle shares with the background watch task.
-//! - `connection.rs`: the channel to the server and the `authorization` header.
+//! - `connection.rs`: the channel to the server in use and the `authorization` header.
 
 mod builder;
 mod connection;

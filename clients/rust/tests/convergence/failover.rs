@@ -150,9 +150,7 @@ async fn clients_move_to_the_other_instance_when_theirs_is_killed_and_resume_wit
         after_writes(phase_end).await;
 
         // 2. A comes back on its address; nobody needs it yet.
-        a.start_with(4096, &aws_flags(&res, &res.queue_url))
-            .await
-            .unwrap();
+        restart(&mut a, &aws_flags(&res, &res.queue_url)).await;
         ready(&a).await;
         target.send_replace(a_addr);
         phase_end += WRITES_PER_PHASE;
@@ -220,6 +218,21 @@ fn prefixes(i: usize) -> Vec<String> {
         vec!["tenant_config_a".into(), "tenant_config_fo1".into()]
     } else {
         Vec::new()
+    }
+}
+
+/// Starts `server` again on its port, which a killed process may leave unbindable
+/// for a moment.
+async fn restart(server: &mut Server, flags: &[&str]) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        match server.start_with(4096, flags).await {
+            Ok(_) => return,
+            Err(e) if e.contains("in use") && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("restarting on port {}: {e}", server.port),
+        }
     }
 }
 
