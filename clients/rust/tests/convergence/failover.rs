@@ -12,12 +12,8 @@
 
 use super::*;
 
-use configwatch_client::SyncMode;
-use configwatch_test_support::moto::Moto;
 use configwatch_test_support::{PATIENCE, http_get};
 use tokio_util::sync::CancellationToken;
-
-use super::spread::{admin_of, aws_flags, instance, wait_for_streams};
 
 const CLIENTS: usize = 6;
 /// The keys the writer changes (DynamoDB, whose stream both instances read).
@@ -33,21 +29,15 @@ const WRITES_PER_PHASE: usize = 40;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_move_to_the_other_instance_when_theirs_is_killed_and_resume_without_resend() {
     let dir = temp_dir();
-    let seed: u64 = std::env::var("CONFIGWATCH_CONVERGENCE_SEED")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or_else(|| rand::rng().random());
-    eprintln!("failover: seed {seed} (replay with CONFIGWATCH_CONVERGENCE_SEED={seed})");
+    let seed = seed_from_env("failover");
     let started = Instant::now();
-    let moto = Moto::start();
-    let res = moto.create_resources(Duration::from_secs(2)).await;
-    let b_queue = moto
-        .add_event_queue("configwatch-parameter-changes-b", Duration::from_secs(2))
-        .await;
-
-    let data_dir = dir.path().join("data");
-    let mut a = instance(&moto, &data_dir, dir.path().join("a"));
-    let mut b = instance(&moto, &data_dir, dir.path().join("b"));
+    let Instances {
+        res,
+        b_queue,
+        mut a,
+        mut b,
+        moto: _moto,
+    } = Instances::new(dir.path()).await;
     let a_addr = a
         .start_with(4096, &aws_flags(&res, &res.queue_url))
         .await
@@ -65,14 +55,7 @@ async fn clients_move_to_the_other_instance_when_theirs_is_killed_and_resume_wit
     ready(&b).await;
     let (a_url, b_url) = (format!("http://{a_addr}"), format!("http://{b_addr}"));
 
-    let token_file = dir.path().join("reader.token");
-    let reader = mint_token(&server_bin(), &data_dir, TENANT, "reader", "10m")
-        .await
-        .unwrap();
-    std::fs::write(&token_file, reader).unwrap();
-    let writer_token = mint_token(&server_bin(), &data_dir, TENANT, "writer", "10m")
-        .await
-        .unwrap();
+    let (token_file, writer_token) = tokens(dir.path()).await;
 
     // Both URLs in one setting, as an environment variable would hold them; A first
     // and taken first, so that killing A moves every client.
@@ -87,7 +70,7 @@ async fn clients_move_to_the_other_instance_when_theirs_is_killed_and_resume_wit
             .unwrap();
         rust.push(client);
     }
-    on(&rust, &a_url, 1, "at start").await;
+    on(&rust, &a_url, 1, "the start").await;
     wait_for_streams(admin_of(&a), CLIENTS as u64, "every client on A").await;
 
     // The writer writes through B while A dies, then through A while B dies.
@@ -138,14 +121,7 @@ async fn clients_move_to_the_other_instance_when_theirs_is_killed_and_resume_wit
         after_writes(phase_end).await;
 
         // 1. A dies under the clients: each moves to B and resumes there.
-        let t = Instant::now();
-        a.kill().await;
-        on(&rust, &b_url, 2, "after A was killed").await;
-        eprintln!(
-            "failover: every client on B {} ms after A was killed",
-            t.elapsed().as_millis()
-        );
-        wait_for_streams(admin_of(&b), CLIENTS as u64, "every client on B").await;
+        kill_under(&rust, &mut a, (&b, &b_url), 2, "A was killed").await;
         phase_end += WRITES_PER_PHASE;
         after_writes(phase_end).await;
 
@@ -157,14 +133,7 @@ async fn clients_move_to_the_other_instance_when_theirs_is_killed_and_resume_wit
         after_writes(phase_end).await;
 
         // 3. B dies too: each client moves back to A.
-        let t = Instant::now();
-        b.kill().await;
-        on(&rust, &a_url, 3, "after B was killed").await;
-        eprintln!(
-            "failover: every client back on A {} ms after B was killed",
-            t.elapsed().as_millis()
-        );
-        wait_for_streams(admin_of(&a), CLIENTS as u64, "every client back on A").await;
+        kill_under(&rust, &mut b, (&a, &a_url), 3, "B was killed").await;
         phase_end += WRITES_PER_PHASE;
         after_writes(phase_end).await;
     };
@@ -182,24 +151,7 @@ async fn clients_move_to_the_other_instance_when_theirs_is_killed_and_resume_wit
 
     // Each client synced three times (A, B, A again) and was never sent a full state
     // after its first, which was empty: both moves resumed by what it held.
-    let mut report = String::new();
-    for c in &rust {
-        let status = c.client.status();
-        let recorded = c.recorder.lock().unwrap();
-        assert!(status.syncs >= 3, "{}: {status:?}", c.name);
-        assert!(
-            !recorded.causes.contains_key("Full"),
-            "{}: a full state after the first: {:?}",
-            c.name,
-            recorded.causes
-        );
-        assert_ne!(status.last_sync_mode, Some(SyncMode::Full), "{}", c.name);
-        let _ = write!(
-            report,
-            " {}: {} syncs {:?};",
-            c.name, status.syncs, recorded.causes
-        );
-    }
+    let report = resumed_every_time(&rust, 3);
     eprintln!(
         "failover: passed in {:.1} s ({} writes);{report}",
         started.elapsed().as_secs_f64(),
@@ -219,6 +171,28 @@ fn prefixes(i: usize) -> Vec<String> {
     } else {
         Vec::new()
     }
+}
+
+/// Kills `killed` (SIGKILL) under the clients, and waits until each moved to the
+/// instance `to` (at its URL) and resumed there: its `syncs`-th initial state, with
+/// `to` counting every client's stream.
+async fn kill_under(
+    rust: &[RustClient],
+    killed: &mut Server,
+    to: (&Server, &str),
+    syncs: u64,
+    what: &str,
+) {
+    let t = Instant::now();
+    killed.kill().await;
+    on(rust, to.1, syncs, what).await;
+    eprintln!(
+        "failover: every client on {} {} ms after {what}",
+        to.1,
+        t.elapsed().as_millis()
+    );
+    let streams = format!("every client's stream on {} after {what}", to.1);
+    wait_for_streams(admin_of(to.0), rust.len() as u64, &streams).await;
 }
 
 /// Starts `server` again on its port, which a killed process may leave unbindable
@@ -277,7 +251,7 @@ async fn on(rust: &[RustClient], url: &str, syncs: u64, when: &str) {
     .await;
     assert!(
         moved.is_ok(),
-        "{when}: not every client moved to {url} within {PATIENCE:?}:\n  {}",
+        "after {when}, not every client was on {url} within {PATIENCE:?}:\n  {}",
         elsewhere.into_inner().join("\n  ")
     );
 }

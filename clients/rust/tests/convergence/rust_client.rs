@@ -108,3 +108,28 @@ impl RustClient {
         }
     }
 }
+
+/// Checks that each client synced at least `syncs` times and was never sent a full
+/// state after its first (which the tests make empty, so it records no change):
+/// every later one resumed by what the client held. Returns a line per client.
+pub(crate) fn resumed_every_time(rust: &[RustClient], syncs: u64) -> String {
+    let mut report = String::new();
+    for c in rust {
+        let status = c.client.status();
+        let recorded = c.recorder.lock().unwrap();
+        assert!(status.syncs >= syncs, "{}: {status:?}", c.name);
+        assert!(
+            !recorded.causes.contains_key("Full"),
+            "{}: a full state after the first: {:?}",
+            c.name,
+            recorded.causes
+        );
+        assert_ne!(status.last_sync_mode, Some(SyncMode::Full), "{}", c.name);
+        let _ = write!(
+            report,
+            " {}: {} syncs {:?};",
+            c.name, status.syncs, recorded.causes
+        );
+    }
+    report
+}
