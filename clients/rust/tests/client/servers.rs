@@ -1,6 +1,6 @@
-//! Several server URLs: a server that fails the client is passed over at once, a
-//! refused permission is not a reason to move on, and many clients given one list
-//! start spread over it.
+//! Several server URLs: a server that is down or shutting down is passed over at
+//! once, a refused permission is not a reason to move on, and many clients given one
+//! list start spread over it.
 
 use super::*;
 
@@ -37,6 +37,37 @@ async fn a_server_that_is_down_is_passed_over_without_waiting() {
     let status = client.status();
     assert!(status.connected, "{status:?}");
     assert_eq!(status.server, live);
+}
+
+#[tokio::test]
+async fn a_server_shutting_down_moves_the_watch_to_the_next() {
+    let dir = temp_dir();
+    let mut server = Server::start(&dir.path().join("data")).await;
+    // The next one accepts connections and never answers: the client stays on it
+    // (for its idle timeout) long enough to be seen there.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let (live, next) = (
+        server.url(),
+        format!("http://{}", silent.local_addr().unwrap()),
+    );
+    let client = server
+        .builder(TENANT)
+        .await
+        .servers([live.clone(), next.clone()])
+        .random_start(false)
+        .connect()
+        .await
+        .unwrap();
+    assert_eq!(client.server(), live);
+    // SIGTERM: the server ends its Watches with UNAVAILABLE ("shutting down").
+    server.terminate().await;
+    wait_for(
+        SECS_10,
+        || format!("{:?}", client.status()),
+        || client.server() == next,
+    )
+    .await;
+    assert!(!client.status().connected);
 }
 
 #[tokio::test]
