@@ -61,11 +61,13 @@ pub(crate) struct Writer {
 /// Whether a call failed before the server handled it: hyper hands a queued request
 /// back as `Canceled("connection closed")` when its connection closes before the
 /// request was written, and a request whose stream the server's GOAWAY refused fails
-/// with the HTTP/2 connection error (NO_ERROR: "not a result of an error").
+/// with the HTTP/2 connection error (NO_ERROR: "not a result of an error", which
+/// tonic may also hand back as INTERNAL with the GOAWAY itself as its source).
 pub(crate) fn never_sent(status: &Status) -> bool {
     let text = format!("{status:?}");
     (status.code() == Code::Cancelled && text.contains("Canceled, \"connection closed\""))
         || text.contains("not a result of an error")
+        || (text.contains("GoAway(") && text.contains("NO_ERROR, Remote"))
 }
 
 /// Codes that leave a write's outcome unknown: it may or may not have been applied.
