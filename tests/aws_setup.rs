@@ -12,7 +12,6 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use aws_sdk_ssm::types::ParameterType;
 use common::*;
 use configwatch::auth::Role;
 use configwatch_test_support::moto::{Moto, REGION, ROOT, TABLE, template_event_pattern};
@@ -329,15 +328,7 @@ async fn two_origins_started_from_the_outputs_each_apply_changes_from_their_own_
     // A parameter changed in Parameter Store, with the event AWS emits for it, and
     // an item written in the table by another tool.
     let name = format!("{ROOT}/acme/db/url");
-    moto.ssm()
-        .await
-        .put_parameter()
-        .name(&name)
-        .value("postgres://a")
-        .r#type(ParameterType::String)
-        .send()
-        .await
-        .unwrap();
+    moto.put_string_parameter(&name, "postgres://a").await;
     moto.ssm_change_event(&name, "Create", "String").await;
     moto.put_config_item(TABLE, "acme", "flags", 3).await;
 

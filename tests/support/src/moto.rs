@@ -309,6 +309,22 @@ impl Moto {
             .expect("put item");
     }
 
+    /// Writes the String parameter `name` (a full Parameter Store name) in SSM
+    /// directly, as another tool would, creating or overwriting it. moto emits no
+    /// event for it: send one with [`Moto::ssm_change_event`].
+    pub async fn put_string_parameter(&self, name: &str, value: &str) {
+        self.ssm()
+            .await
+            .put_parameter()
+            .name(name)
+            .value(value)
+            .r#type(aws_sdk_ssm::types::ParameterType::String)
+            .overwrite(true)
+            .send()
+            .await
+            .expect("put parameter");
+    }
+
     /// Sends `body` to the queue as it is.
     pub async fn send_raw_message(&self, queue_url: &str, body: &str) {
         self.sqs()
