@@ -12,6 +12,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
+use aws_sdk_dynamodb::types::AttributeValue;
 use common::*;
 use configwatch::auth::Role;
 use configwatch_test_support::moto::{Moto, REGION, ROOT, TABLE, template_event_pattern};
@@ -235,6 +236,30 @@ async fn a_parameter_change_event_reaches_every_origins_queue() {
             .collect();
         assert_eq!(names, [name.as_str()], "origin {n}'s queue");
     }
+}
+
+#[tokio::test]
+async fn deleting_the_stack_keeps_the_table_and_its_configuration() {
+    let moto = Moto::start();
+    let stack = moto.deploy_template("configwatch", Some(2)).await;
+    moto.put_config_item(TABLE, "acme", "flags", 1).await;
+    moto.delete_stack(&stack.name).await;
+    let item = moto
+        .dynamodb()
+        .await
+        .get_item()
+        .table_name(TABLE)
+        .key("pk", AttributeValue::S("TENANT#acme".into()))
+        .key("sk", AttributeValue::S("CONFIG#flags".into()))
+        .send()
+        .await
+        .expect("the table is still there");
+    assert!(item.item().is_some(), "the configuration is still there");
+    assert_eq!(
+        moto.queue_urls().await,
+        Vec::<String>::new(),
+        "the queues go"
+    );
 }
 
 /// moto's CloudFormation does not make `AWS::SQS::QueuePolicy` resources, so the

@@ -142,6 +142,17 @@ impl Moto {
         }
     }
 
+    /// Deletes stack `name` (resources with a `Retain` deletion policy stay).
+    pub async fn delete_stack(&self, name: &str) {
+        self.cloudformation()
+            .await
+            .delete_stack()
+            .stack_name(name)
+            .send()
+            .await
+            .expect("delete stack");
+    }
+
     /// The document of the default version of managed policy `arn`.
     pub async fn managed_policy(&self, arn: &str) -> Value {
         let iam = self.iam().await;
