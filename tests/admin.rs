@@ -328,3 +328,29 @@ async fn a_reader_that_closes_stdout_after_the_first_line_does_not_stop_the_serv
     child.kill().unwrap();
     let _ = child.wait();
 }
+
+/// Clients that connect to the admin listener and send nothing hold its connection
+/// slots; a probe arriving while every slot is held is still answered at once: a
+/// new connection closes the oldest one.
+#[tokio::test]
+async fn idle_connections_holding_every_slot_do_not_keep_a_probe_out() {
+    let dir = temp_dir();
+    let (_server, admin) = start_with_admin(dir.path()).await;
+    let mut idle = Vec::new();
+    for _ in 0..40 {
+        idle.push(tokio::net::TcpStream::connect(admin).await.unwrap());
+    }
+    // A bystander's probes, each timed: answered well within the 5 s the idle
+    // connections would otherwise hold their slots for.
+    for _ in 0..5 {
+        let started = std::time::Instant::now();
+        let health = http_get(admin, "/healthz").await;
+        assert_eq!(health.status, 200, "{health:?}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(1),
+            "a probe took {:?} beside idle connections",
+            started.elapsed()
+        );
+    }
+    drop(idle);
+}

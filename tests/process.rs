@@ -118,6 +118,34 @@ async fn the_command_line_client() {
     let out = cli(&["get", "tenant_config_flags"], &server, &t);
     let printed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(printed["value"]["dark"], true);
+    // Several servers: the first that answers (nothing listens on the first).
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let down = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let out = Command::new(BIN)
+        .args(["get", "tenant_config_flags"])
+        .env(
+            "CONFIGWATCH_SERVER",
+            format!("{down},http://{}", server.addr),
+        )
+        .env("CONFIGWATCH_TOKEN", &t)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let printed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(printed["value"]["dark"], true);
+    let out = Command::new(BIN)
+        .args(["get", "tenant_config_flags"])
+        .env("CONFIGWATCH_SERVER", &down)
+        .env("CONFIGWATCH_TOKEN", &t)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("cannot connect to {down}")),
+        "{stderr}"
+    );
 
     let out = cli(
         &["put", "tenant_config_flags", "{}", "--expect-version", "7"],

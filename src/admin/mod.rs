@@ -1,7 +1,7 @@
 //! The admin HTTP listener, beside the gRPC port: `/healthz` (the process runs),
 //! `/readyz` (the server's readiness, the same function gRPC health follows) and
 //! `/metrics` (the Prometheus text format). Plain HTTP/1.1 on hyper, bounded: a few
-//! connections at once (more are closed at once), small requests, a deadline per
+//! connections at once (a new one beyond closes the oldest), small requests, a deadline per
 //! connection, and no keep-alive.
 //!
 //! Takes an already-bound listener and a shutdown token, and later the readiness
@@ -12,6 +12,7 @@ pub mod family;
 pub mod fresh;
 mod routes;
 pub mod scalar;
+mod slots;
 pub mod sources;
 mod text;
 
@@ -24,14 +25,14 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::server::Readiness;
+use slots::Slots;
 
 /// The admin address unless configured (an empty value turns the listener off).
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
-/// Admin connections open at once; more are closed at once.
+/// Admin connections open at once; a new one beyond closes the oldest (`slots`).
 const MAX_CONNECTIONS: usize = 16;
 /// Time a connection has to send its request headers.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -71,7 +72,7 @@ impl Admin {
 
 /// Serves the admin routes on `listener` until `stop`.
 pub async fn serve_admin(listener: TcpListener, admin: Arc<Admin>, stop: CancellationToken) {
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let slots = Slots::new(MAX_CONNECTIONS);
     loop {
         let socket = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -86,12 +87,9 @@ pub async fn serve_admin(listener: TcpListener, admin: Arc<Admin>, stop: Cancell
             },
             () = stop.cancelled() => return,
         };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            continue;
-        };
-        let (admin, stop) = (admin.clone(), stop.child_token());
+        let slot = slots.take(&stop);
+        let admin = admin.clone();
         tokio::spawn(async move {
-            let _permit = permit;
             let service = service_fn(move |request| {
                 let admin = admin.clone();
                 async move { Ok::<_, Infallible>(routes::answer(&admin, &request)) }
@@ -104,7 +102,7 @@ pub async fn serve_admin(listener: TcpListener, admin: Arc<Admin>, stop: Cancell
                 .serve_connection(TokioIo::new(socket), service);
             tokio::select! {
                 _ = tokio::time::timeout(CONNECTION_TIMEOUT, connection) => {}
-                () = stop.cancelled() => {}
+                () = slot.token.cancelled() => {}
             }
         });
     }

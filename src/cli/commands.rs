@@ -55,13 +55,37 @@ pub(super) fn bearer(args: &ClientArgs) -> Result<(&str, MetadataValue<Ascii>), 
 
 async fn connect(args: &ClientArgs) -> Result<Client, Failure> {
     let (_, header) = bearer(args)?;
-    let endpoint = Endpoint::from_shared(args.server.clone())
-        .map_err(|e| Failure::usage(format!("--server '{}' is not a URL: {e}", args.server)))?
-        .connect_timeout(Duration::from_secs(5));
-    let channel = endpoint
-        .connect()
-        .await
-        .map_err(|e| Failure::error(format!("cannot connect to {}: {e}", args.server)))?;
+    // Several servers (comma-separated): the first that answers.
+    let mut endpoints = Vec::new();
+    for server in args
+        .server
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
+        let endpoint = Endpoint::from_shared(server.to_owned())
+            .map_err(|e| Failure::usage(format!("--server '{server}' is not a URL: {e}")))?
+            .connect_timeout(Duration::from_secs(5));
+        endpoints.push((server, endpoint));
+    }
+    let mut failures = Vec::new();
+    let mut connected = None;
+    for (server, endpoint) in endpoints {
+        match endpoint.connect().await {
+            Ok(channel) => {
+                connected = Some(channel);
+                break;
+            }
+            Err(e) => failures.push(format!("cannot connect to {server}: {e}")),
+        }
+    }
+    let channel = match connected {
+        Some(channel) => channel,
+        None if failures.is_empty() => {
+            return Err(Failure::usage("--server names no server"));
+        }
+        None => return Err(Failure::error(failures.join("; "))),
+    };
     let interceptor: AuthInterceptor = Box::new(move |mut req: tonic::Request<()>| {
         req.metadata_mut().insert("authorization", header.clone());
         Ok(req)

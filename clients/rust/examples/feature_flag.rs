@@ -12,7 +12,8 @@
 //! ```
 //!
 //! Environment:
-//! - `CONFIGWATCH_SERVER`: the server (default `http://127.0.0.1:50051`)
+//! - `CONFIGWATCH_SERVER`: the server (default `http://127.0.0.1:50051`), or several
+//!   separated by commas
 //! - `CONFIGWATCH_TENANT`: the tenant (required)
 //! - `CONFIGWATCH_TOKEN_FILE`: a file holding the token, read again whenever one is
 //!   needed (so a sidecar can refresh it); else `CONFIGWATCH_TOKEN`, the token itself

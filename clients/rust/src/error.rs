@@ -159,7 +159,12 @@ impl From<tonic::Status> for Error {
 /// What the watch loop does after an attempt ends with an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Next {
-    /// Reconnect after a jittered backoff.
+    /// The server failed the watch (unreachable, the stream ended by the transport or
+    /// by the server going away, an answer the client cannot use): reconnect to the
+    /// next server of the list, with backoff once every one failed in a row.
+    MoveOn,
+    /// A failure that is not the server's (the token source): reconnect to the same
+    /// server after a jittered backoff.
     Backoff,
     /// Ask the token source for a new token and reconnect.
     RefreshToken,
@@ -175,8 +180,9 @@ pub(crate) fn next_step(error: &Error, sent_resume_token: bool, synced: bool) ->
     match error.code() {
         Some(tonic::Code::Unauthenticated) => Next::RefreshToken,
         Some(tonic::Code::InvalidArgument) if sent_resume_token && !synced => Next::DropResumeToken,
-        _ if error.is_retryable() => Next::Backoff,
-        _ => Next::Fail,
+        _ if !error.is_retryable() => Next::Fail,
+        _ if matches!(error, Error::TokenSource(_)) => Next::Backoff,
+        _ => Next::MoveOn,
     }
 }
 
@@ -196,11 +202,11 @@ mod tests {
         use tonic::Code;
         assert_eq!(
             next_step(&status(Code::Unavailable), true, true),
-            Next::Backoff
+            Next::MoveOn
         );
         assert_eq!(
             next_step(&status(Code::Unknown), false, false),
-            Next::Backoff
+            Next::MoveOn
         );
         assert_eq!(
             next_step(&status(Code::Unauthenticated), true, false),
@@ -229,7 +235,16 @@ mod tests {
         );
         assert_eq!(
             next_step(&Error::Protocol("?".into()), false, false),
-            Next::Backoff
+            Next::MoveOn
+        );
+        // Refused everywhere alike: never a reason to try another server.
+        assert_eq!(
+            next_step(&status(Code::Unauthenticated), false, true),
+            Next::RefreshToken
+        );
+        assert_eq!(
+            next_step(&status(Code::PermissionDenied), false, true),
+            Next::Fail
         );
     }
 

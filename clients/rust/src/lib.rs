@@ -36,7 +36,8 @@
 //!   in `status.rs`; `read_secret` in `secrets.rs`; the state shared with the
 //!   background task in `shared.rs`; the channel in `connection.rs`.
 //! - the background task (`watch.rs`): one Watch at a time; reconnects with
-//!   jittered exponential [`Backoff`], resumes by token or by the versions held,
+//!   jittered exponential [`Backoff`] (to the next server when given several, the
+//!   order in `servers.rs`), resumes by token or by the versions held,
 //!   calls the [`TokenSource`] again on `UNAUTHENTICATED`, stops on errors the
 //!   application must fix, and ends when every handle is dropped.
 //! - the cache rules (`cache.rs`, no I/O): FULL replaces, DIFF is authoritative,
@@ -51,6 +52,10 @@
 //! - [`proto`]: the generated messages and gRPC client, for writes and anything else
 //!   the cache does not cover. Only `wire.rs` converts them for the cache.
 //!
+//! Several servers serving the same configuration (two origins, relays) are given
+//! as a list ([`ClientBuilder::servers`], or commas in the URL): the watch uses one
+//! at a time and moves to the next when it fails, resuming by what it holds.
+//!
 //! Several clients (any tenants, any servers) can run in one process: there is no
 //! global state.
 
@@ -60,6 +65,7 @@ mod changes;
 mod client;
 mod error;
 mod guard;
+mod servers;
 mod snapshot;
 mod token;
 mod watch;

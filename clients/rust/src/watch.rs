@@ -3,13 +3,18 @@
 //! ```text
 //!   start ──► token ──► Watch ──► initial state ──► deltas / progress ──┐
 //!               ▲                                                       │
-//!               ├── backoff ◄── UNAVAILABLE, dropped, silent, protocol ◄─┤
+//!               ├── next server ◄── UNAVAILABLE, dropped, silent, ... ◄──┤
+//!               ├── same server, backoff ◄── the token source failed ◄───┤
 //!               ├── fresh token ◄── UNAUTHENTICATED ◄────────────────────┤
 //!               ├── no resume token ◄── INVALID_ARGUMENT on a resume ◄───┤
 //!               ├── versions, at once ◄── ABORTED: the digest differs ◄──┤
-//!               ├── backoff, cache kept ◄── a state removing all held ◄──┤
+//!               ├── next server, cache kept ◄── a state removing all ◄───┤
 //!               └ failed ◄── PERMISSION_DENIED, INVALID_ARGUMENT, ... ◄──┘
 //! ```
+//!
+//! "next server": the next URL of the client's list, at once, and after the backoff
+//! once every one failed in a row (`servers.rs`); with one URL, after the backoff.
+//! A refused token or permission stays on the server it came from.
 //!
 //! It ends when the client is closed or its last handle dropped, or on an error the
 //! application must fix; then it ends the change streams and writes the snapshot.
@@ -17,7 +22,7 @@
 use std::mem;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use tokio_util::sync::CancellationToken;
 
@@ -27,6 +32,7 @@ use crate::error::{Error, Next, next_step};
 use crate::guard::{MassRemoval, StoreChange};
 use crate::proto;
 use crate::proto::watch_response::Kind;
+use crate::servers::Rotation;
 use crate::snapshot;
 use crate::wire;
 
@@ -63,11 +69,12 @@ pub(crate) async fn run(shared: Arc<Shared>) {
 
 /// Watches until closed (`None`) or an error the application must fix.
 async fn watch_loop(shared: &Arc<Shared>) -> Option<Error> {
-    let backoff = shared.opts.backoff;
-    // Failed attempts in a row (the backoff exponent) and refused tokens in a row,
-    // both counted since the last stream that reached its initial state.
-    let mut failures: u32 = 0;
-    let mut auth_refusals: u32 = 0;
+    // Which server next, and the failures in a row that the waits grow with.
+    let mut rotation = Rotation::new(
+        shared.servers.len(),
+        shared.current_index(),
+        shared.opts.backoff,
+    );
     // The server found the digest of the cache differs from its state: send the
     // versions themselves until a stream reaches its initial state.
     let mut with_versions = false;
@@ -85,8 +92,7 @@ async fn watch_loop(shared: &Arc<Shared>) -> Option<Error> {
             o = watch_once(shared, with_versions) => o,
         };
         if outcome.synced {
-            failures = 0;
-            auth_refusals = 0;
+            rotation.synced();
         }
         let sent_versions = with_versions;
         with_versions = !outcome.synced && (with_versions || outcome.asked_for_versions);
@@ -98,36 +104,23 @@ async fn watch_loop(shared: &Arc<Shared>) -> Option<Error> {
             continue;
         }
         let step = next_step(&outcome.error, outcome.sent_resume_token, outcome.synced);
-        let mut next_backoff = || {
-            let d = backoff.delay(failures);
-            failures = failures.saturating_add(1);
-            d
+        let Some(delay) = rotation.after(step) else {
+            return Some(outcome.error);
         };
-        let delay = match step {
-            Next::Fail => return Some(outcome.error),
-            Next::RefreshToken => {
-                // Expired or refused: ask the token source again, at once the first
-                // time, with backoff when fresh tokens keep being refused.
-                auth_refusals += 1;
-                if auth_refusals == 1 {
-                    Duration::ZERO
-                } else {
-                    next_backoff()
-                }
-            }
-            Next::DropResumeToken => {
-                // The server cannot read the token (e.g. an old snapshot's): start over
-                // from the versions held. A second refusal has no token to blame.
-                shared.data_mut().resume_token.clear();
-                Duration::ZERO
-            }
-            Next::Backoff => next_backoff(),
-        };
-        let error = outcome.error;
+        if step == Next::DropResumeToken {
+            // The server cannot read the token (e.g. an old snapshot's): start over
+            // from the versions held. A second refusal has no token to blame.
+            shared.data_mut().resume_token.clear();
+        }
+        let (error, from) = (outcome.error, shared.server().to_owned());
+        if rotation.current() != shared.current_index() {
+            shared.use_server(rotation.current());
+        }
+        let to = shared.server();
         if outcome.synced {
-            tracing::info!(tenant = %shared.tenant, "watch interrupted: {error}; reconnecting in {delay:?}");
+            tracing::info!(tenant = %shared.tenant, server = %from, "watch interrupted: {error}; reconnecting to {to} in {delay:?}");
         } else {
-            tracing::debug!(tenant = %shared.tenant, "watch attempt failed: {error}; retrying in {delay:?}");
+            tracing::debug!(tenant = %shared.tenant, server = %from, "watch attempt failed: {error}; trying {to} in {delay:?}");
         }
         shared.update(|l| {
             l.state = State::Reconnecting;

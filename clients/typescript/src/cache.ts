@@ -3,7 +3,10 @@
  * Pure: no I/O, no gRPC, no timers, so the rules can be read (and tested) alone.
  *
  * - FULL initial state: replaces everything held (the cache only ever holds keys
- *   under the watched prefixes of one tenant).
+ *   under the watched prefixes of one tenant). From another store (a failover to a
+ *   server of another store, a store recreated) it also forgets the tombstones: the
+ *   versions of that store's deleted keys mean nothing in this one, and kept they
+ *   would hide this store's first versions of those keys.
  * - DIFF initial state: each entry applies if it is newer than what is held for its
  *   key (live or deleted): the server may lag behind the instance the cache heard a
  *   version from, and versions only grow. A deleted entry is a removal; at version 0
@@ -180,8 +183,11 @@ export class Cache {
     return { held, removed: held, remaining };
   }
 
-  /** Applies a complete initial state. Returns the visible changes. */
-  applyInitial(mode: 'full' | 'diff' | 'resumed', entries: readonly WireEntry[]): Change[] {
+  /**
+   * Applies a complete initial state. Returns the visible changes. `otherStore`: the
+   * state comes from another store than the one of the state held.
+   */
+  applyInitial(mode: 'full' | 'diff' | 'resumed', entries: readonly WireEntry[], otherStore = false): Change[] {
     switch (mode) {
       case 'resumed':
         return this.applyDeltas(entries, 'resumed');
@@ -197,6 +203,9 @@ export class Cache {
           }
         }
         changes.push(...this.applyAuthoritative(entries, 'full'));
+        if (otherStore) {
+          for (const h of [...this.held.values()]) if (h.deleted) this.held.delete(h.key);
+        }
         return changes;
       }
     }
@@ -274,7 +283,8 @@ export class Cache {
   }
 }
 
-function asWire(h: Held): WireEntry {
+/** What is held for a key, as the server sends it (a secret's value empty). */
+export function asWire(h: Held): WireEntry {
   return {
     key: h.key,
     version: h.version,

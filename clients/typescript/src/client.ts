@@ -6,7 +6,8 @@
  *
  *   start() ── snapshot? ──► connect ──► initial state ──► deltas / progress ─┐
  *                               ▲                                             │
- *                               └── backoff ◄── UNAVAILABLE, dropped, idle ◄──┤
+ *                               └── next address ◄── UNAVAILABLE, dropped, ◄──┤
+ *                                   (backoff after a full round)  idle        │
  *                               └── fresh token ◄── UNAUTHENTICATED ◄─────────┤
  *                               └── backoff, cache kept ◄── removes all held ◄┤
  *                                   failed ◄── PERMISSION_DENIED, INVALID_ARGUMENT
@@ -15,8 +16,7 @@ import { EventEmitter } from 'node:events';
 
 import type * as grpc from '@grpc/grpc-js';
 
-import { backoffDelay } from './backoff';
-import { Cache, type Change } from './cache';
+import { Cache, asWire, type Change } from './cache';
 import { ChangeQueue } from './changes';
 import { authMetadata, Connection } from './connection';
 import {
@@ -31,9 +31,10 @@ import {
 } from './errors';
 import type { ClientEvents } from './events';
 import { massRemovalOf, storeChangeOf } from './guard';
-import { resolveOptions, type ClientOptions, type Settings } from './options';
+import { resolveOptions, type ClientOptions, type ServerAddress, type Settings } from './options';
 import { ReadyWaiters } from './ready';
-import { entryInfo, type EntryInfo, type Versioned } from './reads';
+import { entryInfo, versioned, type EntryInfo, type Versioned } from './reads';
+import { Rotation, nextStep, startIndex } from './rotation';
 import { readSecret } from './secrets';
 import { SnapshotWriter, readSnapshot, type SnapshotData } from './snapshot';
 import type { CacheSource, ClientState, ClientStatus, StoreChange } from './status';
@@ -56,7 +57,10 @@ export class ConfigWatchClient extends EventEmitter<ClientEvents> implements Asy
   readonly prefixes: readonly string[];
 
   private readonly settings: Settings;
-  private readonly connection: Connection;
+  /** The channel to the address the rotation names; replaced when the watch moves. */
+  private connection: Connection;
+  private readonly connectTo: (server: ServerAddress) => Connection;
+  private readonly rotation: Rotation;
   private readonly cache = new Cache();
   private readonly snapshotWriter: SnapshotWriter | undefined;
 
@@ -107,7 +111,10 @@ export class ConfigWatchClient extends EventEmitter<ClientEvents> implements Asy
     this.settings = settings;
     this.tenant = settings.tenant;
     this.prefixes = settings.prefixes;
-    this.connection = new Connection(settings.target, settings.tls, settings.backoff, options.credentials, options.channelOptions);
+    const count = settings.servers.length;
+    this.rotation = new Rotation(count, startIndex(count, settings.randomStart), settings.backoff);
+    this.connectTo = (server) => new Connection(server.target, server.tls, settings.backoff, options.credentials, options.channelOptions);
+    this.connection = this.connectTo(this.server());
 
     if (options.snapshotPath !== undefined) {
       if (typeof options.snapshotPath !== 'string' || options.snapshotPath === '') {
@@ -175,17 +182,7 @@ export class ConfigWatchClient extends EventEmitter<ClientEvents> implements Asy
   get<T = unknown>(key: string, decode?: (value: unknown) => T): Versioned<T> | undefined {
     const h = this.cache.live(key);
     if (h === undefined || h.secret || h.decodeError !== undefined) return undefined;
-    let value: T;
-    if (decode) {
-      try {
-        value = decode(h.value);
-      } catch (e) {
-        throw new DecodeError(key, `the value was refused by the decoder: ${e instanceof Error ? e.message : String(e)}`, e);
-      }
-    } else {
-      value = h.value as T;
-    }
-    return { key, value, version: h.version, revision: h.revision, updatedAt: h.updatedAt };
+    return versioned(h, decode);
   }
 
   /** The cached value of a key, or `fallback` when {@link get} would return undefined. Never throws. */
@@ -215,6 +212,14 @@ export class ConfigWatchClient extends EventEmitter<ClientEvents> implements Asy
       .filter((k) => prefix === undefined || k.startsWith(prefix));
   }
 
+  /**
+   * The server address the watch uses now (or is trying), as given in the options.
+   * Changes when it moves to another (the `addressChanged` event).
+   */
+  get address(): string {
+    return this.server().address;
+  }
+
   /** Connection, freshness and origin of the cache. */
   status(): ClientStatus {
     const connected = this.state === 'connected';
@@ -225,6 +230,7 @@ export class ConfigWatchClient extends EventEmitter<ClientEvents> implements Asy
       Date.now() - this.lastMessageAt.getTime() <= this.settings.staleAfterMs;
     return {
       state: this.state,
+      address: this.address,
       connected,
       source: this.source,
       stale: !fresh,
@@ -338,10 +344,6 @@ export class ConfigWatchClient extends EventEmitter<ClientEvents> implements Asy
   }
 
   private async run(): Promise<void> {
-    // Failed attempts in a row (the backoff exponent) and refused tokens in a row,
-    // both counted since the last stream that reached its initial state.
-    let failures = 0;
-    let authRefusals = 0;
     try {
       while (!this.isClosed()) {
         this.setState('connecting');
@@ -350,19 +352,7 @@ export class ConfigWatchClient extends EventEmitter<ClientEvents> implements Asy
         if (this.isClosed()) return;
         const { error, synced } = outcome;
         this.lastError = error;
-        if (error.code === 'UNAVAILABLE' && this.connection.silentFor(this.lastMessageAt) >= this.settings.idleTimeoutMs) {
-          // Nothing came over this channel for idleTimeoutMs: a silent stream, or
-          // attempts that keep failing. Its connection may be half-open (a dead peer,
-          // a NAT that forgot the flow; a new call on it would hang the same way), or
-          // accepted and then silent before HTTP/2 was set up (grpc-js then fails
-          // every call at once while it waits, with no deadline). The next attempt
-          // gets a new channel.
-          this.renewChannel();
-        }
-        if (synced) {
-          failures = 0;
-          authRefusals = 0;
-        }
+        if (synced) this.rotation.synced();
         const sentVersions = this.withVersions;
         this.withVersions = !synced && (this.withVersions || outcome.askedForVersions === true);
         if (outcome.askedForVersions && !sentVersions) {
@@ -371,40 +361,60 @@ export class ConfigWatchClient extends EventEmitter<ClientEvents> implements Asy
           // nothing spins.)
           continue;
         }
-        let delay: number;
-        if (error.code === 'UNAUTHENTICATED') {
-          // Expired or refused: ask the token source again. Right away the first
-          // time; with backoff (and an error event) when fresh tokens keep failing.
-          authRefusals++;
-          if (authRefusals === 1) {
-            delay = 0;
-          } else {
-            delay = backoffDelay(failures++, this.settings.backoff);
-            this.emitError(error);
-          }
-        } else if (error.code === 'INVALID_ARGUMENT' && outcome.sentResumeToken && !synced) {
-          // The token (e.g. from an old snapshot) is not one this server reads: start
-          // over from the known versions. A second refusal is fatal.
-          this.resumeToken = '';
-          delay = 0;
-        } else if (!error.retryable) {
+        const step = nextStep(error, outcome.sentResumeToken, synced);
+        if (step === 'fail') {
           this.fail(error);
           return;
-        } else {
-          delay = backoffDelay(failures++, this.settings.backoff);
-          if (error.code === 'TOKEN_SOURCE' || error.code === 'PROTOCOL' || error.code === 'MASS_REMOVAL') {
-            this.emitError(error);
-          }
         }
+        // The token (e.g. from an old snapshot) is not one this server reads: start
+        // over from the known versions. A second refusal is fatal.
+        if (step === 'dropResumeToken') this.resumeToken = '';
+        const from = this.address;
+        const { delayMs, moved } = this.rotation.after(step);
+        if (moved) {
+          this.moveTo(from, error);
+        } else if (error.code === 'UNAVAILABLE' && this.connection.silentFor(this.lastMessageAt) >= this.settings.idleTimeoutMs) {
+          // Nothing came over this channel for idleTimeoutMs: a silent stream, or
+          // attempts that keep failing. Its connection may be half-open (a dead peer,
+          // a NAT that forgot the flow; a new call on it would hang the same way), or
+          // accepted and then silent before HTTP/2 was set up (grpc-js then fails
+          // every call at once while it waits, with no deadline). The next attempt
+          // gets a new channel.
+          this.connection.renew();
+        }
+        // Refused tokens are retried at once the first time, and reported when fresh
+        // ones keep being refused.
+        const report =
+          step === 'refreshToken'
+            ? this.rotation.authRefusals > 1
+            : error.code === 'TOKEN_SOURCE' || error.code === 'PROTOCOL' || error.code === 'MASS_REMOVAL';
+        if (report) this.emitError(error);
         this.setState('reconnecting');
-        this.nextAttemptAt = new Date(Date.now() + delay);
-        this.emitSafely('reconnecting', { attempt: this.attempts, delayMs: delay, error });
-        await this.sleep(delay);
+        this.nextAttemptAt = new Date(Date.now() + delayMs);
+        this.emitSafely('reconnecting', { attempt: this.attempts, delayMs, error });
+        await this.sleep(delayMs);
       }
     } catch (e) {
       // Not reached by design; never leave the loop without saying why.
       this.fail(e instanceof ConfigWatchError ? e : new ProtocolError(`watch loop failed: ${String(e)}`));
     }
+  }
+
+  /** The server address the rotation names. */
+  private server(): ServerAddress {
+    return this.settings.servers[this.rotation.current] ?? this.settings.servers[0];
+  }
+
+  /**
+   * The watch moves to the address the rotation names now, after `error` on `from`:
+   * a channel to it, the old one closed (a `readSecret` in flight on it ends
+   * normally).
+   */
+  private moveTo(from: string, error: ConfigWatchError): void {
+    const previous = this.connection;
+    this.connection = this.connectTo(this.server());
+    previous.close();
+    this.emitSafely('addressChanged', { previous: from, current: this.address, error });
   }
 
   private fail(error: ConfigWatchError): void {
@@ -479,8 +489,8 @@ export class ConfigWatchClient extends EventEmitter<ClientEvents> implements Asy
 
   /** Applies a complete initial state: the cache is current from the server. */
   private applyInitial(mode: InitialMode, initial: WireEntry[], storeId: string, msg: WatchResponse): void {
-    this.guard(mode, initial, storeId);
-    const changes = this.cache.applyInitial(mode, initial);
+    const otherStore = this.guard(mode, initial, storeId);
+    const changes = this.cache.applyInitial(mode, initial, otherStore);
     this.advance(msg);
     if (storeId !== '') this.storeId = storeId;
     this.heldBack = undefined;
@@ -501,8 +511,9 @@ export class ConfigWatchClient extends EventEmitter<ClientEvents> implements Asy
    * other than the one of the state held, and refuses (throws a
    * {@link MassRemovalError}, which ends the stream; the watch retries with backoff) a
    * state that would remove every entry held, unless `allowMassRemoval` accepts it.
+   * Returns whether the state comes from another store than the one held.
    */
-  private guard(mode: InitialMode, entries: readonly WireEntry[], serverStoreId: string): void {
+  private guard(mode: InitialMode, entries: readonly WireEntry[], serverStoreId: string): boolean {
     const heldStoreId = this.storeId;
     const storeChange = storeChangeOf(heldStoreId, serverStoreId);
     if (storeChange) {
@@ -519,18 +530,13 @@ export class ConfigWatchClient extends EventEmitter<ClientEvents> implements Asy
       heldBack: this.heldBack,
       allowMassRemoval: this.settings.allowMassRemoval,
     });
-    if (removal === undefined) return;
+    const otherStore = storeChange !== undefined;
+    if (removal === undefined) return otherStore;
     const { info, allowed } = removal;
     this.emitSafely('massRemoval', { ...info, applied: allowed });
-    if (allowed) return;
+    if (allowed) return otherStore;
     this.heldBack = info;
     throw new MassRemovalError(info);
-  }
-
-  /** Replaces the channel (and its connection) with a new one. */
-  private renewChannel(): void {
-    if (this.isClosed()) return;
-    this.connection.renew();
   }
 
   /** Takes the revision and (non-empty) resume token of a message. */
@@ -559,15 +565,7 @@ export class ConfigWatchClient extends EventEmitter<ClientEvents> implements Asy
       revision: this.revision,
       resumeToken: this.resumeToken,
       storeId: this.storeId,
-      entries: this.cache.liveEntries().map((h) => ({
-        key: h.key,
-        version: h.version,
-        value: h.raw ?? '',
-        secret: h.secret,
-        deleted: false,
-        revision: h.revision,
-        updatedAt: h.updatedAt,
-      })),
+      entries: this.cache.liveEntries().map(asWire),
     };
   }
 

@@ -18,6 +18,16 @@ export interface DisconnectedInfo {
   error: ConfigWatchError;
 }
 
+/** The watch moved to another server address after a failure on the one before. */
+export interface AddressChangedInfo {
+  /** The address that failed the watch. */
+  previous: string;
+  /** The address the next attempt goes to. */
+  current: string;
+  /** Why the watch left `previous`. */
+  error: ConfigWatchError;
+}
+
 export interface ReconnectingInfo {
   attempt: number;
   delayMs: number;
@@ -34,6 +44,8 @@ export interface ClientEvents {
   disconnected: [info: DisconnectedInfo];
   /** The next attempt is scheduled. */
   reconnecting: [info: ReconnectingInfo];
+  /** The watch moved to another server address (emitted before `reconnecting`). */
+  addressChanged: [info: AddressChangedInfo];
   /** The server says nothing changed up to `revision`. */
   progress: [info: { revision: number }];
   /** A snapshot was written. */

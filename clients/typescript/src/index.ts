@@ -7,6 +7,8 @@
  *   re-authenticates. Beside it: options.ts (the options, checked), status.ts and
  *   events.ts (what it reports), reads.ts (what reads return), ready.ts (the
  *   `ready()` waits).
+ * - rotation.ts: which server address the watch uses and how long it waits after a
+ *   failure (round-robin over the addresses, backoff after a full round).
  * - stream.ts: one Watch call, from request to why it ended; guard.ts: the checks on
  *   an initial state (store identity, mass removal) before it is applied.
  * - connection.ts: the grpc-js client, its renewal, the `authorization` metadata;
@@ -20,7 +22,7 @@
  */
 export { ConfigWatchClient } from './client';
 export type { ClientOptions, TokenSource } from './options';
-export type { ClientEvents, ConnectedInfo, DisconnectedInfo, ReconnectingInfo } from './events';
+export type { AddressChangedInfo, ClientEvents, ConnectedInfo, DisconnectedInfo, ReconnectingInfo } from './events';
 export type { ClientState, ClientStatus, CacheSource, StoreChange } from './status';
 export type { EntryInfo, Versioned } from './reads';
 export type { Change, ChangeCause } from './cache';

@@ -18,8 +18,24 @@ import { normalizePrefixes } from './snapshot';
 export type TokenSource = () => Promise<string> | string;
 
 export interface ClientOptions {
-  /** The server: `host:port`, `http://host:port`, or `https://host:port` (TLS). */
-  address: string;
+  /**
+   * The server: `host:port`, `http://host:port`, or `https://host:port` (TLS). The
+   * same as `addresses` with one element; give one of the two.
+   */
+  address?: string;
+  /**
+   * Several servers that serve the same configuration (origins, relays), each written
+   * as `address` is. The watch uses one at a time and moves to the next (round-robin)
+   * when that one fails it; see `randomStart`.
+   */
+  addresses?: readonly string[];
+  /**
+   * Whether the first attempt goes to an address drawn at random from `addresses`
+   * (`true`, the default: clients given the same list spread over its servers instead
+   * of all starting on the first) or to the first one (`false`: the list is an order
+   * of preference). Later moves go round-robin from there either way.
+   */
+  randomStart?: boolean;
   /**
    * The tenant this cache belongs to. Sent with every request, so the server refuses
    * (PERMISSION_DENIED) a token of any other tenant; recorded in the snapshot.
@@ -63,16 +79,25 @@ export interface ClientOptions {
   allowMassRemoval?: boolean | ((info: MassRemovalInfo) => boolean);
 }
 
+/** One server address, parsed. */
+export interface ServerAddress {
+  /** As given (blanks around it dropped): what the client reports. */
+  address: string;
+  /** `host:port`, the scheme taken off. */
+  target: string;
+  /** The address asked for TLS (`https://`). */
+  tls: boolean;
+}
+
 /** The options, checked, with the defaults filled in. */
 export interface Settings {
   tenant: string;
   /** Sorted, deduplicated, frozen. */
   prefixes: readonly string[];
   token: TokenSource;
-  /** `host:port`, the scheme taken off. */
-  target: string;
-  /** The address asked for TLS (`https://`). */
-  tls: boolean;
+  /** In the order given, none twice. */
+  servers: readonly [ServerAddress, ...ServerAddress[]];
+  randomStart: boolean;
   backoff: BackoffPolicy;
   staleAfterMs: number;
   idleTimeoutMs: number;
@@ -92,12 +117,13 @@ export function resolveOptions(options: ClientOptions): Settings {
     throw new InvalidOptionsError('tenant must be a non-empty string');
   }
   if (typeof options.token !== 'function') throw new InvalidOptionsError('token must be a function returning a token');
-  if (typeof options.address !== 'string') throw new InvalidOptionsError('address must be a string');
+  const servers = serverAddresses(options.address, options.addresses);
+  const randomStart = options.randomStart ?? true;
+  if (typeof randomStart !== 'boolean') throw new InvalidOptionsError('randomStart must be a boolean');
   const prefixes = options.prefixes ?? [];
   if (!Array.isArray(prefixes) || !prefixes.every((p) => typeof p === 'string' && p !== '')) {
     throw new InvalidOptionsError('prefixes must be an array of non-empty strings');
   }
-  const { target, tls } = parseAddress(options.address);
   const b = options.backoff ?? {};
   const backoff: BackoffPolicy = {
     initialMs: positive('backoff.initialMs', b.initialMs, DEFAULT_BACKOFF.initialMs),
@@ -120,8 +146,8 @@ export function resolveOptions(options: ClientOptions): Settings {
     tenant: options.tenant,
     prefixes: Object.freeze(normalizePrefixes(prefixes)),
     token: options.token,
-    target,
-    tls,
+    servers,
+    randomStart,
     backoff,
     staleAfterMs,
     idleTimeoutMs,
@@ -139,7 +165,34 @@ function positive(name: string, v: number | undefined, fallback: number): number
   return v;
 }
 
-function parseAddress(address: string): { target: string; tls: boolean } {
+/** `address` or `addresses` (exactly one of them), parsed. */
+function serverAddresses(address: unknown, addresses: unknown): [ServerAddress, ...ServerAddress[]] {
+  if (address !== undefined && addresses !== undefined) {
+    throw new InvalidOptionsError('give address or addresses, not both');
+  }
+  let list: unknown[];
+  if (addresses !== undefined) {
+    if (!Array.isArray(addresses) || addresses.length === 0) {
+      throw new InvalidOptionsError('addresses must be a non-empty array of strings');
+    }
+    list = addresses;
+  } else {
+    list = [address];
+  }
+  const servers = list.map((a) => {
+    if (typeof a !== 'string') {
+      throw new InvalidOptionsError(addresses === undefined ? 'address must be a string' : 'addresses must be strings');
+    }
+    return parseAddress(a);
+  });
+  const [first, ...rest] = servers;
+  if (first === undefined) throw new InvalidOptionsError('addresses must be a non-empty array of strings');
+  const targets = new Set(servers.map((s) => s.target));
+  if (targets.size < servers.length) throw new InvalidOptionsError('addresses names a server twice');
+  return [first, ...rest];
+}
+
+function parseAddress(address: string): ServerAddress {
   let target = address.trim();
   let tls = false;
   if (target.startsWith('https://')) {
@@ -152,5 +205,5 @@ function parseAddress(address: string): { target: string; tls: boolean } {
   if (target === '' || target.includes('/')) {
     throw new InvalidOptionsError(`address ${JSON.stringify(address)} is not host:port, http://host:port or https://host:port`);
   }
-  return { target, tls };
+  return { address: address.trim(), target, tls };
 }

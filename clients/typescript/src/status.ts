@@ -35,6 +35,11 @@ export type ClientState =
 
 export interface ClientStatus {
   state: ClientState;
+  /**
+   * The server address the watch uses now (or is trying), as given in the options;
+   * with several, the one the last move went to.
+   */
+  address: string;
   /** True while a Watch is open and its initial state has been applied. */
   connected: boolean;
   source: CacheSource;

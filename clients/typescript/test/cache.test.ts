@@ -146,3 +146,20 @@ test('the change iterator holds at most one change per key, newest last', async 
   for await (const c of q) got.push(`${c.key}@${c.version}`);
   assert.deepEqual(got, ['b@1000', 'a@1001']);
 });
+
+test('a full state from another store forgets the tombstones: that store starts its own versions', () => {
+  const c = new Cache();
+  c.applyInitial('full', [e('kept', 5, 'a'), e('gone', 3, 'a'), e('only-a', 2, 'a')]);
+  c.applyDeltas([del('gone', 4)]);
+  // The same store: tombstones stay, and an old version of a deleted key is refused.
+  c.applyInitial('full', [e('kept', 5, 'a'), e('only-a', 2, 'a')]);
+  assert.equal(c.versionOf('gone'), 4);
+  // Another store (lower versions): its state replaces everything, tombstones included.
+  const changes = c.applyInitial('full', [e('kept', 1, 'b')], true);
+  assert.deepEqual(summary(changes), ['only-a@2-', 'kept@1']);
+  assert.deepEqual(c.knownVersions(), { kept: '1' });
+  assert.equal(c.versionOf('gone'), undefined);
+  assert.equal(c.versionOf('only-a'), undefined);
+  // So its first versions of those keys apply.
+  assert.deepEqual(summary(c.applyDeltas([e('gone', 1, 'b'), e('only-a', 1, 'b')])), ['gone@1', 'only-a@1']);
+});

@@ -4,8 +4,12 @@
  * (`npm test` runs dist/test/*.test.js only); `npm run build` compiles it to
  * dist/test/convergence-client.js.
  *
- *   node dist/test/convergence-client.js --address URL --tenant T --token-file FILE
- *        [--prefix P]... [--idle-timeout-ms N] [--backoff-initial-ms N] [--backoff-max-ms N]
+ *   node dist/test/convergence-client.js --address URL [--address URL]... --tenant T
+ *        --token-file FILE [--prefix P]... [--idle-timeout-ms N] [--backoff-initial-ms N]
+ *        [--backoff-max-ms N] [--random-start true|false]
+ *
+ * `--address` repeated gives the client several servers (in that order); it starts on
+ * the first unless `--random-start true`.
  *
  * The token file is read again every time the client asks for a token, so whoever
  * drives this process refreshes the token by replacing the file (write a temporary
@@ -14,15 +18,16 @@
  * Protocol: one JSON object per line in both directions.
  * - stdout, once the client is started: `{"type":"started"}`.
  * - stdin `{"id":N,"cmd":"dump"}` -> stdout `{"id":N,"type":"dump", ...}` with
- *   - `status`: `{state, connected, revision, entries, lastError, lastMessageAt}` (ms
- *     since the epoch, or null);
+ *   - `status`: `{state, address, connected, revision, entries, lastError,
+ *     lastMessageAt}` (`address`: the one in use; `lastMessageAt`: ms since the
+ *     epoch, or null);
  *   - `entries`: key -> `{version, value}` for each live key (`{version, secret:true}`
  *     for secrets, `{version, decodeError}` for a value that is not JSON);
  *   - `last`: key -> the last change event for it, `{type, version, value?, secret}`;
  *   - `violations`: change events that contradict the ones before them (a version
  *     going backwards, a set that does not raise the version, a `previousVersion`
  *     that is not the version last seen live, a delete of a key not live);
- *   - `counts`: changes, syncs by mode, disconnects, error events.
+ *   - `counts`: changes, syncs by mode, disconnects, error events, address changes (`moves`).
  * - stdin `{"id":N,"cmd":"read","key":K}` -> `readSecret(K)`, answers
  *   `{"id":N,"type":"read","value":V}` (null when the key does not exist).
  * - stdin `{"id":N,"cmd":"close"}` -> closes the client, answers
@@ -36,7 +41,8 @@ import * as readline from 'node:readline';
 import { ConfigWatchClient, type Change } from '../src';
 
 interface Args {
-  address: string;
+  addresses: string[];
+  randomStart: boolean;
   tenant: string;
   tokenFile: string;
   prefixes: string[];
@@ -51,7 +57,12 @@ function usage(message: string): never {
 }
 
 function parseArgs(argv: readonly string[]): Args {
-  const out: Partial<Args> & { prefixes: string[] } = { prefixes: [], backoffInitialMs: 50, backoffMaxMs: 500 };
+  const out: Partial<Args> & { prefixes: string[]; addresses: string[] } = {
+    addresses: [],
+    prefixes: [],
+    backoffInitialMs: 50,
+    backoffMaxMs: 500,
+  };
   const number = (flag: string, v: string): number => {
     const n = Number(v);
     if (!Number.isFinite(n) || n <= 0) usage(`${flag} wants a positive number, not ${JSON.stringify(v)}`);
@@ -63,7 +74,11 @@ function parseArgs(argv: readonly string[]): Args {
     if (value === undefined) usage(`${String(flag)} needs a value`);
     switch (flag) {
       case '--address':
-        out.address = value;
+        out.addresses.push(value);
+        break;
+      case '--random-start':
+        if (value !== 'true' && value !== 'false') usage(`--random-start wants true or false, not ${JSON.stringify(value)}`);
+        out.randomStart = value === 'true';
         break;
       case '--tenant':
         out.tenant = value;
@@ -87,11 +102,12 @@ function parseArgs(argv: readonly string[]): Args {
         usage(`unknown argument ${String(flag)}`);
     }
   }
-  if (out.address === undefined || out.tenant === undefined || out.tokenFile === undefined) {
+  if (out.addresses.length === 0 || out.tenant === undefined || out.tokenFile === undefined) {
     usage('--address, --tenant and --token-file are required');
   }
   return {
-    address: out.address,
+    addresses: out.addresses,
+    randomStart: out.randomStart ?? false,
     tenant: out.tenant,
     tokenFile: out.tokenFile,
     prefixes: out.prefixes,
@@ -148,7 +164,8 @@ function send(message: object): void {
 async function main(): Promise<void> {
   const args = parseArgs(process.argv.slice(2));
   const client = new ConfigWatchClient({
-    address: args.address,
+    addresses: args.addresses,
+    randomStart: args.randomStart,
     tenant: args.tenant,
     prefixes: args.prefixes.length > 0 ? args.prefixes : undefined,
     token: async () => (await fs.readFile(args.tokenFile, 'utf8')).trim(),
@@ -159,11 +176,16 @@ async function main(): Promise<void> {
   const syncs: Record<string, number> = { full: 0, diff: 0, resumed: 0 };
   let disconnects = 0;
   let errors = 0;
+  let moves = 0;
   client.on('change', (c) => recorder.record(c));
   client.on('connected', (i) => {
     syncs[i.mode] = (syncs[i.mode] ?? 0) + 1;
   });
   client.on('disconnected', () => disconnects++);
+  client.on('addressChanged', (i) => {
+    moves++;
+    process.stderr.write(`convergence-client: moved from ${i.previous} to ${i.current}: ${i.error.message}\n`);
+  });
   client.on('error', (e) => {
     errors++;
     process.stderr.write(`convergence-client: error event ${e.code}: ${e.message}\n`);
@@ -184,6 +206,7 @@ async function main(): Promise<void> {
     return {
       status: {
         state: s.state,
+        address: s.address,
         connected: s.connected,
         revision: s.revision,
         entries: s.entries,
@@ -193,7 +216,7 @@ async function main(): Promise<void> {
       entries,
       last: Object.fromEntries(recorder.last),
       violations: recorder.violations,
-      counts: { changes: recorder.changes, syncs, disconnects, errors },
+      counts: { changes: recorder.changes, syncs, disconnects, errors, moves },
     };
   };
 

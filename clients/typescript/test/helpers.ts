@@ -6,6 +6,7 @@
  * The binary is $CONFIGWATCH_BIN, or ../../target/debug/configwatch relative to the
  * package (build it with `cargo build` at the repository root).
  */
+import assert from 'node:assert/strict';
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, promises as fs } from 'node:fs';
 import * as os from 'node:os';
@@ -44,11 +45,14 @@ export class Server {
   private log = '';
   port = 0;
 
-  private constructor(readonly dataDir: string) {}
+  private constructor(
+    readonly dataDir: string,
+    private readonly extraArgs: readonly string[],
+  ) {}
 
-  /** Starts a server on 127.0.0.1 (port 0 unless given) with `dataDir`. */
-  static async start(dataDir: string, port = 0): Promise<Server> {
-    const s = new Server(dataDir);
+  /** Starts a server on 127.0.0.1 (port 0 unless given) with `dataDir`, and `extraArgs` to `serve`. */
+  static async start(dataDir: string, port = 0, extraArgs: readonly string[] = []): Promise<Server> {
+    const s = new Server(dataDir, extraArgs);
     await s.spawn(port);
     return s;
   }
@@ -79,7 +83,7 @@ export class Server {
   }
 
   private async spawn(port: number): Promise<void> {
-    const args = ['serve', '--listen', `127.0.0.1:${port}`, '--data-dir', this.dataDir, '--progress-interval', '1s'];
+    const args = ['serve', '--listen', `127.0.0.1:${port}`, '--data-dir', this.dataDir, '--progress-interval', '1s', ...this.extraArgs];
     // A port just freed by a killed server may take a moment to be bindable again.
     const deadline = Date.now() + 10_000;
     for (;;) {
@@ -184,10 +188,21 @@ export class Harness {
     return d;
   }
 
-  async server(dataDir?: string, port = 0): Promise<Server> {
-    const s = await Server.start(dataDir ?? (await this.tempDir()), port);
+  async server(dataDir?: string, port = 0, extraArgs: readonly string[] = []): Promise<Server> {
+    const s = await Server.start(dataDir ?? (await this.tempDir()), port, extraArgs);
     this.servers.push(s);
     return s;
+  }
+
+  /**
+   * A server of another store (a data directory of its own) that accepts the tokens
+   * `of` signs: its directory starts with a copy of `of`'s signing key (and so it
+   * needs `--new-store` to create its store; the flag does nothing to an intact one).
+   */
+  async peer(of: Server): Promise<Server> {
+    const dataDir = await this.tempDir();
+    await fs.copyFile(path.join(of.dataDir, 'signing-key.pem'), path.join(dataDir, 'signing-key.pem'));
+    return this.server(dataDir, 0, ['--new-store']);
   }
 
   /** A client with fast reconnects; started. */
@@ -197,6 +212,30 @@ export class Harness {
     await c.start();
     return c;
   }
+}
+
+/** key -> [version, value] of every live key (not secrets) of a client's cache, in key order. */
+export function cacheState(client: ConfigWatchClient): [string, [number, unknown]][] {
+  const out: [string, [number, unknown]][] = [];
+  for (const k of client.keys()) {
+    const v = client.get(k);
+    if (v) out.push([k, [v.version, v.value]]);
+  }
+  return out;
+}
+
+/**
+ * Waits until `client` is connected and its cache equals what `server` holds for
+ * `tenant` (under `prefixes`; default both families), then checks the server again.
+ */
+export async function converged(client: ConfigWatchClient, server: Server, tenant: string, prefixes: string[] = []): Promise<void> {
+  const truth = JSON.stringify([...(await server.state(tenant, prefixes))]);
+  await waitFor(
+    () => client.status().connected && JSON.stringify(cacheState(client)) === truth,
+    15_000,
+    () => `convergence: cache ${JSON.stringify(cacheState(client))} vs server ${truth}; status ${JSON.stringify(client.status())}`,
+  );
+  assert.deepEqual(cacheState(client), [...(await server.state(tenant, prefixes))]);
 }
 
 /** Collects a client's change events as `key@version` (or `key@version-` for deletes). */

@@ -9,28 +9,12 @@ import * as protoLoader from '@grpc/proto-loader';
 import { ConfigWatchClient, ConfigWatchError, InvalidOptionsError, MassRemovalError, type MassRemovalInfo, type StoreChange } from '../src';
 import loaderOptions from '../src/loader-options.json';
 import { PROTO_FILE, PROTO_ROOT, loaderOptionsFor } from '../src/wire';
-import { Harness, record, waitFor, type Server } from './helpers';
+import { Harness, cacheState, converged as convergedOn, record, waitFor, type Server } from './helpers';
 
 const TENANT = 'acme';
 
-/** key -> [version, value] of the client's cache. */
-function cacheState(client: ConfigWatchClient): [string, [number, unknown]][] {
-  const out: [string, [number, unknown]][] = [];
-  for (const k of client.keys()) {
-    const v = client.get(k);
-    if (v) out.push([k, [v.version, v.value]]);
-  }
-  return out;
-}
-
-async function converged(client: ConfigWatchClient, server: Server, prefixes: string[] = []): Promise<void> {
-  const truth = JSON.stringify([...(await server.state(TENANT, prefixes))]);
-  await waitFor(
-    () => client.status().connected && JSON.stringify(cacheState(client)) === truth,
-    15_000,
-    () => `convergence: cache ${JSON.stringify(cacheState(client))} vs server ${truth}; status ${JSON.stringify(client.status())}`,
-  );
-}
+const converged = (client: ConfigWatchClient, server: Server, prefixes: string[] = []): Promise<void> =>
+  convergedOn(client, server, TENANT, prefixes);
 
 test('a store lost on the server is held back and reported, unless the application accepts it', async (t) => {
   const h = new Harness(t);

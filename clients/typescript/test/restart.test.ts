@@ -2,30 +2,11 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
 import type { ConfigWatchClient } from '../src';
-import { Harness, record, waitFor, type Server } from './helpers';
+import { Harness, converged as convergedOn, record, waitFor, type Server } from './helpers';
 
 const TENANT = 'acme';
 
-/** key -> [version, value] of the client's cache. */
-function cacheState(client: ConfigWatchClient): Map<string, [number, unknown]> {
-  const out = new Map<string, [number, unknown]>();
-  for (const k of client.keys()) {
-    const v = client.get(k);
-    if (v) out.set(k, [v.version, v.value]);
-  }
-  return out;
-}
-
-async function converged(client: ConfigWatchClient, server: Server): Promise<void> {
-  let truth = await server.state(TENANT);
-  await waitFor(
-    () => client.status().connected && JSON.stringify([...cacheState(client)]) === JSON.stringify([...truth]),
-    15_000,
-    () => `convergence: cache ${JSON.stringify([...cacheState(client)])} vs server ${JSON.stringify([...truth])}; status ${JSON.stringify(client.status())}`,
-  );
-  truth = await server.state(TENANT);
-  assert.deepEqual([...cacheState(client)], [...truth]);
-}
+const converged = (client: ConfigWatchClient, server: Server): Promise<void> => convergedOn(client, server, TENANT);
 
 test('server restarted mid-stream (SIGKILL and SIGTERM): the cache converges by itself', async (t) => {
   const h = new Harness(t);

@@ -11,7 +11,7 @@ use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::connection::channel;
-use super::shared::{Data, Options, Shared, SnapshotConfig};
+use super::shared::{Current, Data, Options, Shared, SnapshotConfig};
 #[cfg(doc)]
 use super::status::Status;
 use super::status::{Live, SnapshotStatus, Source};
@@ -20,12 +20,14 @@ use crate::backoff::Backoff;
 use crate::changes::Queues;
 use crate::error::Error;
 use crate::guard::{MassRemoval, Policy};
+use crate::servers::split_list;
 use crate::snapshot::{self, SnapshotRead};
 use crate::token::TokenSource;
 
 /// Settings of a [`Client`]; see the methods for what each does.
 pub struct ClientBuilder {
-    server: String,
+    servers: Vec<String>,
+    random_start: bool,
     tenant: String,
     tokens: Arc<dyn TokenSource>,
     prefixes: Vec<String>,
@@ -42,7 +44,7 @@ pub struct ClientBuilder {
 impl fmt::Debug for ClientBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ClientBuilder")
-            .field("server", &self.server)
+            .field("servers", &self.servers)
             .field("tenant", &self.tenant)
             .field("prefixes", &self.prefixes)
             .field("snapshot_path", &self.snapshot_path)
@@ -54,7 +56,9 @@ impl fmt::Debug for ClientBuilder {
 
 impl ClientBuilder {
     /// A client of `server` (`http://host:port`, `https://host:port`, or
-    /// `host:port`) for `tenant`, with tokens from `tokens`.
+    /// `host:port`) for `tenant`, with tokens from `tokens`. `server` may also list
+    /// several servers separated by commas (`http://a:50051,http://b:50051`), as
+    /// [`servers`](Self::servers) does.
     ///
     /// The tenant is sent in every request, so the server refuses a token of any
     /// other tenant (`PermissionDenied`), and is recorded in the snapshot.
@@ -64,7 +68,8 @@ impl ClientBuilder {
         tokens: impl TokenSource,
     ) -> Self {
         ClientBuilder {
-            server: server.into(),
+            servers: split_list(&server.into()),
+            random_start: true,
             tenant: tenant.into(),
             tokens: Arc::new(tokens),
             prefixes: Vec::new(),
@@ -77,6 +82,39 @@ impl ClientBuilder {
             ready_timeout: Duration::from_secs(30),
             mass_removal: Policy::Hold,
         }
+    }
+
+    /// The servers to use, replacing the one given to [`new`](Self::new): instances
+    /// that serve the same configuration (two origins, relays, or both). The watch
+    /// uses one at a time and moves to the next in the list (round-robin) when the
+    /// one it uses fails it: unreachable, the connection or stream broken, the server
+    /// shutting down or ending the stream at its maximum connection age, or an answer
+    /// the client cannot use. It tries the next at once, and waits by the
+    /// [`backoff`](Self::backoff) only after every server failed in a row. On the new
+    /// server it resumes from what the cache holds (the server sends the difference,
+    /// never the whole state again). A refused token or permission is not a server's
+    /// failure: it is handled on the same server as with one URL.
+    /// [`Client::server`] and [`Status::server`] say which one is in use.
+    pub fn servers<I, S>(mut self, servers: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.servers = servers
+            .into_iter()
+            .map(|s| s.into().trim().to_owned())
+            .collect();
+        self
+    }
+
+    /// Whether the first attempt goes to a server drawn at random from the list
+    /// (`true`, the default: many clients given one list spread over its servers
+    /// from the start, instead of all piling onto the first) or to the first one
+    /// (`false`: the list is an order of preference, say the nearest server first).
+    /// Either way, later moves go round-robin from there.
+    pub fn random_start(mut self, random: bool) -> Self {
+        self.random_start = random;
+        self
     }
 
     /// Key prefixes to watch (e.g. `tenant_config_`, `param_config_db/`), replacing
@@ -169,7 +207,7 @@ impl ClientBuilder {
     /// [`Error::Timeout`] after `ready_timeout` (the last error in the message).
     pub async fn connect(self) -> Result<Client, Error> {
         let ready_timeout = self.ready_timeout;
-        let server = self.server.clone();
+        let servers = self.servers.join(", ");
         let client = self.start().await?;
         let waited = tokio::time::timeout(
             ready_timeout,
@@ -193,7 +231,7 @@ impl ClientBuilder {
                     .as_ref()
                     .map_or_else(|| "no error".to_owned(), ToString::to_string);
                 Err(Error::Timeout(format!(
-                    "no initial state from {server} within {ready_timeout:?} (last error: {last})"
+                    "no initial state from {servers} within {ready_timeout:?} (last error: {last})"
                 )))
             }
         }
@@ -221,7 +259,21 @@ impl ClientBuilder {
                 return invalid(format!("{name} must be above zero"));
             }
         }
-        let channel = channel(&self.server)?;
+        if self.servers.is_empty() {
+            return invalid("no server URL given".into());
+        }
+        // Every URL is checked now, so that moving to one later cannot fail.
+        let mut channels = self
+            .servers
+            .iter()
+            .map(|url| channel(url))
+            .collect::<Result<Vec<_>, _>>()?;
+        let start = if self.random_start {
+            rand::random_range(0..self.servers.len())
+        } else {
+            0
+        };
+        let channel = channels.swap_remove(start);
         let prefixes = snapshot::normalize_prefixes(&self.prefixes);
 
         let mut data = Data::default();
@@ -267,11 +319,14 @@ impl ClientBuilder {
 
         let shutdown = CancellationToken::new();
         let shared = Arc::new(Shared {
-            server: self.server,
+            servers: self.servers,
             tenant: self.tenant,
             prefixes,
             tokens: self.tokens,
-            channel: Mutex::new(channel),
+            current: Mutex::new(Current {
+                index: start,
+                channel,
+            }),
             opts: Options {
                 backoff: self.backoff,
                 stale_after: self.stale_after,

@@ -1,16 +1,18 @@
-//! The connection to the server: the server URL made into a lazy tonic channel
-//! (scheme, TLS, connect timeout, HTTP/2 keepalives), the gRPC client on it, its
-//! renewal after a silent stream, and the `authorization` header from the token
-//! source. Knows nothing of the cache or the watch protocol.
+//! The connection to the server: a server URL made into a lazy tonic channel
+//! (scheme, TLS, connect timeout, HTTP/2 keepalives), the gRPC client on it, which
+//! server of the list is in use (moving to another, or renewing the connection after
+//! a silent stream, makes a new channel), and the `authorization` header from the
+//! token source. Knows nothing of the cache or the watch protocol, nor when to move
+//! (`servers.rs` and the watch decide).
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, MutexGuard};
 use std::time::Duration;
 
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
 
-use super::shared::Shared;
+use super::shared::{Current, Shared};
 use crate::error::Error;
 use crate::proto::config_service_client::ConfigServiceClient;
 
@@ -72,24 +74,52 @@ impl Shared {
         })
     }
 
+    fn current(&self) -> MutexGuard<'_, Current> {
+        self.current.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     pub fn rpc(&self) -> ConfigServiceClient<Channel> {
-        let channel = self
-            .channel
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let channel = self.current().channel.clone();
         ConfigServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES)
     }
 
-    /// Drops the connection for a new one, made at the next call. For a stream that
-    /// went silent: its connection may be half-open (a dead peer, a NAT that forgot
-    /// the flow), and a new call on it would hang the same way until HTTP/2
-    /// keepalive gives up on it, 40 s later.
-    pub fn renew_channel(&self) {
-        match channel(&self.server) {
-            Ok(fresh) => *self.channel.lock().unwrap_or_else(|p| p.into_inner()) = fresh,
-            // Cannot happen: the same URL made the first channel.
+    /// The index of the server in use.
+    pub fn current_index(&self) -> usize {
+        self.current().index
+    }
+
+    /// The URL of the server in use.
+    pub fn server(&self) -> &str {
+        let index = self.current().index;
+        self.servers.get(index).map_or("", String::as_str)
+    }
+
+    /// Uses server `index` from now on, on a new connection made at the next call.
+    /// Also for the same server after a stream went silent: its connection may be
+    /// half-open (a dead peer, a NAT that forgot the flow), and a new call on it
+    /// would hang the same way until HTTP/2 keepalive gives up on it, 40 s later.
+    pub fn use_server(&self, index: usize) {
+        let Some(url) = self.servers.get(index) else {
+            return;
+        };
+        match channel(url) {
+            Ok(fresh) => {
+                let mut current = self.current();
+                if current.index != index {
+                    tracing::debug!(tenant = %self.tenant, server = %url, "moving to the next server");
+                }
+                *current = Current {
+                    index,
+                    channel: fresh,
+                };
+            }
+            // Cannot happen: every URL made a channel when the client started.
             Err(e) => tracing::warn!("cannot make a new channel: {e}"),
         }
+    }
+
+    /// A new connection to the server in use, made at the next call.
+    pub fn renew_channel(&self) {
+        self.use_server(self.current_index());
     }
 }

@@ -5,7 +5,7 @@
 //! - `status.rs`: [`State`], [`Source`], [`Status`]: how current the cache is.
 //! - `secrets.rs`: [`Client::read_secret`], a `Get` on demand, never cached.
 //! - `shared.rs`: the state the handle shares with the background watch task.
-//! - `connection.rs`: the channel to the server and the `authorization` header.
+//! - `connection.rs`: the channel to the server in use and the `authorization` header.
 
 mod builder;
 mod connection;
@@ -93,7 +93,7 @@ pub struct Client {
 impl fmt::Debug for Client {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Client")
-            .field("server", &self.shared.server)
+            .field("servers", &self.shared.servers)
             .field("tenant", &self.shared.tenant)
             .field("prefixes", &self.shared.prefixes)
             .finish_non_exhaustive()
@@ -117,6 +117,17 @@ impl Client {
         tokens: impl TokenSource,
     ) -> ClientBuilder {
         ClientBuilder::new(server, tenant, tokens)
+    }
+
+    /// The URL of the server the watch uses now (or is trying): one of
+    /// [`servers`](Self::servers). It changes when that server fails the watch.
+    pub fn server(&self) -> String {
+        self.shared.server().to_owned()
+    }
+
+    /// The servers the watch goes through, in order.
+    pub fn servers(&self) -> &[String] {
+        &self.shared.servers
     }
 
     /// The tenant this cache belongs to.

@@ -59,13 +59,22 @@ impl Data {
     }
 }
 
+/// The server the watch uses now, and the channel to it.
+pub(crate) struct Current {
+    /// Its index in `Shared::servers`.
+    pub index: usize,
+    pub channel: Channel,
+}
+
 pub(crate) struct Shared {
-    pub server: String,
+    /// The server URLs, in the order the watch goes through them (at least one).
+    pub servers: Vec<String>,
     pub tenant: String,
     pub prefixes: Vec<String>,
     pub tokens: Arc<dyn TokenSource>,
-    /// Replaced by [`Shared::renew_channel`] when a stream went silent.
-    pub(super) channel: Mutex<Channel>,
+    /// Replaced by [`Shared::use_server`] when the watch moves to another server, or
+    /// renews the connection after a stream went silent.
+    pub(super) current: Mutex<Current>,
     pub opts: Options,
     pub(super) data: RwLock<Data>,
     pub(super) live: Mutex<Live>,

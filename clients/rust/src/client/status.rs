@@ -97,6 +97,9 @@ pub struct Status {
     /// The last time the server reported a store identity other than the one of the
     /// state held (a store recreated, or a server pointed at another one).
     pub last_store_change: Option<StoreChange>,
+    /// The URL of the server the watch uses now (or is trying), one of those the
+    /// client was given.
+    pub server: String,
 }
 
 /// The status as the watch task keeps it; [`Client::status`] reads it.
@@ -178,6 +181,7 @@ impl Client {
             held_back: l.held_back.clone(),
             store_id,
             last_store_change: l.store_change.clone(),
+            server: self.shared.server().to_owned(),
         }
     }
 

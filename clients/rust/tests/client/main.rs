@@ -7,6 +7,7 @@ mod cache;
 mod common;
 mod failures;
 mod lifecycle;
+mod servers;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -30,7 +30,8 @@
 //! `max_age` checks the same promise when connections reach the server's maximum
 //! age (`--max-connection-age`) instead, and `spread` with two instances on the AWS
 //! backend (moto) behind a round-robin `balancer`, the second started later: the
-//! watchers spread to it and none misses a change.
+//! watchers spread to it and none misses a change. `failover` gives the clients both
+//! instances' URLs instead and kills the one they use, then the other.
 //!
 //! The TypeScript driver must be built: `npm ci && npm run build` in
 //! clients/typescript (tests/run does it before `cargo test`).
@@ -42,6 +43,8 @@ mod chaos;
 #[path = "../common/mod.rs"]
 mod common;
 mod compare;
+mod failover;
+mod instances;
 mod max_age;
 mod proxy;
 mod rust_client;
@@ -53,6 +56,7 @@ mod writer;
 use balancer::*;
 use chaos::*;
 use compare::*;
+use instances::*;
 use proxy::*;
 use rust_client::*;
 use server::*;
@@ -70,7 +74,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use configwatch_client::proto::{self, config_service_client::ConfigServiceClient};
-use configwatch_client::{Change, ChangeKind, Client, State};
+use configwatch_client::{Change, ChangeKind, Client, ClientBuilder, State, SyncMode};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};

@@ -17,6 +17,17 @@ impl RustClient {
         token_file: &Path,
         prefixes: Vec<String>,
     ) -> Result<RustClient, String> {
+        Self::start_with(name, url, token_file, prefixes, |b| b).await
+    }
+
+    /// [`start`](Self::start) with more settings made by `configure`.
+    pub(crate) async fn start_with(
+        name: String,
+        url: &str,
+        token_file: &Path,
+        prefixes: Vec<String>,
+        configure: impl FnOnce(ClientBuilder) -> ClientBuilder,
+    ) -> Result<RustClient, String> {
         let file = token_file.to_owned();
         let tokens = move || {
             let file = file.clone();
@@ -26,10 +37,11 @@ impl RustClient {
                     .map(|t| t.trim().to_owned())
             }
         };
-        let client = Client::builder(url, TENANT, tokens)
+        let builder = Client::builder(url, TENANT, tokens)
             .prefixes(prefixes.clone())
             .backoff(fast_backoff())
-            .idle_timeout(IDLE_TIMEOUT)
+            .idle_timeout(IDLE_TIMEOUT);
+        let client = configure(builder)
             .start()
             .await
             .map_err(|e| format!("{name}: {e}"))?;
@@ -95,4 +107,29 @@ impl RustClient {
             violations: r.violations.clone(),
         }
     }
+}
+
+/// Checks that each client synced at least `syncs` times and was never sent a full
+/// state after its first (which the tests make empty, so it records no change):
+/// every later one resumed by what the client held. Returns a line per client.
+pub(crate) fn resumed_every_time(rust: &[RustClient], syncs: u64) -> String {
+    let mut report = String::new();
+    for c in rust {
+        let status = c.client.status();
+        let recorded = c.recorder.lock().unwrap();
+        assert!(status.syncs >= syncs, "{}: {status:?}", c.name);
+        assert!(
+            !recorded.causes.contains_key("Full"),
+            "{}: a full state after the first: {:?}",
+            c.name,
+            recorded.causes
+        );
+        assert_ne!(status.last_sync_mode, Some(SyncMode::Full), "{}", c.name);
+        let _ = write!(
+            report,
+            " {}: {} syncs {:?};",
+            c.name, status.syncs, recorded.causes
+        );
+    }
+    report
 }

@@ -10,6 +10,8 @@ pub(crate) struct Server {
     pub(crate) logs: PathBuf,
     pub(crate) process: Option<ServerProcess>,
     pub(crate) starts: u32,
+    /// The port it listens on; 0 (the default) picks a free one at each start.
+    pub(crate) port: u16,
     /// Environment for the process (the AWS endpoint of a moto server, say).
     pub(crate) env: Vec<(String, String)>,
 }
@@ -21,6 +23,7 @@ impl Server {
             logs,
             process: None,
             starts: 0,
+            port: 0,
             env: Vec::new(),
         }
     }
@@ -52,7 +55,7 @@ impl Server {
     ) -> Result<SocketAddr, String> {
         self.starts += 1;
         let log = std::fs::File::create(self.log()).map_err(|e| e.to_string())?;
-        let mut command = serve_command(&server_bin(), &self.data_dir, 0);
+        let mut command = serve_command(&server_bin(), &self.data_dir, self.port);
         command
             .args(["--progress-interval", "500ms", "--shutdown-grace", "2s"])
             .args(["--history", &history.to_string()])

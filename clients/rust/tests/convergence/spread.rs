@@ -14,8 +14,8 @@ use super::*;
 
 use std::cell::Cell;
 
-use configwatch_test_support::moto::{Moto, REGION, ROOT, Resources};
-use configwatch_test_support::{PATIENCE, Scrape};
+use configwatch_test_support::PATIENCE;
+use configwatch_test_support::moto::{Moto, ROOT, Resources};
 use tokio_util::sync::CancellationToken;
 
 mod changes;
@@ -45,35 +45,23 @@ const SPREAD_WITHIN: Duration = Duration::from_secs(15);
 async fn watchers_spread_to_a_second_instance_and_miss_no_change() {
     let driver = typescript_driver();
     let dir = temp_dir();
-    let seed: u64 = std::env::var("CONFIGWATCH_CONVERGENCE_SEED")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or_else(|| rand::rng().random());
-    eprintln!("spread: seed {seed} (replay with CONFIGWATCH_CONVERGENCE_SEED={seed})");
+    let seed = seed_from_env("spread");
     let started = Instant::now();
-    let moto = Moto::start();
-    let res = moto.create_resources(Duration::from_secs(2)).await;
-    // B's queue: the rule hands every Parameter Store event to both queues.
-    let b_queue = moto
-        .add_event_queue("configwatch-parameter-changes-b", Duration::from_secs(2))
-        .await;
-
-    let data_dir = dir.path().join("data");
-    let mut a = instance(&moto, &data_dir, dir.path().join("a"));
-    let mut b = instance(&moto, &data_dir, dir.path().join("b"));
+    let Instances {
+        moto,
+        res,
+        b_queue,
+        mut a,
+        mut b,
+    } = Instances::new(dir.path()).await;
     let a_addr = a
-        .start_with(4096, &aws_flags(&res, &res.queue_url))
+        .start_with(
+            4096,
+            &[aws_flags(&res, &res.queue_url), MAX_AGE.to_vec()].concat(),
+        )
         .await
         .unwrap();
-    // One signing key for both: the data directory holds nothing else on AWS.
-    let token_file = dir.path().join("reader.token");
-    let reader = mint_token(&server_bin(), &data_dir, TENANT, "reader", "10m")
-        .await
-        .unwrap();
-    std::fs::write(&token_file, reader).unwrap();
-    let writer_token = mint_token(&server_bin(), &data_dir, TENANT, "writer", "10m")
-        .await
-        .unwrap();
+    let (token_file, writer_token) = tokens(dir.path()).await;
 
     let balancer = Balancer::start(a_addr).await.unwrap();
     let url = format!("http://{}", balancer.addr);
@@ -119,7 +107,10 @@ async fn watchers_spread_to_a_second_instance_and_miss_no_change() {
             .await
             .unwrap();
         let b_addr = b
-            .start_with(4096, &aws_flags(&res, &b_queue))
+            .start_with(
+                4096,
+                &[aws_flags(&res, &b_queue), MAX_AGE.to_vec()].concat(),
+            )
             .await
             .unwrap();
         b_tx.send_replace(Some(b_addr));
@@ -171,23 +162,7 @@ async fn watchers_spread_to_a_second_instance_and_miss_no_change() {
 
     // Each watcher moved (its first sync, then at least two more), and never got
     // a full state again: the instances resumed it or sent the difference.
-    let mut report = String::new();
-    for c in &rust {
-        let status = c.client.status();
-        let recorded = c.recorder.lock().unwrap();
-        assert!(status.syncs >= 3, "{}: {status:?}", c.name);
-        assert!(
-            !recorded.causes.contains_key("Full"),
-            "{}: a full state after the first: {:?}",
-            c.name,
-            recorded.causes
-        );
-        let _ = write!(
-            report,
-            " {}: {} syncs {:?};",
-            c.name, status.syncs, recorded.causes
-        );
-    }
+    let mut report = resumed_every_time(&rust, 3);
     for c in &mut ts {
         let counts = c.dump().await.unwrap().counts;
         assert_eq!(counts["syncs"]["full"], json!(1), "{}: {counts}", c.name);
@@ -221,79 +196,6 @@ fn watches(i: usize) -> Vec<String> {
     } else {
         Vec::new()
     }
-}
-
-/// A server on the AWS backend of `moto`, logging into `logs`.
-fn instance(moto: &Moto, data_dir: &Path, logs: PathBuf) -> Server {
-    std::fs::create_dir_all(&logs).unwrap();
-    let mut server = Server::new(data_dir.to_owned(), logs);
-    server.env = [
-        ("AWS_ENDPOINT_URL", moto.endpoint.as_str()),
-        ("AWS_ACCESS_KEY_ID", "test"),
-        ("AWS_SECRET_ACCESS_KEY", "test"),
-        ("AWS_EC2_METADATA_DISABLED", "true"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    .collect();
-    server
-}
-
-/// The flags of an instance reading `res` with its own `queue`.
-fn aws_flags<'a>(res: &'a Resources, queue: &'a str) -> Vec<&'a str> {
-    let mut flags = vec![
-        "--backend",
-        "aws",
-        "--table",
-        &res.table,
-        "--queue-url",
-        queue,
-        "--ssm-root",
-        ROOT,
-        "--region",
-        REGION,
-        "--stream-poll-interval",
-        "100ms",
-        // Nothing may be repaired by a re-read during the test.
-        "--reconcile-interval",
-        "10m",
-        "--admin-listen",
-        "127.0.0.1:0",
-    ];
-    flags.extend_from_slice(MAX_AGE);
-    flags
-}
-
-fn admin_of(server: &Server) -> SocketAddr {
-    server
-        .process
-        .as_ref()
-        .and_then(|p| p.admin)
-        .expect("the instance's admin listener")
-}
-
-/// `configwatch_watch_streams_open` of the instance whose admin listener is `admin`
-/// (once it has started: it opens its ports before it reaches AWS).
-async fn streams_open(admin: SocketAddr) -> u64 {
-    Scrape::take(admin)
-        .await
-        .value("configwatch_watch_streams_open") as u64
-}
-
-/// Waits until the instance whose admin listener is `admin` has `n` Watch streams
-/// open (all of the watchers: none is between two connections).
-async fn wait_for_streams(admin: SocketAddr, n: u64, what: &str) {
-    let last = Cell::new(0);
-    let reached = poll(PATIENCE, || async {
-        last.set(streams_open(admin).await);
-        (last.get() >= n).then_some(())
-    })
-    .await;
-    assert!(
-        reached.is_ok(),
-        "{what}: {} Watch streams open, not {n}",
-        last.get()
-    );
 }
 
 /// Waits until each instance holds at least a third of the `all` watchers' streams;

@@ -1,0 +1,119 @@
+//! Several server URLs: a server that is down or shutting down is passed over at
+//! once, a refused permission is not a reason to move on, and many clients given one
+//! list start spread over it.
+
+use super::*;
+
+use configwatch_client::Backoff;
+
+/// A backoff far longer than any wait here: a client that waited it would time out.
+fn slow_backoff() -> Backoff {
+    Backoff::doubling(Duration::from_secs(60), Duration::from_secs(60))
+}
+
+/// An address where nothing listens (bound on port 0, then closed).
+fn dead_url() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    format!("http://{}", listener.local_addr().unwrap())
+}
+
+#[tokio::test]
+async fn a_server_that_is_down_is_passed_over_without_waiting() {
+    let dir = temp_dir();
+    let server = Server::start(&dir.path().join("data")).await;
+    let (dead, live) = (dead_url(), server.url());
+    let client = server
+        .builder(TENANT)
+        .await
+        .servers([dead.clone(), live.clone()])
+        .random_start(false)
+        .backoff(slow_backoff())
+        .ready_timeout(SECS_10)
+        .connect()
+        .await
+        .unwrap();
+    assert_eq!(client.servers(), [dead, live.clone()]);
+    assert_eq!(client.server(), live);
+    let status = client.status();
+    assert!(status.connected, "{status:?}");
+    assert_eq!(status.server, live);
+}
+
+#[tokio::test]
+async fn a_server_shutting_down_moves_the_watch_to_the_next() {
+    let dir = temp_dir();
+    let mut server = Server::start(&dir.path().join("data")).await;
+    // The next one accepts connections and never answers: the client stays on it
+    // (for its idle timeout) long enough to be seen there.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let (live, next) = (
+        server.url(),
+        format!("http://{}", silent.local_addr().unwrap()),
+    );
+    let client = server
+        .builder(TENANT)
+        .await
+        .servers([live.clone(), next.clone()])
+        .random_start(false)
+        .connect()
+        .await
+        .unwrap();
+    assert_eq!(client.server(), live);
+    // SIGTERM: the server ends its Watches with UNAVAILABLE ("shutting down").
+    server.terminate().await;
+    wait_for(
+        SECS_10,
+        || format!("{:?}", client.status()),
+        || client.server() == next,
+    )
+    .await;
+    assert!(!client.status().connected);
+}
+
+#[tokio::test]
+async fn a_refused_permission_stays_on_its_server_and_stops_the_watch() {
+    let dir = temp_dir();
+    let server = Server::start(&dir.path().join("data")).await;
+    let other_tenant = server.token("globex", "reader", "1h").await;
+    // Both in one setting, as an environment variable holds them.
+    let list = format!("{},{}", server.url(), dead_url());
+    let client = Client::builder(list, TENANT, static_token(other_tenant))
+        .random_start(false)
+        .backoff(slow_backoff())
+        .start()
+        .await
+        .unwrap();
+    let refused = timeout(SECS_10, client.ready()).await.unwrap();
+    assert_eq!(
+        refused.unwrap_err().code(),
+        Some(tonic::Code::PermissionDenied)
+    );
+    assert_eq!(client.status().state, State::Failed);
+    assert_eq!(client.server(), server.url());
+}
+
+#[tokio::test]
+async fn clients_given_one_list_start_spread_over_it() {
+    let list = [dead_url(), dead_url()];
+    let mut first = std::collections::BTreeMap::<String, usize>::new();
+    for _ in 0..40 {
+        // On this test's single thread the watch has not run yet: the server in use
+        // is the one the client starts with.
+        let client = Client::builder(list.join(","), TENANT, static_token("t"))
+            .start()
+            .await
+            .unwrap();
+        *first.entry(client.server()).or_default() += 1;
+        client.close().await;
+    }
+    assert_eq!(first.len(), 2, "{first:?}");
+    assert!(first.values().all(|&n| n >= 5), "{first:?}");
+}
+
+#[tokio::test]
+async fn an_empty_list_is_refused() {
+    let built = Client::builder(" , ", TENANT, static_token("t"))
+        .start()
+        .await;
+    assert!(matches!(built, Err(Error::InvalidConfig(_))), "{built:?}");
+}
