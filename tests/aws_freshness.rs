@@ -13,7 +13,6 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use aws_sdk_ssm::types::ParameterType;
 use common::*;
 use configwatch::auth::Role;
 use configwatch_test_support::moto::{Moto, ROOT, Resources};
@@ -147,15 +146,7 @@ async fn a_parameter_store_change_is_timed_from_its_event() {
 
     let started = Instant::now();
     let name = format!("{ROOT}/acme/db/url");
-    moto.ssm()
-        .await
-        .put_parameter()
-        .name(&name)
-        .value("postgres://a")
-        .r#type(ParameterType::String)
-        .send()
-        .await
-        .unwrap();
+    moto.put_string_parameter(&name, "postgres://a").await;
     moto.ssm_change_event(&name, "Create", "String").await;
     let got = changes(&mut w, 1).await;
     assert_eq!(got[0].key, "param_config_db/url");

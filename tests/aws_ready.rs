@@ -12,7 +12,6 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use aws_sdk_ssm::types::ParameterType;
 use common::*;
 use configwatch::auth::Role;
 use configwatch_test_support::moto::{Moto, REGION, ROOT, Resources};
@@ -117,15 +116,7 @@ async fn sources_cut_off_turn_not_ready_within_the_grace_and_ready_again_losing_
     // Changes made while the server cannot see them.
     moto.put_config_item(&res.table, "acme", "flag", 1).await;
     let url = format!("{ROOT}/acme/db/url");
-    moto.ssm()
-        .await
-        .put_parameter()
-        .name(&url)
-        .value("postgres://a")
-        .r#type(ParameterType::String)
-        .send()
-        .await
-        .unwrap();
+    moto.put_string_parameter(&url, "postgres://a").await;
     moto.ssm_change_event(&url, "Create", "String").await;
 
     // AWS is back: ready again, and both changes arrive.

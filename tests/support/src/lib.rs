@@ -12,7 +12,8 @@
 //!   fixed sleep.
 //! - `moto` (feature `moto`): a private moto server (AWS emulator) with the
 //!   resources of the CloudFormation template (and, for a second instance, one
-//!   more queue the rule feeds: `Moto::add_event_queue`).
+//!   more queue the rule feeds: `Moto::add_event_queue`); `moto_stack`: the
+//!   template itself deployed by moto's CloudFormation, its outputs and resources.
 //! - [`procfs`]: a process's resident memory and CPU time from `/proc`.
 //! - [`proxy`]: a TCP proxy a test can cut (resetting connections) and restore.
 //! - [`temp_dir`]: a temporary directory, removed when dropped.
@@ -31,6 +32,8 @@ pub mod metrics;
 pub mod moto;
 #[cfg(feature = "moto")]
 mod moto_fanout;
+#[cfg(feature = "moto")]
+pub mod moto_stack;
 pub mod process;
 pub mod procfs;
 pub mod proxy;

@@ -117,7 +117,14 @@ impl Moto {
         command
             .args(["--table", &res.table, "--queue-url", &res.queue_url])
             .args(["--ssm-root", ROOT, "--region", REGION])
-            .args(["--stream-poll-interval", "100ms"])
+            .args(["--stream-poll-interval", "100ms"]);
+        self.aws_env(command);
+    }
+
+    /// Points the AWS SDK of `command` at this moto: its endpoint, static
+    /// credentials, no instance metadata.
+    pub fn aws_env(&self, command: &mut Command) {
+        command
             .env("AWS_ENDPOINT_URL", &self.endpoint)
             .env("AWS_ACCESS_KEY_ID", "test")
             .env("AWS_SECRET_ACCESS_KEY", "test")
@@ -302,6 +309,22 @@ impl Moto {
             .expect("put item");
     }
 
+    /// Writes the String parameter `name` (a full Parameter Store name) in SSM
+    /// directly, as another tool would, creating or overwriting it. moto emits no
+    /// event for it: send one with [`Moto::ssm_change_event`].
+    pub async fn put_string_parameter(&self, name: &str, value: &str) {
+        self.ssm()
+            .await
+            .put_parameter()
+            .name(name)
+            .value(value)
+            .r#type(aws_sdk_ssm::types::ParameterType::String)
+            .overwrite(true)
+            .send()
+            .await
+            .expect("put parameter");
+    }
+
     /// Sends `body` to the queue as it is.
     pub async fn send_raw_message(&self, queue_url: &str, body: &str) {
         self.sqs()
@@ -317,13 +340,10 @@ impl Moto {
 
 /// The EventBridge pattern of the template's rule, with its root filled in.
 pub fn template_event_pattern(root: &str) -> Value {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../deploy/configwatch.cfn.json"
-    );
-    let template: Value =
-        serde_json::from_str(&std::fs::read_to_string(path).expect("read template"))
-            .expect("template is JSON");
+    let template: Value = serde_json::from_str(
+        &std::fs::read_to_string(crate::moto_stack::TEMPLATE).expect("read template"),
+    )
+    .expect("template is JSON");
     let mut pattern =
         template["Resources"]["ParameterChangeRule"]["Properties"]["EventPattern"].clone();
     pattern["detail"]["name"][0]["prefix"] = Value::String(format!("{root}/"));
