@@ -36,20 +36,7 @@ async fn every_counter_moves_by_exactly_what_happened() {
     // A long visibility timeout: the malformed message is not received twice.
     let res = moto.create_resources(Duration::from_secs(600)).await;
     let dir = temp_dir();
-    let command = aws_serve_command(
-        dir.path(),
-        &moto,
-        &res,
-        &[
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--stream-poll-interval",
-            "100ms",
-            // No reconciliation pass during the test: its re-reads would count.
-            "--reconcile-interval",
-            "1h",
-        ],
-    );
+    let command = aws_serve_command(dir.path(), &moto, &res, &OBSERVED_SOURCES);
     let server = ServerProcess::start(command).await;
     let admin = server.admin.expect("an admin address");
     // The stream reader is reading its shard (after its first-start gap).

@@ -140,13 +140,19 @@ async fn sources_cut_off_turn_not_ready_within_the_grace_and_ready_again_losing_
     wait_for_health(server.addr, ServingStatus::Serving).await;
 }
 
-#[tokio::test]
-async fn a_server_started_while_its_sources_are_cut_off_turns_ready_only_once_they_answer() {
+/// moto with the template's resources, and a proxy to it that is already cut (for
+/// a server started while AWS cannot be reached through it).
+async fn cut_off_before_start() -> (Moto, Resources, CutProxy, tempfile::TempDir) {
     let moto = Moto::start();
     let res = moto.create_resources(Duration::from_secs(2)).await;
     let proxy = CutProxy::to_endpoint(&moto.endpoint).await;
     proxy.cut();
-    let dir = temp_dir();
+    (moto, res, proxy, temp_dir())
+}
+
+#[tokio::test]
+async fn a_server_started_while_its_sources_are_cut_off_turns_ready_only_once_they_answer() {
+    let (moto, res, proxy, dir) = cut_off_before_start().await;
     // The table and Parameter Store answer (the server starts and serves them); the
     // stream and the queue, what the sources read, do not.
     let server = ServerProcess::start(aws_command(
@@ -194,11 +200,7 @@ async fn a_server_started_while_its_sources_are_cut_off_turns_ready_only_once_th
 /// it), not ready, and says why; once AWS answers it starts and serves.
 #[tokio::test]
 async fn a_server_that_cannot_reach_aws_at_start_is_alive_and_says_it_is_starting() {
-    let moto = Moto::start();
-    let res = moto.create_resources(Duration::from_secs(2)).await;
-    let proxy = CutProxy::to_endpoint(&moto.endpoint).await;
-    proxy.cut();
-    let dir = temp_dir();
+    let (_moto, res, proxy, dir) = cut_off_before_start().await;
     let server = ServerProcess::start(aws_command(
         dir.path(),
         &res,

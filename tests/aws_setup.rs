@@ -332,15 +332,7 @@ async fn two_origins_started_from_the_outputs_each_apply_changes_from_their_own_
         let dir = temp_dir();
         let output = stack.output(&format!("Origin{n}ServeCommand"));
         let mut command = moto.output_command(Path::new(BIN), dir.path(), output);
-        command.args([
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--stream-poll-interval",
-            "100ms",
-            // No reconciliation pass during the test: a change comes by its source.
-            "--reconcile-interval",
-            "1h",
-        ]);
+        command.args(OBSERVED_SOURCES);
         let server = ServerProcess::start(command).await;
         let reader = token(dir.path(), "acme", Role::Reader);
         let mut client = connect(server.addr, Some(&reader)).await;

@@ -336,6 +336,18 @@ pub fn token(dir: &Path, tenant: &str, role: Role) -> String {
     .unwrap()
 }
 
+/// The flags of a test server on AWS whose changes must come by their sources: an
+/// admin listener on a free port, a fast stream poll, and no reconciliation pass
+/// during the test (its re-reads would also bring changes, and count).
+pub const OBSERVED_SOURCES: [&str; 6] = [
+    "--admin-listen",
+    "127.0.0.1:0",
+    "--stream-poll-interval",
+    "100ms",
+    "--reconcile-interval",
+    "1h",
+];
+
 /// `configwatch serve --backend aws` on 127.0.0.1 port 0 with `dir`, against `moto`
 /// and the template's resources `res` (table, queue, Parameter Store root), with
 /// `extra` arguments.
