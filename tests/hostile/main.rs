@@ -85,9 +85,14 @@ impl Bystander {
 }
 
 /// The bound a bystander's p99 must stay under during misuse: a small multiple of
-/// its baseline (with a floor for timer and scheduler noise on a shared machine).
+/// its baseline, with a floor for noise on a shared machine. A probe is a durable
+/// write (an fsync) and its delivery, and the other suites of this binary write
+/// large tenants at the same time: on a 2-core CI machine one probe out of twenty
+/// has taken 162 ms there. What the floor still catches is a server the misuse
+/// stalls (an accept loop that spins, a runtime blocked), which costs the
+/// bystander seconds.
 fn allowed(baseline: Duration) -> Duration {
-    (baseline * 5).max(Duration::from_millis(150))
+    (baseline * 5).max(Duration::from_millis(250))
 }
 
 /// A gRPC frame: the 5-byte prefix and the message.
