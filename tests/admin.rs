@@ -87,22 +87,7 @@ async fn unread_watch(
     addr: std::net::SocketAddr,
     token: &str,
 ) -> tonic::codec::Streaming<configwatch::proto::WatchResponse> {
-    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .initial_stream_window_size(65_535)
-        .initial_connection_window_size(65_535)
-        .connect()
-        .await
-        .unwrap();
-    let header: tonic::metadata::MetadataValue<_> = format!("Bearer {token}").parse().unwrap();
-    let mut client =
-        configwatch::proto::config_service_client::ConfigServiceClient::with_interceptor(
-            channel,
-            move |mut r: tonic::Request<()>| {
-                r.metadata_mut().insert("authorization", header.clone());
-                Ok(r)
-            },
-        );
+    let mut client = small_window_client(addr, token).await;
     client
         .watch(watch_prefixes(&["tenant_config_"]))
         .await

@@ -295,22 +295,7 @@ async fn watches_over_a_full_connection_budget_get_the_newest_values_once_read()
     // One connection with small HTTP/2 windows: what it does not read stays in
     // the server, and its Watches' initial states (~320 KB each) exceed its budget.
     let token = server.token("acme", Role::Reader);
-    let channel = tonic::transport::Channel::from_shared(server.url())
-        .unwrap()
-        .initial_stream_window_size(65_535)
-        .initial_connection_window_size(65_535)
-        .connect()
-        .await
-        .unwrap();
-    let header: tonic::metadata::MetadataValue<_> = format!("Bearer {token}").parse().unwrap();
-    let mut reader = proto::config_service_client::ConfigServiceClient::with_interceptor(
-        channel,
-        move |mut r: tonic::Request<()>| {
-            r.metadata_mut().insert("authorization", header.clone());
-            Ok(r)
-        },
-    )
-    .max_decoding_message_size(usize::MAX);
+    let mut reader = small_window_client(server.addr, &token).await;
     let mut unread = Vec::new();
     for _ in 0..WATCHES {
         unread.push(

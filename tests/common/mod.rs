@@ -199,6 +199,20 @@ pub async fn try_connect(
     )
 }
 
+/// A client on a connection whose HTTP/2 windows are small (64 KiB): what it does
+/// not read stays in the server.
+pub async fn small_window_client(addr: SocketAddr, token: &str) -> Client {
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .expect("url")
+        .initial_stream_window_size(65_535)
+        .initial_connection_window_size(65_535)
+        .connect()
+        .await
+        .expect("connect");
+    let bearer = Bearer(Some(format!("Bearer {token}").parse().expect("header")));
+    ConfigServiceClient::with_interceptor(channel, bearer).max_decoding_message_size(usize::MAX)
+}
+
 pub async fn put(client: &mut Client, key: &str, value: &str) -> proto::Entry {
     client
         .put(proto::PutRequest {
