@@ -116,8 +116,6 @@ pub struct Hub {
     started: tokio::time::Instant,
     /// The highest revision any dropped view reached.
     retired: AtomicU64,
-    /// Watches started, by initial mode (full, diff, resumed).
-    initial_syncs: [AtomicU64; 3],
     fresh: Arc<fresh::Freshness>,
     /// What operators read (see `stats`); watch handles share it.
     counters: Arc<HubCounters>,
@@ -134,7 +132,6 @@ impl Hub {
             next_watcher: AtomicU64::new(1),
             started: tokio::time::Instant::now(),
             retired: AtomicU64::new(0),
-            initial_syncs: Default::default(),
             fresh: Arc::default(),
             counters: Arc::default(),
         }

@@ -1,7 +1,7 @@
-//! What the hub counts for operators: changes handed to watchers after their
-//! initial state, changes coalesced in pending sets, views loaded and dropped, and
-//! scopes re-read by [`Hub::resync`]; and the two gauges read on demand (views in
-//! memory, the largest backlog of any watcher).
+//! What the hub counts for operators: Watches started by initial mode, changes
+//! handed to watchers after their initial state, changes coalesced in pending
+//! sets, views loaded and dropped, and scopes re-read by [`Hub::resync`]; and the
+//! two gauges read on demand (views in memory, the largest backlog of any watcher).
 //!
 //! Counters are plain relaxed atomics, added to next to what they count (`apply`,
 //! `watch`, `view`, `idle`) with one addition per batch, never under a lock of
@@ -9,7 +9,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{Hub, lock};
+use super::{Hub, InitialMode, lock};
 
 /// The hub's counters, each only growing.
 #[derive(Debug, Default)]
@@ -26,6 +26,8 @@ pub struct HubCounters {
     /// Loaded scopes re-read from the sources and merged (after a stream gap, or
     /// by reconciliation).
     pub resyncs: AtomicU64,
+    /// Watches started, by initial mode (full, diff, resumed).
+    pub(super) initial_syncs: [AtomicU64; 3],
 }
 
 impl HubCounters {
@@ -47,6 +49,23 @@ impl Hub {
     /// What the hub has counted so far.
     pub fn counters(&self) -> &HubCounters {
         &self.counters
+    }
+
+    /// Watches started so far by initial mode, for operators.
+    pub fn initial_syncs(&self) -> Vec<(&'static str, u64)> {
+        [
+            ("full", InitialMode::Full),
+            ("diff", InitialMode::Diff),
+            ("resumed", InitialMode::Resumed),
+        ]
+        .into_iter()
+        .map(|(name, mode)| {
+            (
+                name,
+                self.counters.initial_syncs[mode as usize].load(Ordering::Relaxed),
+            )
+        })
+        .collect()
     }
 
     /// Scope views in memory now (loaded, or being loaded).

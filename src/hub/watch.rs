@@ -173,7 +173,7 @@ impl Hub {
                 (InitialMode::Diff, out)
             }
         };
-        self.initial_syncs[mode as usize].fetch_add(1, Ordering::Relaxed);
+        self.counters.initial_syncs[mode as usize].fetch_add(1, Ordering::Relaxed);
         Ok(Subscription {
             store_id: self.store_id.clone(),
             mode,
@@ -181,23 +181,6 @@ impl Hub {
             revision,
             handle,
         })
-    }
-
-    /// Watches started so far by initial mode, for operators.
-    pub fn initial_syncs(&self) -> Vec<(&'static str, u64)> {
-        [
-            ("full", InitialMode::Full),
-            ("diff", InitialMode::Diff),
-            ("resumed", InitialMode::Resumed),
-        ]
-        .into_iter()
-        .map(|(name, mode)| {
-            (
-                name,
-                self.initial_syncs[mode as usize].load(Ordering::Relaxed),
-            )
-        })
-        .collect()
     }
 
     /// Every watcher's backlog, for operators and tests.
