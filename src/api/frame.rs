@@ -21,6 +21,7 @@ use bytes::{Buf, BufMut};
 use prost::encoding::{self, DecodeContext, WireType};
 
 use crate::hub::SharedEntry;
+use crate::model::Millis;
 use crate::proto::watch_response::{InitialMode, Kind};
 
 /// One message of a Watch stream.
@@ -34,6 +35,9 @@ pub struct WatchFrame {
     pub resume_token: Arc<str>,
     /// The store's identity; sent on initial messages (`None` costs nothing on deltas).
     pub store_id: Option<Arc<str>>,
+    /// When the instance was cut off from the sources of its data (milliseconds
+    /// since the epoch); `None` while it is current.
+    pub disconnected_since: Option<Millis>,
 }
 
 // Field numbers of `WatchResponse` in proto/configwatch/v1/config.proto.
@@ -44,6 +48,15 @@ const INITIAL_COMPLETE: u32 = 4;
 const REVISION: u32 = 5;
 const RESUME_TOKEN: u32 = 6;
 const STORE_ID: u32 = 7;
+const DISCONNECTED_SINCE: u32 = 8;
+
+/// A time in milliseconds as a `google.protobuf.Timestamp`.
+pub(crate) fn timestamp(ms: Millis) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: ms.div_euclid(1000),
+        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
+    }
+}
 
 fn encode(entry: &SharedEntry) -> Vec<u8> {
     prost::Message::encode_to_vec(&super::to_proto(entry))
@@ -90,6 +103,9 @@ impl prost::Message for WatchFrame {
         if let Some(id) = self.store_id.as_deref().filter(|id| !id.is_empty()) {
             put_bytes(STORE_ID, id.as_bytes(), buf);
         }
+        if let Some(ms) = self.disconnected_since {
+            encoding::message::encode(DISCONNECTED_SINCE, &timestamp(ms), buf);
+        }
     }
 
     fn encoded_len(&self) -> usize {
@@ -114,6 +130,9 @@ impl prost::Message for WatchFrame {
         }
         if let Some(id) = self.store_id.as_deref().filter(|id| !id.is_empty()) {
             len += bytes_len(STORE_ID, id.len());
+        }
+        if let Some(ms) = self.disconnected_since {
+            len += encoding::message::encoded_len(DISCONNECTED_SINCE, &timestamp(ms));
         }
         len
     }
@@ -163,6 +182,7 @@ mod tests {
             revision: frame.revision,
             resume_token: frame.resume_token.to_string(),
             store_id: frame.store_id.as_deref().unwrap_or("").to_owned(),
+            disconnected_since: frame.disconnected_since.map(timestamp),
         }
     }
 
@@ -195,6 +215,7 @@ mod tests {
                 revision: 42,
                 resume_token: Arc::from("cw1.abc_DEF-123"),
                 store_id: Some(Arc::from("7ZZZZZZZZZZZZZZZZZZZZZZZZZ")),
+                disconnected_since: Some(1_700_000_123_456),
             },
             WatchFrame {
                 kind: Kind::Delta,
@@ -208,11 +229,19 @@ mod tests {
                 revision: u64::MAX,
                 resume_token: Arc::from("t".repeat(300)),
                 store_id: Some(Arc::from("")),
+                disconnected_since: None,
             },
             WatchFrame {
                 kind: Kind::Progress,
                 revision: 1,
                 resume_token: Arc::from("p"),
+                ..Default::default()
+            },
+            WatchFrame {
+                kind: Kind::Progress,
+                revision: 2,
+                resume_token: Arc::from("p"),
+                disconnected_since: Some(-1_500),
                 ..Default::default()
             },
         ];

@@ -195,17 +195,25 @@ impl ConfigApi {
 }
 
 /// The caller, and the scope the request acts on: the token's own, or for a relay
-/// the tenant the request names. Naming another tenant is refused otherwise.
-fn caller<T>(request: &Request<T>, requested_tenant: &str) -> Result<(Identity, Scope), Status> {
+/// the tenant (and service) the request names. Naming another tenant or service is
+/// refused otherwise.
+fn caller<T>(
+    request: &Request<T>,
+    requested_tenant: &str,
+    requested_service: &str,
+) -> Result<(Identity, Scope), Status> {
     let id = request
         .extensions()
         .get::<Identity>()
         .cloned()
         .ok_or_else(|| Status::unauthenticated("request was not authenticated"))?;
     let scope = match (&id.scope, requested_tenant) {
+        (_, named) if id.role.crosses_tenants() && !named.is_empty() => {
+            let service = Some(requested_service).filter(|s| !s.is_empty());
+            return Ok((id, Scope::new(named, service)?));
+        }
         (Some(own), "") => own.clone(),
         (Some(own), named) if named == own.tenant_id() => own.clone(),
-        (_, named) if id.role.crosses_tenants() && !named.is_empty() => Scope::tenant(named)?,
         (None, _) => {
             return Err(Status::invalid_argument(
                 "this token names no tenant: set the request's tenant field",
@@ -218,6 +226,20 @@ fn caller<T>(request: &Request<T>, requested_tenant: &str) -> Result<(Identity, 
             )));
         }
     };
+    match (scope.service(), requested_service) {
+        (_, "") => {}
+        (Some(own), named) if named == own => {}
+        (Some(own), named) => {
+            return Err(Status::permission_denied(format!(
+                "request names service '{named}' but the token is for service '{own}'; the service always comes from the token"
+            )));
+        }
+        (None, named) => {
+            return Err(Status::permission_denied(format!(
+                "request names service '{named}' but the token is for the tenant-wide configuration only; leave service empty"
+            )));
+        }
+    }
     Ok((id, scope))
 }
 
@@ -258,10 +280,7 @@ pub(crate) fn to_proto(e: &Entry) -> proto::Entry {
         key: e.key.to_string(),
         version: e.version,
         value: e.value.as_deref().unwrap_or("").to_owned(),
-        updated_at: Some(prost_types::Timestamp {
-            seconds: e.updated_at.div_euclid(1000),
-            nanos: (e.updated_at.rem_euclid(1000) * 1_000_000) as i32,
-        }),
+        updated_at: Some(frame::timestamp(e.updated_at)),
         secret: e.secret,
         deleted: e.deleted,
         revision: e.revision,
@@ -274,7 +293,11 @@ impl ConfigService for ConfigApi {
         &self,
         request: Request<proto::GetRequest>,
     ) -> Result<Response<proto::GetResponse>, Status> {
-        let (_, scope) = caller(&request, &request.get_ref().tenant)?;
+        let (_, scope) = caller(
+            &request,
+            &request.get_ref().tenant,
+            &request.get_ref().service,
+        )?;
         let connection = request
             .extensions()
             .get::<ConnInfo>()
@@ -377,6 +400,7 @@ impl ConfigService for ConfigApi {
             resume_token: page.resume_token,
             next_page_token,
             store_id: self.hub.store_id().to_string(),
+            disconnected_since: self.hub.disconnected_since(&scope).map(frame::timestamp),
         };
         // Held until the client has taken the reply (see `budget`).
         hold.shrink_to(prost::Message::encoded_len(&reply));
@@ -391,7 +415,11 @@ impl ConfigService for ConfigApi {
         &self,
         request: Request<proto::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let (id, scope) = caller(&request, &request.get_ref().tenant)?;
+        let (id, scope) = caller(
+            &request,
+            &request.get_ref().tenant,
+            &request.get_ref().service,
+        )?;
         // Its messages count against the connection's budget of unread replies.
         let conn = request.extensions().get::<ConnInfo>();
         let budget =
@@ -411,12 +439,22 @@ impl ConfigService for ConfigApi {
         } else {
             ResumeToken::decode(&req.resume_token)?
         };
+        // A first load reads the sources (DynamoDB, Parameter Store, or a
+        // relay's upstream, which names the store): on the main
+        // runtime, so the connections it opens are driven there, not on the
+        // threads that decode large Watch requests.
+        let load = self.main.spawn({
+            let (hub, scope) = (self.hub.clone(), scope.clone());
+            async move { hub.view(&scope).await.map(|_| ()) }
+        });
+        load.await
+            .map_err(|_| Status::internal("loading the tenant failed; retry"))??;
         // What the caller holds comes from another store: its versions and token
         // mean nothing here, so it gets the full state (and the new identity).
         // (A server that knows no identity of its own compares nothing.)
         let own = self.hub.store_id();
         let other_store =
-            !req.known_store_id.is_empty() && !own.is_empty() && *req.known_store_id != **own;
+            !req.known_store_id.is_empty() && !own.is_empty() && *req.known_store_id != *own;
         let resume = resume.filter(|_| !other_store);
         let known = if other_store {
             Known::Nothing
@@ -439,15 +477,6 @@ impl ConfigService for ConfigApi {
             Known::Versions(_) => "versions",
             Known::Digest(_) => "digest",
         };
-        // A first load reads the sources (DynamoDB, Parameter Store): on the main
-        // runtime, so the connections it opens are driven there, not on the
-        // threads that decode large Watch requests.
-        let load = self.main.spawn({
-            let (hub, scope) = (self.hub.clone(), scope.clone());
-            async move { hub.view(&scope).await.map(|_| ()) }
-        });
-        load.await
-            .map_err(|_| Status::internal("loading the tenant failed; retry"))??;
         // The initial state's cost grows with the tenant and with known_versions:
         // computed a few at a time, fairly between tenants.
         let slot = self
@@ -485,7 +514,7 @@ impl ConfigService for ConfigApi {
         &self,
         request: Request<proto::PutRequest>,
     ) -> Result<Response<proto::PutResponse>, Status> {
-        let (id, scope) = caller(&request, &request.get_ref().tenant)?;
+        let (id, scope) = caller(&request, &request.get_ref().tenant, "")?;
         require_writer(&id)?;
         let req = request.into_inner();
         let (family, backend) = self.router.route(&req.key)?;
@@ -511,7 +540,7 @@ impl ConfigService for ConfigApi {
         &self,
         request: Request<proto::DeleteRequest>,
     ) -> Result<Response<proto::DeleteResponse>, Status> {
-        let (id, scope) = caller(&request, &request.get_ref().tenant)?;
+        let (id, scope) = caller(&request, &request.get_ref().tenant, "")?;
         require_writer(&id)?;
         let req = request.into_inner();
         let (_, backend) = self.router.route(&req.key)?;

@@ -31,6 +31,7 @@ pub use end::{EndLine, WatchCalls, WatchEnds};
 use super::frame::WatchFrame;
 use super::{Shutdown, WatchSettings};
 use crate::hub::{InitialMode, SharedEntry, Subscription, WatchHandle};
+use crate::model::Millis;
 use crate::proto::watch_response::{InitialMode as ProtoMode, Kind};
 
 pub struct WatchStream {
@@ -57,6 +58,9 @@ pub struct WatchStream {
     /// while the task polls with the same one they need no new registration.
     registered: Option<Waker>,
     done: bool,
+    /// The cut-off mark (see `hub::cutoff`) the last message carried: when the
+    /// view's differs, a progress message tells the client at once.
+    told_cut_off: Option<Millis>,
     /// What was sent and why the stream ended, logged when it is dropped.
     log: EndLine,
 }
@@ -107,8 +111,15 @@ impl WatchStream {
             shutdown: Box::pin(shutdown.token().child_token().cancelled_owned()),
             registered: None,
             done: false,
+            told_cut_off: None,
             log,
         }
+    }
+
+    /// The view's cut-off mark, to put on the next message (one atomic load).
+    fn cut_off(&mut self) -> Option<Millis> {
+        self.told_cut_off = self.handle.disconnected_since();
+        self.told_cut_off
     }
 
     /// A message of `changes` changes goes out: progress is due an interval after it.
@@ -140,6 +151,7 @@ impl WatchStream {
             changes,
             initial_complete: complete,
             store_id: Some(self.store_id.clone()),
+            disconnected_since: self.cut_off(),
             ..WatchFrame::default()
         };
         if complete {
@@ -150,7 +162,7 @@ impl WatchStream {
         Some(msg)
     }
 
-    fn delta(&self, batch: Vec<Arc<SharedEntry>>) -> WatchFrame {
+    fn delta(&mut self, batch: Vec<Arc<SharedEntry>>) -> WatchFrame {
         let revision = batch.last().map_or(0, |e| e.revision);
         WatchFrame {
             kind: Kind::Delta,
@@ -160,7 +172,21 @@ impl WatchStream {
             revision,
             resume_token: self.handle.token_at(revision),
             store_id: None,
+            disconnected_since: self.cut_off(),
         }
+    }
+
+    /// A progress message, when nothing is waiting to be taken.
+    fn progress(&mut self) -> Option<WatchFrame> {
+        let revision = self.handle.idle_revision()?;
+        self.sent(0);
+        Some(WatchFrame {
+            kind: Kind::Progress,
+            revision,
+            resume_token: self.handle.token_at(revision),
+            disconnected_since: self.cut_off(),
+            ..WatchFrame::default()
+        })
     }
 
     fn end(
@@ -224,6 +250,12 @@ impl Stream for WatchStream {
             let _ = this.progress.as_mut().poll(cx);
             this.registered = Some(cx.waker().clone());
         }
+        // The view was cut off from its sources, or is current again: say so now.
+        if this.handle.disconnected_since() != this.told_cut_off
+            && let Some(msg) = this.progress()
+        {
+            return Poll::Ready(Some(Ok(msg)));
+        }
         if this.progress.is_elapsed() {
             let due = this.last_sent + jittered(this.progress_interval);
             let now = Instant::now();
@@ -233,16 +265,8 @@ impl Stream for WatchStream {
                 return Poll::Pending;
             }
             this.arm_progress(now + jittered(this.progress_interval), cx);
-            match this.handle.idle_revision() {
-                Some(revision) => {
-                    this.sent(0);
-                    return Poll::Ready(Some(Ok(WatchFrame {
-                        kind: Kind::Progress,
-                        revision,
-                        resume_token: this.handle.token_at(revision),
-                        ..WatchFrame::default()
-                    })));
-                }
+            match this.progress() {
+                Some(msg) => return Poll::Ready(Some(Ok(msg))),
                 None => {
                     // A change arrived between the two looks: send it instead.
                     if let Poll::Ready(batch) =

@@ -170,6 +170,7 @@ async fn get_all_pages(
                 tenant: String::new(),
                 limit: args.page_size,
                 page_token,
+                ..Default::default()
             })
             .await?
             .into_inner();

@@ -38,11 +38,14 @@
 //! - `fresh`: [`Freshness`], delays from a change's source to applied and to
 //!   delivered, by source ([`Origin`]).
 //! - `stats`: [`HubCounters`] and the gauges operators read (views, largest backlog).
+//! - `cutoff`: when a view is cut off from its sources (a relay's lost upstream),
+//!   which its watchers are told at once.
 //!
 //! This file holds the [`Hub`] itself (views by scope) and its tuning.
 
 mod apply;
 mod confirm;
+mod cutoff;
 mod digest;
 mod fresh;
 mod idle;
@@ -106,8 +109,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// The hub: views by scope.
 pub struct Hub {
     epoch: u64,
-    /// The identity of the store the views come from, for clients.
-    store_id: Arc<str>,
+    /// The identity of the store the views come from, for clients. Fixed on an
+    /// origin; a relay learns it from its upstream (see [`Hub::set_store_id`]).
+    store_id: std::sync::RwLock<Arc<str>>,
     config: HubConfig,
     loader: Arc<dyn ScopeLoader>,
     views: DashMap<Scope, Arc<ScopeView>>,
@@ -125,7 +129,7 @@ impl Hub {
     pub fn new(loader: Arc<dyn ScopeLoader>, config: HubConfig) -> Self {
         Hub {
             epoch: rand::random(),
-            store_id: loader.store_id(),
+            store_id: std::sync::RwLock::new(loader.store_id()),
             config,
             loader,
             views: DashMap::new(),
@@ -138,8 +142,23 @@ impl Hub {
     }
 
     /// The identity of the store the views come from (empty when unknown).
-    pub fn store_id(&self) -> &Arc<str> {
-        &self.store_id
+    pub fn store_id(&self) -> Arc<str> {
+        self.store_id
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Names the store the views come from, for a hub whose loader learns it with
+    /// the first load (a relay, from its upstream).
+    pub fn set_store_id(&self, id: &str) {
+        let mut held = self
+            .store_id
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if **held != *id {
+            *held = Arc::from(id);
+        }
     }
 
     /// How fresh changes are: delays by source, newest source timestamps seen.

@@ -7,7 +7,7 @@
 //! is `apply`; what watchers hold is `pending` and `watch`.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -72,6 +72,9 @@ pub struct ScopeView {
     pub(super) last_token: Mutex<Option<(ResumeToken, Arc<str>)>>,
     /// When a client last used the view (ms on the hub's clock): see `idle`.
     pub(super) last_used: AtomicU64,
+    /// Since when the view is cut off from its sources, in ms since the epoch; 0
+    /// while it is current (see `cutoff`).
+    pub(super) cut_off: AtomicI64,
 }
 
 pub(super) struct ViewState {
@@ -118,6 +121,7 @@ impl Hub {
                     published: AtomicU64::new(revision),
                     last_token: Mutex::new(None),
                     last_used: AtomicU64::new(self.now_ms()),
+                    cut_off: AtomicI64::new(0),
                 })
             })
             .clone();

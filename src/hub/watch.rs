@@ -20,7 +20,7 @@ use super::token::{ResumeToken, filter_hash};
 use super::view::ScopeView;
 use super::{Hub, HubCounters, lock};
 use crate::keys::PrefixSet;
-use crate::model::Scope;
+use crate::model::{Millis, Scope};
 use crate::store::StoreError;
 
 /// How a watch's initial state was built.
@@ -175,7 +175,7 @@ impl Hub {
         };
         self.counters.initial_syncs[mode as usize].fetch_add(1, Ordering::Relaxed);
         Ok(Subscription {
-            store_id: self.store_id.clone(),
+            store_id: self.store_id(),
             mode,
             initial,
             revision,
@@ -292,6 +292,12 @@ impl WatchHandle {
 
     pub fn scope(&self) -> &Scope {
         &self.view.scope
+    }
+
+    /// Since when the view is cut off from its sources (see `cutoff`); `None`
+    /// while it is current. One atomic load.
+    pub fn disconnected_since(&self) -> Option<Millis> {
+        self.view.disconnected_since()
     }
 }
 

@@ -98,6 +98,7 @@ impl ConfigService for Fake {
             initial_complete: true,
             revision: n,
             resume_token: format!("token-{n}"),
+            disconnected_since: None,
             store_id: answer.store_id.into(),
         }))
         .unwrap();

@@ -196,6 +196,42 @@ async fn an_idle_watch_gets_progress_at_the_interval_after_its_last_message() ->
     Ok(())
 }
 
+/// A view cut off from its sources (a relay's lost upstream) is said at once, on
+/// every message while it lasts, and its end is said at once too.
+#[tokio::test(start_paused = true)]
+async fn a_watch_is_told_at_once_when_its_view_is_cut_off_and_when_it_is_current_again()
+-> TestResult {
+    let settings = quiet_settings();
+    let (hub, scope, mut w) = start(&[], &settings, None).await?;
+    let first = next(&mut w).await?;
+    assert!(first.initial_complete && first.disconnected_since.is_none());
+    let since = 1_800_000_000_123;
+    assert!(hub.set_disconnected(&scope, Some(since)));
+    assert!(!hub.set_disconnected(&scope, Some(since)), "unchanged");
+    let began = Instant::now();
+    let told = next(&mut w).await?;
+    assert_eq!(
+        began.elapsed(),
+        Duration::ZERO,
+        "at once, not at the next progress"
+    );
+    assert_eq!(told.kind, Kind::Progress);
+    assert_eq!(told.disconnected_since, Some(since));
+    // Every message says so while it lasts; nothing more is sent for it.
+    hub.apply(&scope, Entry::live("tenant_config_a", 1, "1", 0));
+    let delta = next(&mut w).await?;
+    assert_eq!(delta.kind, Kind::Delta);
+    assert_eq!(delta.disconnected_since, Some(since));
+    assert!(timeout(Duration::from_secs(60), w.next()).await.is_err());
+    assert_eq!(hub.disconnected_since(&scope), Some(since));
+    hub.set_disconnected(&scope, None);
+    let current = next(&mut w).await?;
+    assert_eq!(current.kind, Kind::Progress);
+    assert_eq!(current.disconnected_since, None);
+    assert_eq!(current.revision, 1);
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_watch_dropped_while_waiting_for_its_reply_budget_says_so() -> TestResult {
     let waiting = Arc::new(std::sync::atomic::AtomicBool::new(false));

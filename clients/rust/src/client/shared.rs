@@ -194,6 +194,7 @@ impl Shared {
                 Vec::new()
             },
             known_store_id: d.store_id.clone(),
+            ..Default::default()
         }
     }
 }
