@@ -126,7 +126,7 @@ pub(super) async fn run(feed: Arc<Feed>, inner: Arc<Inner>) {
         if feed.stop.is_cancelled() {
             break;
         }
-        let ended = session(&feed, &inner, &hub, at, &mut state, with_versions).await;
+        let ended = session(&feed, &inner, &hub, at, &mut state, with_versions, tried).await;
         with_versions = false;
         match ended {
             Ended::Stop => break,
@@ -140,7 +140,12 @@ pub(super) async fn run(feed: Arc<Feed>, inner: Arc<Inner>) {
                     tried = 0;
                 }
                 tried += 1;
-                tracing::warn!(scope = %feed.scope, upstream = inner.upstreams.url(at), %reason, "upstream watch failed; moving to the next upstream");
+                // Said once per outage; the retries that follow are debug lines.
+                if tried == 1 {
+                    tracing::warn!(scope = %feed.scope, upstream = inner.upstreams.url(at), %reason, "upstream watch failed; moving to the next upstream");
+                } else {
+                    tracing::debug!(scope = %feed.scope, upstream = inner.upstreams.url(at), %reason, attempts = tried, "upstream watch failed again");
+                }
                 if feed.delivered() {
                     if state.own_cut.is_none() {
                         state.own_cut = Some(now_millis());
@@ -212,6 +217,7 @@ async fn session(
     at: usize,
     state: &mut State,
     with_versions: bool,
+    failures: usize,
 ) -> Ended {
     if feed.delivered() && !view_loaded(hub, &feed.scope, &feed.stop).await {
         return Ended::Stop;
@@ -285,7 +291,11 @@ async fn session(
                 served = true;
                 state.own_cut = None;
                 inner.upstreams.prefer(at);
-                tracing::debug!(scope = %feed.scope, upstream = inner.upstreams.url(at), ?mode, "upstream watch in sync");
+                if failures > 0 {
+                    tracing::info!(scope = %feed.scope, upstream = inner.upstreams.url(at), ?mode, attempts = failures + 1, "upstream watch back in sync");
+                } else {
+                    tracing::debug!(scope = %feed.scope, upstream = inner.upstreams.url(at), ?mode, "upstream watch in sync");
+                }
             }
             Kind::Delta => {
                 for entry in msg.changes {
