@@ -30,11 +30,12 @@ fn call<T>(message: T, authorization: &AsciiMetadataValue) -> tonic::Request<T> 
     request
 }
 
-/// The upstream's refusal as it was, but a failure to reach it said as such.
+/// The upstream's refusal as it was; UNAVAILABLE (it could not be reached, or could
+/// not serve) names the upstream.
 fn upstream_status(inner: &Inner, at: usize, status: Status) -> Status {
     if status.code() == tonic::Code::Unavailable {
         return Status::unavailable(format!(
-            "this relay's upstream {} did not answer: {}; retry",
+            "this relay's upstream {} is unavailable: {}; retry",
             inner.upstreams.url(at),
             status.message()
         ));
