@@ -39,6 +39,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod balancer;
+mod changes;
 mod chaos;
 #[path = "../common/mod.rs"]
 mod common;
@@ -363,12 +364,7 @@ async fn run(config: &Config, driver: &Driver, dir: &Path) -> Result<Stats, Stri
         let d = c.dump().await?;
         let _ = write!(client_report, " {}: {};", c.name, d.counts);
     }
-    for c in rust {
-        c.client.close().await;
-    }
-    for c in ts {
-        c.close().await?;
-    }
+    close_all(rust, ts).await?;
     chaos.server.kill().await;
     Ok(Stats {
         rounds: config.rounds,
