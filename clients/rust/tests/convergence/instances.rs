@@ -1,7 +1,8 @@
-//! Two instances over the same AWS sources on moto, for `spread` and `failover`: one
-//! DynamoDB table whose stream both read, one Parameter Store root, and a queue each
-//! (the EventBridge rule hands every event to both); their flags, the tokens signed
-//! by their shared key, and the Watch streams each holds.
+//! Two instances over the same AWS sources on moto, for `spread`, `failover` and
+//! `origins` (where they are a relay's upstreams): one DynamoDB table whose stream
+//! both read, one Parameter Store root, and a queue each (the EventBridge rule hands
+//! every event to both); their flags, the tokens signed by their shared key, and the
+//! Watch streams each holds.
 //!
 //! Boundary: processes, flags and the admin listener; nothing of the clients.
 
