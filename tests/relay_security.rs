@@ -21,7 +21,7 @@ use configwatch::auth::local::{KEY_FILE, LocalKey};
 use configwatch::clock::Clock;
 use configwatch::model::Scope;
 use configwatch::proto;
-use configwatch_test_support::{ServerProcess, eventually, run_to_exit};
+use configwatch_test_support::{Scrape, ServerProcess, eventually, run_to_exit};
 use tonic::{Code, Status};
 
 /// An origin on the embedded store and a relay whose only upstream it is.
@@ -85,8 +85,11 @@ fn relay_token_of(origin_dir: &Path) -> String {
 
 /// `serve --upstream URL --upstream-token-file FILE` on `dir`.
 fn relay_command(dir: &Path, upstream: &str, token_file: &Path) -> std::process::Command {
-    let mut command = serve_command(dir, &["--upstream", upstream, "--upstream-token-file"]);
-    command.arg(token_file);
+    let mut command = serve_command(
+        dir,
+        &["--admin-listen", "127.0.0.1:0", "--upstream", upstream],
+    );
+    command.arg("--upstream-token-file").arg(token_file);
     command
 }
 
@@ -323,6 +326,18 @@ async fn a_relay_refuses_what_the_origin_refuses_with_the_same_status() {
             Call::delete("tenant_config_a", "acme"),
             deny,
         ),
+        (
+            "a relay token's Get naming no tenant",
+            Some(&relay),
+            Call::get("", ""),
+            Code::InvalidArgument,
+        ),
+        (
+            "a relay token's Watch naming no tenant",
+            Some(&relay),
+            Call::watch("", ""),
+            Code::InvalidArgument,
+        ),
     ];
     for (what, token, call, code) in cases {
         let refusal = Refusal {
@@ -344,6 +359,72 @@ async fn a_relay_refuses_what_the_origin_refuses_with_the_same_status() {
     let mut c = connect(tier.origin.addr, Some(&globex)).await;
     let got = get_keys(&mut c, &["tenant_config_b"]).await;
     assert_eq!(got.entries[0].value, "2");
+}
+
+#[tokio::test]
+async fn a_relay_answers_bad_writes_as_the_origin_does() {
+    let tier = Tier::start(None).await;
+    let writer = tier.token("acme", None, Role::Writer);
+    Call::put("tenant_config_a", "1", "")
+        .on(tier.origin.addr, Some(&writer))
+        .await
+        .unwrap();
+    let put = |key: &str, value: &str, secret: bool, expected: Option<u64>| {
+        Call::Put(proto::PutRequest {
+            key: key.to_owned(),
+            value: value.to_owned(),
+            secret,
+            expected_version: expected,
+            ..Default::default()
+        })
+    };
+    let invalid = Code::InvalidArgument;
+    let cases = [
+        (
+            "a key of no family",
+            put("other_config_a", "1", false, None),
+            invalid,
+        ),
+        (
+            "a key reaching out of its tenant",
+            put("tenant_config_../a", "1", false, None),
+            invalid,
+        ),
+        (
+            "a value that is not JSON",
+            put("tenant_config_a", "{", false, None),
+            invalid,
+        ),
+        (
+            "a secret outside Parameter Store",
+            put("tenant_config_a", r#""s""#, true, None),
+            invalid,
+        ),
+        (
+            "a parameter that is not a string",
+            put("param_config_a", r#"{"a":1}"#, false, None),
+            invalid,
+        ),
+        (
+            "a stale compare-and-set",
+            put("tenant_config_a", "2", false, Some(7)),
+            Code::FailedPrecondition,
+        ),
+        (
+            "a delete of a key that does not exist",
+            Call::delete("tenant_config_missing", ""),
+            Code::NotFound,
+        ),
+    ];
+    for (what, call, code) in cases {
+        let refusal = Refusal {
+            what,
+            token: Some(writer.clone()),
+            call,
+            code,
+        };
+        refused_alike(&tier, &refusal).await;
+    }
 }
 
 #[tokio::test]
@@ -393,6 +474,15 @@ async fn a_service_token_reads_its_service_through_the_relay() {
     );
     assert_eq!(delta[0].value, r#"{"eur":2}"#);
 
+    // A write through the relay carries the caller's token: it lands in the
+    // service's scope (the relay's own token could not write at all).
+    put(&mut through, "tenant_config_limits", "5").await;
+    let got = get_keys(&mut at_origin, &["tenant_config_limits"]).await;
+    assert_eq!(
+        summary(&got.entries),
+        [("tenant_config_limits".to_owned(), 1, false)]
+    );
+
     // The tenant-wide view through the same relay holds the tenant's keys only.
     let mut wide = connect(tier.relay.addr, Some(&tenant_wide)).await;
     let got = wide
@@ -404,6 +494,10 @@ async fn a_service_token_reads_its_service_through_the_relay() {
         summary(&got.entries),
         [("tenant_config_theme".to_owned(), 1, false)]
     );
+    // One upstream Watch per scope the relay serves: the service's and the tenant's.
+    let admin = tier.relay.admin.expect("the relay's admin listener");
+    let scrape = Scrape::take(admin).await;
+    assert_eq!(scrape.value("configwatch_relay_upstream_watches"), 2.0);
 }
 
 const SECRET: &str = "param_config_db/password";
@@ -459,6 +553,22 @@ async fn a_secret_is_read_upstream_at_every_get_and_never_pushed_by_the_relay() 
     let mut late = watch(&mut relay, watch_prefixes(&[])).await;
     let (held, _) = initial(&mut late).await;
     assert!(held.iter().all(|e| e.value.is_empty()), "{held:?}");
+
+    // With the origin gone, the relay still serves what it holds, but not the
+    // secret's value: it has none to serve.
+    put(&mut relay, "tenant_config_plain", "1").await;
+    tier.origin.kill9().await;
+    let plain = get_keys(&mut relay, &["tenant_config_plain"]).await;
+    assert_eq!(plain.entries[0].value, "1", "{plain:?}");
+    let status = relay
+        .get(proto::GetRequest {
+            keys: vec![SECRET.to_owned()],
+            ..Default::default()
+        })
+        .await
+        .expect_err("no secret without the origin");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("retry"), "{status:?}");
 }
 
 #[tokio::test]
