@@ -1,7 +1,8 @@
 //! The relay's own credential, and the configurations a relay refuses: its upstream
 //! token file rotated without a restart (an invalid token replaced; a token that
-//! expires under a running upstream Watch, replaced before it does); a relay without its upstream's key, without
-//! a token file, on AWS or with a TLS upstream exits 64 naming the fix.
+//! expires under a running upstream Watch, replaced before it does); a relay
+//! without its upstream's key, without a token file (or with one that is missing or
+//! empty), on AWS or with a TLS upstream exits 64 naming the fix.
 
 use super::*;
 
@@ -55,8 +56,12 @@ fn a_relay_that_cannot_work_exits_64_naming_the_fix() {
     let file = keyed.path().join("upstream-token");
     std::fs::write(&file, token).unwrap();
     let file = file.to_str().unwrap();
+    let absent = keyed.path().join("absent").display().to_string();
+    let empty = keyed.path().join("empty");
+    std::fs::write(&empty, "\n").unwrap();
+    let empty = empty.display().to_string();
     let upstream = "http://127.0.0.1:9";
-    let cases: [(&str, &Path, Vec<&str>, &str); 4] = [
+    let cases: [(&str, &Path, Vec<&str>, &str); 6] = [
         (
             "no signing key",
             keyless.path(),
@@ -68,6 +73,18 @@ fn a_relay_that_cannot_work_exits_64_naming_the_fix() {
             keyed.path(),
             vec!["--upstream", upstream],
             "--upstream needs --upstream-token-file",
+        ),
+        (
+            "a token file that does not exist",
+            keyed.path(),
+            vec!["--upstream", upstream, "--upstream-token-file", &absent],
+            "cannot read the upstream token file",
+        ),
+        (
+            "an empty token file",
+            keyed.path(),
+            vec!["--upstream", upstream, "--upstream-token-file", &empty],
+            "write a token with the relay role into it (configwatch token --role relay)",
         ),
         (
             // An origin's command with --upstream added.
