@@ -10,8 +10,11 @@
 //! resume token (its full syncs do not grow); its watchers stay connected to it,
 //! get no initial state again, and receive far less than a full state meanwhile.
 //! The killed origin is restarted on its address and the other killed: the relay
-//! moves back. At the end every cache equals the store, read from DynamoDB and
-//! Parameter Store directly, and no watcher saw a version go back.
+//! moves back. Then that one is killed too: with no origin, the relay keeps its
+//! watchers' streams and answers a Get with what it holds, and when the other
+//! origin is started again it resumes there the same way. At the end every cache
+//! equals the store, read from DynamoDB and Parameter Store directly, and no watcher
+//! saw a version go back.
 //!
 //! Boundary: processes, their metrics and the clients' view; nothing of how the
 //! relay chooses its upstream beyond the order of its list.
@@ -126,8 +129,10 @@ async fn a_relay_moves_between_origins_and_its_watchers_see_no_gap_and_no_resend
             ts: &mut ts,
             proxies: &proxies,
             full_state,
+            relay: relay_addr,
+            reader: std::fs::read_to_string(&token_file).unwrap(),
         };
-        let mut report = move_off(&mut origins, used, relay_admin, &mut watchers).await;
+        let mut report = move_off(&mut origins, used, None, relay_admin, &mut watchers).await;
         phase_end += CHANGES_PER_PHASE;
         after_changes(phase_end).await;
 
@@ -141,7 +146,14 @@ async fn a_relay_moves_between_origins_and_its_watchers_see_no_gap_and_no_resend
             1 - used,
             "the relay stays on the origin it moved to"
         );
-        report += &move_off(&mut origins, 1 - used, relay_admin, &mut watchers).await;
+        report += &move_off(&mut origins, 1 - used, None, relay_admin, &mut watchers).await;
+        phase_end += CHANGES_PER_PHASE;
+        after_changes(phase_end).await;
+
+        // 3. Both die: the relay serves what it holds; the other comes back: the
+        // relay resumes there.
+        let back = Some(flags[1 - used].as_slice());
+        report += &move_off(&mut origins, used, back, relay_admin, &mut watchers).await;
         phase_end += CHANGES_PER_PHASE;
         after_changes(phase_end).await;
         report
@@ -297,10 +309,14 @@ struct Watchers<'a> {
     ts: &'a mut [TsClient],
     proxies: &'a [Proxy; 2],
     full_state: u64,
+    /// The relay, and a reader's token for a Get of it.
+    relay: SocketAddr,
+    reader: String,
 }
 
 /// Kills origin `used` (SIGKILL) under the relay and checks the move: the relay's
-/// upstream Watch on the other origin, resumed there by digest or resume token (no
+/// upstream Watch on the other origin (when it is down too, the relay serves what it
+/// holds until the other is started again with flags `back`), resumed there by digest or resume token (no
 /// full sync), its watchers connected throughout and sent less than a full state
 /// until the relay is back in sync. The bytes are bounded for the watchers of the
 /// other tools' keys, whose changes are small; those of the whole tenant also get
@@ -309,14 +325,22 @@ struct Watchers<'a> {
 async fn move_off(
     origins: &mut [Server; 2],
     used: usize,
+    back: Option<&[&str]>,
     relay_admin: SocketAddr,
     watchers: &mut Watchers<'_>,
 ) -> String {
-    let name = ["A", "B"][used];
+    let name = match back {
+        None => ["A", "B"][used],
+        Some(_) => ["A (B down)", "B (A down)"][used],
+    };
     let before = Scrape::take(relay_admin).await;
     let sent_before = watchers.proxies.each_ref().map(Proxy::sent);
     let t = Instant::now();
     origins[used].kill().await;
+    if let Some(flags) = back {
+        serves_alone(watchers, name).await;
+        restart(&mut origins[1 - used], flags).await;
+    }
     let other = &origins[1 - used];
     let resynced = poll(PATIENCE, || async {
         let now = Scrape::take(relay_admin).await;
@@ -369,4 +393,23 @@ async fn move_off(
         sent[1],
         watchers.full_state
     )
+}
+
+/// With both origins down, the relay keeps its watchers' streams (each hears from
+/// it) and answers a Get with what it holds: the whole tenant, bulk included.
+async fn serves_alone(watchers: &mut Watchers<'_>, name: &str) {
+    heard_from_after(SystemTime::now(), watchers.rust, watchers.ts)
+        .await
+        .unwrap_or_else(|e| panic!("{name} was killed: {e}"));
+    let (_, relay) = watch::channel(watchers.relay);
+    let mut reader = Writer::new(relay, watchers.reader.trim(), &[]);
+    let held = reader
+        .truth()
+        .await
+        .unwrap_or_else(|e| panic!("{name} was killed: a Get of the relay: {e}"));
+    assert!(
+        held.len() > BULK_KEYS,
+        "{name} was killed: the relay answered a Get with {} keys",
+        held.len()
+    );
 }
