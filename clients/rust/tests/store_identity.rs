@@ -6,25 +6,20 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+mod fake;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{fast_backoff, temp_dir, wait_for};
 use configwatch_client::{Client, Error, SyncMode, static_token};
-use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-/// The messages and the server side of the API, generated for tests only.
-#[allow(clippy::all, clippy::pedantic, missing_docs, dead_code)]
-mod api {
-    include!(concat!(env!("OUT_DIR"), "/test_server/configwatch.v1.rs"));
-}
-
-use api::config_service_server::{ConfigService, ConfigServiceServer};
+use api::config_service_server::ConfigService;
 use api::watch_response::{InitialMode, Kind};
+use fake::api;
 
 const SECS_10: Duration = Duration::from_secs(10);
 
@@ -118,17 +113,6 @@ impl ConfigService for Fake {
     }
 }
 
-async fn start(fake: Fake) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(ConfigServiceServer::new(fake))
-            .serve_with_incoming(TcpListenerStream::new(listener)),
-    );
-    url
-}
-
 #[tokio::test]
 async fn the_store_identity_is_remembered_sent_back_reported_when_it_changes_and_snapshotted() {
     let fake = Fake::default();
@@ -139,7 +123,7 @@ async fn the_store_identity_is_remembered_sent_back_reported_when_it_changes_and
         store_id: "S1",
         entries: vec![a1, b1],
     });
-    let url = start(fake.clone()).await;
+    let url = fake::start(fake.clone()).await;
     let dir = temp_dir();
     let snapshot = dir.path().join("snap.json");
     let builder = || {
