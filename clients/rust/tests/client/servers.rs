@@ -71,6 +71,59 @@ async fn a_server_shutting_down_moves_the_watch_to_the_next() {
 }
 
 #[tokio::test]
+async fn after_moving_to_the_next_server_of_the_same_store_the_client_resumes_by_digest() {
+    let dir = temp_dir();
+    let mut server = Server::start(&dir.path().join("data")).await;
+    let mut w = server.writer(TENANT).await;
+    for key in ["tenant_config_a", "tenant_config_b", "tenant_config_c"] {
+        w.put(key, serde_json::json!(key)).await;
+    }
+    // The next URL is the same store served on another port once the first is gone
+    // (one process at a time holds it): another server, the same state.
+    let next = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let next_port = next.local_addr().unwrap().port();
+    drop(next);
+    let (first, second) = (server.url(), format!("http://127.0.0.1:{next_port}"));
+    let client = server
+        .builder(TENANT)
+        .await
+        .servers([first.clone(), second.clone()])
+        .random_start(false)
+        .connect()
+        .await
+        .unwrap();
+    let told = record(&client);
+    server.kill().await;
+    server.port = next_port;
+    server.restart().await;
+    wait_for(
+        SECS_10,
+        || format!("{:?}", client.status()),
+        || client.server() == second && client.status().syncs == 2,
+    )
+    .await;
+    let s = client.status();
+    // The digest of what the client held matched: an empty difference, nothing sent
+    // again, and nothing told to the readers.
+    assert_eq!(s.last_sync_mode, Some(SyncMode::Diff), "{s:?}");
+    assert_eq!(client.len(), 3);
+    assert_eq!(seen(&told), Vec::<String>::new());
+    // And it follows the next server from there.
+    let mut w = server.writer(TENANT).await;
+    let version = w.put("tenant_config_a", serde_json::json!("again")).await;
+    wait_for(
+        SECS_10,
+        || format!("{:?}", client.entry("tenant_config_a")),
+        || {
+            client
+                .entry("tenant_config_a")
+                .is_some_and(|e| e.version == version)
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
 async fn a_refused_permission_stays_on_its_server_and_stops_the_watch() {
     let dir = temp_dir();
     let server = Server::start(&dir.path().join("data")).await;
