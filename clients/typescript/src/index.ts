@@ -26,7 +26,7 @@ export type { AddressChangedInfo, ClientEvents, ConnectedInfo, DisconnectedInfo,
 export type { ClientState, ClientStatus, CacheSource, StoreChange } from './status';
 export type { EntryInfo, Versioned } from './reads';
 export type { Change, ChangeCause } from './cache';
-export { backoffDelay, DEFAULT_BACKOFF, type BackoffOptions } from './backoff';
+export { backoffDelay, spreadDelay, DEFAULT_BACKOFF, type BackoffOptions } from './backoff';
 export {
   ConfigWatchError,
   ServerError,
