@@ -1,0 +1,108 @@
+//! The client behind a relay (`configwatch serve --upstream`), every instance a real
+//! process: while the relay is cut off from its origin the client stays on it,
+//! serving what it holds, and its status says since when; once the origin is back the
+//! mark clears and the changes made meanwhile arrive.
+
+use super::*;
+
+use std::path::Path;
+use std::time::SystemTime;
+
+use configwatch_test_support::{ServerProcess, mint_token, serve_command};
+
+/// A relay takes up to its reconnect backoff's cap (10 s) to find its origin again.
+const RECOVERY: Duration = Duration::from_secs(30);
+
+/// A relay of `origin` in `dir`: the origin's signing key copied in (the relay checks
+/// its clients' tokens with it) and a relay credential in a file.
+async fn relay_of(origin: &Server, dir: &Path) -> ServerProcess {
+    std::fs::create_dir_all(dir).unwrap();
+    let key = "signing-key.pem";
+    std::fs::copy(origin.data_dir.join(key), dir.join(key)).unwrap();
+    let token = mint_token(&server_bin(), &origin.data_dir, TENANT, "relay", "1h")
+        .await
+        .unwrap();
+    let file = dir.join("relay.token");
+    std::fs::write(&file, token).unwrap();
+    let mut command = serve_command(&server_bin(), dir, 0);
+    command
+        .args(["--upstream", &origin.url(), "--progress-interval", "1s"])
+        .arg("--upstream-token-file")
+        .arg(&file);
+    ServerProcess::start(command).await
+}
+
+#[tokio::test]
+async fn behind_a_relay_cut_off_from_its_origin_the_status_says_since_when_until_it_is_back() {
+    let dir = temp_dir();
+    let mut origin = Server::start(&dir.path().join("origin")).await;
+    origin
+        .writer(TENANT)
+        .await
+        .put("tenant_config_a", json!(1))
+        .await;
+    let relay = relay_of(&origin, &dir.path().join("relay")).await;
+    let relay_url = format!("http://{}", relay.addr);
+    let token = origin.token(TENANT, "reader", "1h").await;
+    let client = Client::builder(&relay_url, TENANT, static_token(token))
+        .backoff(fast_backoff())
+        .connect()
+        .await
+        .unwrap();
+    assert_eq!(
+        client.get::<u32>("tenant_config_a").unwrap().unwrap().value,
+        1
+    );
+    assert_eq!(client.status().server_disconnected_since, None);
+
+    let before = SystemTime::now();
+    origin.kill().await;
+    wait_for(
+        RECOVERY,
+        || format!("{:?}", client.status()),
+        || client.status().server_disconnected_since.is_some(),
+    )
+    .await;
+    let s = client.status();
+    let since = s.server_disconnected_since.unwrap();
+    assert!(since <= SystemTime::now(), "{s:?}");
+    assert!(
+        since + Duration::from_secs(1) >= before,
+        "cut off since {since:?}, the origin died at {before:?}"
+    );
+    // The relay keeps serving: the client stays on it, connected, with what it holds.
+    assert!(s.connected && s.server == relay_url, "{s:?}");
+    assert_eq!(
+        client.get::<u32>("tenant_config_a").unwrap().unwrap().value,
+        1
+    );
+
+    origin.restart().await;
+    let version = origin
+        .writer(TENANT)
+        .await
+        .put("tenant_config_a", json!(2))
+        .await;
+    wait_for(
+        RECOVERY,
+        || {
+            format!(
+                "{:?} {:?}",
+                client.status(),
+                client.entry("tenant_config_a")
+            )
+        },
+        || {
+            client.status().server_disconnected_since.is_none()
+                && client
+                    .entry("tenant_config_a")
+                    .is_some_and(|e| e.version == version)
+        },
+    )
+    .await;
+    assert_eq!(
+        client.get::<u32>("tenant_config_a").unwrap().unwrap().value,
+        2
+    );
+    assert_eq!(client.server(), relay_url);
+}
