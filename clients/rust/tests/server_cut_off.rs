@@ -15,9 +15,8 @@ use common::{fast_backoff, wait_for};
 use configwatch_client::{Client, Status as ClientStatus, static_token};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status};
+use tonic::Status;
 
-use api::config_service_server::ConfigService;
 use api::watch_response::{InitialMode, Kind};
 use fake::api;
 
@@ -51,18 +50,9 @@ impl CutOff {
     }
 }
 
-#[tonic::async_trait]
-impl ConfigService for CutOff {
-    async fn get(&self, _: Request<api::GetRequest>) -> Result<Response<api::GetResponse>, Status> {
-        Err(Status::unimplemented("fake"))
-    }
-
-    type WatchStream = ReceiverStream<Result<api::WatchResponse, Status>>;
-
-    async fn watch(
-        &self,
-        _: Request<api::WatchRequest>,
-    ) -> Result<Response<Self::WatchStream>, Status> {
+impl CutOff {
+    /// Answers a Watch with the initial state, and keeps the stream for the test.
+    fn watch(&self, _: api::WatchRequest) -> Result<fake::Stream, Status> {
         let (tx, rx) = mpsc::channel(4);
         tx.try_send(Ok(api::WatchResponse {
             kind: Kind::Initial as i32,
@@ -82,18 +72,7 @@ impl ConfigService for CutOff {
         }))
         .unwrap();
         *self.open.lock().unwrap() = Some(tx);
-        Ok(Response::new(ReceiverStream::new(rx)))
-    }
-
-    async fn put(&self, _: Request<api::PutRequest>) -> Result<Response<api::PutResponse>, Status> {
-        Err(Status::unimplemented("fake"))
-    }
-
-    async fn delete(
-        &self,
-        _: Request<api::DeleteRequest>,
-    ) -> Result<Response<api::DeleteResponse>, Status> {
-        Err(Status::unimplemented("fake"))
+        Ok(ReceiverStream::new(rx))
     }
 }
 
@@ -118,7 +97,11 @@ async fn the_status_says_since_when_the_server_in_use_is_cut_off_from_its_source
         since: Some(cut_since),
         open: Arc::default(),
     };
-    let url = fake::start(fake.clone()).await;
+    let url = fake::start(fake::WatchOnly({
+        let fake = fake.clone();
+        move |request| fake.watch(request)
+    }))
+    .await;
     // The next server accepts connections and never answers: the client sits there
     // after moving, hearing nothing from it.
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

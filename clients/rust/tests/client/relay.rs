@@ -34,18 +34,43 @@ async fn relay_of(origin: &Server, dir: &Path) -> ServerProcess {
     ServerProcess::start(command).await
 }
 
+/// An origin holding `tenant_config_a` at 1, a relay of it, and a reader's token.
+struct Tiers {
+    origin: Server,
+    relay: ServerProcess,
+    relay_url: String,
+    token: String,
+}
+
+impl Tiers {
+    async fn start(dir: &Path) -> Tiers {
+        let origin = Server::start(&dir.join("origin")).await;
+        origin
+            .writer(TENANT)
+            .await
+            .put("tenant_config_a", json!(1))
+            .await;
+        let relay = relay_of(&origin, &dir.join("relay")).await;
+        let relay_url = format!("http://{}", relay.addr);
+        let token = origin.token(TENANT, "reader", "1h").await;
+        Tiers {
+            origin,
+            relay,
+            relay_url,
+            token,
+        }
+    }
+}
+
 #[tokio::test]
 async fn behind_a_relay_cut_off_from_its_origin_the_status_says_since_when_until_it_is_back() {
     let dir = temp_dir();
-    let mut origin = Server::start(&dir.path().join("origin")).await;
-    origin
-        .writer(TENANT)
-        .await
-        .put("tenant_config_a", json!(1))
-        .await;
-    let relay = relay_of(&origin, &dir.path().join("relay")).await;
-    let relay_url = format!("http://{}", relay.addr);
-    let token = origin.token(TENANT, "reader", "1h").await;
+    let Tiers {
+        mut origin,
+        relay: _relay,
+        relay_url,
+        token,
+    } = Tiers::start(dir.path()).await;
     let client = Client::builder(&relay_url, TENANT, static_token(token))
         .backoff(fast_backoff())
         .connect()
@@ -126,15 +151,12 @@ fn lines_of(out: impl tokio::io::AsyncRead + Unpin + Send + 'static) -> Arc<Mute
 #[tokio::test]
 async fn configwatch_watch_behind_a_cut_off_relay_says_so_on_stderr_once_and_once_when_it_ends() {
     let dir = temp_dir();
-    let mut origin = Server::start(&dir.path().join("origin")).await;
-    origin
-        .writer(TENANT)
-        .await
-        .put("tenant_config_a", json!(1))
-        .await;
-    let relay = relay_of(&origin, &dir.path().join("relay")).await;
-    let relay_url = format!("http://{}", relay.addr);
-    let token = origin.token(TENANT, "reader", "1h").await;
+    let Tiers {
+        mut origin,
+        relay: _relay,
+        relay_url,
+        token,
+    } = Tiers::start(dir.path()).await;
     let mut watch = tokio::process::Command::new(server_bin())
         .args(["watch", "--server", &relay_url, "--token", &token])
         .stdout(std::process::Stdio::piped())
