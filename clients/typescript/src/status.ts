@@ -77,8 +77,8 @@ export interface ClientStatus {
   lastStoreChange: StoreChange | undefined;
   /**
    * Since when the server in use says it is cut off from the sources of its data (a
-   * relay that lost its upstream, or whose upstream did; an origin that cannot read
-   * its stores). Undefined while it says it is current.
+   * relay that lost its upstream, or whose upstream did). Undefined while it says it
+   * is current.
    *
    * The cache stays consistent meanwhile, but only as of that time: changes made
    * since may be missing until it clears. `stale` says whether this client hears from

@@ -101,8 +101,8 @@ pub struct Status {
     /// client was given.
     pub server: String,
     /// Since when the server in use says it is cut off from the sources of its data
-    /// (a relay that lost its upstream, or whose upstream did; an origin that cannot
-    /// read its stores). `None` while it says it is current.
+    /// (a relay that lost its upstream, or whose upstream did). `None` while it says
+    /// it is current.
     ///
     /// The cache stays consistent meanwhile, but only as of that time: changes made
     /// since may be missing until it clears. [`stale`](Self::stale) says whether this
