@@ -33,6 +33,8 @@ const SIGNERS: usize = 8;
 
 pub struct Configwatch {
     server: Server,
+    /// The admin listener (metrics), when the binaries say to serve it.
+    admin: Option<SocketAddr>,
     tokens: Arc<Tokens>,
 }
 
@@ -52,17 +54,17 @@ impl Peer for Configwatch {
         let dir = temp_dir("configwatch")?;
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
         // An empty address turns the admin listener, and with it the metrics, off.
-        let admin = if bins.configwatch_metrics {
-            "127.0.0.1:0"
-        } else {
-            ""
+        let admin = match bins.configwatch_metrics {
+            true => Some(SocketAddr::from(([127, 0, 0, 1], free_port()?))),
+            false => None,
         };
+        let admin_arg = admin.map(|a| a.to_string()).unwrap_or_default();
         let mut args: Vec<OsString> = [
             "serve",
             "--listen",
             &addr.to_string(),
             "--admin-listen",
-            admin,
+            &admin_arg,
             "--log",
             "warn",
         ]
@@ -85,6 +87,7 @@ impl Peer for Configwatch {
                 process: Process::start(launch, dir)?,
                 addr,
             },
+            admin,
             tokens: Arc::new(Tokens {
                 readers: Vec::new(),
                 writers: Vec::new(),
@@ -108,25 +111,8 @@ impl Peer for Configwatch {
         Ok(peer)
     }
 
-    /// configwatch prints `listening on ADDR` once it accepts calls.
     async fn ready(&mut self) -> Result<()> {
-        use std::io::{BufRead, BufReader};
-        let stdout = self.server.process.take_stdout()?;
-        // A blocking read, off the runtime's workers (watchers keep running).
-        let line = tokio::task::spawn_blocking(move || {
-            let mut line = String::new();
-            BufReader::new(stdout).read_line(&mut line).map(|_| line)
-        })
-        .await??;
-        let addr: SocketAddr = line
-            .trim()
-            .strip_prefix("listening on ")
-            .ok_or_else(|| anyhow!("configwatch said {line:?}"))?
-            .parse()?;
-        if addr != self.server.addr {
-            bail!("configwatch listens on {addr}, not on {}", self.server.addr);
-        }
-        Ok(())
+        listening(&mut self.server).await
     }
 
     fn server(&self) -> &Server {
@@ -152,6 +138,35 @@ impl Peer for Configwatch {
             modes[InitialMode::Resumed as usize]
         )
     }
+}
+
+impl Configwatch {
+    /// The admin listener, where `/metrics` is served (with `--metrics`).
+    pub fn admin(&self) -> Option<SocketAddr> {
+        self.admin
+    }
+}
+
+/// Returns once a started configwatch server (an origin or a relay) accepts calls
+/// on its address: it prints `listening on ADDR` then.
+pub async fn listening(server: &mut Server) -> Result<()> {
+    use std::io::{BufRead, BufReader};
+    let stdout = server.process.take_stdout()?;
+    // A blocking read, off the runtime's workers (watchers keep running).
+    let line = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).map(|_| line)
+    })
+    .await??;
+    let addr: SocketAddr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .ok_or_else(|| anyhow!("configwatch said {line:?}"))?
+        .parse()?;
+    if addr != server.addr {
+        bail!("configwatch listens on {addr}, not on {}", server.addr);
+    }
+    Ok(())
 }
 
 /// Signs a token with `role` for each of `tenants` tenants, a few at a time.

@@ -5,10 +5,12 @@
 //! A workload knows no system by name: [`against_each`] (or, for W1 and W5, their
 //! `run_*`) picks the peers.
 
+pub mod deliveries;
 pub mod fanout;
 pub mod get;
 pub mod memory;
 pub mod reconnect;
+pub mod relay;
 pub mod slow;
 
 use std::future::Future;
