@@ -186,7 +186,7 @@ impl Tree {
 struct Timed {
     /// Latencies (µs) per change.
     per_change: Vec<Vec<u64>>,
-    /// CPU per change of each tier's process (µs).
+    /// CPU per change of each tier's process (µs, from the scheduler's run time).
     cpu_per_change_us: Vec<f64>,
     /// Each tier's streams once every watcher was ready (see [`Tree::streams`]).
     streams: Vec<(f64, Option<f64>)>,
@@ -237,7 +237,7 @@ async fn timed(
         .client(connect(tree.origin.addr(), Windows::Large).await?);
     let cpu = |tree: &Tree| -> Result<Vec<Duration>> {
         (0..tree.tiers())
-            .map(|t| Ok(tree.process(t)?.cpu()))
+            .map(|t| Ok(tree.process(t)?.cpu_fine()))
             .collect()
     };
     let before = cpu(&tree)?;
