@@ -4,7 +4,7 @@
 //! when it is ready.
 
 use std::ffi::OsString;
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -170,6 +170,15 @@ pub fn temp_dir(name: &str) -> Result<PathBuf> {
     Ok(dir)
 }
 
-pub fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+/// `N` free addresses on 127.0.0.1, on different ports: each is held until all are
+/// found (a port freed at once may be handed out again by the next bind).
+pub fn free_ports<const N: usize>() -> Result<[SocketAddr; N]> {
+    let held = (0..N)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    let mut out = [SocketAddr::from(([127, 0, 0, 1], 0)); N];
+    for (slot, listener) in out.iter_mut().zip(&held) {
+        *slot = listener.local_addr()?;
+    }
+    Ok(out)
 }

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 
@@ -21,7 +21,7 @@ use tonic::metadata::AsciiMetadataValue;
 use tonic::transport::Channel;
 
 use super::{Binaries, Event, Followed, MODES, Peer, PeerClient, Server, StartOptions, Unread};
-use crate::process::{Launch, Process, free_port, temp_dir};
+use crate::process::{Launch, Process, free_ports, temp_dir};
 
 /// The family of keys the workloads use.
 const FAMILY: &str = "tenant_config_";
@@ -52,63 +52,23 @@ impl Peer for Configwatch {
 
     async fn start(bins: &Binaries, opts: StartOptions) -> Result<Self> {
         let dir = temp_dir("configwatch")?;
-        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-        // An empty address turns the admin listener, and with it the metrics, off.
-        let admin = match bins.configwatch_metrics {
-            true => Some(SocketAddr::from(([127, 0, 0, 1], free_port()?))),
-            false => None,
+        let [addr, admin] = free_ports()?;
+        let admin = bins.configwatch_metrics.then_some(admin);
+        let extra = match opts.quiet {
+            true => vec!["--progress-interval".into(), "1h".into()],
+            false => Vec::new(),
         };
-        let admin_arg = admin.map(|a| a.to_string()).unwrap_or_default();
-        let mut args: Vec<OsString> = [
-            "serve",
-            "--listen",
-            &addr.to_string(),
-            "--admin-listen",
-            &admin_arg,
-            "--log",
-            "warn",
-        ]
-        .into_iter()
-        .map(OsString::from)
-        .collect();
-        if opts.quiet {
-            args.extend(["--progress-interval", "1h"].map(OsString::from));
-        }
-        args.push("--data-dir".into());
-        args.push(dir.clone().into());
-        let launch = Launch {
-            program: bins.configwatch.clone(),
-            args,
-            talks: true,
-            missing_hint: "build it: cargo build --release -p configwatch",
-        };
-        let mut peer = Configwatch {
-            server: Server {
-                process: Process::start(launch, dir)?,
-                addr,
-            },
-            admin,
-            tokens: Arc::new(Tokens {
-                readers: Vec::new(),
-                writers: Vec::new(),
-            }),
-        };
-        peer.ready().await?;
-        peer.tokens = Arc::new(Tokens {
-            readers: sign(
-                &bins.configwatch,
-                peer.server.process.dir(),
-                "reader",
-                opts.tenants,
-            )?,
-            writers: sign(
-                &bins.configwatch,
-                peer.server.process.dir(),
-                "writer",
-                opts.tenants,
-            )?,
+        let server = serve(bins, addr, admin, extra, dir).await?;
+        let dir = server.process.dir();
+        let tokens = Arc::new(Tokens {
+            readers: sign(&bins.configwatch, dir, "reader", opts.tenants)?,
+            writers: sign(&bins.configwatch, dir, "writer", opts.tenants)?,
         });
-        Ok(peer)
+        Ok(Configwatch {
+            server,
+            admin,
+            tokens,
+        })
     }
 
     async fn ready(&mut self) -> Result<()> {
@@ -145,6 +105,40 @@ impl Configwatch {
     pub fn admin(&self) -> Option<SocketAddr> {
         self.admin
     }
+}
+
+/// Starts `configwatch serve` on `addr` with `extra` arguments, its admin listener
+/// on `admin` (none: off, and so no metrics) and its data in `dir`, which the
+/// process owns from now on; returns once it accepts calls.
+pub async fn serve(
+    bins: &Binaries,
+    addr: SocketAddr,
+    admin: Option<SocketAddr>,
+    extra: Vec<OsString>,
+    dir: PathBuf,
+) -> Result<Server> {
+    // An empty address turns the admin listener off.
+    let admin = admin.map(|a| a.to_string()).unwrap_or_default();
+    let mut args: Vec<OsString> = ["serve", "--listen", &addr.to_string()]
+        .into_iter()
+        .map(OsString::from)
+        .collect();
+    args.extend(["--admin-listen", &admin, "--log", "warn"].map(OsString::from));
+    args.extend(extra);
+    args.push("--data-dir".into());
+    args.push(dir.clone().into());
+    let launch = Launch {
+        program: bins.configwatch.clone(),
+        args,
+        talks: true,
+        missing_hint: "build it: cargo build --release -p configwatch",
+    };
+    let mut server = Server {
+        process: Process::start(launch, dir)?,
+        addr,
+    };
+    listening(&mut server).await?;
+    Ok(server)
 }
 
 /// Returns once a started configwatch server (an origin or a relay) accepts calls

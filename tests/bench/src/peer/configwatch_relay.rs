@@ -12,9 +12,9 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-use super::configwatch::listening;
+use super::configwatch::serve;
 use super::{Binaries, Server};
-use crate::process::{Launch, Process, free_port, temp_dir};
+use crate::process::{free_ports, temp_dir};
 
 /// The file of the origin's data directory that signs every token.
 const KEY_FILE: &str = "signing-key.pem";
@@ -35,28 +35,12 @@ impl Relay {
             .with_context(|| format!("copying {KEY_FILE} from the origin"))?;
         let token_file = dir.join("upstream-token");
         std::fs::write(&token_file, relay_token(&bins.configwatch, origin_dir)?)?;
-        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-        let mut args: Vec<OsString> = vec!["serve".into(), "--upstream".into()];
-        args.push(format!("http://{upstream}").into());
-        args.push("--upstream-token-file".into());
-        args.push(token_file.into());
-        args.extend(["--listen".into(), addr.to_string().into()]);
-        args.extend(["--admin-listen".into(), admin.to_string().into()]);
-        args.extend(["--log".into(), "warn".into()]);
-        args.push("--data-dir".into());
-        args.push(dir.clone().into());
-        let launch = Launch {
-            program: bins.configwatch.clone(),
-            args,
-            talks: true,
-            missing_hint: "build it: cargo build --release -p configwatch",
-        };
-        let mut server = Server {
-            process: Process::start(launch, dir)?,
-            addr,
-        };
-        listening(&mut server).await?;
+        let [addr, admin] = free_ports()?;
+        let mut extra: Vec<OsString> = vec!["--upstream".into()];
+        extra.push(format!("http://{upstream}").into());
+        extra.push("--upstream-token-file".into());
+        extra.push(token_file.into());
+        let server = serve(bins, addr, Some(admin), extra, dir).await?;
         Ok(Relay { server, admin })
     }
 }
