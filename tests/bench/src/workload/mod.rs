@@ -12,6 +12,7 @@ pub mod memory;
 pub mod reconnect;
 pub mod relay;
 pub mod slow;
+pub mod tree;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};

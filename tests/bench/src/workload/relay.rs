@@ -12,27 +12,20 @@
 //! - `memory`: W3's idle streams on the origin, then through a relay: the relay's
 //!   RSS per client stream against the origin's.
 //!
-//! Every server serves its admin listener (metrics on), direct runs included.
+//! Every server serves its admin listener (metrics on), direct runs included. The
+//! servers and the timed runs over them are `tree.rs`'s.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use anyhow::{Result, anyhow};
+use anyhow::Result;
 use clap::{Args, ValueEnum};
-use tokio::sync::mpsc;
 
-use super::deliveries::{
-    Deliveries, Plan, Received, Tally, collect, drive_changes, received, spawn_readers, stamp,
-};
+use super::deliveries::{Plan, Received, received};
 use super::memory::IdleStreams;
-use super::wait_for;
+use super::tree::{Tree, timed};
 use crate::Cli;
-use crate::metrics;
-use crate::peer::configwatch::Configwatch;
-use crate::peer::configwatch_relay::Relay;
-use crate::peer::{Binaries, Peer, PeerClient, StartOptions, Windows, connect};
-use crate::process::Process;
-use crate::stats::{Summary, median, now_us, ratio, summarize};
+use crate::peer::{Binaries, Peer, Windows};
+use crate::stats::{Summary, median, ratio, summarize};
 
 #[derive(Args, Clone)]
 pub struct RelayArgs {
@@ -94,174 +87,6 @@ pub async fn run_relay(cli: &Cli, args: &RelayArgs) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// An origin and relays: tier 0 is the origin, tier i the i-th relay.
-struct Tree {
-    origin: Configwatch,
-    relays: Vec<Relay>,
-}
-
-impl Drop for Tree {
-    /// Stops the relays from the last started, then the origin, so no relay is left
-    /// behind an upstream that is gone.
-    fn drop(&mut self) {
-        while let Some(relay) = self.relays.pop() {
-            drop(relay);
-        }
-    }
-}
-
-impl Tree {
-    /// Starts an origin holding `tenants` tenants' tokens, then one relay per entry
-    /// of `upstreams`, which names the tier it watches (already started).
-    async fn start(bins: &Binaries, tenants: usize, upstreams: &[usize]) -> Result<Tree> {
-        let opts = StartOptions {
-            tenants,
-            quiet: false,
-        };
-        let mut tree = Tree {
-            origin: Configwatch::start(bins, opts).await?,
-            relays: Vec::new(),
-        };
-        for &up in upstreams {
-            let upstream = tree.addr(up)?;
-            let origin_dir = tree.origin.process().dir();
-            tree.relays
-                .push(Relay::start(bins, upstream, origin_dir).await?);
-        }
-        Ok(tree)
-    }
-
-    fn tiers(&self) -> usize {
-        1 + self.relays.len()
-    }
-
-    fn addr(&self, tier: usize) -> Result<SocketAddr> {
-        match tier {
-            0 => Ok(self.origin.addr()),
-            _ => Ok(self.relay(tier)?.server.addr),
-        }
-    }
-
-    fn process(&self, tier: usize) -> Result<&Process> {
-        match tier {
-            0 => Ok(self.origin.process()),
-            _ => Ok(&self.relay(tier)?.server.process),
-        }
-    }
-
-    fn admin(&self, tier: usize) -> Result<SocketAddr> {
-        match tier {
-            0 => self
-                .origin
-                .admin()
-                .ok_or_else(|| anyhow!("the origin serves no metrics")),
-            _ => Ok(self.relay(tier)?.admin),
-        }
-    }
-
-    fn relay(&self, tier: usize) -> Result<&Relay> {
-        self.relays
-            .get(tier.wrapping_sub(1))
-            .ok_or_else(|| anyhow!("no tier {tier}"))
-    }
-
-    /// Per tier: Watch streams its clients hold open, and (relays) its upstream
-    /// Watches, from its `/metrics`.
-    async fn streams(&self) -> Result<Vec<(f64, Option<f64>)>> {
-        let mut out = Vec::with_capacity(self.tiers());
-        for tier in 0..self.tiers() {
-            let text = metrics::scrape(self.admin(tier)?).await?;
-            let open = metrics::sample(&text, "configwatch_watch_streams_open")
-                .ok_or_else(|| anyhow!("tier {tier} exports no Watch stream count"))?;
-            let upstream = metrics::sample(&text, "configwatch_relay_upstream_watches");
-            out.push((open, upstream));
-        }
-        Ok(out)
-    }
-}
-
-/// What one timed run over a tree measured.
-struct Timed {
-    /// Latencies (µs) per change.
-    per_change: Vec<Vec<u64>>,
-    /// CPU per change of each tier's process (µs, from the scheduler's run time).
-    cpu_per_change_us: Vec<f64>,
-    /// Each tier's streams once every watcher was ready (see [`Tree::streams`]).
-    streams: Vec<(f64, Option<f64>)>,
-}
-
-/// W1 over a tree: watcher `w` watches `plan.tenant_of_watcher(w)` on tier
-/// `tier_of(w)`, the tiers' connections splitting `connections`; the writer writes
-/// at the origin. The tree is stopped at the end, which ends every stream.
-async fn timed(
-    tree: Tree,
-    plan: &Plan,
-    tier_of: impl Fn(usize) -> usize,
-    connections: usize,
-    timeout: Duration,
-) -> Result<Timed> {
-    let mut used: Vec<usize> = (0..plan.watchers).map(&tier_of).collect();
-    used.sort_unstable();
-    used.dedup();
-    let per_tier = (connections / used.len().max(1)).max(1);
-    let mut clients = vec![Vec::new(); tree.tiers()];
-    for &tier in &used {
-        let addr = tree.addr(tier)?;
-        clients[tier] = tree.origin.clients(addr, per_tier, Windows::Large).await?;
-    }
-    let tally = Tally::new(plan.changes);
-    let start = tally.start;
-    let (tx, rx): (Deliveries, _) = mpsc::unbounded_channel();
-    let streams = (0..plan.watchers).map(|w| {
-        let on = &clients[tier_of(w)];
-        (on[w % on.len()].clone(), vec![plan.tenant_of_watcher(w)])
-    });
-    let readers = spawn_readers(streams, &tally, &tx);
-    drop(tx);
-    let limit = Duration::from_secs(120);
-    let step = Duration::from_millis(10);
-    wait_for(
-        &tally.ready,
-        plan.watchers,
-        limit,
-        step,
-        "watchers became ready",
-    )
-    .await?;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let streams = tree.streams().await?;
-    let writer = tree
-        .origin
-        .client(connect(tree.origin.addr(), Windows::Large).await?);
-    let cpu = |tree: &Tree| -> Result<Vec<Duration>> {
-        (0..tree.tiers())
-            .map(|t| Ok(tree.process(t)?.cpu_fine()))
-            .collect()
-    };
-    let before = cpu(&tree)?;
-    drive_changes(plan, &tally.counts, timeout, |c, t| {
-        writer.put(t, "flag", stamp(c, now_us(start)))
-    })
-    .await?;
-    let after = cpu(&tree)?;
-    drop(tree);
-    for r in readers {
-        let _ = r.await;
-    }
-    let per_change = collect(rx, plan.changes).await;
-    let changes = plan.changes.max(1) as f64;
-    let cpu_per_change_us = before
-        .iter()
-        .zip(&after)
-        .map(|(b, a)| a.saturating_sub(*b).as_secs_f64() * 1e6 / changes)
-        .collect();
-    Ok(Timed {
-        per_change,
-        cpu_per_change_us,
-        streams,
-    })
 }
 
 /// Latency figures of some changes' deliveries.
@@ -410,8 +235,9 @@ async fn origin_cost(bins: &Binaries, args: &RelayArgs) -> Result<()> {
         "relay upstr.",
         "relays cpu/chg"
     );
-    for (name, run) in [("direct", &direct), ("behind two relays", &relayed)] {
-        let l = latency(&plan, &run.per_change, |_| true);
+    let runs = [("direct", &direct), ("behind two relays", &relayed)];
+    let lat = runs.map(|(_, run)| latency(&plan, &run.per_change, |_| true));
+    for ((name, run), l) in runs.iter().zip(&lat) {
         let upstream = sum(run.streams.iter().filter_map(|s| s.1));
         let relays_cpu = sum(run.cpu_per_change_us.iter().skip(1).copied());
         println!(
@@ -439,12 +265,19 @@ async fn origin_cost(bins: &Binaries, args: &RelayArgs) -> Result<()> {
         .map(|s| format!("{}", s.0))
         .collect();
     println!(
-        "RELAY origin N={} direct origin-streams={} origin-cpu/change={:.0}us relayed origin-streams={} \
+        "RELAY origin N={} direct p50={:.2}ms p99={:.2}ms last={:.2}ms origin-streams={} \
+         origin-cpu/change={:.0}us relayed p50={:.2}ms p99={:.2}ms last={:.2}ms origin-streams={} \
          relay-upstream-watches={} relay-client-streams={} origin-cpu/change={:.0}us relays-cpu/change={:.0}us \
          ratio origin-cpu relayed/direct={:.4}",
         plan.watchers,
+        lat[0].summary.p50,
+        lat[0].summary.p99,
+        lat[0].last_median,
         direct.streams[0].0,
         direct.cpu_per_change_us[0],
+        lat[1].summary.p50,
+        lat[1].summary.p99,
+        lat[1].last_median,
         relayed.streams[0].0,
         relay_upstreams.join("+"),
         relay_clients.join("+"),
