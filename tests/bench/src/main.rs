@@ -29,16 +29,16 @@
 //!
 //! The parts: this file is the driver and its flags; `workload/` holds each
 //! workload, written once against the [`peer::Peer`] abstraction; `peer/` maps it
-//! to configwatch (over its gRPC API, as any client) and to etcd; `process.rs`
-//! starts, measures and restarts the server processes; `relay.rs` counts bytes on
-//! the wire; `metrics.rs` reads a server's `/metrics`; `stats.rs` turns samples
-//! into percentiles.
+//! to configwatch (over its gRPC API, as any client) and to etcd, and starts
+//! configwatch relays; `process.rs` starts, measures and restarts the server
+//! processes; `wire_counter.rs` counts bytes on the wire; `metrics.rs` reads a
+//! server's `/metrics`; `stats.rs` turns samples into percentiles.
 
 mod metrics;
 mod peer;
 mod process;
-mod relay;
 mod stats;
+mod wire_counter;
 mod workload;
 
 use std::path::PathBuf;
