@@ -182,3 +182,18 @@ pub fn free_ports<const N: usize>() -> Result<[SocketAddr; N]> {
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_picked_together_differ() -> Result<()> {
+        for _ in 0..20 {
+            let [a, b, c] = free_ports()?;
+            assert!(a.port() != b.port() && b.port() != c.port() && a.port() != c.port());
+            assert!(a.ip().is_loopback());
+        }
+        Ok(())
+    }
+}
