@@ -203,7 +203,8 @@ async fn origin_cost(bins: &Binaries, args: &RelayArgs) -> Result<()> {
     };
     println!(
         "RELAY origin: {} watchers of one tenant over {} connections, {} changes; straight on the \
-         origin, then half on each of two relays of a fresh origin",
+         origin, then half on each of two relays of a fresh origin, then with no watcher (the \
+         Put alone)",
         plan.watchers, args.tenant_connections, plan.changes
     );
     let conns = args.tenant_connections;
@@ -219,6 +220,19 @@ async fn origin_cost(bins: &Binaries, args: &RelayArgs) -> Result<()> {
         Tree::start(bins, 1, &[0, 0]).await?,
         &plan,
         |w| 1 + w % 2,
+        conns,
+        args.timeout,
+    )
+    .await?;
+    let unwatched = Plan {
+        watchers: 0,
+        tenants: 1,
+        changes: plan.changes,
+    };
+    let alone = timed(
+        Tree::start(bins, 1, &[]).await?,
+        &unwatched,
+        |_| 0,
         conns,
         args.timeout,
     )
@@ -252,6 +266,10 @@ async fn origin_cost(bins: &Binaries, args: &RelayArgs) -> Result<()> {
             relays_cpu
         );
     }
+    println!(
+        "{:<18} {:>69.0}us",
+        "no watcher", alone.cpu_per_change_us[0]
+    );
     let relay_upstreams: Vec<String> = relayed
         .streams
         .iter()
@@ -268,7 +286,7 @@ async fn origin_cost(bins: &Binaries, args: &RelayArgs) -> Result<()> {
         "RELAY origin N={} direct p50={:.2}ms p99={:.2}ms last={:.2}ms origin-streams={} \
          origin-cpu/change={:.0}us relayed p50={:.2}ms p99={:.2}ms last={:.2}ms origin-streams={} \
          relay-upstream-watches={} relay-client-streams={} origin-cpu/change={:.0}us relays-cpu/change={:.0}us \
-         ratio origin-cpu relayed/direct={:.4}",
+         ratio origin-cpu relayed/direct={:.4} unwatched origin-cpu/change={:.0}us",
         plan.watchers,
         lat[0].summary.p50,
         lat[0].summary.p99,
@@ -283,7 +301,8 @@ async fn origin_cost(bins: &Binaries, args: &RelayArgs) -> Result<()> {
         relay_clients.join("+"),
         relayed.cpu_per_change_us[0],
         sum(relayed.cpu_per_change_us.iter().skip(1).copied()),
-        ratio(relayed.cpu_per_change_us[0], direct.cpu_per_change_us[0])
+        ratio(relayed.cpu_per_change_us[0], direct.cpu_per_change_us[0]),
+        alone.cpu_per_change_us[0]
     );
     Ok(())
 }
