@@ -50,6 +50,7 @@ mod proxy;
 mod rust_client;
 mod server;
 mod spread;
+mod tiers;
 mod ts_client;
 mod writer;
 
@@ -273,19 +274,7 @@ async fn run(config: &Config, driver: &Driver, dir: &Path) -> Result<Stats, Stri
     // Readers read the token file at each connection; a task keeps replacing it with
     // a fresh short-lived token.
     let token_file = dir.join("reader.token");
-    refresh_token(&server.data_dir, &token_file).await?;
-    let refresher = {
-        let (data_dir, token_file) = (server.data_dir.clone(), token_file.clone());
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(TOKEN_REFRESH).await;
-                if let Err(e) = refresh_token(&data_dir, &token_file).await {
-                    eprintln!("convergence: token refresh failed (the old one stays): {e}");
-                }
-            }
-        })
-    };
-    let _refresher = AbortOnDrop(refresher);
+    let _refresher = keep_refreshing(&server.data_dir, &token_file).await?;
 
     let writer_token = mint_token(&server_bin(), &server.data_dir, TENANT, "writer", "24h").await?;
     let mut writer = Writer::new(server_rx, &writer_token, &keys);
