@@ -105,24 +105,38 @@ const TOKEN_REFRESH: Duration = Duration::from_secs(2);
 async fn clients_of_both_languages_converge_through_restarts_and_dropped_connections() {
     let config = Config::from_env();
     let driver = typescript_driver();
+    let clients = format!(
+        "{} Rust + {} TypeScript clients",
+        config.clients, config.clients
+    );
+    scenario("convergence", &config, &clients, async |dir| {
+        run(&config, &driver, dir)
+            .await
+            .map(|stats| stats.summary())
+    })
+    .await;
+}
+
+/// Runs a scenario of `config` in a new directory: prints its seed and settings
+/// first, its summary when it passes; when it fails, keeps the directory (every
+/// log) and panics with how to replay it.
+async fn scenario(
+    test: &str,
+    config: &Config,
+    clients: &str,
+    run: impl AsyncFnOnce(&Path) -> Result<String, String>,
+) {
     let dir = temp_dir();
     eprintln!(
-        "convergence: seed {} ({} rounds, {} Rust + {} TypeScript clients, {} writes per round, \
-         {} keys); replay with CONFIGWATCH_CONVERGENCE_SEED={}",
-        config.seed,
-        config.rounds,
-        config.clients,
-        config.clients,
-        config.writes,
-        config.keys,
-        config.seed
+        "{test}: seed {} ({} rounds, {clients}, {} writes per round, {} keys); replay with \
+         CONFIGWATCH_CONVERGENCE_SEED={}",
+        config.seed, config.rounds, config.writes, config.keys, config.seed
     );
     let started = Instant::now();
-    match run(&config, &driver, dir.path()).await {
-        Ok(stats) => eprintln!(
-            "convergence: passed in {:.1} s: {}",
-            started.elapsed().as_secs_f64(),
-            stats.summary()
+    match run(dir.path()).await {
+        Ok(summary) => eprintln!(
+            "{test}: passed in {:.1} s: {summary}",
+            started.elapsed().as_secs_f64()
         ),
         Err(failure) => {
             let kept = dir.keep();

@@ -49,35 +49,14 @@ async fn three_tiers_converge_through_kills_cuts_and_freezes_of_any_tier() {
         config.clients = CLIENTS_PER_TIER;
     }
     let driver = typescript_driver();
-    let dir = temp_dir();
-    eprintln!(
-        "tiers: seed {} ({} rounds, {} Rust + {} TypeScript clients per tier, {} writes per \
-         round, {} keys); replay with CONFIGWATCH_CONVERGENCE_SEED={}",
-        config.seed,
-        config.rounds,
-        config.clients,
-        config.clients,
-        config.writes,
-        config.keys,
-        config.seed
+    let clients = format!(
+        "{} Rust + {} TypeScript clients per tier",
+        config.clients, config.clients
     );
-    let started = Instant::now();
-    match run_tiers(&config, &driver, dir.path()).await {
-        Ok(summary) => eprintln!(
-            "tiers: passed in {:.1} s: {summary}",
-            started.elapsed().as_secs_f64()
-        ),
-        Err(failure) => {
-            let kept = dir.keep();
-            panic!(
-                "{failure}\n\nseed {seed}: replay with CONFIGWATCH_CONVERGENCE_SEED={seed} \
-                 (and the same ROUNDS/CLIENTS/WRITES/KEYS); every tier's logs and the clients' \
-                 kept in {}",
-                kept.display(),
-                seed = config.seed,
-            );
-        }
-    }
+    scenario("tiers", &config, &clients, async |dir| {
+        run_tiers(&config, &driver, dir).await
+    })
+    .await;
 }
 
 async fn run_tiers(config: &Config, driver: &Driver, dir: &Path) -> Result<String, String> {
@@ -281,15 +260,26 @@ async fn full_resends(tiers: &Tiers, clients: &mut Clients) -> Result<Vec<String
         }
     }
     for tier in &tiers.tiers[1..] {
-        if let Some(syncs @ [full, ..]) = tier.upstream_syncs().await
-            && full > 1
-        {
+        let Some(syncs @ [full, ..]) = tier.upstream_syncs().await else {
+            continue;
+        };
+        // A known waste, not a loss: a relay whose first upstream Watch failed gets
+        // a second full state (the relay's `feed_for`).
+        let allowed = 1 + u64::from(tier.first_upstream_watch_failed());
+        if full > allowed {
             out.push(format!(
-                "{} (its {}th process): {full} full states from its upstream since it \
-                 started (full, diff, resumed: {syncs:?})",
+                "{} (its process {}): {full} full states from its upstream since it started \
+                 (full, diff, resumed: {syncs:?})",
                 tier.name(),
                 tier.server.starts
             ));
+        } else if full > 1 {
+            eprintln!(
+                "tiers: {} (its process {}) had a second full state from its upstream, its \
+                 first upstream Watch having failed",
+                tier.name(),
+                tier.server.starts
+            );
         }
     }
     Ok(out)

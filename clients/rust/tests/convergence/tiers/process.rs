@@ -58,6 +58,20 @@ impl Tier {
     }
 }
 
+impl Tier {
+    /// Whether this relay process's first upstream Watch failed before it had a
+    /// state (its upstream was down as it started), by its log. The load waiting for
+    /// it failed then, and the state that came later was taken by no load: the next
+    /// load started the upstream Watch again, with a full state again (see the
+    /// relay's `feed_for`).
+    pub(crate) fn first_upstream_watch_failed(&self) -> bool {
+        let log = std::fs::read_to_string(self.server.log()).unwrap_or_default();
+        log.lines()
+            .find(|l| l.contains("configwatch::relay::feed:"))
+            .is_some_and(|l| l.contains("upstream watch failed"))
+    }
+}
+
 /// The three tiers, and the relays' credential.
 pub(crate) struct Tiers {
     pub(crate) tiers: Vec<Tier>,
