@@ -24,12 +24,14 @@ use tonic::{Request, Response, Status};
 
 use crate::auth::Identity;
 use crate::clock::Clock;
-use crate::hub::{ChangeSource, Hub, Known, Origin, PageRequest, ResumeToken, StateDigest};
+use crate::hub::{
+    ChangeSource, Hub, Known, Origin, PageRequest, ResumeToken, ScopeView, StateDigest,
+};
 use crate::keys::{self, PrefixSet};
 use crate::model::{Entry, Scope};
 use crate::proto;
 use crate::proto::config_service_server::ConfigService;
-use crate::store::{Router, Write};
+use crate::store::{Router, StoreError, Write};
 
 pub use conn::ConnInfo;
 pub use forward::{Bearer, Forward};
@@ -558,25 +560,23 @@ impl ConfigService for ConfigApi {
         // The view is loaded before the write, so the answer carries the revision at
         // which the write was applied (a first Put to a tenant nobody has read yet).
         // Held until the write is applied: the view is not dropped as idle meanwhile.
-        let _view = self.hub.view(&scope).await?;
+        let view = self.hub.view(&scope).await?;
         let entry = match &self.forward {
             Some(upstream) => {
                 let bearer = Bearer::of(request.metadata())?;
-                upstream.put(&bearer, request.into_inner()).await?
+                let entry = upstream.put(&bearer, request.into_inner()).await?;
+                apply(&self.hub, &scope, entry)
             }
             None => {
                 let req = request.into_inner();
-                let (_, backend) = self.router.route(&req.key)?;
                 let write = Write::Put {
                     value,
                     secret: req.secret,
                 };
-                backend
-                    .write(&scope, &req.key, write, req.expected_version)
+                self.commit(view, scope, req.key, write, req.expected_version)
                     .await?
             }
         };
-        let entry = self.apply(&scope, entry);
         Ok(Response::new(proto::PutResponse {
             entry: Some(to_proto(&entry)),
         }))
@@ -589,21 +589,19 @@ impl ConfigService for ConfigApi {
         let (id, scope) = caller(&request, &request.get_ref().tenant, "")?;
         require_writer(&id)?;
         self.family(&request.get_ref().key)?;
-        let _view = self.hub.view(&scope).await?;
+        let view = self.hub.view(&scope).await?;
         let entry = match &self.forward {
             Some(upstream) => {
                 let bearer = Bearer::of(request.metadata())?;
-                upstream.delete(&bearer, request.into_inner()).await?
+                let entry = upstream.delete(&bearer, request.into_inner()).await?;
+                apply(&self.hub, &scope, entry)
             }
             None => {
                 let req = request.into_inner();
-                let (_, backend) = self.router.route(&req.key)?;
-                backend
-                    .write(&scope, &req.key, Write::Delete, req.expected_version)
+                self.commit(view, scope, req.key, Write::Delete, req.expected_version)
                     .await?
             }
         };
-        let entry = self.apply(&scope, entry);
         Ok(Response::new(proto::DeleteResponse {
             entry: Some(to_proto(&entry)),
         }))
@@ -611,23 +609,50 @@ impl ConfigService for ConfigApi {
 }
 
 impl ConfigApi {
-    /// Hands a committed write to the hub; returns it with the revision at which it
-    /// was applied (by this call, or first by a source that saw the same change).
-    fn apply(&self, scope: &Scope, entry: Entry) -> Entry {
-        // Just committed: its freshness is timed from now.
-        let origin = Origin::now(ChangeSource::Api);
-        match self.hub.apply_from(scope, entry.clone(), Some(origin)) {
-            Some(applied) => Entry {
-                value: entry.value,
-                ..applied.entry().clone()
-            },
-            None => {
-                let revision = self
-                    .hub
-                    .applied_revision(scope, &entry.key, entry.version)
-                    .unwrap_or(entry.revision);
-                Entry { revision, ..entry }
-            }
+    /// Writes through the store and hands the committed entry to the hub, as one
+    /// task of its own: a call dropped in between (its client reset the stream or
+    /// went away; a relay's forwarded write when the relay's own caller did) must
+    /// not leave a write committed and never applied, which the embedded store,
+    /// having no change feed, would never bring to the view. The task is one bounded
+    /// write; `view` is held until it is applied (not dropped as idle meanwhile).
+    async fn commit(
+        &self,
+        view: Arc<ScopeView>,
+        scope: Scope,
+        key: String,
+        write: Write,
+        expected: Option<u64>,
+    ) -> Result<Entry, Status> {
+        let backend = self.router.route(&key)?.1.clone();
+        let hub = self.hub.clone();
+        let task = tokio::spawn(async move {
+            let entry = backend.write(&scope, &key, write, expected).await?;
+            let entry = apply(&hub, &scope, entry);
+            drop(view);
+            Ok::<_, StoreError>(entry)
+        });
+        match task.await {
+            Ok(done) => Ok(done?),
+            Err(e) => Err(Status::internal(format!("the write failed: {e}"))),
+        }
+    }
+}
+
+/// Hands a committed write to the hub; returns it with the revision at which it
+/// was applied (by this call, or first by a source that saw the same change).
+fn apply(hub: &Hub, scope: &Scope, entry: Entry) -> Entry {
+    // Just committed: its freshness is timed from now.
+    let origin = Origin::now(ChangeSource::Api);
+    match hub.apply_from(scope, entry.clone(), Some(origin)) {
+        Some(applied) => Entry {
+            value: entry.value,
+            ..applied.entry().clone()
+        },
+        None => {
+            let revision = hub
+                .applied_revision(scope, &entry.key, entry.version)
+                .unwrap_or(entry.revision);
+            Entry { revision, ..entry }
         }
     }
 }
