@@ -31,7 +31,10 @@
 //! age (`--max-connection-age`) instead, and `spread` with two instances on the AWS
 //! backend (moto) behind a round-robin `balancer`, the second started later: the
 //! watchers spread to it and none misses a change. `failover` gives the clients both
-//! instances' URLs instead and kills the one they use, then the other.
+//! instances' URLs instead and kills the one they use, then the other. `tiers`
+//! checks it across three tiers (an origin, a relay of it, a relay of that relay,
+//! clients of both languages on each) with any tier killed and any link cut or
+//! frozen.
 //!
 //! The TypeScript driver must be built: `npm ci && npm run build` in
 //! clients/typescript (tests/run does it before `cargo test`).

@@ -273,13 +273,6 @@ async fn full_resends(tiers: &Tiers, clients: &mut Clients) -> Result<Vec<String
                 tier.name(),
                 tier.server.starts
             ));
-        } else if full > 1 {
-            eprintln!(
-                "tiers: {} (its process {}) had a second full state from its upstream, its \
-                 first upstream Watch having failed",
-                tier.name(),
-                tier.server.starts
-            );
         }
     }
     Ok(out)
