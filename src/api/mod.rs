@@ -12,6 +12,8 @@ pub mod forward;
 pub mod frame;
 pub mod page;
 pub mod status;
+#[cfg(test)]
+mod tests;
 mod watch;
 
 use std::collections::BTreeSet;
