@@ -10,7 +10,7 @@
 //! - the origin's state (a `Get` of the whole tenant) equals the writer's record of
 //!   what was acknowledged;
 //! - each relay's view (a `Get` on it) equals the origin's state, and the relay
-//!   does not say it is cut off from its upstream;
+//!   neither says it is cut off from its upstream nor is not ready (`/readyz`);
 //! - every client on every tier holds that state, is connected, and saw no version
 //!   go back (the suite's `converge_on`);
 //! - nothing was resent in full: no client was sent a full state after its first,
@@ -165,6 +165,7 @@ async fn check_tiers(
     }
     for tier in &tiers.tiers[1..] {
         relay_holds(writer, tier, &truth).await?;
+        relay_ready(tier).await?;
     }
     let keys: Vec<String> = writer.keys().cloned().collect();
     converge_on(&truth, &keys, &clients.rust, &mut clients.ts).await?;
@@ -227,6 +228,25 @@ async fn relay_holds(writer: &mut Writer, tier: &Tier, truth: &Truth) -> Result<
             last.into_inner().join("\n  ")
         )),
     }
+}
+
+/// Waits until the relay `tier` says it is ready: its upstream answers its health
+/// checks (every 2 s) again.
+async fn relay_ready(tier: &Tier) -> Result<(), String> {
+    let last = RefCell::new(String::new());
+    let ready = poll(CONVERGE_WITHIN, || async {
+        let (ready, answer) = tier.ready().await?;
+        *last.borrow_mut() = answer;
+        ready.then_some(())
+    })
+    .await;
+    ready.map_err(|_| {
+        format!(
+            "{} holds the origin's state but is not ready within {CONVERGE_WITHIN:?}: {}",
+            tier.name(),
+            last.into_inner()
+        )
+    })
 }
 
 /// The keys where `b` differs from `a`.

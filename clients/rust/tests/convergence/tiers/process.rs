@@ -10,7 +10,7 @@
 
 use super::*;
 
-use configwatch_test_support::Scrape;
+use configwatch_test_support::{Scrape, http_get};
 
 pub(crate) const TIERS: usize = 3;
 
@@ -59,6 +59,17 @@ impl Tier {
 }
 
 impl Tier {
+    /// Whether the relay says it is ready (`/readyz`), with its answer; `None` for
+    /// the origin (no admin listener here).
+    pub(crate) async fn ready(&self) -> Option<(bool, String)> {
+        let admin = self.server.process.as_ref()?.admin?;
+        let answer = http_get(admin, "/readyz").await;
+        Some((
+            answer.status == 200,
+            format!("{} {}", answer.status, answer.body),
+        ))
+    }
+
     /// Whether this relay process's first upstream Watch failed before it had a
     /// state (its upstream was down as it started), by its log. The load waiting for
     /// it failed then, and the state that came later was taken by no load: the next
