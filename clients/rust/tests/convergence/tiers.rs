@@ -35,7 +35,7 @@ use self::chaos::*;
 use self::process::*;
 
 /// Rounds and clients (per language and tier) unless the environment says: ten
-/// rounds kill each tier three times and cut and freeze each link.
+/// rounds kill each tier at least three times, and cut each link and freeze it.
 const ROUNDS: usize = 10;
 const CLIENTS_PER_TIER: usize = 1;
 

@@ -67,7 +67,7 @@ fn cut(rng: &mut StdRng) -> Disruption {
 /// random others.
 pub(crate) fn plan_tier_round(rng: &mut StdRng, round: usize, writes: usize) -> Vec<Step> {
     let r = round - 1;
-    let link = if (r + r / LINKS.len()).is_multiple_of(2) {
+    let link = if (r % LINKS.len() + r / LINKS.len()).is_multiple_of(2) {
         freeze(rng)
     } else {
         cut(rng)
