@@ -6,6 +6,7 @@
 
 pub mod budget;
 pub mod codec;
+mod commit;
 mod conn;
 pub mod fair;
 pub mod forward;
@@ -26,14 +27,12 @@ use tonic::{Request, Response, Status};
 
 use crate::auth::Identity;
 use crate::clock::Clock;
-use crate::hub::{
-    ChangeSource, Hub, Known, Origin, PageRequest, ResumeToken, ScopeView, StateDigest,
-};
+use crate::hub::{Hub, Known, PageRequest, ResumeToken, StateDigest};
 use crate::keys::{self, PrefixSet};
 use crate::model::{Entry, Scope};
 use crate::proto;
 use crate::proto::config_service_server::ConfigService;
-use crate::store::{Router, StoreError, Write};
+use crate::store::{Router, Write};
 
 pub use conn::ConnInfo;
 pub use forward::{Bearer, Forward};
@@ -567,7 +566,7 @@ impl ConfigService for ConfigApi {
             Some(upstream) => {
                 let bearer = Bearer::of(request.metadata())?;
                 let entry = upstream.put(&bearer, request.into_inner()).await?;
-                apply(&self.hub, &scope, entry)
+                commit::apply(&self.hub, &scope, entry)
             }
             None => {
                 let req = request.into_inner();
@@ -596,7 +595,7 @@ impl ConfigService for ConfigApi {
             Some(upstream) => {
                 let bearer = Bearer::of(request.metadata())?;
                 let entry = upstream.delete(&bearer, request.into_inner()).await?;
-                apply(&self.hub, &scope, entry)
+                commit::apply(&self.hub, &scope, entry)
             }
             None => {
                 let req = request.into_inner();
@@ -607,54 +606,5 @@ impl ConfigService for ConfigApi {
         Ok(Response::new(proto::DeleteResponse {
             entry: Some(to_proto(&entry)),
         }))
-    }
-}
-
-impl ConfigApi {
-    /// Writes through the store and hands the committed entry to the hub, as one
-    /// task of its own: a call dropped in between (its client reset the stream or
-    /// went away; a relay's forwarded write when the relay's own caller did) must
-    /// not leave a write committed and never applied, which the embedded store,
-    /// having no change feed, would never bring to the view. The task is one bounded
-    /// write; `view` is held until it is applied (not dropped as idle meanwhile).
-    async fn commit(
-        &self,
-        view: Arc<ScopeView>,
-        scope: Scope,
-        key: String,
-        write: Write,
-        expected: Option<u64>,
-    ) -> Result<Entry, Status> {
-        let backend = self.router.route(&key)?.1.clone();
-        let hub = self.hub.clone();
-        let task = tokio::spawn(async move {
-            let entry = backend.write(&scope, &key, write, expected).await?;
-            let entry = apply(&hub, &scope, entry);
-            drop(view);
-            Ok::<_, StoreError>(entry)
-        });
-        match task.await {
-            Ok(done) => Ok(done?),
-            Err(e) => Err(Status::internal(format!("the write failed: {e}"))),
-        }
-    }
-}
-
-/// Hands a committed write to the hub; returns it with the revision at which it
-/// was applied (by this call, or first by a source that saw the same change).
-fn apply(hub: &Hub, scope: &Scope, entry: Entry) -> Entry {
-    // Just committed: its freshness is timed from now.
-    let origin = Origin::now(ChangeSource::Api);
-    match hub.apply_from(scope, entry.clone(), Some(origin)) {
-        Some(applied) => Entry {
-            value: entry.value,
-            ..applied.entry().clone()
-        },
-        None => {
-            let revision = hub
-                .applied_revision(scope, &entry.key, entry.version)
-                .unwrap_or(entry.revision);
-            Entry { revision, ..entry }
-        }
     }
 }
