@@ -6,12 +6,15 @@
 
 pub mod budget;
 pub mod codec;
+mod commit;
 mod conn;
 pub mod fair;
 pub mod forward;
 pub mod frame;
 pub mod page;
 pub mod status;
+#[cfg(test)]
+mod tests;
 mod watch;
 
 use std::collections::BTreeSet;
@@ -24,7 +27,7 @@ use tonic::{Request, Response, Status};
 
 use crate::auth::Identity;
 use crate::clock::Clock;
-use crate::hub::{ChangeSource, Hub, Known, Origin, PageRequest, ResumeToken, StateDigest};
+use crate::hub::{Hub, Known, PageRequest, ResumeToken, StateDigest};
 use crate::keys::{self, PrefixSet};
 use crate::model::{Entry, Scope};
 use crate::proto;
@@ -562,25 +565,23 @@ impl ConfigService for ConfigApi {
         // The view is loaded before the write, so the answer carries the revision at
         // which the write was applied (a first Put to a tenant nobody has read yet).
         // Held until the write is applied: the view is not dropped as idle meanwhile.
-        let _view = self.hub.view(&scope).await?;
+        let view = self.hub.view(&scope).await?;
         let entry = match &self.forward {
             Some(upstream) => {
                 let bearer = Bearer::of(request.metadata())?;
-                upstream.put(&bearer, request.into_inner()).await?
+                let entry = upstream.put(&bearer, request.into_inner()).await?;
+                commit::apply(&self.hub, &scope, entry)
             }
             None => {
                 let req = request.into_inner();
-                let (_, backend) = self.router.route(&req.key)?;
                 let write = Write::Put {
                     value,
                     secret: req.secret,
                 };
-                backend
-                    .write(&scope, &req.key, write, req.expected_version)
+                self.commit(view, scope, req.key, write, req.expected_version)
                     .await?
             }
         };
-        let entry = self.apply(&scope, entry);
         Ok(Response::new(proto::PutResponse {
             entry: Some(to_proto(&entry)),
         }))
@@ -593,45 +594,21 @@ impl ConfigService for ConfigApi {
         let (id, scope) = caller(&request, &request.get_ref().tenant, "")?;
         require_writer(&id)?;
         self.family(&request.get_ref().key)?;
-        let _view = self.hub.view(&scope).await?;
+        let view = self.hub.view(&scope).await?;
         let entry = match &self.forward {
             Some(upstream) => {
                 let bearer = Bearer::of(request.metadata())?;
-                upstream.delete(&bearer, request.into_inner()).await?
+                let entry = upstream.delete(&bearer, request.into_inner()).await?;
+                commit::apply(&self.hub, &scope, entry)
             }
             None => {
                 let req = request.into_inner();
-                let (_, backend) = self.router.route(&req.key)?;
-                backend
-                    .write(&scope, &req.key, Write::Delete, req.expected_version)
+                self.commit(view, scope, req.key, Write::Delete, req.expected_version)
                     .await?
             }
         };
-        let entry = self.apply(&scope, entry);
         Ok(Response::new(proto::DeleteResponse {
             entry: Some(to_proto(&entry)),
         }))
-    }
-}
-
-impl ConfigApi {
-    /// Hands a committed write to the hub; returns it with the revision at which it
-    /// was applied (by this call, or first by a source that saw the same change).
-    fn apply(&self, scope: &Scope, entry: Entry) -> Entry {
-        // Just committed: its freshness is timed from now.
-        let origin = Origin::now(ChangeSource::Api);
-        match self.hub.apply_from(scope, entry.clone(), Some(origin)) {
-            Some(applied) => Entry {
-                value: entry.value,
-                ..applied.entry().clone()
-            },
-            None => {
-                let revision = self
-                    .hub
-                    .applied_revision(scope, &entry.key, entry.version)
-                    .unwrap_or(entry.revision);
-                Entry { revision, ..entry }
-            }
-        }
     }
 }

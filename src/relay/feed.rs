@@ -111,21 +111,18 @@ struct State {
     own_cut: Option<Millis>,
     /// Since when the upstream says it is cut off from its own sources.
     upstream_cut: Option<Millis>,
-    /// The cut-off mark last given to the hub.
-    marked: Option<Millis>,
 }
 
 impl State {
-    /// Gives the hub the earlier of the two cut-off times, when it changed.
-    fn mark(&mut self, hub: &Hub, scope: &Scope) {
+    /// Gives the hub the earlier of the two cut-off times. Given every time, not
+    /// only when this feed's changed: the view's mark may have been left by a feed
+    /// this one replaced (the hub wakes the watchers only when the mark changes).
+    fn mark(&self, hub: &Hub, scope: &Scope) {
         let since = match (self.own_cut, self.upstream_cut) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        if since != self.marked {
-            self.marked = since;
-            hub.set_disconnected(scope, since);
-        }
+        hub.set_disconnected(scope, since);
     }
 }
 
@@ -137,7 +134,6 @@ pub(super) async fn run(feed: Arc<Feed>, inner: Arc<Inner>) {
         resume: String::new(),
         own_cut: None,
         upstream_cut: None,
-        marked: None,
     };
     let mut at = inner.upstreams.preferred();
     let mut with_versions = false;

@@ -33,7 +33,9 @@
 //! watchers spread to it and none misses a change. `failover` gives the clients both
 //! instances' URLs instead and kills the one they use, then the other; `origins`
 //! puts a relay listing both in front of the clients and kills the origin it uses,
-//! then the other.
+//! then the other. `tiers` checks it across three tiers (an origin, a relay of it,
+//! a relay of that relay, clients of both languages on each) with any tier killed
+//! and any link cut or frozen.
 //!
 //! The TypeScript driver must be built: `npm ci && npm run build` in
 //! clients/typescript (tests/run does it before `cargo test`).
@@ -54,6 +56,7 @@ mod proxy;
 mod rust_client;
 mod server;
 mod spread;
+mod tiers;
 mod ts_client;
 mod writer;
 
@@ -108,24 +111,38 @@ const TOKEN_REFRESH: Duration = Duration::from_secs(2);
 async fn clients_of_both_languages_converge_through_restarts_and_dropped_connections() {
     let config = Config::from_env();
     let driver = typescript_driver();
+    let clients = format!(
+        "{} Rust + {} TypeScript clients",
+        config.clients, config.clients
+    );
+    scenario("convergence", &config, &clients, async |dir| {
+        run(&config, &driver, dir)
+            .await
+            .map(|stats| stats.summary())
+    })
+    .await;
+}
+
+/// Runs a scenario of `config` in a new directory: prints its seed and settings
+/// first, its summary when it passes; when it fails, keeps the directory (every
+/// log) and panics with how to replay it.
+async fn scenario(
+    test: &str,
+    config: &Config,
+    clients: &str,
+    run: impl AsyncFnOnce(&Path) -> Result<String, String>,
+) {
     let dir = temp_dir();
     eprintln!(
-        "convergence: seed {} ({} rounds, {} Rust + {} TypeScript clients, {} writes per round, \
-         {} keys); replay with CONFIGWATCH_CONVERGENCE_SEED={}",
-        config.seed,
-        config.rounds,
-        config.clients,
-        config.clients,
-        config.writes,
-        config.keys,
-        config.seed
+        "{test}: seed {} ({} rounds, {clients}, {} writes per round, {} keys); replay with \
+         CONFIGWATCH_CONVERGENCE_SEED={}",
+        config.seed, config.rounds, config.writes, config.keys, config.seed
     );
     let started = Instant::now();
-    match run(&config, &driver, dir.path()).await {
-        Ok(stats) => eprintln!(
-            "convergence: passed in {:.1} s: {}",
-            started.elapsed().as_secs_f64(),
-            stats.summary()
+    match run(dir.path()).await {
+        Ok(summary) => eprintln!(
+            "{test}: passed in {:.1} s: {summary}",
+            started.elapsed().as_secs_f64()
         ),
         Err(failure) => {
             let kept = dir.keep();
@@ -277,19 +294,7 @@ async fn run(config: &Config, driver: &Driver, dir: &Path) -> Result<Stats, Stri
     // Readers read the token file at each connection; a task keeps replacing it with
     // a fresh short-lived token.
     let token_file = dir.join("reader.token");
-    refresh_token(&server.data_dir, &token_file).await?;
-    let refresher = {
-        let (data_dir, token_file) = (server.data_dir.clone(), token_file.clone());
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(TOKEN_REFRESH).await;
-                if let Err(e) = refresh_token(&data_dir, &token_file).await {
-                    eprintln!("convergence: token refresh failed (the old one stays): {e}");
-                }
-            }
-        })
-    };
-    let _refresher = AbortOnDrop(refresher);
+    let _refresher = keep_refreshing(&server.data_dir, &token_file).await?;
 
     let writer_token = mint_token(&server_bin(), &server.data_dir, TENANT, "writer", "24h").await?;
     let mut writer = Writer::new(server_rx, &writer_token, &keys);

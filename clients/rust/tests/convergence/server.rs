@@ -169,3 +169,18 @@ pub(crate) async fn refresh_token(data_dir: &Path, file: &Path) -> Result<(), St
         .await
         .map_err(|e| e.to_string())
 }
+
+/// Writes a reader token into `file` now, then replaces it every `TOKEN_REFRESH`
+/// until the returned guard is dropped.
+pub(crate) async fn keep_refreshing(data_dir: &Path, file: &Path) -> Result<AbortOnDrop, String> {
+    refresh_token(data_dir, file).await?;
+    let (data_dir, file) = (data_dir.to_owned(), file.to_owned());
+    Ok(AbortOnDrop(tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(TOKEN_REFRESH).await;
+            if let Err(e) = refresh_token(&data_dir, &file).await {
+                eprintln!("convergence: token refresh failed (the old one stays): {e}");
+            }
+        }
+    })))
+}

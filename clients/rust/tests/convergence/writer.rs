@@ -41,6 +41,8 @@ pub(crate) struct WriterStats {
     pub(crate) secrets: u64,
     pub(crate) unchanged_values: u64,
     pub(crate) large_values: u64,
+    /// Writes sent through a relay.
+    pub(crate) through_relays: u64,
     /// Writes whose first attempt ended without an answer (server killed, ...).
     pub(crate) uncertain: u64,
     /// ... of which the first attempt had been applied (found by compare-and-set).
@@ -49,8 +51,13 @@ pub(crate) struct WriterStats {
 }
 
 pub(crate) struct Writer {
+    /// The server the writes go to and every read comes from (the origin).
     pub(crate) server: watch::Receiver<SocketAddr>,
-    pub(crate) rpc: Option<(SocketAddr, ConfigServiceClient<Channel>)>,
+    /// Relays that forward writes to it: each takes a share of a round's writes
+    /// (none by default).
+    pub(crate) relays: Vec<watch::Receiver<SocketAddr>>,
+    /// A client per server address used.
+    pub(crate) rpc: BTreeMap<SocketAddr, ConfigServiceClient<Channel>>,
     pub(crate) header: MetadataValue<Ascii>,
     pub(crate) keys: Vec<String>,
     pub(crate) record: BTreeMap<String, Record>,
@@ -86,7 +93,8 @@ impl Writer {
     pub(crate) fn new(server: watch::Receiver<SocketAddr>, token: &str, keys: &[String]) -> Writer {
         Writer {
             server,
-            rpc: None,
+            relays: Vec::new(),
+            rpc: BTreeMap::new(),
             header: format!("Bearer {token}").parse().unwrap(),
             keys: keys.to_vec(),
             record: BTreeMap::new(),
@@ -99,22 +107,20 @@ impl Writer {
         self.record.keys()
     }
 
-    /// A client of the current server (writes go straight to it, not through the
-    /// proxy).
-    pub(crate) fn rpc(&mut self) -> ConfigServiceClient<Channel> {
-        let addr = *self.server.borrow();
-        if let Some((a, c)) = &self.rpc
-            && *a == addr
-        {
-            return c.clone();
-        }
-        let channel = Endpoint::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect_timeout(Duration::from_secs(1))
-            .connect_lazy();
-        let c = ConfigServiceClient::new(channel);
-        self.rpc = Some((addr, c.clone()));
-        c
+    /// A client of the current server at `at` (calls go straight to it, not through
+    /// the proxy).
+    pub(crate) fn rpc(&mut self, at: &watch::Receiver<SocketAddr>) -> ConfigServiceClient<Channel> {
+        let addr = *at.borrow();
+        self.rpc
+            .entry(addr)
+            .or_insert_with(|| {
+                let channel = Endpoint::from_shared(format!("http://{addr}"))
+                    .unwrap()
+                    .connect_timeout(Duration::from_secs(1))
+                    .connect_lazy();
+                ConfigServiceClient::new(channel)
+            })
+            .clone()
     }
 
     pub(crate) fn request<T>(&self, body: T) -> tonic::Request<T> {
@@ -134,7 +140,13 @@ impl Writer {
         for n in 0..writes {
             let key = self.keys[rng.random_range(0..self.keys.len())].clone();
             let op = self.choose(rng, &key);
-            self.write(&key, op).await?;
+            // No relays, no draw: a seed replays the same writes as before.
+            let via = match self.relays.len() {
+                0 => None,
+                n => rng.random_bool(0.3).then(|| rng.random_range(0..n)),
+            };
+            self.stats.through_relays += u64::from(via.is_some());
+            self.write_via(&key, op, via).await?;
             progress.send_replace(n + 1);
             // Workload shape, not synchronization: writes come in bursts and trickles.
             let pause = rng.random_range(0..6u64);
@@ -200,6 +212,20 @@ impl Writer {
     /// outcome is unknown until the server answers, and tells from the answer
     /// whether the first attempt had been applied.
     pub(crate) async fn write(&mut self, key: &str, op: Op) -> Result<(), String> {
+        self.write_via(key, op, None).await
+    }
+
+    /// [`write`](Self::write) through relay `via` (an index in `relays`), which
+    /// forwards it with the writer's token; the outcome of an unanswered attempt is
+    /// still read from the origin, which a relay's view may trail.
+    pub(crate) async fn write_via(
+        &mut self,
+        key: &str,
+        op: Op,
+        via: Option<usize>,
+    ) -> Result<(), String> {
+        let target = via.map_or_else(|| self.server.clone(), |i| self.relays[i].clone());
+        let through = via.map_or(String::new(), |i| format!(" (through relay {i})"));
         let before = self.record.get(key).cloned().unwrap_or_default();
         let expected = match (&op, &before.live) {
             (_, Some(_)) => before.version,
@@ -209,7 +235,7 @@ impl Writer {
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut unanswered = false;
         loop {
-            let mut rpc = self.rpc();
+            let mut rpc = self.rpc(&target);
             let answer = match &op {
                 Op::Put { value, secret } => {
                     let r = self.request(proto::PutRequest {
@@ -240,8 +266,8 @@ impl Writer {
                     let deleted = matches!(op, Op::Delete);
                     if entry.version != want || entry.deleted != deleted {
                         return Err(format!(
-                            "{key}: {op} on version {} was answered with version {} (deleted \
-                             {}); versions must continue the key's sequence",
+                            "{key}: {op}{through} on version {} was answered with version {} \
+                             (deleted {}); versions must continue the key's sequence",
                             before.version, entry.version, entry.deleted
                         ));
                     }
@@ -258,7 +284,7 @@ impl Writer {
             }
             if !uncertain(code) {
                 return Err(format!(
-                    "{key}: {op} with expected version {expected} refused: {status:?}"
+                    "{key}: {op}{through} with expected version {expected} refused: {status:?}"
                 ));
             }
             *self
@@ -272,7 +298,9 @@ impl Writer {
                 self.stats.uncertain += 1;
             }
             if Instant::now() >= deadline {
-                return Err(format!("{key}: no answer to {op} within 30 s: {status:?}"));
+                return Err(format!(
+                    "{key}: no answer to {op}{through} within 30 s: {status:?}"
+                ));
             }
             unanswered = true;
             // The server may be restarting: try again shortly.
@@ -347,9 +375,20 @@ impl Writer {
     }
 
     pub(crate) async fn get(&mut self, body: proto::GetRequest) -> Result<Truth, String> {
+        let origin = self.server.clone();
+        self.get_from(&origin, body).await
+    }
+
+    /// A `Get` of the server at `from` (a relay's view, say), retried while it is
+    /// unreachable.
+    pub(crate) async fn get_from(
+        &mut self,
+        from: &watch::Receiver<SocketAddr>,
+        body: proto::GetRequest,
+    ) -> Result<Truth, String> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let mut rpc = self.rpc();
+            let mut rpc = self.rpc(from);
             let r = self.request(body.clone());
             let status = match tokio::time::timeout(Duration::from_secs(6), rpc.get(r)).await {
                 Ok(Ok(r)) => {
