@@ -35,7 +35,9 @@ const NS_END: &str = "cwn";
 /// Links per process (each takes a /30 of the process's /24).
 const LINKS_PER_RUN: u32 = 64;
 
-static COUNTER: AtomicU32 = AtomicU32::new(0);
+/// Namespaces and links made by this process so far.
+static NAMESPACES: AtomicU32 = AtomicU32::new(0);
+static LINKS: AtomicU32 = AtomicU32::new(0);
 
 /// A network namespace with its links to the host; removed (with its links) when
 /// dropped.
@@ -111,7 +113,7 @@ impl Netns {
         let name = format!(
             "{NS_PREFIX}{}-{}",
             std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
+            NAMESPACES.fetch_add(1, Ordering::Relaxed)
         );
         ip(&["netns", "add", &name])?;
         let ns = Netns {
@@ -134,7 +136,7 @@ impl Netns {
     }
 
     fn try_link(&self) -> Result<Link, String> {
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let n = LINKS.fetch_add(1, Ordering::Relaxed);
         let (host, ns) = subnet(std::process::id(), n)?;
         let pid = std::process::id();
         let host_dev = format!("{HOST_END}{pid}-{n}");
