@@ -39,6 +39,7 @@ pub mod hub;
 pub mod json;
 pub mod keys;
 pub mod model;
+pub mod relay;
 pub mod server;
 pub mod source;
 pub mod store;

@@ -8,6 +8,7 @@ pub mod budget;
 pub mod codec;
 mod conn;
 pub mod fair;
+pub mod forward;
 pub mod frame;
 pub mod page;
 pub mod status;
@@ -31,6 +32,7 @@ use crate::proto::config_service_server::ConfigService;
 use crate::store::{Router, Write};
 
 pub use conn::ConnInfo;
+pub use forward::{Bearer, Forward};
 pub use watch::{EndLine, WatchCalls, WatchEnds, WatchStream};
 
 /// Prefixes in one Get or Watch, unless configured.
@@ -164,6 +166,9 @@ pub struct ConfigApi {
     pages: page::PageTokens,
     initial_states: fair::FairPool,
     replies: budget::ReplyBudget,
+    /// A relay's upstream, which writes and secret reads go to with the caller's
+    /// token; `None` on an origin, which writes through `router`.
+    forward: Option<Arc<dyn Forward>>,
     /// The runtime serving the calls: a Watch (started on threads of its own, see
     /// `server`) loads a tenant's view here, so the sources' connections live here.
     main: tokio::runtime::Handle,
@@ -189,7 +194,24 @@ impl ConfigApi {
             pages: page::PageTokens::new(),
             initial_states,
             replies,
+            forward: None,
             main: tokio::runtime::Handle::current(),
+        }
+    }
+
+    /// A relay's API: writes and secret reads go to `forward` with the caller's
+    /// token, and keys are checked here only for their form (the upstream routes
+    /// them).
+    pub fn forwarding(mut self, forward: Option<Arc<dyn Forward>>) -> Self {
+        self.forward = forward;
+        self
+    }
+
+    /// Checks a key's form, and on an origin that a backend holds its family.
+    fn family(&self, key: &str) -> Result<&'static keys::KeyFamily, Status> {
+        match &self.forward {
+            Some(_) => Ok(keys::validate_key(key)?),
+            None => Ok(self.router.route(key)?.0),
         }
     }
 }
@@ -298,6 +320,11 @@ impl ConfigService for ConfigApi {
             &request.get_ref().tenant,
             &request.get_ref().service,
         )?;
+        let bearer = self
+            .forward
+            .as_ref()
+            .map(|_| Bearer::of(request.metadata()))
+            .transpose()?;
         let connection = request
             .extensions()
             .get::<ConnInfo>()
@@ -311,7 +338,7 @@ impl ConfigService for ConfigApi {
             )));
         }
         for key in &req.keys {
-            self.router.route(key)?;
+            self.family(key)?;
         }
         check_prefixes(&req.prefixes, &self.limits)?;
         let request_hash = page::request_hash(&scope, &req.keys, &req.prefixes);
@@ -363,9 +390,16 @@ impl ConfigService for ConfigApi {
                 entries.push(to_proto(e));
                 continue;
             }
-            // Secrets are never cached: read on demand, for this scope only.
-            let (_, backend) = self.router.route(&e.key)?;
-            match backend.read(&scope, &e.key, true).await? {
+            // Secrets are never cached: read on demand, for this scope only (on a
+            // relay, upstream as the caller).
+            let read = match (&self.forward, &bearer) {
+                (Some(upstream), Some(bearer)) => upstream.read(bearer, &scope, &e.key).await?,
+                _ => {
+                    let (_, backend) = self.router.route(&e.key)?;
+                    backend.read(&scope, &e.key, true).await?
+                }
+            };
+            match read {
                 Some(mut read) if !read.deleted => {
                     read.revision = e.revision;
                     entries.push(to_proto(&read));
@@ -516,20 +550,32 @@ impl ConfigService for ConfigApi {
     ) -> Result<Response<proto::PutResponse>, Status> {
         let (id, scope) = caller(&request, &request.get_ref().tenant, "")?;
         require_writer(&id)?;
-        let req = request.into_inner();
-        let (family, backend) = self.router.route(&req.key)?;
-        let value = keys::validate_value(family, &req.key, &req.value, req.secret)?;
+        let family = self.family(&request.get_ref().key)?;
+        let value = {
+            let req = request.get_ref();
+            keys::validate_value(family, &req.key, &req.value, req.secret)?
+        };
         // The view is loaded before the write, so the answer carries the revision at
         // which the write was applied (a first Put to a tenant nobody has read yet).
         // Held until the write is applied: the view is not dropped as idle meanwhile.
         let _view = self.hub.view(&scope).await?;
-        let write = Write::Put {
-            value,
-            secret: req.secret,
+        let entry = match &self.forward {
+            Some(upstream) => {
+                let bearer = Bearer::of(request.metadata())?;
+                upstream.put(&bearer, request.into_inner()).await?
+            }
+            None => {
+                let req = request.into_inner();
+                let (_, backend) = self.router.route(&req.key)?;
+                let write = Write::Put {
+                    value,
+                    secret: req.secret,
+                };
+                backend
+                    .write(&scope, &req.key, write, req.expected_version)
+                    .await?
+            }
         };
-        let entry = backend
-            .write(&scope, &req.key, write, req.expected_version)
-            .await?;
         let entry = self.apply(&scope, entry);
         Ok(Response::new(proto::PutResponse {
             entry: Some(to_proto(&entry)),
@@ -542,12 +588,21 @@ impl ConfigService for ConfigApi {
     ) -> Result<Response<proto::DeleteResponse>, Status> {
         let (id, scope) = caller(&request, &request.get_ref().tenant, "")?;
         require_writer(&id)?;
-        let req = request.into_inner();
-        let (_, backend) = self.router.route(&req.key)?;
+        self.family(&request.get_ref().key)?;
         let _view = self.hub.view(&scope).await?;
-        let entry = backend
-            .write(&scope, &req.key, Write::Delete, req.expected_version)
-            .await?;
+        let entry = match &self.forward {
+            Some(upstream) => {
+                let bearer = Bearer::of(request.metadata())?;
+                upstream.delete(&bearer, request.into_inner()).await?
+            }
+            None => {
+                let req = request.into_inner();
+                let (_, backend) = self.router.route(&req.key)?;
+                backend
+                    .write(&scope, &req.key, Write::Delete, req.expected_version)
+                    .await?
+            }
+        };
         let entry = self.apply(&scope, entry);
         Ok(Response::new(proto::DeleteResponse {
             entry: Some(to_proto(&entry)),

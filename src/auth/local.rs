@@ -114,17 +114,39 @@ impl LocalKey {
         ttl: Duration,
         subject: &str,
     ) -> Result<String, jsonwebtoken::errors::Error> {
+        self.sign(Some(scope), role, ttl, subject)
+    }
+
+    /// A token that names no tenant: only the relay role can use one (it names the
+    /// tenant in each request).
+    pub fn issue_relay(
+        &self,
+        ttl: Duration,
+        subject: &str,
+    ) -> Result<String, jsonwebtoken::errors::Error> {
+        self.sign(None, Role::Relay, ttl, subject)
+    }
+
+    fn sign(
+        &self,
+        scope: Option<&Scope>,
+        role: Role,
+        ttl: Duration,
+        subject: &str,
+    ) -> Result<String, jsonwebtoken::errors::Error> {
         let now = self.clock.unix_secs().unwrap_or(0);
         let mut claims = json!({
             "iss": ISSUER,
             "sub": subject,
             "iat": now,
             "exp": now.saturating_add(ttl.as_secs()).min(super::MAX_NUMERIC_DATE),
-            "custom:tenantId": scope.tenant_id(),
             ROLE_CLAIM: role.as_str(),
         });
-        if let (Some(service), Some(map)) = (scope.service(), claims.as_object_mut()) {
-            map.insert("custom:service".into(), json!(service));
+        if let (Some(scope), Some(map)) = (scope, claims.as_object_mut()) {
+            map.insert("custom:tenantId".into(), json!(scope.tenant_id()));
+            if let Some(service) = scope.service() {
+                map.insert("custom:service".into(), json!(service));
+            }
         }
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = Some(self.kid.clone());

@@ -10,14 +10,25 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 use super::{ClientArgs, DeleteArgs, Failure, GetArgs, PutArgs, TokenArgs, open_key};
+use crate::auth::Role;
 use crate::model::Scope;
 use crate::proto;
 use crate::proto::config_service_client::ConfigServiceClient;
 use crate::store::embedded::EmbeddedStore;
 
 pub(super) fn run_token(args: TokenArgs) -> Result<(), Failure> {
-    let scope = Scope::new(&args.tenant, args.service.as_deref())
-        .map_err(|e| Failure::usage(e.to_string()))?;
+    let scope = match (&args.tenant, args.role) {
+        (Some(tenant), _) => Some(
+            Scope::new(tenant, args.service.as_deref())
+                .map_err(|e| Failure::usage(e.to_string()))?,
+        ),
+        (None, Role::Relay) if args.service.is_none() => None,
+        (None, _) => {
+            return Err(Failure::usage(
+                "--tenant is required (only a relay token may name none; --service needs --tenant)",
+            ));
+        }
+    };
     let fresh = !args.data_dir.join(crate::auth::local::KEY_FILE).exists()
         && !args.data_dir.join(crate::store::embedded::DB_FILE).exists();
     let key = open_key(&args.data_dir)?;
@@ -27,9 +38,11 @@ pub(super) fn run_token(args: TokenArgs) -> Result<(), Failure> {
         EmbeddedStore::open(&args.data_dir)
             .map_err(|e| Failure::error(format!("cannot create the store: {e}")))?;
     }
-    let token = key
-        .issue(&scope, args.role, args.ttl, &args.subject)
-        .map_err(|e| Failure::error(format!("cannot sign the token: {e}")))?;
+    let token = match &scope {
+        Some(scope) => key.issue(scope, args.role, args.ttl, &args.subject),
+        None => key.issue_relay(args.ttl, &args.subject),
+    }
+    .map_err(|e| Failure::error(format!("cannot sign the token: {e}")))?;
     println!("{token}");
     Ok(())
 }

@@ -11,6 +11,7 @@ use clap::Args;
 use super::Failure;
 use crate::auth::{Role, TokenUse};
 use crate::aws::AwsSettings;
+use crate::relay::RelaySettings;
 use crate::{api, server};
 
 /// The server's log line format.
@@ -122,6 +123,8 @@ pub struct ServeArgs {
     pub identity: IdentityArgs,
     #[command(flatten)]
     pub aws: AwsArgs,
+    #[command(flatten)]
+    pub relay: RelayArgs,
 }
 
 impl ServeArgs {
@@ -213,6 +216,78 @@ impl ServeArgs {
             ));
         }
         Ok(aws)
+    }
+}
+
+/// Relay mode: the server's sources are other configwatch servers.
+#[derive(Debug, Args)]
+pub struct RelayArgs {
+    /// Run as a relay of these configwatch servers (`http://host:port`; repeatable,
+    /// or comma-separated): Get and Watch are served from views kept by one Watch
+    /// per scope on an upstream, writes are forwarded with the caller's token.
+    #[arg(long = "upstream", env = "CONFIGWATCH_UPSTREAM", value_delimiter = ',')]
+    pub upstreams: Vec<String>,
+    /// File holding the relay's token (role relay) for its upstream Watches; read
+    /// again when it changes, so it can be rotated.
+    #[arg(long, env = "CONFIGWATCH_UPSTREAM_TOKEN_FILE")]
+    pub upstream_token_file: Option<PathBuf>,
+    /// How long a first use of a scope waits for an upstream before the call fails
+    /// with UNAVAILABLE.
+    #[arg(long, env = "CONFIGWATCH_UPSTREAM_LOAD_TIMEOUT", default_value_t = crate::relay::DEFAULT_LOAD_TIMEOUT.into())]
+    pub upstream_load_timeout: humantime::Duration,
+}
+
+impl RelayArgs {
+    /// The relay's settings when `--upstream` is given, checked against the other
+    /// flags of `serve`; `None` for an origin.
+    pub fn settings(
+        &self,
+        aws: Option<&AwsSettings>,
+        new_store: bool,
+    ) -> Result<Option<RelaySettings>, Failure> {
+        let upstreams: Vec<String> = self
+            .upstreams
+            .iter()
+            .map(|u| u.trim().to_owned())
+            .filter(|u| !u.is_empty())
+            .collect();
+        if upstreams.is_empty() {
+            if self.upstream_token_file.is_some() {
+                return Err(Failure::usage(
+                    "--upstream-token-file is for a relay: give --upstream too",
+                ));
+            }
+            return Ok(None);
+        }
+        if aws.is_some() {
+            return Err(Failure::usage(
+                "--upstream makes a relay, which reads no store: leave out --backend aws (or --upstream)",
+            ));
+        }
+        if new_store {
+            return Err(Failure::usage(
+                "--new-store is for the embedded store; a relay keeps none",
+            ));
+        }
+        let Some(token_file) = self.upstream_token_file.clone() else {
+            return Err(Failure::usage(
+                "--upstream needs --upstream-token-file: a file holding a token with the relay role (configwatch token --role relay)",
+            ));
+        };
+        if *self.upstream_load_timeout < Duration::from_secs(1) {
+            return Err(Failure::usage(
+                "--upstream-load-timeout must be at least 1s",
+            ));
+        }
+        let settings = RelaySettings {
+            upstreams,
+            token_file,
+            load_timeout: *self.upstream_load_timeout,
+        };
+        // The URLs are checked here, before any port is bound.
+        crate::relay::upstreams::Upstreams::new(&settings.upstreams)
+            .map_err(|e| Failure::usage(e.to_string()))?;
+        Ok(Some(settings))
     }
 }
 
@@ -377,9 +452,10 @@ pub struct TokenArgs {
     /// The server's data directory (its signing key is created there if missing).
     #[arg(long, env = "CONFIGWATCH_DATA_DIR", default_value = "configwatch-data")]
     pub data_dir: PathBuf,
-    /// The tenant the token is for.
+    /// The tenant the token is for. Optional for the relay role only (a relay
+    /// names the tenant in each request).
     #[arg(long, env = "CONFIGWATCH_TENANT")]
-    pub tenant: String,
+    pub tenant: Option<String>,
     /// Narrow the token to one service of the tenant.
     #[arg(long, env = "CONFIGWATCH_SERVICE")]
     pub service: Option<String>,

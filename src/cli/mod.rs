@@ -15,6 +15,7 @@ mod admin;
 pub mod commands;
 mod counters;
 pub mod flags;
+mod relay;
 pub mod serve;
 pub mod watch;
 

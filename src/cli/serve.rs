@@ -147,6 +147,7 @@ fn open_store(data_dir: &Path, new_store: bool) -> Result<EmbeddedStore, Failure
 pub(super) async fn run_serve(args: ServeArgs) -> Result<(), Failure> {
     init_logging(&args.log, args.log_format)?;
     let aws = args.check()?;
+    let relay_settings = args.relay.settings(aws.as_ref(), args.new_store)?;
     let connections = connection_limits(&args);
     // The root of every shutdown token: the server, each source task (and through
     // the server every Watch and background task) and the JWKS refresh take a
@@ -154,9 +155,13 @@ pub(super) async fn run_serve(args: ServeArgs) -> Result<(), Failure> {
     let stop = CancellationToken::new();
     // The store first: the signing key beside a missing database shows that the
     // directory lost its data (the authenticator would create a key).
-    let embedded = match &aws {
-        None => Some(open_store(&args.data_dir, args.new_store)?),
-        Some(_) => None,
+    let embedded = match (&aws, &relay_settings) {
+        (None, None) => Some(open_store(&args.data_dir, args.new_store)?),
+        (None, Some(_)) => {
+            super::relay::check_key(&args.data_dir, args.identity.jwks_url.is_some())?;
+            None
+        }
+        (Some(_), _) => None,
     };
     let auth = authenticator(&args.identity, &args.data_dir, stop.child_token()).await?;
     // Metrics nobody can read cost nothing: without an admin listener the hub does
@@ -177,13 +182,14 @@ pub(super) async fn run_serve(args: ServeArgs) -> Result<(), Failure> {
         None => None,
     };
     let mut registry = Registry::default();
-    let (router, hub, sources) = match (embedded, &aws) {
-        (Some(store), _) => {
+    let mut relay = None;
+    let (router, hub, sources) = match (embedded, &aws, &relay_settings) {
+        (Some(store), _, _) => {
             let router = Arc::new(Router::single(Arc::new(store)));
             let hub = Arc::new(Hub::new(router.clone(), hub_config));
             (router, hub, None)
         }
-        (None, Some(settings)) => {
+        (None, Some(settings), _) => {
             let counters = Arc::new(SourceCounters::default());
             let (router, hub, sources) = start_aws(
                 settings,
@@ -199,7 +205,20 @@ pub(super) async fn run_serve(args: ServeArgs) -> Result<(), Failure> {
             }));
             (router, hub, Some(sources))
         }
-        (None, None) => return Err(Failure::error("no store configured")),
+        (None, None, Some(settings)) => {
+            let sources = Supervisor::new(stop.child_token(), SOURCE_RESTART)
+                .with_down_grace(*args.aws.source_down_grace);
+            let (router, hub, sources, started) =
+                super::relay::start_relay(settings, hub_config, sources, stop.child_token())?;
+            super::relay::register_relay(&mut registry, &started);
+            registry.register_collector(Box::new(SourceMetrics {
+                counters: Arc::default(),
+                state: sources.state(),
+            }));
+            relay = Some(started);
+            (router, hub, Some(sources))
+        }
+        (None, None, None) => return Err(Failure::error("no store configured")),
     };
     // Views nobody uses leave memory (and reconciliation); the next use reloads them.
     tokio::spawn(crate::hub::sweep(
@@ -219,6 +238,7 @@ pub(super) async fn run_serve(args: ServeArgs) -> Result<(), Failure> {
     let app = App {
         hub,
         router,
+        forward: relay.as_ref().map(crate::relay::Relay::forward),
         auth,
         limits: Limits {
             max_prefixes: args.max_prefixes,
@@ -249,11 +269,14 @@ pub(super) async fn run_serve(args: ServeArgs) -> Result<(), Failure> {
         Some(ports) => ports,
         None => open_ports(&args, &admin, &stop).await?,
     };
-    match &aws {
-        None => {
+    match (&aws, &relay) {
+        (None, Some(relay)) => {
+            tracing::info!(%addr, upstreams = ?relay.upstream_urls(), "configwatch relaying its upstreams")
+        }
+        (None, None) => {
             tracing::info!(%addr, data_dir = %args.data_dir.display(), "configwatch serving on the embedded store")
         }
-        Some(s) => {
+        (Some(s), _) => {
             tracing::info!(%addr, table = %s.table, ssm_root = %s.ssm_root, "configwatch serving on DynamoDB and Parameter Store")
         }
     }

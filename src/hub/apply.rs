@@ -128,7 +128,43 @@ impl Hub {
         let fresh = self.loader.load_scope(scope).await?;
         HubCounters::add(&self.counters.resyncs, 1);
         let mut st = lock(&view.state);
-        Ok(self.merge_fresh(&view, &mut st, fresh, before))
+        Ok(self.merge_fresh(&view, &mut st, fresh, before, ChangeSource::Reconcile))
+    }
+
+    /// Replaces a loaded view's state with `state`, the whole of the scope as its
+    /// source holds it now (a relay's upstream sent a full state): newer versions
+    /// are applied, and keys the state lacks get tombstones. `None` when the scope
+    /// is not loaded. Timed as `source`, from each entry's `updated_at`.
+    pub fn replace_state(
+        &self,
+        scope: &Scope,
+        state: Vec<Entry>,
+        source: ChangeSource,
+    ) -> Option<Resync> {
+        let view = self.views.get(scope)?.clone();
+        if !view.loaded.initialized() {
+            return None;
+        }
+        let mut st = lock(&view.state);
+        let before = st.revision;
+        Some(self.merge_fresh(&view, &mut st, state, before, source))
+    }
+
+    /// The live keys of a loaded view and their versions (secrets included): what
+    /// a relay tells its upstream it holds. `None` when the scope is not loaded.
+    pub fn versions_held(&self, scope: &Scope) -> Option<Vec<(Arc<str>, u64)>> {
+        let view = self.views.get(scope)?.clone();
+        if !view.loaded.initialized() {
+            return None;
+        }
+        let st = lock(&view.state);
+        Some(
+            st.entries
+                .values()
+                .filter(|e| !e.deleted)
+                .map(|e| (e.key.clone(), e.version))
+                .collect(),
+        )
     }
 
     /// Applies a fresh read of a scope's sources begun at revision `before`: newer
@@ -139,6 +175,7 @@ impl Hub {
         st: &mut ViewState,
         fresh: Vec<Entry>,
         before: u64,
+        source: ChangeSource,
     ) -> Resync {
         let mut report = Resync::default();
         let mut present = std::collections::HashSet::with_capacity(fresh.len());
@@ -154,7 +191,7 @@ impl Hub {
                     .push((entry.key.to_string(), entry.version, held.version));
                 continue;
             }
-            let origin = Origin::at_millis(ChangeSource::Reconcile, entry.updated_at);
+            let origin = Origin::at_millis(source, entry.updated_at);
             if self.apply_locked(view, st, entry, origin).is_some() {
                 report.applied += 1;
             }

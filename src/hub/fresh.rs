@@ -48,14 +48,18 @@ pub enum ChangeSource {
     /// Found by re-reading a scope (reconciliation, or after a gap in a stream),
     /// timed from the entry's `updated_at`.
     Reconcile,
+    /// Brought by a relay's upstream Watch, timed from the entry's `updated_at`
+    /// (the time the write was made, wherever it was made).
+    Upstream,
 }
 
 impl ChangeSource {
-    pub const ALL: [ChangeSource; 4] = [
+    pub const ALL: [ChangeSource; 5] = [
         ChangeSource::Api,
         ChangeSource::DynamodbStream,
         ChangeSource::ParameterEvents,
         ChangeSource::Reconcile,
+        ChangeSource::Upstream,
     ];
 
     pub fn label(self) -> &'static str {
@@ -64,6 +68,7 @@ impl ChangeSource {
             ChangeSource::DynamodbStream => "dynamodb-stream",
             ChangeSource::ParameterEvents => "sqs-events",
             ChangeSource::Reconcile => "reconcile",
+            ChangeSource::Upstream => "upstream",
         }
     }
 }
@@ -177,11 +182,11 @@ const NONE_SEEN: i64 = i64::MIN;
 /// The hub's freshness figures.
 #[derive(Debug)]
 pub struct Freshness {
-    applied: [DelayHistogram; 4],
-    delivered: [DelayHistogram; 4],
+    applied: [DelayHistogram; ChangeSource::ALL.len()],
+    delivered: [DelayHistogram; ChangeSource::ALL.len()],
     clock_skew: AtomicU64,
     /// The newest source timestamp seen (µs since the epoch), by source.
-    newest: [AtomicI64; 4],
+    newest: [AtomicI64; ChangeSource::ALL.len()],
 }
 
 impl Default for Freshness {

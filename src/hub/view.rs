@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 
 use super::digest::StateDigest;
+use super::fresh::ChangeSource;
 use super::shared::SharedEntry;
 use super::token::ResumeToken;
 use super::watch::WatcherSlot;
@@ -157,7 +158,7 @@ impl Hub {
                 while let Some(before) = again {
                     let fresh = self.loader.load_scope(scope).await?;
                     let mut st = lock(&view.state);
-                    self.merge_fresh(&view, &mut st, fresh, before);
+                    self.merge_fresh(&view, &mut st, fresh, before, ChangeSource::Reconcile);
                     again = finish_load(&view, &mut st);
                 }
                 HubCounters::add(&self.counters.views_loaded, 1);

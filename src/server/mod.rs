@@ -71,6 +71,9 @@ const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct App {
     pub hub: Arc<Hub>,
     pub router: Arc<Router>,
+    /// A relay's upstream, which writes and secret reads go to with the caller's
+    /// token (see `api::forward`); `None` on an origin.
+    pub forward: Option<Arc<dyn crate::api::Forward>>,
     pub auth: Arc<Authenticator>,
     pub limits: Limits,
     pub watch: WatchSettings,
@@ -164,7 +167,8 @@ pub async fn serve(
         app.limits.clone(),
         app.watch.clone(),
         stop.clone(),
-    );
+    )
+    .forwarding(app.forward.clone());
     let config = ConfigServiceServer::new(api)
         .max_decoding_message_size(app.max_request_bytes)
         .max_encoding_message_size(usize::MAX);

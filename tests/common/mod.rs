@@ -122,6 +122,7 @@ impl TestServer {
         let app = App {
             hub: hub.clone(),
             router,
+            forward: None,
             auth: Arc::new(auth),
             limits: options.limits.clone(),
             watch: WatchSettings {
