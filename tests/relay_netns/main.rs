@@ -8,7 +8,8 @@
 //!
 //! Layout: `tiers.rs` the servers (one namespace each, and their upstream proxies),
 //! `clients.rs` the client processes of both libraries and what they hold,
-//! `writes.rs` the writes at the origin and its state. Clients live in one
+//! `writes.rs` the writes at the origin and its state, `cutoff.rs` a Watch that
+//! reads what a server says of being cut off from its sources. Clients live in one
 //! namespace of their own and reach each server through a proxy on the host end of
 //! their link.
 
@@ -18,6 +19,7 @@
 mod common;
 
 mod clients;
+mod cutoff;
 mod tiers;
 mod writes;
 
@@ -26,7 +28,8 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use clients::{Client, TsClient, TsDriver, Watcher};
-use configwatch_test_support::{Lossy, LossyProxy, Netns, temp_dir};
+use configwatch_test_support::{Lossy, LossyProxy, Netns, PATIENCE, temp_dir};
+use cutoff::CutOff;
 use tiers::Tier;
 use writes::{State, Writer};
 
@@ -56,6 +59,22 @@ fn client_path(seed: u64) -> Lossy {
         seed,
     }
 }
+
+/// A path between two tiers: more delay, stalls, and now and then a reset (the
+/// relay reconnects and resumes).
+fn tier_path(seed: u64) -> Lossy {
+    Lossy {
+        delay: Duration::from_millis(20),
+        stall_probability: 0.05,
+        stall: Duration::from_millis(200),
+        reset_rate: 0.05,
+        seed,
+    }
+}
+
+/// How long a relay may take to notice that its upstream is gone, and that it is
+/// back.
+const NOTICE: Duration = Duration::from_secs(40);
 
 /// Whether namespaces can be made here; when not, says so on stderr (past the
 /// test harness's capture, so the skip is never silent) and the test passes.
@@ -169,6 +188,19 @@ async fn converge(clients: &mut [&mut Client], state: &State, when: &str) {
     );
 }
 
+/// Asserts that no client holds `state`, the origin's after writes made during a
+/// partition: the partition really cut them off.
+async fn assert_none_holds(clients: &mut [&mut Client], state: &State) {
+    for client in clients.iter_mut() {
+        let cache = client.cache().await.unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            clients::difference(&cache, state).is_some(),
+            "{} got the writes made during the partition: the link was not cut",
+            client.name()
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_cut_off_from_the_origin_converge_when_the_link_heals() {
     if !namespaces_or_skip("clients_cut_off_from_the_origin_converge_when_the_link_heals") {
@@ -205,14 +237,7 @@ async fn clients_cut_off_from_the_origin_converge_when_the_link_heals() {
     let cut_at = SystemTime::now();
     let during = writer.round(3, 12).await;
     tokio::time::sleep(PARTITION).await;
-    for client in all.iter_mut() {
-        let cache = client.cache().await.unwrap();
-        assert!(
-            clients::difference(&cache, &during).is_some(),
-            "{} got the writes made during the partition: the link was not cut",
-            client.name()
-        );
-    }
+    assert_none_holds(&mut all, &during).await;
     // The TypeScript client tells how stale it is: its last message came before
     // the cut (give or take one already on its way).
     let Client::Ts(ts) = &mut all[1] else {
@@ -247,6 +272,129 @@ async fn clients_cut_off_from_the_origin_converge_when_the_link_heals() {
         .map(|p| p.stats().stalls.load(std::sync::atomic::Ordering::Relaxed))
         .sum();
     assert!(stalls > 0, "the clients' paths never stalled");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relays_cut_off_from_the_origin_say_since_when_and_converge_when_it_heals() {
+    if !namespaces_or_skip(
+        "relays_cut_off_from_the_origin_say_since_when_and_converge_when_it_heals",
+    ) {
+        return;
+    }
+    let driver = TsDriver::find().unwrap_or_else(|e| panic!("{e}"));
+    let logs = temp_dir();
+    let origin = Tier::origin(bin(), logs.path()).await;
+    let mut writer = Writer::connect(&origin, bin()).await;
+    writer.round(0, 12).await;
+    let key_dir = origin.dir.path();
+    let b = Tier::relay(
+        bin(),
+        "relay-b",
+        &origin,
+        key_dir,
+        tier_path(21),
+        logs.path(),
+    )
+    .await;
+    let c = Tier::relay(bin(), "relay-c", &b, key_dir, tier_path(22), logs.path()).await;
+    let clients_ns = Netns::create();
+    let clients_link = clients_ns.link();
+    let start =
+        |tier, seed| ClientsOf::start(tier, &clients_ns, &clients_link, &driver, logs.path(), seed);
+    let mut of_b = start(&b, 31).await;
+    let mut of_c = start(&c, 33).await;
+    let mut all: Vec<&mut Client> = of_b
+        .clients
+        .iter_mut()
+        .chain(of_c.clients.iter_mut())
+        .collect();
+    for round in 1..=2 {
+        let state = writer.round(round, 12).await;
+        converge(&mut all, &state, &format!("round {round}")).await;
+    }
+    let reader = tiers::token(bin(), key_dir, "reader").await;
+    let told_b = CutOff::watch("relay-b", b.server.addr, &reader, PREFIX).await;
+    let told_c = CutOff::watch("relay-c", c.server.addr, &reader, PREFIX).await;
+    told_b.until_current(PATIENCE).await;
+    told_c.until_current(PATIENCE).await;
+    let before = (b.metrics().await, c.metrics().await);
+
+    // The partition: B loses its uplink; C (behind B) and the clients still reach
+    // B. Writes go on at the origin.
+    b.uplink().down();
+    let cut_at = SystemTime::now();
+    let during = writer.round(3, 12).await;
+    let since_b = told_b.until_cut_off(NOTICE).await;
+    let since_c = told_c.until_cut_off(NOTICE).await;
+    let now = SystemTime::now();
+    for (name, since) in [("relay-b", since_b), ("relay-c", since_c)] {
+        // Since the cut, or since the last word from upstream before it (progress
+        // comes every second, and the path is slow).
+        assert!(
+            since <= now && since + Duration::from_secs(5) >= cut_at,
+            "{name} says it is cut off since {since:?}; the link went down at {cut_at:?}"
+        );
+    }
+    assert_none_holds(&mut all, &during).await;
+    let noticed = now.duration_since(cut_at).unwrap_or_default();
+    println!("the relays said they were cut off within {noticed:?} of the link going down");
+
+    // Healed: both relays say they are current, every cache catches up, and
+    // neither the relays nor their clients were sent the whole state again.
+    b.uplink().up();
+    let healed = tokio::time::Instant::now();
+    told_b.until_current(NOTICE).await;
+    told_c.until_current(NOTICE).await;
+    converge(&mut all, &during, "after the partition").await;
+    println!(
+        "current and converged {:?} after the link came up",
+        healed.elapsed()
+    );
+    let state = writer.round(4, 12).await;
+    converge(&mut all, &state, "a round after the partition").await;
+    let after = (b.metrics().await, c.metrics().await);
+    for (name, before, after, watches) in [
+        ("relay-b", &before.0, &after.0, 4.0),
+        ("relay-c", &before.1, &after.1, 3.0),
+    ] {
+        // One full state from upstream, when the scope was first loaded; and one
+        // per Watch on this tier: the two clients, the cut-off watch, and on B the
+        // relay C.
+        let relay_full = r#"configwatch_relay_upstream_syncs_total{mode="full"}"#;
+        let client_full = r#"configwatch_watch_initial_syncs_total{mode="full"}"#;
+        assert_eq!(before.value(relay_full), 1.0, "{name}: {relay_full}");
+        assert_eq!(before.value(client_full), watches, "{name}: {client_full}");
+        for series in [relay_full, client_full] {
+            assert_eq!(after.delta(before, series), 0.0, "{name}: {series}");
+        }
+    }
+    // B came back by resuming (token or digest), not with the whole state.
+    let resumed = ["resumed", "diff"]
+        .map(|mode| {
+            after.0.delta(
+                &before.0,
+                &format!(r#"configwatch_relay_upstream_syncs_total{{mode="{mode}"}}"#),
+            )
+        })
+        .iter()
+        .sum::<f64>();
+    assert!(resumed >= 1.0, "relay-b did not resume from its upstream");
+    for client in all.iter_mut() {
+        if let Client::Ts(ts) = client {
+            let syncs = ts.dump().await.unwrap().syncs;
+            assert_eq!(syncs.get("full"), Some(&1), "{}: {syncs:?}", ts.name);
+        }
+    }
+    let stalls: u64 = [&b, &c]
+        .iter()
+        .map(|t| {
+            t.upstream_proxy()
+                .stats()
+                .stalls
+                .load(std::sync::atomic::Ordering::Relaxed)
+        })
+        .sum();
+    assert!(stalls > 0, "the paths between tiers never stalled");
 }
 
 #[test]
