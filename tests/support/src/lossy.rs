@@ -81,6 +81,20 @@ pub struct LossyStats {
     pub resets: AtomicU64,
 }
 
+impl std::fmt::Display for LossyStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        write!(
+            f,
+            "{} connections, {} chunks, {} stalled, {} reset",
+            n(&self.connections),
+            n(&self.chunks),
+            n(&self.stalls),
+            n(&self.resets)
+        )
+    }
+}
+
 /// A proxy to one upstream address with a [`Lossy`] path; stops (and drops what it
 /// carries) when dropped.
 pub struct LossyProxy {
