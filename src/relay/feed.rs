@@ -44,7 +44,7 @@ const MAX_MESSAGE_BYTES: usize = 16 << 20;
 /// What the first load of the scope waits for.
 #[derive(Clone, Default)]
 pub(super) struct First {
-    /// The first complete state, once received.
+    /// The first complete state, once received, until the load takes it.
     pub(super) ready: Option<Arc<Vec<Entry>>>,
     /// Why every upstream failed, once each was tried.
     pub(super) failed: Option<String>,
@@ -55,6 +55,8 @@ pub(super) struct Feed {
     pub(super) scope: Scope,
     pub(super) stop: CancellationToken,
     pub(super) first: watch::Sender<First>,
+    /// The first state was handed over (it is then the view's to hold).
+    delivered: std::sync::atomic::AtomicBool,
 }
 
 impl Feed {
@@ -63,13 +65,31 @@ impl Feed {
             scope,
             stop,
             first: watch::Sender::new(First::default()),
+            delivered: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Hands the first complete state to the load waiting for it.
+    fn deliver(&self, state: Vec<Entry>) {
+        self.delivered.store(true, Ordering::Release);
+        self.first.send_modify(|f| f.ready = Some(Arc::new(state)));
+    }
+
+    /// The first state, taken by the load: the view holds it from then on, so the
+    /// feed does not keep a second copy.
+    pub(super) fn take_first(&self) -> Option<Arc<Vec<Entry>>> {
+        let mut taken = None;
+        self.first.send_if_modified(|f| {
+            taken = f.ready.take();
+            false
+        });
+        taken
     }
 
     /// Whether the first state went to a load already (a later load needs a new
     /// feed: this one serves a view that may be gone).
     pub(super) fn delivered(&self) -> bool {
-        self.first.borrow().ready.is_some()
+        self.delivered.load(Ordering::Acquire)
     }
 }
 
@@ -283,8 +303,7 @@ async fn session(
                 inner.counters.synced(mode);
                 let state_now = std::mem::take(&mut initial);
                 if !feed.delivered() {
-                    feed.first
-                        .send_modify(|f| f.ready = Some(Arc::new(state_now)));
+                    feed.deliver(state_now);
                 } else {
                     sync(hub, &feed.scope, mode, state_now);
                 }

@@ -212,16 +212,29 @@ impl ScopeLoader for Relay {
             first.wait_for(|f| f.ready.is_some() || f.failed.is_some()),
         )
         .await;
-        match waited {
-            Ok(Ok(f)) => match (&f.ready, &f.failed) {
-                (Some(state), _) => Ok(state.as_ref().clone()),
-                (None, failed) => Err(StoreError::Unavailable(failed.clone().unwrap_or_default())),
-            },
-            Ok(Err(_)) => Err(StoreError::Unavailable("the relay is stopping".to_owned())),
-            Err(_) => Err(StoreError::Unavailable(format!(
-                "no upstream served {scope} within {}; retry",
-                humantime::format_duration(self.0.load_timeout)
+        let failed = match waited {
+            Ok(Ok(f)) => {
+                let failed = f.failed.clone();
+                // The channel's read lock, released before the state is taken.
+                drop(f);
+                failed
+            }
+            Ok(Err(_)) => return Err(StoreError::Unavailable("the relay is stopping".to_owned())),
+            Err(_) => {
+                return Err(StoreError::Unavailable(format!(
+                    "no upstream served {scope} within {}; retry",
+                    humantime::format_duration(self.0.load_timeout)
+                )));
+            }
+        };
+        match feed.take_first() {
+            Some(state) => Ok(Arc::try_unwrap(state).unwrap_or_else(|shared| (*shared).clone())),
+            // Taken by a load before this one (which the hub then cancelled): the
+            // next load starts a new feed.
+            None if feed.delivered() => Err(StoreError::Unavailable(format!(
+                "the first load of {scope} was cancelled; retry"
             ))),
+            None => Err(StoreError::Unavailable(failed.unwrap_or_default())),
         }
     }
 

@@ -25,6 +25,8 @@ impl Balancer {
         let backends = Arc::new(Mutex::new(vec![first]));
         let opened = Arc::new(Mutex::new(BTreeMap::new()));
         let (control, control_rx) = watch::channel(Control::default());
+        // Not read here: the balancer counts connections, not bytes.
+        let sent = Arc::new(AtomicU64::new(0));
         let accept = {
             let (backends, opened) = (backends.clone(), opened.clone());
             tokio::spawn(async move {
@@ -41,7 +43,7 @@ impl Balancer {
                     *opened.lock().unwrap().entry(to).or_insert(0) += 1;
                     let id = next as u64;
                     next += 1;
-                    tokio::spawn(pipe(id, socket, to, control_rx.clone()));
+                    tokio::spawn(pipe(id, socket, to, control_rx.clone(), sent.clone()));
                 }
             })
         };

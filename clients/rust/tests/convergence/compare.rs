@@ -3,6 +3,8 @@
 
 use super::*;
 
+use configwatch_test_support::PATIENCE;
+
 /// What a cache holds for a key: its version and value (`None` for a secret).
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Seen {
@@ -176,4 +178,34 @@ impl Recorder {
 pub(crate) fn parse_or_marker(raw: &str) -> Value {
     serde_json::from_str(raw)
         .unwrap_or_else(|e| json!({ "<not JSON>": raw, "error": e.to_string() }))
+}
+
+/// Waits until every watcher holds each of `keys`.
+pub(crate) async fn hold(keys: &[String], rust: &[RustClient], ts: &mut [TsClient]) {
+    let missing = RefCell::new(Vec::new());
+    let ts = tokio::sync::Mutex::new(ts);
+    let held = poll(PATIENCE, || async {
+        let mut without = Vec::new();
+        for c in rust {
+            let cache = c.view().cache;
+            if !keys.iter().all(|k| cache.contains_key(k)) {
+                without.push(c.name.clone());
+            }
+        }
+        for c in ts.lock().await.iter_mut() {
+            let cache = c.dump().await.unwrap().view.cache;
+            if !keys.iter().all(|k| cache.contains_key(k)) {
+                without.push(c.name.clone());
+            }
+        }
+        let done = without.is_empty();
+        *missing.borrow_mut() = without;
+        done.then_some(())
+    })
+    .await;
+    assert!(
+        held.is_ok(),
+        "watchers without {keys:?}: {:?}",
+        missing.into_inner()
+    );
 }

@@ -12,7 +12,7 @@
 
 use super::*;
 
-use configwatch_test_support::{PATIENCE, http_get};
+use configwatch_test_support::PATIENCE;
 use tokio_util::sync::CancellationToken;
 
 const CLIENTS: usize = 6;
@@ -193,40 +193,6 @@ async fn kill_under(
     );
     let streams = format!("every client's stream on {} after {what}", to.1);
     wait_for_streams(admin_of(to.0), rust.len() as u64, &streams).await;
-}
-
-/// Starts `server` again on its port, which a killed process may leave unbindable
-/// for a moment.
-async fn restart(server: &mut Server, flags: &[&str]) {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        match server.start_with(4096, flags).await {
-            Ok(_) => return,
-            Err(e) if e.contains("in use") && Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(e) => panic!("restarting on port {}: {e}", server.port),
-        }
-    }
-}
-
-/// Waits until `server` says it is ready (`/readyz`: its keys and sources up).
-async fn ready(server: &Server) {
-    let admin = admin_of(server);
-    let last = RefCell::new(String::new());
-    let up = poll(PATIENCE, || async {
-        let answer = http_get(admin, "/readyz").await;
-        *last.borrow_mut() = format!("{} {}", answer.status, answer.body);
-        (answer.status == 200).then_some(())
-    })
-    .await;
-    assert!(
-        up.is_ok(),
-        "{} not ready within {PATIENCE:?}: {}\n{}",
-        admin,
-        last.into_inner(),
-        server.log_tail(30)
-    );
 }
 
 /// Waits until every client uses `url`, is connected, and has synced `syncs` times

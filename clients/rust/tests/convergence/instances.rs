@@ -1,7 +1,8 @@
-//! Two instances over the same AWS sources on moto, for `spread` and `failover`: one
-//! DynamoDB table whose stream both read, one Parameter Store root, and a queue each
-//! (the EventBridge rule hands every event to both); their flags, the tokens signed
-//! by their shared key, and the Watch streams each holds.
+//! Two instances over the same AWS sources on moto, for `spread`, `failover` and
+//! `origins` (where they are a relay's upstreams): one DynamoDB table whose stream
+//! both read, one Parameter Store root, and a queue each (the EventBridge rule hands
+//! every event to both); their flags, the tokens signed by their shared key, and the
+//! Watch streams each holds.
 //!
 //! Boundary: processes, flags and the admin listener; nothing of the clients.
 
@@ -10,7 +11,7 @@ use super::*;
 use std::cell::Cell;
 
 use configwatch_test_support::moto::{Moto, REGION, ROOT, Resources};
-use configwatch_test_support::{PATIENCE, Scrape};
+use configwatch_test_support::{PATIENCE, Scrape, http_get};
 
 /// The seed of a test's writes: `CONFIGWATCH_CONVERGENCE_SEED`, else a random one;
 /// printed, to replay a run.
@@ -140,5 +141,39 @@ pub(crate) async fn wait_for_streams(admin: SocketAddr, n: u64, what: &str) {
         reached.is_ok(),
         "{what}: {} Watch streams open, not {n}",
         last.get()
+    );
+}
+
+/// Starts `server` again on its port, which a killed process may leave unbindable
+/// for a moment.
+pub(crate) async fn restart(server: &mut Server, flags: &[&str]) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        match server.start_with(4096, flags).await {
+            Ok(_) => return,
+            Err(e) if e.contains("in use") && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("restarting on port {}: {e}", server.port),
+        }
+    }
+}
+
+/// Waits until `server` says it is ready (`/readyz`: its keys and sources up).
+pub(crate) async fn ready(server: &Server) {
+    let admin = admin_of(server);
+    let last = RefCell::new(String::new());
+    let up = poll(PATIENCE, || async {
+        let answer = http_get(admin, "/readyz").await;
+        *last.borrow_mut() = format!("{} {}", answer.status, answer.body);
+        (answer.status == 200).then_some(())
+    })
+    .await;
+    assert!(
+        up.is_ok(),
+        "{} not ready within {PATIENCE:?}: {}\n{}",
+        admin,
+        last.into_inner(),
+        server.log_tail(30)
     );
 }

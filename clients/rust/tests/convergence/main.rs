@@ -31,7 +31,9 @@
 //! age (`--max-connection-age`) instead, and `spread` with two instances on the AWS
 //! backend (moto) behind a round-robin `balancer`, the second started later: the
 //! watchers spread to it and none misses a change. `failover` gives the clients both
-//! instances' URLs instead and kills the one they use, then the other.
+//! instances' URLs instead and kills the one they use, then the other; `origins`
+//! puts a relay listing both in front of the clients and kills the origin it uses,
+//! then the other.
 //!
 //! The TypeScript driver must be built: `npm ci && npm run build` in
 //! clients/typescript (tests/run does it before `cargo test`).
@@ -39,6 +41,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod balancer;
+mod changes;
 mod chaos;
 #[path = "../common/mod.rs"]
 mod common;
@@ -46,6 +49,7 @@ mod compare;
 mod failover;
 mod instances;
 mod max_age;
+mod origins;
 mod proxy;
 mod rust_client;
 mod server;
@@ -363,12 +367,7 @@ async fn run(config: &Config, driver: &Driver, dir: &Path) -> Result<Stats, Stri
         let d = c.dump().await?;
         let _ = write!(client_report, " {}: {};", c.name, d.counts);
     }
-    for c in rust {
-        c.client.close().await;
-    }
-    for c in ts {
-        c.close().await?;
-    }
+    close_all(rust, ts).await?;
     chaos.server.kill().await;
     Ok(Stats {
         rounds: config.rounds,

@@ -27,6 +27,8 @@ pub(crate) struct Proxy {
     pub(crate) upstream: watch::Sender<SocketAddr>,
     pub(crate) control: watch::Sender<Control>,
     pub(crate) opened: Arc<AtomicU64>,
+    /// Bytes the server sent to the clients through the proxy.
+    pub(crate) sent: Arc<AtomicU64>,
     pub(crate) _accept: AbortOnDrop,
 }
 
@@ -37,8 +39,9 @@ impl Proxy {
         let (upstream, upstream_rx) = watch::channel(upstream);
         let (control, control_rx) = watch::channel(Control::default());
         let opened = Arc::new(AtomicU64::new(0));
+        let sent = Arc::new(AtomicU64::new(0));
         let accept = {
-            let opened = opened.clone();
+            let (opened, sent) = (opened.clone(), sent.clone());
             tokio::spawn(async move {
                 loop {
                     let Ok((socket, _)) = listener.accept().await else {
@@ -47,7 +50,7 @@ impl Proxy {
                     };
                     let id = opened.fetch_add(1, Ordering::SeqCst);
                     let to = *upstream_rx.borrow();
-                    tokio::spawn(pipe(id, socket, to, control_rx.clone()));
+                    tokio::spawn(pipe(id, socket, to, control_rx.clone(), sent.clone()));
                 }
             })
         };
@@ -56,6 +59,7 @@ impl Proxy {
             upstream,
             control,
             opened,
+            sent,
             _accept: AbortOnDrop(accept),
         })
     }
@@ -67,6 +71,11 @@ impl Proxy {
 
     pub(crate) fn opened(&self) -> u64 {
         self.opened.load(Ordering::SeqCst)
+    }
+
+    /// Bytes the server has sent to the clients so far.
+    pub(crate) fn sent(&self) -> u64 {
+        self.sent.load(Ordering::SeqCst)
     }
 
     /// Closes every connection open now.
@@ -103,11 +112,13 @@ impl Proxy {
     }
 }
 
+/// Carries one connection; `sent` counts the bytes the server sends the client.
 pub(crate) async fn pipe(
     id: u64,
     mut client: TcpStream,
     upstream: SocketAddr,
     mut control: watch::Receiver<Control>,
+    sent: Arc<AtomicU64>,
 ) {
     // A server that is down: the client sees its connection closed at once.
     let Ok(mut server) = TcpStream::connect(upstream).await else {
@@ -121,8 +132,8 @@ pub(crate) async fn pipe(
         let (up, down) = (control.clone(), control.clone());
         tokio::select! {
             c = control.wait_for(|c| c.cut_below > id) => c.map(|c| c.reset).unwrap_or(false),
-            _ = forward(id, client_read, server_write, up) => false,
-            _ = forward(id, server_read, client_write, down) => false,
+            _ = forward(id, client_read, server_write, up, None) => false,
+            _ = forward(id, server_read, client_write, down, Some(&sent)) => false,
         }
     };
     if reset {
@@ -131,12 +142,14 @@ pub(crate) async fn pipe(
     }
 }
 
-/// Copies until EOF or an error, holding still while the connection is frozen.
+/// Copies until EOF or an error, holding still while the connection is frozen;
+/// adds what it delivered to `counted`.
 pub(crate) async fn forward(
     id: u64,
     mut from: impl AsyncRead + Unpin,
     mut to: impl AsyncWrite + Unpin,
     mut control: watch::Receiver<Control>,
+    counted: Option<&AtomicU64>,
 ) {
     let mut buf = vec![0u8; 32 * 1024];
     loop {
@@ -152,6 +165,9 @@ pub(crate) async fn forward(
         }
         if to.write_all(&buf[..n]).await.is_err() {
             return;
+        }
+        if let Some(counted) = counted {
+            counted.fetch_add(n as u64, Ordering::SeqCst);
         }
     }
 }

@@ -14,13 +14,9 @@ use super::*;
 
 use std::cell::Cell;
 
-use configwatch_test_support::PATIENCE;
-use configwatch_test_support::moto::{Moto, ROOT, Resources};
 use tokio_util::sync::CancellationToken;
 
-mod changes;
-
-use changes::*;
+use super::changes::*;
 
 /// Watchers per language.
 const WATCHERS: usize = 6;
@@ -178,24 +174,9 @@ async fn watchers_spread_to_a_second_instance_and_miss_no_change() {
         started.elapsed().as_secs_f64()
     );
 
-    for c in rust {
-        c.client.close().await;
-    }
-    for c in ts {
-        c.close().await.unwrap();
-    }
+    close_all(rust, ts).await.unwrap();
     a.kill().await;
     b.kill().await;
-}
-
-/// What watcher `i` of a language watches: every other one the keys of other tools
-/// only (DynamoDB and Parameter Store), the others the whole tenant.
-fn watches(i: usize) -> Vec<String> {
-    if i % 2 == 1 {
-        vec![DDB_PREFIX.into(), SSM_PREFIX.into()]
-    } else {
-        Vec::new()
-    }
 }
 
 /// Waits until each instance holds at least a third of the `all` watchers' streams;
@@ -225,34 +206,4 @@ async fn spread_over(a: SocketAddr, b: SocketAddr, all: u64) -> (u64, u64) {
             last.get().1
         )
     })
-}
-
-/// Waits until every watcher holds each of `keys`.
-async fn hold(keys: &[String], rust: &[RustClient], ts: &mut [TsClient]) {
-    let missing = RefCell::new(Vec::new());
-    let ts = tokio::sync::Mutex::new(ts);
-    let held = poll(PATIENCE, || async {
-        let mut without = Vec::new();
-        for c in rust {
-            let cache = c.view().cache;
-            if !keys.iter().all(|k| cache.contains_key(k)) {
-                without.push(c.name.clone());
-            }
-        }
-        for c in ts.lock().await.iter_mut() {
-            let cache = c.dump().await.unwrap().view.cache;
-            if !keys.iter().all(|k| cache.contains_key(k)) {
-                without.push(c.name.clone());
-            }
-        }
-        let done = without.is_empty();
-        *missing.borrow_mut() = without;
-        done.then_some(())
-    })
-    .await;
-    assert!(
-        held.is_ok(),
-        "watchers without {keys:?}: {:?}",
-        missing.into_inner()
-    );
 }

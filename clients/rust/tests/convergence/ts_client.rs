@@ -193,3 +193,15 @@ impl TsClient {
         }
     }
 }
+
+/// Closes every client of both languages; a TypeScript client that does not exit
+/// cleanly is an error.
+pub(crate) async fn close_all(rust: Vec<RustClient>, ts: Vec<TsClient>) -> Result<(), String> {
+    for c in rust {
+        c.client.close().await;
+    }
+    for c in ts {
+        c.close().await?;
+    }
+    Ok(())
+}

@@ -1,5 +1,5 @@
-//! The changes of the spread test, by four paths: instance A's API, instance B's API
-//! (the suite's `Writer`, compare-and-set), DynamoDB directly and Parameter Store
+//! The changes of the moto tests (`spread`, `origins`), by four paths: instance A's
+//! API, instance B's API (the suite's `Writer`, compare-and-set), DynamoDB directly and Parameter Store
 //! directly (with the "Parameter Store Change" event EventBridge fans out to both
 //! queues), as other tools make them; and the tenant's state read back from
 //! DynamoDB and Parameter Store, not from an instance.
@@ -14,26 +14,28 @@ use std::collections::HashMap;
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_ssm::types::ParameterType;
+use configwatch_test_support::moto::{Moto, ROOT, Resources};
+use tokio_util::sync::CancellationToken;
 
 /// Keys written through the instances' API (DynamoDB behind it).
-pub(super) const API_PREFIX: &str = "tenant_config_api";
+pub(crate) const API_PREFIX: &str = "tenant_config_api";
 /// Keys written in DynamoDB directly.
-pub(super) const DDB_PREFIX: &str = "tenant_config_ddb";
+pub(crate) const DDB_PREFIX: &str = "tenant_config_ddb";
 /// Keys written in Parameter Store directly.
-pub(super) const SSM_PREFIX: &str = "param_config_ext";
+pub(crate) const SSM_PREFIX: &str = "param_config_ext";
 const API_KEYS: usize = 8;
 const DDB_KEYS: usize = 6;
 const SSM_KEYS: usize = 6;
 /// Pause between changes (workload shape, not synchronization).
 const PACE: Duration = Duration::from_millis(5);
 
-pub(super) struct Changes<'m> {
+pub(crate) struct Changes<'m> {
     moto: &'m Moto,
     table: String,
     ddb: aws_sdk_dynamodb::Client,
     ssm: aws_sdk_ssm::Client,
     /// Writes through the API, to whichever instance `api_target` names.
-    pub(super) api: Writer,
+    pub(crate) api: Writer,
     api_target: watch::Sender<SocketAddr>,
     a: SocketAddr,
     rng: StdRng,
@@ -45,7 +47,7 @@ pub(super) struct Changes<'m> {
 }
 
 #[derive(Debug, Default)]
-pub(super) struct ChangeStats {
+pub(crate) struct ChangeStats {
     api_a: u64,
     api_b: u64,
     ddb_puts: u64,
@@ -72,6 +74,16 @@ impl std::fmt::Display for ChangeStats {
     }
 }
 
+/// What watcher `i` of a language watches: every other one the keys of other tools
+/// only (DynamoDB and Parameter Store), the others the whole tenant.
+pub(crate) fn watches(i: usize) -> Vec<String> {
+    if i % 2 == 1 {
+        vec![DDB_PREFIX.into(), SSM_PREFIX.into()]
+    } else {
+        Vec::new()
+    }
+}
+
 fn ddb_key(i: usize) -> String {
     format!("{DDB_PREFIX}{i}")
 }
@@ -85,7 +97,7 @@ fn s(v: &str) -> AttributeValue {
 }
 
 impl<'m> Changes<'m> {
-    pub(super) async fn new(
+    pub(crate) async fn new(
         moto: &'m Moto,
         res: &Resources,
         writer_token: &str,
@@ -111,7 +123,7 @@ impl<'m> Changes<'m> {
     }
 
     /// Every key any path writes.
-    pub(super) fn keys(&self) -> Vec<String> {
+    pub(crate) fn keys(&self) -> Vec<String> {
         let mut keys: Vec<String> = self.api.keys.clone();
         keys.extend((0..DDB_KEYS).map(ddb_key));
         keys.extend((0..SSM_KEYS).map(ssm_key));
@@ -121,7 +133,7 @@ impl<'m> Changes<'m> {
     /// The keys no path ever deletes (`DDB_PREFIX`0 and `SSM_PREFIX`/p0), so that every
     /// watcher holds something from the start: a client that holds nothing has no
     /// versions to resume by, and a full state would be its only answer.
-    pub(super) async fn anchors(&mut self) -> Result<Vec<String>, String> {
+    pub(crate) async fn anchors(&mut self) -> Result<Vec<String>, String> {
         self.ddb_change(0, 0).await?;
         self.ssm_change(0, 0).await?;
         Ok(vec![ddb_key(0), ssm_key(0)])
@@ -129,7 +141,7 @@ impl<'m> Changes<'m> {
 
     /// Changes by each path in turn until `stop`; API changes alternate between A
     /// and B once `b` names B. `progress` counts the changes made.
-    pub(super) async fn run(
+    pub(crate) async fn run(
         &mut self,
         b: watch::Receiver<Option<SocketAddr>>,
         stop: CancellationToken,
@@ -170,7 +182,7 @@ impl<'m> Changes<'m> {
         Ok(())
     }
 
-    pub(super) fn stats(&self) -> &ChangeStats {
+    pub(crate) fn stats(&self) -> &ChangeStats {
         &self.stats
     }
 
@@ -271,7 +283,7 @@ impl<'m> Changes<'m> {
     }
 
     /// The tenant as DynamoDB and Parameter Store hold it now.
-    pub(super) async fn store_state(&self) -> Truth {
+    pub(crate) async fn store_state(&self) -> Truth {
         let mut truth = Truth::new();
         let mut start = None;
         loop {
