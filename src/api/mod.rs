@@ -315,11 +315,15 @@ impl ConfigService for ConfigApi {
         &self,
         request: Request<proto::GetRequest>,
     ) -> Result<Response<proto::GetResponse>, Status> {
-        let (_, scope) = caller(
+        let (id, scope) = caller(
             &request,
             &request.get_ref().tenant,
             &request.get_ref().service,
         )?;
+        // A relay reads secrets' values with its own clients' tokens, never with
+        // its own: its credential, on every relay machine, must not open every
+        // tenant's secrets.
+        let secret_values = id.role != crate::auth::Role::Relay;
         let bearer = self
             .forward
             .as_ref()
@@ -386,7 +390,7 @@ impl ConfigService for ConfigApi {
         let hold = self.replies.reserve(estimate, connection.as_ref()).await?;
         let mut entries = Vec::with_capacity(page.entries.len());
         for e in &page.entries {
-            if !e.secret {
+            if !e.secret || !secret_values {
                 entries.push(to_proto(e));
                 continue;
             }

@@ -209,6 +209,14 @@ impl ServeArgs {
                 "--max-connection-age must be at least 1s (leave it unset for no maximum)",
             ));
         }
+        // Said before the AWS flags are checked: a relay reads no store at all.
+        if self.aws.backend == BackendKind::Aws
+            && self.relay.upstreams.iter().any(|u| !u.trim().is_empty())
+        {
+            return Err(Failure::usage(
+                "--upstream makes a relay, which reads no store: leave out --backend aws (or --upstream)",
+            ));
+        }
         let aws = self.aws.settings()?;
         if self.new_store && aws.is_some() {
             return Err(Failure::usage(

@@ -254,7 +254,7 @@ async fn session(
     };
     let mut stream = match opened {
         Ok(response) => response.into_inner(),
-        Err(status) => return failed(status, false),
+        Err(status) => return failed(inner, status, false),
     };
     let _open = inner.counters.stream_opened();
     let mut initial: Vec<Entry> = Vec::new();
@@ -272,7 +272,7 @@ async fn session(
                     served,
                 };
             }
-            Err(status) => return failed(status, served),
+            Err(status) => return failed(inner, status, served),
         };
         if !msg.resume_token.is_empty() {
             state.resume.clone_from(&msg.resume_token);
@@ -309,6 +309,7 @@ async fn session(
                 }
                 served = true;
                 state.own_cut = None;
+                inner.credential_accepted();
                 inner.upstreams.prefer(at);
                 if failures > 0 {
                     tracing::info!(scope = %feed.scope, upstream = inner.upstreams.url(at), ?mode, attempts = failures + 1, "upstream watch back in sync");
@@ -354,8 +355,19 @@ fn sync(hub: &Hub, scope: &Scope, mode: InitialMode, entries: Vec<Entry>) {
     }
 }
 
-/// A failed call or stream: at once with the versions when the upstream asks.
-fn failed(status: Status, served: bool) -> Ended {
+/// A failed call or stream: at once with the versions when the upstream asks. A
+/// refusal of the relay's token is kept for readiness (see `probe`).
+fn failed(inner: &Inner, status: Status, served: bool) -> Ended {
+    // Refused at the start of a Watch (a stream that served and then ended so is a
+    // token that expired meanwhile: the next attempt reads the file again).
+    if !served
+        && matches!(
+            status.code(),
+            Code::Unauthenticated | Code::PermissionDenied
+        )
+    {
+        inner.credential_refused(format!("{:?}: {}", status.code(), status.message()));
+    }
     let asks_versions = status.code() == Code::Aborted
         && status
             .metadata()

@@ -116,9 +116,36 @@ pub(crate) struct Inner {
     counters: Arc<RelayCounters>,
     stop: CancellationToken,
     load_timeout: Duration,
+    /// Why an upstream last refused the relay's token, until one accepts it.
+    refused: std::sync::Mutex<Option<String>>,
 }
 
 impl Inner {
+    /// An upstream refused the relay's token: the relay cannot load anything new.
+    fn credential_refused(&self, reason: String) {
+        let mut held = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+        if held.is_none() {
+            tracing::error!(%reason, "the upstream refuses this relay's token; check --upstream-token-file (a token with the relay role, signed for the upstream, not expired)");
+        }
+        *held = Some(reason);
+    }
+
+    /// An upstream accepted the relay's token.
+    fn credential_accepted(&self) {
+        let mut held = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+        if held.take().is_some() {
+            tracing::info!("the upstream accepts this relay's token again");
+        }
+    }
+
+    /// Why the relay's token is refused, while it is.
+    fn refusal(&self) -> Option<String> {
+        self.refused
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     fn hub(&self) -> Option<Arc<Hub>> {
         self.hub.get()?.upgrade()
     }
@@ -171,6 +198,7 @@ impl Relay {
             counters: Arc::default(),
             stop,
             load_timeout: settings.load_timeout,
+            refused: std::sync::Mutex::new(None),
         })))
     }
 

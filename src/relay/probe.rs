@@ -2,7 +2,8 @@
 //! [`PROBE_INTERVAL`] with gRPC health: the relay's readiness follows it (an
 //! upstream that is not ready, because its own sources fail, makes the relay not
 //! ready too, after the same grace), and new work starts on the upstream that last
-//! answered.
+//! answered. Health needs no token, so an upstream that refused the relay's token
+//! (as the feeds report it) counts as failing too, until one accepts it.
 //!
 //! Boundary: the check and what it reports. The streams fail over on their own.
 
@@ -61,7 +62,12 @@ pub(super) async fn run(
                 Err(reason) => failures.push(format!("{}: {reason}", inner.upstreams.url(at))),
             }
         }
-        if failures.is_empty() {
+        if let Some(refusal) = inner.refusal() {
+            // Reachable, but nothing new can be loaded with this token.
+            health.failing(format!(
+                "the upstream refuses this relay's token ({refusal}); check --upstream-token-file"
+            ));
+        } else if failures.is_empty() {
             health.succeeded();
         } else {
             health.failing(format!("no upstream is ready ({})", failures.join("; ")));

@@ -19,6 +19,21 @@ async fn a_rotated_upstream_token_file_is_used_without_a_restart() {
         .expect_err("the upstream refuses the relay's token");
     assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
     assert!(refused.message().contains("Unauthenticated"), "{refused:?}");
+    // Its health check needs no token, but readiness knows the token is refused.
+    let admin = tier.relay.admin.expect("the relay's admin listener");
+    let not_ready = eventually(
+        Duration::from_secs(20),
+        || "the relay to say it is not ready".to_owned(),
+        || async move {
+            let answer = http_get(admin, "/readyz").await;
+            (answer.status == 503).then_some(answer.body)
+        },
+    )
+    .await;
+    assert!(
+        not_ready.contains("refuses this relay's token"),
+        "{not_ready}"
+    );
 
     // Rotated in place (written over), as an operator would.
     std::fs::write(tier.token_file(), relay_token_of(tier.origin_dir.path())).unwrap();
@@ -40,6 +55,12 @@ async fn a_rotated_upstream_token_file_is_used_without_a_restart() {
         summary(&got.entries),
         [("tenant_config_a".to_owned(), 1, false)]
     );
+    eventually(
+        Duration::from_secs(20),
+        || "the relay to be ready with its new token".to_owned(),
+        || async move { (http_get(admin, "/readyz").await.status == 200).then_some(()) },
+    )
+    .await;
 }
 
 #[test]
@@ -61,7 +82,7 @@ fn a_relay_that_cannot_work_exits_64_naming_the_fix() {
     std::fs::write(&empty, "\n").unwrap();
     let empty = empty.display().to_string();
     let upstream = "http://127.0.0.1:9";
-    let cases: [(&str, &Path, Vec<&str>, &str); 6] = [
+    let cases: [(&str, &Path, Vec<&str>, &str); 7] = [
         (
             "no signing key",
             keyless.path(),
@@ -99,6 +120,20 @@ fn a_relay_that_cannot_work_exits_64_naming_the_fix() {
                 "aws",
                 "--table",
                 "configwatch-tenant-config",
+            ],
+            "leave out --backend aws",
+        ),
+        (
+            // Said first, not the AWS flags' own checks.
+            "a relay on AWS without a table",
+            keyed.path(),
+            vec![
+                "--upstream",
+                upstream,
+                "--upstream-token-file",
+                file,
+                "--backend",
+                "aws",
             ],
             "leave out --backend aws",
         ),

@@ -32,7 +32,7 @@ use configwatch::auth::local::{KEY_FILE, LocalKey};
 use configwatch::clock::Clock;
 use configwatch::model::Scope;
 use configwatch::proto;
-use configwatch_test_support::{Scrape, ServerProcess, eventually, run_to_exit};
+use configwatch_test_support::{Scrape, ServerProcess, eventually, http_get, run_to_exit};
 use tonic::{Code, Status};
 
 /// An origin on the embedded store and a relay whose only upstream it is.
@@ -98,7 +98,14 @@ fn relay_token_of(origin_dir: &Path) -> String {
 fn relay_command(dir: &Path, upstream: &str, token_file: &Path) -> std::process::Command {
     let mut command = serve_command(
         dir,
-        &["--admin-listen", "127.0.0.1:0", "--upstream", upstream],
+        &[
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--upstream",
+            upstream,
+            "--source-down-grace",
+            "1s",
+        ],
     );
     command.arg("--upstream-token-file").arg(token_file);
     command

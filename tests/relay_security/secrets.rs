@@ -131,6 +131,27 @@ async fn a_secret_is_read_upstream_at_every_get_and_never_pushed_by_the_relay() 
     let (held, _) = initial(&mut late).await;
     assert!(held.iter().all(|e| e.value.is_empty()), "{held:?}");
 
+    // The relay credential opens no secret: a relay token naming the tenant gets
+    // the entry without its value, at the origin and at the relay.
+    let relay_token = relay_token_of(tier.origin_dir.path());
+    for (server, at) in [(&tier.origin, "origin"), (&tier.relay, "relay")] {
+        let mut as_relay = connect(server.addr, Some(&relay_token)).await;
+        let got = as_relay
+            .get(proto::GetRequest {
+                keys: vec![SECRET.to_owned()],
+                tenant: "acme".to_owned(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(got.entries.len(), 1, "{at}: {got:?}");
+        assert!(
+            got.entries[0].secret && got.entries[0].value.is_empty(),
+            "{at}: {got:?}"
+        );
+    }
+
     // With the origin gone, the relay still serves what it holds, but not the
     // secret's value: it has none to serve.
     put(&mut relay, "tenant_config_plain", "1").await;

@@ -10,6 +10,10 @@ use std::time::Duration;
 /// `[(1 - jitter) * d, d]` where `d = min(max, initial * multiplier^n)`, so clients
 /// that lost the same server do not come back in step. The count starts over once a
 /// stream reaches its initial state.
+///
+/// A client given several servers moves to the next at once when the one it uses
+/// fails; only the first move after an established stream broke waits, by
+/// [`spread`](Self::spread), at most `initial`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Backoff {
     /// The first delay. Default 250 ms.
@@ -71,6 +75,23 @@ impl Backoff {
         self.delay_with(attempt, rand::random::<f64>())
     }
 
+    /// The wait before the first reconnect after an established stream broke, when
+    /// the next attempt would otherwise go at once (to another server of the list):
+    /// a uniform draw from `[0, initial]`, whatever `jitter`. A server that dies
+    /// breaks every stream it holds in the same instant; spread over the first step,
+    /// its clients reach the next server at a rate of about N / `initial` instead of
+    /// all in the same millisecond (10,000 clients over the default 250 ms: 40 per
+    /// millisecond).
+    pub fn spread(&self) -> Duration {
+        self.spread_with(rand::random::<f64>())
+    }
+
+    /// [`spread`](Self::spread) with `random` in 0..1 (a parameter so tests can pin it).
+    pub(crate) fn spread_with(&self, random: f64) -> Duration {
+        let secs = self.initial.as_secs_f64() * random.clamp(0.0, 1.0);
+        Duration::try_from_secs_f64(secs).unwrap_or(self.initial)
+    }
+
     /// A policy from `initial` doubling to `max`, half of each delay random.
     pub fn doubling(initial: Duration, max: Duration) -> Self {
         Backoff {
@@ -130,6 +151,35 @@ mod tests {
         for n in 0..40 {
             let d = b.delay(n);
             assert!(d <= Duration::from_secs(30), "{d:?}");
+        }
+    }
+
+    #[test]
+    fn the_first_move_after_a_break_is_spread_over_the_first_step() {
+        let b = Backoff {
+            jitter: 0.0,
+            ..Backoff::default()
+        };
+        assert_eq!(b.spread_with(0.0), Duration::ZERO);
+        assert_eq!(b.spread_with(0.5), Duration::from_millis(125));
+        assert_eq!(b.spread_with(1.0), Duration::from_millis(250));
+        assert_eq!(b.spread_with(7.0), Duration::from_millis(250));
+        // Drawn: never above the first step, and spread over all of it.
+        let draws: Vec<Duration> = (0..2000).map(|_| b.spread()).collect();
+        assert!(draws.iter().all(|d| *d <= b.initial), "{draws:?}");
+        let (min, max) = (draws.iter().min(), draws.iter().max());
+        assert!(min < Some(&Duration::from_millis(25)), "{min:?}");
+        assert!(max > Some(&Duration::from_millis(225)), "{max:?}");
+        let distinct: std::collections::BTreeSet<_> = draws.iter().collect();
+        assert!(distinct.len() > 1000, "{} distinct waits", distinct.len());
+        // In ten 25 ms slices of the step, each holds some of the draws.
+        for slice in 0..10u32 {
+            let (lo, hi) = (
+                Duration::from_millis(25) * slice,
+                Duration::from_millis(25) * (slice + 1),
+            );
+            let n = draws.iter().filter(|d| **d >= lo && **d < hi).count();
+            assert!(n > 100, "{n} waits in {lo:?}..{hi:?}");
         }
     }
 

@@ -54,7 +54,11 @@
 //!
 //! Several servers serving the same configuration (two origins, relays) are given
 //! as a list ([`ClientBuilder::servers`], or commas in the URL): the watch uses one
-//! at a time and moves to the next when it fails, resuming by what it holds.
+//! at a time and moves to the next when it fails, resuming by what it holds (the
+//! first move after a stream broke waits [`Backoff::spread`], so the clients of a
+//! server that died do not all arrive at once); `read_secret` moves on through the
+//! list by itself. A server cut off from its sources (a relay that lost its
+//! upstream) says since when: [`Status::server_disconnected_since`].
 //!
 //! Several clients (any tenants, any servers) can run in one process: there is no
 //! global state.

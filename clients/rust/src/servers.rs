@@ -1,7 +1,9 @@
 //! The servers a client may use and the order it tries them in: an ordered list of
 //! URLs, gone through round-robin from a starting one. The watch moves to the next
-//! URL when a server fails it, at once while some URL of the round is untried, and
-//! waits by the [`Backoff`] only once every URL failed in a row.
+//! URL when a server fails it, at once while some URL of the round is untried (the
+//! first move after an established stream broke waits [`Backoff::spread`], at most
+//! the first step), and waits by the [`Backoff`] only once every URL failed in a
+//! row.
 //!
 //! Boundary: URLs as text, indexes, counts and delays; no I/O and nothing of gRPC.
 //! Which failures are a server's (and so a reason to move on) is decided by
@@ -36,6 +38,10 @@ pub(crate) struct Rotation {
     retry: Retry,
     /// Refused tokens in a row since the last stream that reached its initial state.
     auth_refusals: u32,
+    /// The last stream reached its initial state: the next move waits the backoff's
+    /// spread (see [`Backoff::spread`]) rather than nothing.
+    broke: bool,
+    policy: Backoff,
 }
 
 impl Rotation {
@@ -48,6 +54,8 @@ impl Rotation {
             failed_in_round: 0,
             retry: Retry::new(backoff),
             auth_refusals: 0,
+            broke: false,
+            policy: backoff,
         }
     }
 
@@ -62,12 +70,14 @@ impl Rotation {
         self.failed_in_round = 0;
         self.auth_refusals = 0;
         self.retry.succeeded();
+        self.broke = true;
     }
 
     /// What follows an attempt that ended by `step`: `None` to stop, else how long
     /// to wait before the next attempt, made on the server [`current`](Self::current)
     /// names then.
     pub fn after(&mut self, step: Next) -> Option<Duration> {
+        let broke = std::mem::take(&mut self.broke);
         match step {
             Next::Fail => None,
             // Expired or refused: the token source is asked again, at once the first
@@ -83,7 +93,12 @@ impl Rotation {
             }
             // The server cannot read the resume token: at once, with the versions.
             Next::DropResumeToken => Some(Duration::ZERO),
-            Next::MoveOn => Some(self.move_on()),
+            // Every client of a server that died moves at the same instant: the
+            // first move after an established stream broke is spread.
+            Next::MoveOn => Some(match self.move_on() {
+                Duration::ZERO if broke => self.policy.spread(),
+                wait => wait,
+            }),
             Next::Backoff => Some(self.stay()),
         }
     }

@@ -113,7 +113,8 @@ async fn watch_loop(shared: &Arc<Shared>) -> Option<Error> {
             shared.data_mut().resume_token.clear();
         }
         let (error, from) = (outcome.error, shared.server().to_owned());
-        if rotation.current() != shared.current_index() {
+        let moved = rotation.current() != shared.current_index();
+        if moved {
             shared.use_server(rotation.current());
         }
         let to = shared.server();
@@ -131,6 +132,10 @@ async fn watch_loop(shared: &Arc<Shared>) -> Option<Error> {
             };
             l.last_error = Some(error);
             l.next_attempt_at = SystemTime::now().checked_add(delay);
+            if moved {
+                // What the last server said of its sources says nothing of the next.
+                l.server_disconnected_since = None;
+            }
         });
         tokio::select! {
             biased;
@@ -317,9 +322,11 @@ fn on_message(
     msg: proto::WatchResponse,
 ) -> Result<(), Error> {
     let now = SystemTime::now();
+    let server_disconnected_since = wire::time(msg.disconnected_since);
     shared.update(|l| {
         l.last_message_at = Some(now);
         l.last_message_instant = Some(Instant::now());
+        l.server_disconnected_since = server_disconnected_since;
     });
     match Kind::try_from(msg.kind) {
         Ok(Kind::Initial) => {

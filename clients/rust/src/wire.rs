@@ -9,7 +9,7 @@ use crate::proto::watch_response::InitialMode;
 
 pub(crate) fn entry(e: proto::Entry) -> WireEntry {
     WireEntry {
-        updated_at: e.updated_at.and_then(|t| SystemTime::try_from(t).ok()),
+        updated_at: time(e.updated_at),
         key: e.key,
         version: e.version,
         value: e.value,
@@ -17,6 +17,11 @@ pub(crate) fn entry(e: proto::Entry) -> WireEntry {
         deleted: e.deleted,
         revision: e.revision,
     }
+}
+
+/// A timestamp of the API as a time; `None` when absent or out of range.
+pub(crate) fn time(t: Option<prost_types::Timestamp>) -> Option<SystemTime> {
+    t.and_then(|t| SystemTime::try_from(t).ok())
 }
 
 pub(crate) fn sync_mode(raw: i32) -> Option<SyncMode> {

@@ -6,25 +6,19 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+mod fake;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{fast_backoff, temp_dir, wait_for};
 use configwatch_client::{Client, Error, SyncMode, static_token};
-use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
-use tonic::{Request, Response, Status};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Status;
 
-/// The messages and the server side of the API, generated for tests only.
-#[allow(clippy::all, clippy::pedantic, missing_docs, dead_code)]
-mod api {
-    include!(concat!(env!("OUT_DIR"), "/test_server/configwatch.v1.rs"));
-}
-
-use api::config_service_server::{ConfigService, ConfigServiceServer};
 use api::watch_response::{InitialMode, Kind};
+use fake::api;
 
 const SECS_10: Duration = Duration::from_secs(10);
 
@@ -60,24 +54,11 @@ impl Fake {
     fn requests(&self) -> Vec<String> {
         self.0.lock().unwrap().requests.clone()
     }
-}
 
-#[tonic::async_trait]
-impl ConfigService for Fake {
-    async fn get(&self, _: Request<api::GetRequest>) -> Result<Response<api::GetResponse>, Status> {
-        Err(Status::unimplemented("fake"))
-    }
-
-    type WatchStream = ReceiverStream<Result<api::WatchResponse, Status>>;
-
-    async fn watch(
-        &self,
-        request: Request<api::WatchRequest>,
-    ) -> Result<Response<Self::WatchStream>, Status> {
+    /// Answers a Watch with the scripted initial state, and keeps the stream open.
+    fn watch(&self, request: api::WatchRequest) -> Result<fake::Stream, Status> {
         let mut script = self.0.lock().unwrap();
-        script
-            .requests
-            .push(request.into_inner().known_store_id.clone());
+        script.requests.push(request.known_store_id.clone());
         let n = script.requests.len() as u64;
         let answer = script.answer.clone().unwrap();
         let (tx, rx) = mpsc::channel(4);
@@ -103,30 +84,8 @@ impl ConfigService for Fake {
         }))
         .unwrap();
         script.open.push(tx);
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(ReceiverStream::new(rx))
     }
-
-    async fn put(&self, _: Request<api::PutRequest>) -> Result<Response<api::PutResponse>, Status> {
-        Err(Status::unimplemented("fake"))
-    }
-
-    async fn delete(
-        &self,
-        _: Request<api::DeleteRequest>,
-    ) -> Result<Response<api::DeleteResponse>, Status> {
-        Err(Status::unimplemented("fake"))
-    }
-}
-
-async fn start(fake: Fake) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(ConfigServiceServer::new(fake))
-            .serve_with_incoming(TcpListenerStream::new(listener)),
-    );
-    url
 }
 
 #[tokio::test]
@@ -139,7 +98,11 @@ async fn the_store_identity_is_remembered_sent_back_reported_when_it_changes_and
         store_id: "S1",
         entries: vec![a1, b1],
     });
-    let url = start(fake.clone()).await;
+    let url = fake::start(fake::WatchOnly({
+        let fake = fake.clone();
+        move |request| fake.watch(request)
+    }))
+    .await;
     let dir = temp_dir();
     let snapshot = dir.path().join("snap.json");
     let builder = || {

@@ -24,3 +24,15 @@ export function backoffDelay(attempt: number, policy: BackoffPolicy, random: () 
   const exp = Math.min(policy.maxMs, policy.initialMs * Math.pow(policy.multiplier, Math.max(0, attempt)));
   return Math.round(exp * (1 - policy.jitter * random()));
 }
+
+/**
+ * The wait before the first reconnect after an established stream broke, when the
+ * next attempt would otherwise go at once (to another address): a uniform draw from
+ * [0, initialMs], whatever `jitter`. A server that dies breaks every stream it holds
+ * in the same instant; spread over the first step, its clients reach the next server
+ * at a rate of about N / initialMs instead of all in the same millisecond (10,000
+ * clients over the default 250 ms: 40 per millisecond).
+ */
+export function spreadDelay(policy: BackoffPolicy, random: () => number = Math.random): number {
+  return Math.round(policy.initialMs * Math.min(1, Math.max(0, random())));
+}

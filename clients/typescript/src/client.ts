@@ -38,8 +38,8 @@ import { Rotation, nextStep, startIndex } from './rotation';
 import { readSecret } from './secrets';
 import { SnapshotWriter, readSnapshot, type SnapshotData } from './snapshot';
 import type { CacheSource, ClientState, ClientStatus, StoreChange } from './status';
-import { openWatch, type InitialMode, type Outcome } from './stream';
-import { fromWire, toNumber, type WatchRequest, type WatchResponse, type WireEntry } from './wire';
+import { openWatch, watchRequest, type InitialMode, type Outcome } from './stream';
+import { fromWire, timeOf, toNumber, type WatchResponse, type WireEntry } from './wire';
 
 /**
  * A tenant's configuration cache, kept current by the server.
@@ -71,6 +71,8 @@ export class ConfigWatchClient extends EventEmitter<ClientEvents> implements Asy
   private storeId = '';
   private heldBack: MassRemovalInfo | undefined;
   private lastStoreChange: StoreChange | undefined;
+  /** As the last message of the server in use said (see {@link ClientStatus}). */
+  private serverDisconnectedSince: Date | undefined;
   /**
    * The server found the digest of the cache differs from its state: send the
    * versions themselves until a stream reaches its initial state.
@@ -244,20 +246,25 @@ export class ConfigWatchClient extends EventEmitter<ClientEvents> implements Asy
       heldBack: this.heldBack ? { ...this.heldBack } : undefined,
       storeId: this.storeId,
       lastStoreChange: this.lastStoreChange ? { ...this.lastStoreChange } : undefined,
+      serverDisconnectedSince: this.serverDisconnectedSince,
       snapshot: this.snapshotInfo ? { ...this.snapshotInfo } : undefined,
     };
   }
 
   /**
    * Reads a secret's value from the server on demand (Get). Never cached. Resolves
-   * to the string the secret holds, or undefined when the key does not exist.
-   * Rejects with a {@link ServerError} (e.g. INVALID_ARGUMENT for a bad key), a
+   * to the string the secret holds, or undefined when the key does not exist. Asks
+   * the address the watch uses, and the next ones in turn while one cannot be
+   * reached or fails the call (UNAVAILABLE), all within `callTimeoutMs`; the watch
+   * does not move. Rejects with a {@link ServerError} (e.g. INVALID_ARGUMENT for a bad
+   * key; UNAVAILABLE naming every address tried when none answered), a
    * {@link TokenSourceError}, a {@link DecodeError} when the value is not a JSON
-   * string, or a {@link ClosedError}.
+   * string, a {@link TimeoutError}, or a {@link ClosedError}.
    */
   async readSecret(key: string): Promise<string | undefined> {
     if (this.state === 'closed') throw new ClosedError();
-    return readSecret({ connection: this.connection, ...this.settings }, key);
+    const { connection, connectTo } = this;
+    return readSecret({ ...this.settings, current: this.rotation.current, connection, connectTo }, key);
   }
 
   /**
@@ -414,6 +421,8 @@ export class ConfigWatchClient extends EventEmitter<ClientEvents> implements Asy
     const previous = this.connection;
     this.connection = this.connectTo(this.server());
     previous.close();
+    // What the last server said of its sources says nothing of the next.
+    this.serverDisconnectedSince = undefined;
     this.emitSafely('addressChanged', { previous: from, current: this.address, error });
   }
 
@@ -450,21 +459,12 @@ export class ConfigWatchClient extends EventEmitter<ClientEvents> implements Asy
     if (metadata === 'closed' || this.isClosed()) {
       return { error: new ClosedError(), synced: false, sentResumeToken: false };
     }
-    // With a resume token (so the cache holds a state the server sent) a 16-byte
-    // digest of what the cache holds, unless the server asked for the versions
-    // themselves; without one, the versions.
-    const digest = !this.withVersions && this.resumeToken !== '';
-    const request: WatchRequest = {
-      prefixes: [...this.prefixes],
-      tenant: this.tenant,
-      resume_token: this.resumeToken,
-      known_versions: digest ? {} : this.cache.knownVersions(),
-      known_digest: digest ? this.cache.knownDigest() : Buffer.alloc(0),
-      known_store_id: this.storeId,
-    };
+    const { prefixes, tenant, resumeToken, storeId } = this;
+    const request = watchRequest({ prefixes, tenant, resumeToken, storeId }, this.cache, this.withVersions);
     const call = openWatch(this.connection.rpc, request, metadata, this.settings.idleTimeoutMs, {
-      message: () => {
+      message: (msg) => {
         this.lastMessageAt = new Date();
+        this.serverDisconnectedSince = timeOf(msg.disconnected_since);
       },
       initial: (mode, entries, storeId, msg) => this.applyInitial(mode, entries, storeId, msg),
       delta: (msg) => {

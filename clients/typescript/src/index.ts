@@ -12,7 +12,7 @@
  * - stream.ts: one Watch call, from request to why it ended; guard.ts: the checks on
  *   an initial state (store identity, mass removal) before it is applied.
  * - connection.ts: the grpc-js client, its renewal, the `authorization` metadata;
- *   secrets.ts: `readSecret`'s `Get`.
+ *   secrets.ts: `readSecret`'s `Get`, moving on through the addresses.
  * - cache.ts: the rules that apply initial states and deltas by version (no I/O);
  *   changes.ts: the coalescing change iterators.
  * - snapshot.ts: the atomic on-disk snapshot, scoped to a tenant and prefixes.
@@ -26,7 +26,7 @@ export type { AddressChangedInfo, ClientEvents, ConnectedInfo, DisconnectedInfo,
 export type { ClientState, ClientStatus, CacheSource, StoreChange } from './status';
 export type { EntryInfo, Versioned } from './reads';
 export type { Change, ChangeCause } from './cache';
-export { backoffDelay, DEFAULT_BACKOFF, type BackoffOptions } from './backoff';
+export { backoffDelay, spreadDelay, DEFAULT_BACKOFF, type BackoffOptions } from './backoff';
 export {
   ConfigWatchError,
   ServerError,

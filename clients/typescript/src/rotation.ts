@@ -8,10 +8,12 @@
  * stream at its maximum connection age (all UNAVAILABLE), a silent stream, or an
  * answer the client cannot use. It tries the next address at once while one of the
  * round is untried, and waits by the backoff only once every address failed in a
- * row. A refused token or permission is the same on every server: never a reason to
- * move. Pure: indexes, counts and delays; no I/O, no timers, nothing of gRPC.
+ * row; the first move after an established stream broke waits {@link spreadDelay}
+ * (at most the backoff's first step), so the clients of a server that died do not
+ * all reach the next one at once. A refused token or permission is the same on every
+ * server: never a reason to move. Pure: indexes, counts and delays; no I/O, no timers, nothing of gRPC.
  */
-import { backoffDelay, type BackoffPolicy } from './backoff';
+import { backoffDelay, spreadDelay, type BackoffPolicy } from './backoff';
 import type { ConfigWatchError } from './errors';
 
 /** What the watch does after an attempt that ended with an error. */
@@ -65,6 +67,8 @@ export class Rotation {
   /** Backoff delays taken since the last sync: the backoff's exponent. */
   private retries = 0;
   private refusals = 0;
+  /** The last stream reached its initial state: the next move waits the spread rather than nothing. */
+  private broke = false;
 
   /**
    * A rotation over `count` addresses (at least one) starting at `start`.
@@ -95,10 +99,13 @@ export class Rotation {
     this.failedInRound = 0;
     this.retries = 0;
     this.refusals = 0;
+    this.broke = true;
   }
 
   /** What follows an attempt that ended by `step` (not `fail`): the delay, and whether it moved. */
   after(step: Exclude<Step, 'fail'>): Decision {
+    const broke = this.broke;
+    this.broke = false;
     switch (step) {
       case 'refreshToken':
         // Expired or refused: ask the token source again, at once the first time,
@@ -109,8 +116,13 @@ export class Rotation {
         return { delayMs: 0, moved: false };
       case 'stay':
         return { delayMs: this.wait(), moved: false };
-      case 'nextAddress':
-        return this.moveOn();
+      case 'nextAddress': {
+        // Every client of a server that died moves at the same instant: the first
+        // move after an established stream broke is spread.
+        const decision = this.moveOn();
+        if (broke && decision.delayMs === 0) decision.delayMs = spreadDelay(this.backoff, this.random);
+        return decision;
+      }
     }
   }
 

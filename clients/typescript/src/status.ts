@@ -75,6 +75,24 @@ export interface ClientStatus {
   storeId: string;
   /** The last time the server reported a store identity other than the one of the state held. */
   lastStoreChange: StoreChange | undefined;
+  /**
+   * Since when the server in use says it is cut off from the sources of its data (a
+   * relay that lost its upstream, or whose upstream did). Undefined while it says it
+   * is current.
+   *
+   * The cache stays consistent meanwhile, but only as of that time: changes made
+   * since may be missing until it clears. `stale` says whether this client hears from
+   * its server; this says whether the server hears from its sources. Alert when it
+   * has been set for longer than the application tolerates old configuration, and,
+   * where the application can, prefer another server (the client does not move by
+   * itself: a cut-off server still serves a consistent state, and its clients moving
+   * together would crowd the next one).
+   *
+   * Taken from every message of the Watch, progress included (a server sends one at
+   * once when it is cut off and when it is current again); cleared by a message
+   * without it and when the watch moves to another server.
+   */
+  serverDisconnectedSince: Date | undefined;
   snapshot:
     | {
         path: string;

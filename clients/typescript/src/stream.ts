@@ -7,6 +7,7 @@
  */
 import * as grpc from '@grpc/grpc-js';
 
+import type { Cache } from './cache';
 import { ClosedError, ConfigWatchError, ProtocolError, ServerError, fromGrpcError } from './errors';
 import { fromWire, type ConfigServiceClient, type WatchRequest, type WatchResponse, type WireEntry } from './wire';
 
@@ -24,7 +25,7 @@ export interface Outcome {
 /** What the caller does with what arrives. A handler that throws ends the stream with that error. */
 export interface StreamHandlers {
   /** Anything arrived (called before the message is handled). */
-  message(): void;
+  message(msg: WatchResponse): void;
   /** The initial state is complete: `entries` gathered from every initial message. */
   initial(mode: InitialMode, entries: WireEntry[], storeId: string, last: WatchResponse): void;
   /** Changes after the initial state. */
@@ -41,6 +42,33 @@ export interface WatchCall {
   outcome: Promise<Outcome>;
   /** Ends the stream with a {@link ClosedError}. */
   abort(): void;
+}
+
+/** What a Watch request says of the client and of the state it holds. */
+export interface Held {
+  readonly prefixes: readonly string[];
+  readonly tenant: string;
+  /** The newest resume token ('' when none). */
+  readonly resumeToken: string;
+  /** The store identity of the state held ('' when unknown). */
+  readonly storeId: string;
+}
+
+/**
+ * The Watch request for what is held: with a resume token (so the cache holds a
+ * state the server sent) a 16-byte digest of what the cache holds, unless the server
+ * asked for the versions themselves (`withVersions`); without one, the versions.
+ */
+export function watchRequest(held: Held, cache: Pick<Cache, 'knownVersions' | 'knownDigest'>, withVersions: boolean): WatchRequest {
+  const digest = !withVersions && held.resumeToken !== '';
+  return {
+    prefixes: [...held.prefixes],
+    tenant: held.tenant,
+    resume_token: held.resumeToken,
+    known_versions: digest ? {} : cache.knownVersions(),
+    known_digest: digest ? cache.knownDigest() : Buffer.alloc(0),
+    known_store_id: held.storeId,
+  };
 }
 
 /** Opens a Watch and follows it; a stream silent for `idleTimeoutMs` ends as UNAVAILABLE. */
@@ -86,7 +114,7 @@ export function openWatch(
     };
 
     const onMessage = (msg: WatchResponse): void => {
-      handlers.message();
+      handlers.message(msg);
       switch (msg.kind) {
         case 'KIND_INITIAL': {
           const mode = modeOf(msg.initial_mode);

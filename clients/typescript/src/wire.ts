@@ -13,6 +13,7 @@ import { ProtocolError } from './errors';
 import type { ProtoGrpcType } from './generated/config';
 import type { ConfigServiceClient } from './generated/configwatch/v1/ConfigService';
 import type { Entry__Output } from './generated/configwatch/v1/Entry';
+import type { Timestamp__Output } from './generated/google/protobuf/Timestamp';
 import type { WatchResponse__Output } from './generated/configwatch/v1/WatchResponse';
 import loaderOptions from './loader-options.json';
 
@@ -85,11 +86,7 @@ export function toNumber(what: string, text: string): number {
 
 /** Converts a wire entry; throws {@link ProtocolError} on a version beyond 2^53. */
 export function fromWire(e: Entry__Output): WireEntry {
-  let updatedAt: Date | undefined;
-  if (e.updated_at) {
-    const ms = Number(e.updated_at.seconds) * 1000 + Math.floor(e.updated_at.nanos / 1e6);
-    updatedAt = Number.isFinite(ms) ? new Date(ms) : undefined;
-  }
+  const updatedAt = timeOf(e.updated_at);
   return {
     key: e.key,
     version: toNumber(`version of ${e.key}`, e.version),
@@ -99,4 +96,12 @@ export function fromWire(e: Entry__Output): WireEntry {
     revision: toNumber(`revision of ${e.key}`, e.revision),
     updatedAt,
   };
+}
+
+/** A timestamp of the API as a Date (to the millisecond); undefined when absent or out of range. */
+export function timeOf(t: Timestamp__Output | null | undefined): Date | undefined {
+  if (!t) return undefined;
+  const ms = Number(t.seconds) * 1000 + Math.floor(t.nanos / 1e6);
+  const date = new Date(ms);
+  return Number.isFinite(date.getTime()) ? date : undefined;
 }

@@ -19,8 +19,9 @@
  * - stdout, once the client is started: `{"type":"started"}`.
  * - stdin `{"id":N,"cmd":"dump"}` -> stdout `{"id":N,"type":"dump", ...}` with
  *   - `status`: `{state, address, connected, revision, entries, lastError,
- *     lastMessageAt}` (`address`: the one in use; `lastMessageAt`: ms since the
- *     epoch, or null);
+ *     lastMessageAt, serverDisconnectedSince}` (`address`: the one in use;
+ *     `lastMessageAt` and `serverDisconnectedSince`, since when the server in use
+ *     says it is cut off from its sources: ms since the epoch, or null);
  *   - `entries`: key -> `{version, value}` for each live key (`{version, secret:true}`
  *     for secrets, `{version, decodeError}` for a value that is not JSON);
  *   - `last`: key -> the last change event for it, `{type, version, value?, secret}`;
@@ -212,6 +213,7 @@ async function main(): Promise<void> {
         entries: s.entries,
         lastError: s.lastError ? `${s.lastError.code}: ${s.lastError.message}` : null,
         lastMessageAt: s.lastMessageAt?.getTime() ?? null,
+        serverDisconnectedSince: s.serverDisconnectedSince?.getTime() ?? null,
       },
       entries,
       last: Object.fromEntries(recorder.last),

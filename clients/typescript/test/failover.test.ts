@@ -40,7 +40,8 @@ test('two servers of different stores: the one in use dies, the client moves to 
   const storeA = client.status().storeId;
   assert.notEqual(storeA, '');
 
-  // A dies: the client moves to B at once (no backoff before an untried address).
+  // A dies: the client moves to B without the backoff (an untried address), after a
+  // random part of the first step (the harness's 50 ms), as every client of A does.
   await a.kill('SIGKILL');
   await converged(client, b, TENANT);
   assert.equal(client.address, b.url);
@@ -49,7 +50,7 @@ test('two servers of different stores: the one in use dies, the client moves to 
     moves.map((m) => [m.previous, m.current, m.error.code]),
     [[a.url, b.url, 'UNAVAILABLE']],
   );
-  assert.equal(waits[0]?.delayMs, 0, JSON.stringify(waits));
+  assert.ok(waits[0] !== undefined && waits[0].delayMs <= 50, JSON.stringify(waits));
   // Another store: the versions held mean nothing there, so a full state, and the
   // cache equals B's: A's keys gone, the shared key at B's (lower) version.
   assert.equal(syncs.at(-1)?.mode, 'full');
@@ -156,15 +157,17 @@ test('every address down: the client goes round them, waiting the backoff after 
   await b.kill('SIGKILL');
   await a.kill('SIGKILL');
   await waitFor(() => waits.length >= 6, 10_000, () => `six attempts, saw ${JSON.stringify(waits)}`);
-  // Each wait is the one before the attempt on the address named: B at once after A;
-  // A again only after the backoff (at least half of 200 ms, then of 400 ms); B at once...
+  // Each wait is the one before the attempt on the address named: B after A within
+  // the first step (A's stream was established: the move is spread); A again only
+  // after the backoff (at least half of 200 ms, then of 400 ms); then B at once...
   const expected = [b.url, a.url, b.url, a.url, b.url, a.url];
   assert.deepEqual(
     waits.slice(0, 6).map(([address]) => address),
     expected,
   );
-  for (const [address, delay] of waits.slice(0, 6)) {
-    if (address === b.url) assert.equal(delay, 0, JSON.stringify(waits));
+  for (const [i, [address, delay]] of waits.slice(0, 6).entries()) {
+    if (i === 0) assert.ok(delay <= 200, JSON.stringify(waits));
+    else if (address === b.url) assert.equal(delay, 0, JSON.stringify(waits));
     else assert.ok(delay >= 100, JSON.stringify(waits));
   }
   await b.restart();

@@ -205,6 +205,20 @@ export class Harness {
     return this.server(dataDir, 0, ['--new-store']);
   }
 
+  /**
+   * A relay of `upstream` (`serve --upstream`): its directory starts with a copy of
+   * the upstream's signing key (it checks its clients' tokens with it) and a relay
+   * credential from it in a file.
+   */
+  async relay(upstream: Server): Promise<Server> {
+    const dataDir = await this.tempDir();
+    await fs.copyFile(path.join(upstream.dataDir, 'signing-key.pem'), path.join(dataDir, 'signing-key.pem'));
+    const { stdout } = await run(BIN, ['token', '--role', 'relay', '--data-dir', upstream.dataDir]);
+    const tokenFile = path.join(dataDir, 'relay.token');
+    await fs.writeFile(tokenFile, stdout.trim());
+    return this.server(dataDir, 0, ['--upstream', upstream.url, '--upstream-token-file', tokenFile]);
+  }
+
   /** A client with fast reconnects; started. */
   async client(options: ClientOptions): Promise<ConfigWatchClient> {
     const c = new ConfigWatchClient({ backoff: { initialMs: 50, maxMs: 500 }, ...options });

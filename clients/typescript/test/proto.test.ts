@@ -56,6 +56,7 @@ test('messages decode the way the generated types say (loader options in sync)',
     revision: '7',
     resume_token: 'tok',
     store_id: '',
+    disconnected_since: null,
   });
   const req = watch.requestDeserialize(
     watch.requestSerialize({ prefixes: ['p_'], tenant: 't', resume_token: '', known_versions: { k: '3' } }),
@@ -67,6 +68,7 @@ test('messages decode the way the generated types say (loader options in sync)',
     known_versions: { k: '3' },
     known_digest: Buffer.alloc(0),
     known_store_id: '',
+    service: '',
   });
   // The store identity, both ways.
   const identified = watch.responseDeserialize(
@@ -75,6 +77,11 @@ test('messages decode the way the generated types say (loader options in sync)',
   assert.equal(identified.store_id, '01JDSTORE');
   const known = watch.requestDeserialize(watch.requestSerialize({ known_store_id: '01JDSTORE' })) as Record<string, unknown>;
   assert.equal(known.known_store_id, '01JDSTORE');
+  // Since when the server is cut off, as a timestamp with seconds as a decimal string.
+  const cutOff = watch.responseDeserialize(
+    watch.responseSerialize({ kind: 'KIND_PROGRESS', disconnected_since: { seconds: '1790000000', nanos: 250_000_000 } }),
+  ) as Record<string, unknown>;
+  assert.deepEqual(cutOff.disconnected_since, { seconds: '1790000000', nanos: 250_000_000 });
   // The digest travels as the raw 16 bytes.
   const digest = Buffer.from('1189b337f183118e15d6dc71f6d0d83c', 'hex');
   const withDigest = watch.requestDeserialize(

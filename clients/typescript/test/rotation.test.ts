@@ -7,7 +7,7 @@ import { test } from 'node:test';
 import * as grpc from '@grpc/grpc-js';
 
 import { ConfigWatchClient, InvalidOptionsError, MassRemovalError, ServerError, TokenSourceError } from '../src';
-import { backoffDelay, type BackoffPolicy } from '../src/backoff';
+import { backoffDelay, spreadDelay, type BackoffPolicy } from '../src/backoff';
 import { ConfigWatchError, ProtocolError } from '../src/errors';
 import { Rotation, nextStep, startIndex } from '../src/rotation';
 
@@ -38,10 +38,12 @@ test('a failing server moves the watch to the next address at once; the backoff 
     [1, delay(1)],
     [2, 0],
   ]);
-  // A stream that reaches its initial state resets it all: a full round later, the first delay again.
+  // A stream that reaches its initial state resets it all: its end moves on within
+  // the first step (half of it, with this draw), the rest of the round at once, and a
+  // full round later the first delay again.
   r.synced();
   assert.deepEqual([r.after('nextAddress'), r.after('nextAddress'), r.after('nextAddress')], [
-    { delayMs: 0, moved: true },
+    { delayMs: 50, moved: true },
     { delayMs: 0, moved: true },
     { delayMs: delay(0), moved: true },
   ]);
@@ -101,6 +103,34 @@ test('a refused token or permission never moves the watch; other server failures
   assert.deepEqual(r.after('stay'), { delayMs: delay(1), moved: false });
   assert.deepEqual(r.after('dropResumeToken'), { delayMs: 0, moved: false });
   assert.equal(r.current, 0);
+});
+
+test('the first move after an established stream broke is spread over the backoff’s first step', () => {
+  assert.equal(spreadDelay(POLICY, () => 0), 0);
+  assert.equal(spreadDelay(POLICY, () => 1), 100);
+  assert.equal(spreadDelay({ ...POLICY, jitter: 0 }, () => 0.25), 25);
+  // Drawn: never above the first step, and spread over all of it.
+  const waits: number[] = [];
+  for (let i = 0; i < 2000; i++) {
+    const r = new Rotation(3, 0, POLICY);
+    r.synced();
+    const d = r.after('nextAddress');
+    assert.equal(d.moved, true);
+    waits.push(d.delayMs);
+    // The rest of the round goes at once.
+    assert.equal(r.after('nextAddress').delayMs, 0);
+  }
+  assert.ok(waits.every((w) => w >= 0 && w <= POLICY.initialMs), JSON.stringify(waits));
+  // In ten slices of 10 ms, each holds some of the draws.
+  for (let slice = 0; slice < 10; slice++) {
+    const n = waits.filter((w) => w >= slice * 10 && w < (slice + 1) * 10).length;
+    assert.ok(n > 100, `${n} waits in ${slice * 10}..${(slice + 1) * 10} ms`);
+  }
+  // A refused token after a break is renewed at once, as before; the break is used up.
+  const r = new Rotation(2, 0, POLICY, HALF);
+  r.synced();
+  assert.deepEqual(r.after('refreshToken'), { delayMs: 0, moved: false });
+  assert.deepEqual(r.after('nextAddress'), { delayMs: 0, moved: true });
 });
 
 test('the first address is drawn at random (spread over the list), or the first one', () => {

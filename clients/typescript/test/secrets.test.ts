@@ -1,10 +1,11 @@
 import assert from 'node:assert/strict';
 import { promises as fs } from 'node:fs';
+import * as net from 'node:net';
 import * as path from 'node:path';
 import { test } from 'node:test';
 import { inspect } from 'node:util';
 
-import type { Change } from '../src';
+import { ServerError, type Change } from '../src';
 import { Harness, waitFor } from './helpers';
 
 const TENANT = 'acme';
@@ -58,3 +59,32 @@ test('secrets: readSecret returns the value; the cache, its events and its snaps
   assert.ok(onDisk.includes('param_config_db/password'));
   assert.ok(!onDisk.includes('hunter2'), 'a secret value is in the snapshot');
 });
+
+test('secrets: readSecret passes over an address that is down, and names every address it tried when none answers', async (t) => {
+  const h = new Harness(t);
+  const server = await h.server();
+  await server.put(TENANT, 'param_config_db/password', 'hunter2', { secret: true });
+  const dead = `http://127.0.0.1:${await closedPort()}`;
+  const client = await h.client({ addresses: [dead, server.url], randomStart: false, tenant: TENANT, token: () => server.token(TENANT) });
+  // Read at once: the watch has not left the dead address yet, and the read starts there.
+  assert.equal(client.address, dead);
+  assert.equal(await client.readSecret('param_config_db/password'), 'hunter2');
+
+  const [one, two] = [`http://127.0.0.1:${await closedPort()}`, `http://127.0.0.1:${await closedPort()}`];
+  const none = await h.client({ addresses: [one, two], randomStart: false, tenant: TENANT, token: () => server.token(TENANT) });
+  await assert.rejects(none.readSecret('param_config_db/password'), (e: unknown) => {
+    assert.ok(e instanceof ServerError, String(e));
+    assert.equal(e.code, 'UNAVAILABLE', e.message);
+    assert.match(e.message, new RegExp(`tried: ${one}: .*; ${two}: `));
+    return true;
+  });
+});
+
+/** A port on 127.0.0.1 where nothing listens (bound, then closed). */
+async function closedPort(): Promise<number> {
+  const listener = net.createServer();
+  await new Promise<void>((resolve) => listener.listen(0, '127.0.0.1', resolve));
+  const { port } = listener.address() as net.AddressInfo;
+  await new Promise((resolve) => listener.close(resolve));
+  return port;
+}

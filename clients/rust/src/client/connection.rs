@@ -55,6 +55,11 @@ pub(super) fn channel(server: &str) -> Result<Channel, Error> {
     Ok(endpoint.connect_lazy())
 }
 
+/// The gRPC client on `channel`.
+pub(super) fn rpc_on(channel: Channel) -> ConfigServiceClient<Channel> {
+    ConfigServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES)
+}
+
 impl Shared {
     /// `authorization` metadata with a token from the source.
     pub async fn auth_header(&self) -> Result<MetadataValue<Ascii>, Error> {
@@ -79,8 +84,21 @@ impl Shared {
     }
 
     pub fn rpc(&self) -> ConfigServiceClient<Channel> {
-        let channel = self.current().channel.clone();
-        ConfigServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES)
+        rpc_on(self.current().channel.clone())
+    }
+
+    /// The URL of server `index` and a channel to it: the watch's own for the server
+    /// in use, a new one (lazy, made at the first call) for another.
+    pub fn channel_to(&self, index: usize) -> Result<(String, Channel), Error> {
+        let url = self.servers.get(index).cloned().unwrap_or_default();
+        {
+            let current = self.current();
+            if current.index == index {
+                return Ok((url, current.channel.clone()));
+            }
+        }
+        let channel = channel(&url)?;
+        Ok((url, channel))
     }
 
     /// The index of the server in use.

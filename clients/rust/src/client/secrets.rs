@@ -1,6 +1,13 @@
 //! [`Client::read_secret`]: a value read from the server with `Get` on demand, for
-//! secrets, which the cache never holds. Nothing read here is cached.
+//! secrets, which the cache never holds. Nothing read here is cached. It starts on
+//! the server the watch uses and moves on through the client's list when one cannot
+//! be reached, as the watch does, without moving the watch.
 
+use std::fmt::Write as _;
+
+use tonic::transport::Channel;
+
+use super::connection::rpc_on;
 use super::shared::Shared;
 use super::{Client, Versioned};
 use crate::cache::decode;
@@ -11,34 +18,32 @@ use crate::wire;
 impl Client {
     /// Reads a value from the server with `Get`, on demand: for secrets, which the
     /// cache never holds. Never cached. `Ok(None)` when the key does not exist. The
-    /// value must be a JSON string (as secrets are). A refused token gets one fresh
-    /// one, and a call its connection failed (closing, say after the server's GOAWAY)
-    /// up to three more tries; the whole call is bounded by `call_timeout`.
+    /// value must be a JSON string (as secrets are).
+    ///
+    /// It asks the server the watch uses. When that one cannot be reached or its
+    /// connection fails the call (`UNAVAILABLE`, a connection closing, say after the
+    /// server's GOAWAY), it asks the next server of the client's list, and so on,
+    /// four calls at most (going round the list again when it is shorter, so with
+    /// one server that is three more tries); when every one failed, the error names each server tried and why.
+    /// A refused token gets one fresh one. The whole call is bounded by
+    /// `call_timeout`.
     pub async fn read_secret(&self, key: &str) -> Result<Option<Versioned<String>>, Error> {
         if self.shared.shutdown.is_cancelled() {
             return Err(Error::Closed);
         }
         let timeout = self.shared.opts.call_timeout;
-        let call = async {
-            let (mut refreshed, mut repeated) = (false, 0);
-            loop {
-                match self.shared.get_once(key).await {
-                    Err(e) if e.code() == Some(tonic::Code::Unauthenticated) && !refreshed => {
-                        refreshed = true;
-                    }
-                    // The connection was closing (the server's GOAWAY at its maximum
-                    // connection age, or a restart): a read, so safe to repeat, on a
-                    // new connection, a few times.
-                    Err(e) if connection_closed(&e) && repeated < CLOSED_RETRIES => {
-                        repeated += 1;
-                    }
-                    other => return other,
-                }
+        let mut tried = Tried::default();
+        let call = self.shared.get_anywhere(key, &mut tried);
+        let response = match tokio::time::timeout(timeout, call).await {
+            Ok(Ok(response)) => response,
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                return Err(Error::Timeout(format!(
+                    "reading {key} took over {timeout:?}{}",
+                    tried.describe()
+                )));
             }
         };
-        let response = tokio::time::timeout(timeout, call)
-            .await
-            .map_err(|_| Error::Timeout(format!("reading {key} took over {timeout:?}")))??;
         let Some(e) = response.entries.into_iter().find(|e| e.key == key) else {
             return Ok(None);
         };
@@ -52,8 +57,43 @@ impl Client {
     }
 }
 
-/// Times a read is repeated after its connection went away under it.
-const CLOSED_RETRIES: u32 = 3;
+/// Calls a read makes at most, over the servers of the list in turn: a read is safe
+/// to repeat, and with one server a connection closing under the call (a GOAWAY at
+/// the server's maximum connection age) is over by the next try.
+const READ_ATTEMPTS: usize = 4;
+
+/// The servers a read asked, and how each failed it.
+#[derive(Default)]
+struct Tried(Vec<(String, Error)>);
+
+impl Tried {
+    /// ` (tried: URL: error; ...)`, or nothing before the first answer.
+    fn describe(&self) -> String {
+        let mut out = String::new();
+        for (i, (server, error)) in self.0.iter().enumerate() {
+            let sep = if i == 0 { " (tried: " } else { "; " };
+            let _ = write!(out, "{sep}{server}: {error}");
+        }
+        if !out.is_empty() {
+            out.push(')');
+        }
+        out
+    }
+
+    /// The error of a read every server failed: the last one's code, and each
+    /// server's answer.
+    fn into_error(self) -> Error {
+        let code = self
+            .0
+            .last()
+            .and_then(|(_, e)| e.code())
+            .unwrap_or(tonic::Code::Unavailable);
+        Error::Status {
+            code,
+            message: format!("no server could be read{}", self.describe()),
+        }
+    }
+}
 
 /// Whether a call failed because its connection went away rather than by the
 /// server's answer: UNAVAILABLE, a call handed back unsent (CANCELLED), or the HTTP/2
@@ -70,7 +110,41 @@ fn connection_closed(e: &Error) -> bool {
 }
 
 impl Shared {
-    async fn get_once(&self, key: &str) -> Result<proto::GetResponse, Error> {
+    /// `Get` of `key` on the server in use, then on the next ones while a server's
+    /// connection fails the call; records each failure in `tried`.
+    async fn get_anywhere(
+        &self,
+        key: &str,
+        tried: &mut Tried,
+    ) -> Result<proto::GetResponse, Error> {
+        let start = self.current_index();
+        let count = self.servers.len().max(1);
+        for attempt in 0..READ_ATTEMPTS.max(count) {
+            let index = (start + attempt) % count;
+            let (server, channel) = self.channel_to(index)?;
+            match self.get_refreshing(key, channel).await {
+                Err(e) if connection_closed(&e) => tried.0.push((server, e)),
+                other => return other,
+            }
+        }
+        Err(std::mem::take(tried).into_error())
+    }
+
+    /// `Get` on `channel`; a refused token gets one fresh one.
+    async fn get_refreshing(
+        &self,
+        key: &str,
+        channel: Channel,
+    ) -> Result<proto::GetResponse, Error> {
+        match self.get_once(key, channel.clone()).await {
+            Err(e) if e.code() == Some(tonic::Code::Unauthenticated) => {
+                self.get_once(key, channel).await
+            }
+            other => other,
+        }
+    }
+
+    async fn get_once(&self, key: &str, channel: Channel) -> Result<proto::GetResponse, Error> {
         let header = self.auth_header().await?;
         let mut request = tonic::Request::new(proto::GetRequest {
             keys: vec![key.to_owned()],
@@ -80,6 +154,6 @@ impl Shared {
         });
         request.set_timeout(self.opts.call_timeout);
         request.metadata_mut().insert("authorization", header);
-        Ok(self.rpc().get(request).await?.into_inner())
+        Ok(rpc_on(channel).get(request).await?.into_inner())
     }
 }

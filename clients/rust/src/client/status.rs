@@ -100,6 +100,22 @@ pub struct Status {
     /// The URL of the server the watch uses now (or is trying), one of those the
     /// client was given.
     pub server: String,
+    /// Since when the server in use says it is cut off from the sources of its data
+    /// (a relay that lost its upstream, or whose upstream did). `None` while it says
+    /// it is current.
+    ///
+    /// The cache stays consistent meanwhile, but only as of that time: changes made
+    /// since may be missing until it clears. [`stale`](Self::stale) says whether this
+    /// client hears from its server; this says whether the server hears from its
+    /// sources. Alert when it has been set for longer than the application tolerates
+    /// old configuration, and, where the application can, prefer another server
+    /// (the client does not move by itself: a cut-off server still serves a
+    /// consistent state, and its clients moving together would crowd the next one).
+    ///
+    /// Taken from every message of the Watch, progress included (a server sends one at
+    /// once when it is cut off and when it is current again); cleared by a message
+    /// without it and when the watch moves to another server.
+    pub server_disconnected_since: Option<SystemTime>,
 }
 
 /// The status as the watch task keeps it; [`Client::status`] reads it.
@@ -118,6 +134,8 @@ pub(crate) struct Live {
     pub snapshot: Option<SnapshotStatus>,
     pub held_back: Option<MassRemoval>,
     pub store_change: Option<StoreChange>,
+    /// As the last message of the server in use said (see [`Status`]).
+    pub server_disconnected_since: Option<SystemTime>,
 }
 
 impl Live {
@@ -138,6 +156,7 @@ impl Live {
             snapshot: None,
             held_back: None,
             store_change: None,
+            server_disconnected_since: None,
         }
     }
 
@@ -182,6 +201,7 @@ impl Client {
             store_id,
             last_store_change: l.store_change.clone(),
             server: self.shared.server().to_owned(),
+            server_disconnected_since: l.server_disconnected_since,
         }
     }
 

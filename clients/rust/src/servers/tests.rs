@@ -55,8 +55,10 @@ fn moves_round_robin_at_once_and_backs_off_after_a_full_round() {
     assert_eq!(fail(&mut r, &unavailable, false), (Some(Duration::ZERO), 2));
     assert_eq!(fail(&mut r, &unavailable, false), (Some(Duration::ZERO), 0));
     assert_eq!(fail(&mut r, &unavailable, false), (Some(ms(200)), 1));
-    // A server that works starts the count over: its stream's end moves on at once.
-    assert_eq!(fail(&mut r, &unavailable, true), (Some(Duration::ZERO), 2));
+    // A server that works starts the count over: its stream's end moves on within
+    // the first step (spread), the next failure at once.
+    let (wait, next) = fail(&mut r, &unavailable, true);
+    assert!(next == 2 && wait <= Some(ms(100)), "{wait:?} {next}");
     assert_eq!(fail(&mut r, &unavailable, false), (Some(Duration::ZERO), 0));
     assert_eq!(fail(&mut r, &unavailable, false), (Some(ms(100)), 1));
 }
@@ -92,7 +94,8 @@ fn every_server_error_moves_on() {
     ];
     for e in &server_errors {
         let mut r = Rotation::new(2, 0, backoff());
-        assert_eq!(fail(&mut r, e, true), (Some(Duration::ZERO), 1), "{e}");
+        let (wait, next) = fail(&mut r, e, true);
+        assert!(next == 1 && wait <= Some(ms(100)), "{e}: {wait:?} {next}");
     }
 }
 
@@ -125,4 +128,25 @@ fn an_unreadable_resume_token_is_dropped_on_the_same_server() {
     let mut r = Rotation::new(2, 0, backoff());
     let refused = status(tonic::Code::InvalidArgument);
     assert_eq!(fail(&mut r, &refused, false), (Some(Duration::ZERO), 0));
+}
+
+#[test]
+fn the_first_move_after_an_established_stream_broke_is_spread_over_the_first_step() {
+    let unavailable = status(tonic::Code::Unavailable);
+    let mut waits = std::collections::BTreeSet::new();
+    for _ in 0..200 {
+        let mut r = Rotation::new(3, 0, backoff());
+        let (wait, next) = fail(&mut r, &unavailable, true);
+        assert_eq!(next, 1);
+        let wait = wait.unwrap();
+        assert!(wait <= ms(100), "{wait:?}");
+        waits.insert(wait);
+        // The rest of the round goes at once, then the backoff as before.
+        assert_eq!(fail(&mut r, &unavailable, false), (Some(Duration::ZERO), 2));
+        assert_eq!(fail(&mut r, &unavailable, false), (Some(ms(100)), 0));
+    }
+    assert!(waits.len() > 100, "{} distinct waits", waits.len());
+    // A stream that never reached its initial state is no break: at once.
+    let mut r = Rotation::new(2, 0, backoff());
+    assert_eq!(fail(&mut r, &unavailable, false), (Some(Duration::ZERO), 1));
 }

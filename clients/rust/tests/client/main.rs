@@ -7,6 +7,7 @@ mod cache;
 mod common;
 mod failures;
 mod lifecycle;
+mod relay;
 mod servers;
 
 use std::sync::Arc;

@@ -1,6 +1,6 @@
 //! Several server URLs: a server that is down or shutting down is passed over at
-//! once, a refused permission is not a reason to move on, and many clients given one
-//! list start spread over it.
+//! once (by the watch and by `read_secret`), a refused permission is not a reason to
+//! move on, and many clients given one list start spread over it.
 
 use super::*;
 
@@ -71,6 +71,59 @@ async fn a_server_shutting_down_moves_the_watch_to_the_next() {
 }
 
 #[tokio::test]
+async fn after_moving_to_the_next_server_of_the_same_store_the_client_resumes_by_digest() {
+    let dir = temp_dir();
+    let mut server = Server::start(&dir.path().join("data")).await;
+    let mut w = server.writer(TENANT).await;
+    for key in ["tenant_config_a", "tenant_config_b", "tenant_config_c"] {
+        w.put(key, serde_json::json!(key)).await;
+    }
+    // The next URL is the same store served on another port once the first is gone
+    // (one process at a time holds it): another server, the same state.
+    let next = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let next_port = next.local_addr().unwrap().port();
+    drop(next);
+    let (first, second) = (server.url(), format!("http://127.0.0.1:{next_port}"));
+    let client = server
+        .builder(TENANT)
+        .await
+        .servers([first.clone(), second.clone()])
+        .random_start(false)
+        .connect()
+        .await
+        .unwrap();
+    let told = record(&client);
+    server.kill().await;
+    server.port = next_port;
+    server.restart().await;
+    wait_for(
+        SECS_10,
+        || format!("{:?}", client.status()),
+        || client.server() == second && client.status().syncs == 2,
+    )
+    .await;
+    let s = client.status();
+    // The digest of what the client held matched: an empty difference, nothing sent
+    // again, and nothing told to the readers.
+    assert_eq!(s.last_sync_mode, Some(SyncMode::Diff), "{s:?}");
+    assert_eq!(client.len(), 3);
+    assert_eq!(seen(&told), Vec::<String>::new());
+    // And it follows the next server from there.
+    let mut w = server.writer(TENANT).await;
+    let version = w.put("tenant_config_a", serde_json::json!("again")).await;
+    wait_for(
+        SECS_10,
+        || format!("{:?}", client.entry("tenant_config_a")),
+        || {
+            client
+                .entry("tenant_config_a")
+                .is_some_and(|e| e.version == version)
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
 async fn a_refused_permission_stays_on_its_server_and_stops_the_watch() {
     let dir = temp_dir();
     let server = Server::start(&dir.path().join("data")).await;
@@ -108,6 +161,72 @@ async fn clients_given_one_list_start_spread_over_it() {
     }
     assert_eq!(first.len(), 2, "{first:?}");
     assert!(first.values().all(|&n| n >= 5), "{first:?}");
+}
+
+#[tokio::test]
+async fn read_secret_passes_over_a_server_that_is_down_and_names_every_server_it_tried() {
+    let dir = temp_dir();
+    let server = Server::start(&dir.path().join("data")).await;
+    server
+        .writer(TENANT)
+        .await
+        .put_secret("param_config_db/password", "hunter2")
+        .await;
+    let (dead, live) = (dead_url(), server.url());
+    // The watch is kept on the dead server: on this test's single thread the read
+    // asks for the first token, and the watch, which runs when the read first waits,
+    // for the second, which fails (the watch then stays where it is, for the
+    // backoff). So the read starts on the dead server and must move by itself.
+    let token = server.token(TENANT, "reader", "1h").await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let tokens = {
+        let calls = calls.clone();
+        move || {
+            let n = calls.fetch_add(1, Ordering::SeqCst);
+            let token = token.clone();
+            async move {
+                match n {
+                    1 => Err(std::io::Error::other(
+                        "the watch's token: refused by the test",
+                    )),
+                    _ => Ok(token),
+                }
+            }
+        }
+    };
+    let client = Client::builder(&dead, TENANT, tokens)
+        .servers([dead.clone(), live.clone()])
+        .random_start(false)
+        .backoff(slow_backoff())
+        .start()
+        .await
+        .unwrap();
+    let read = client.read_secret("param_config_db/password").await;
+    assert_eq!(read.unwrap().unwrap().value, "hunter2");
+    assert_eq!(client.server(), dead, "the watch has not moved");
+    assert!(calls.load(Ordering::SeqCst) >= 3);
+
+    // Every server down: the error says which were asked, and why each failed.
+    let (one, two) = (dead_url(), dead_url());
+    let client = server
+        .builder(TENANT)
+        .await
+        .servers([one.clone(), two.clone()])
+        .random_start(false)
+        .start()
+        .await
+        .unwrap();
+    let e = client
+        .read_secret("param_config_db/password")
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some(tonic::Code::Unavailable), "{e}");
+    let message = e.to_string();
+    assert!(
+        message.contains(&format!("{one}: Unavailable"))
+            && message.contains(&format!("{two}: Unavailable")),
+        "{message}"
+    );
 }
 
 #[tokio::test]
