@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use configwatch_test_support::Netns;
 use serde_json::{Value, json};
@@ -42,6 +42,22 @@ impl Client {
         match self {
             Client::Rust(w) => Ok(w.cache()),
             Client::Ts(t) => Ok(t.dump().await?.cache),
+        }
+    }
+
+    /// What the client reports of its server being cut off from its sources: since
+    /// when, or `None` while the server is current. The Rust watcher says it on
+    /// stderr (its last such line counts; the time to the second), the TypeScript
+    /// client in its status.
+    pub async fn cut_off_since(&mut self) -> Result<Option<SystemTime>, String> {
+        match self {
+            Client::Rust(w) => Ok(w.cut_off_since()),
+            Client::Ts(t) => {
+                let status = t.dump().await?.status;
+                Ok(status["serverDisconnectedSince"]
+                    .as_u64()
+                    .map(|ms| SystemTime::UNIX_EPOCH + Duration::from_millis(ms)))
+            }
         }
     }
 
@@ -128,7 +144,25 @@ impl Watcher {
     pub fn cache(&self) -> Cache {
         self.cache.lock().unwrap().clone()
     }
+
+    /// Since when the command last said the server is cut off from its sources
+    /// (`... is cut off from its sources since RFC3339: ...` on stderr), unless it
+    /// said after that that the server is current again.
+    fn cut_off_since(&self) -> Option<SystemTime> {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let last = log
+            .lines()
+            .rev()
+            .find(|l| l.contains(CUT_OFF) || l.contains("is current with its sources again"))?;
+        let (_, after) = last.split_once(CUT_OFF)?;
+        // "2026-11-26T10:15:00Z: changes made since may be missing"
+        let time = after.split_whitespace().next()?.trim_end_matches(':');
+        humantime::parse_rfc3339(time).ok()
+    }
 }
+
+/// What `configwatch watch` prints before the time a server is cut off since.
+const CUT_OFF: &str = "is cut off from its sources since ";
 
 /// Node.js and the built convergence driver of the TypeScript client.
 pub struct TsDriver {

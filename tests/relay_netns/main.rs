@@ -202,6 +202,42 @@ async fn assert_none_holds(clients: &mut [&mut Client], state: &State) {
     }
 }
 
+/// Waits until every client reports what `expected` gives for it: its server cut
+/// off since that time (to the second: the Rust watcher prints whole seconds), or
+/// current (`None`).
+async fn until_clients_report(
+    clients: &mut [&mut Client],
+    expected: impl Fn(&str) -> Option<SystemTime>,
+) {
+    for client in clients.iter_mut() {
+        let want = expected(client.name());
+        let started = tokio::time::Instant::now();
+        loop {
+            let said = client
+                .cut_off_since()
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            let agrees = match (said, want) {
+                (Some(said), Some(want)) => {
+                    let apart = said.duration_since(want).or(want.duration_since(said));
+                    apart.is_ok_and(|d| d < Duration::from_secs(1))
+                }
+                (said, want) => said.is_none() && want.is_none(),
+            };
+            if agrees {
+                break;
+            }
+            assert!(
+                started.elapsed() < PATIENCE,
+                "{} reports its server cut off since {said:?}, not {want:?}\n{}",
+                client.name(),
+                client.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_cut_off_from_the_origin_converge_when_the_link_heals() {
     if !namespaces_or_skip("clients_cut_off_from_the_origin_converge_when_the_link_heals") {
@@ -337,6 +373,12 @@ async fn relays_cut_off_from_the_origin_say_since_when_and_converge_when_it_heal
         );
     }
     assert_none_holds(&mut all, &during).await;
+    // The clients of both relays report it too, with their relay's time.
+    let relay_since = |client: &str| match client.ends_with("relay-b") {
+        true => since_b,
+        false => since_c,
+    };
+    until_clients_report(&mut all, |client| Some(relay_since(client))).await;
     let noticed = now.duration_since(cut_at).unwrap_or_default();
     println!("the relays said they were cut off within {noticed:?} of the link going down");
 
@@ -346,6 +388,7 @@ async fn relays_cut_off_from_the_origin_say_since_when_and_converge_when_it_heal
     let healed = tokio::time::Instant::now();
     told_b.until_current(NOTICE).await;
     told_c.until_current(NOTICE).await;
+    until_clients_report(&mut all, |_| None).await;
     converge(&mut all, &during, "after the partition").await;
     println!(
         "current and converged {:?} after the link came up",
@@ -407,7 +450,7 @@ fn namespaces_and_links_are_removed_when_a_test_fails() {
         let ns = Netns::create();
         let link = ns.link();
         *made.lock().unwrap() = Some((ns.name().to_owned(), link.host));
-        panic!("a test fails while it holds a namespace");
+        panic!("a test fails while it holds a namespace (a panic this test makes on purpose)");
     });
     assert!(failed.is_err());
     let (name, host) = made.into_inner().unwrap().expect("a namespace was made");
