@@ -52,9 +52,15 @@ impl CutOff {
         *self.last.lock().unwrap()
     }
 
+    /// Since when the server says it is cut off, as of its last message (`None`
+    /// while it says it is current, or before its first message).
+    pub fn says(&self) -> Option<SystemTime> {
+        self.last().flatten()
+    }
+
     /// Waits until the server says it is cut off; since when.
     pub async fn until_cut_off(&self, within: Duration) -> SystemTime {
-        poll(within, || std::future::ready(self.last().flatten()))
+        poll(within, || std::future::ready(self.says()))
             .await
             .unwrap_or_else(|e| panic!("{}: never said it was cut off: {e}", self.name))
     }
