@@ -109,7 +109,9 @@ impl ClientsOf {
         logs: &Path,
         seed: u64,
     ) -> ClientsOf {
-        let token = tiers::token(bin(), tier_key_dir(tier), "reader").await;
+        // Signed with the key in the tier's data directory: a relay holds a copy of
+        // the origin's.
+        let token = tiers::token(bin(), tier.dir.path(), "reader").await;
         let token_file = logs.join(format!("{}-token", tier.name));
         std::fs::write(&token_file, &token).unwrap();
         let mut proxies = Vec::new();
@@ -156,12 +158,6 @@ impl ClientsOf {
         proxies.push(ts_path);
         ClientsOf { proxies, clients }
     }
-}
-
-/// The data directory whose key signs the tenant's tokens (a relay holds a copy of
-/// the origin's).
-fn tier_key_dir(tier: &Tier) -> &Path {
-    tier.dir.path()
 }
 
 /// Waits until every client holds `state`; fails with what each still lacks.
