@@ -102,6 +102,7 @@ async fn sources_cut_off_turn_not_ready_within_the_grace_and_ready_again_losing_
     // AWS goes away.
     proxy.cut();
     let cut = Instant::now();
+    let cut_wall = std::time::SystemTime::now();
     let reason = readyz(admin, 503, "failing for", GRACE + DETECTION).await;
     let took = cut.elapsed();
     assert!(
@@ -112,6 +113,18 @@ async fn sources_cut_off_turn_not_ready_within_the_grace_and_ready_again_losing_
     readyz(admin, 503, "source dynamodb-stream failing for", DETECTION).await;
     readyz(admin, 503, "source sqs-events failing for", DETECTION).await;
     wait_for_health(server.addr, ServingStatus::NotServing).await;
+    // Its watchers are told too, at once: the views may be stale since the sources
+    // began to fail (after the cut, before the grace ended).
+    let told = next(&mut watcher).await;
+    let since = told
+        .disconnected_since
+        .expect("the watch is told it is cut off");
+    let since = std::time::UNIX_EPOCH
+        + Duration::from_millis(u64::try_from(since.seconds * 1000).unwrap_or(0));
+    assert!(
+        since >= cut_wall - Duration::from_secs(1) && since <= std::time::SystemTime::now(),
+        "cut off since {since:?}, cut at {cut_wall:?}"
+    );
 
     // Changes made while the server cannot see them.
     moto.put_config_item(&res.table, "acme", "flag", 1).await;
@@ -119,9 +132,16 @@ async fn sources_cut_off_turn_not_ready_within_the_grace_and_ready_again_losing_
     moto.put_string_parameter(&url, "postgres://a").await;
     moto.ssm_change_event(&url, "Create", "String").await;
 
-    // AWS is back: ready again, and both changes arrive.
+    // AWS is back: ready again, both changes arrive, and the watch is told it is
+    // current again.
     proxy.restore();
-    let mut arrived = changes(&mut watcher, 2).await;
+    let mut arrived = Vec::new();
+    let mut current = false;
+    while arrived.len() < 2 || !current {
+        let msg = next(&mut watcher).await;
+        current = msg.disconnected_since.is_none();
+        arrived.extend(msg.changes);
+    }
     arrived.sort_by(|a, b| a.key.cmp(&b.key));
     let keys: Vec<(&str, bool)> = arrived
         .iter()

@@ -203,6 +203,12 @@ pub(super) async fn run_serve(args: ServeArgs) -> Result<(), Failure> {
                 counters,
                 state: sources.state(),
             }));
+            // Sources failing past the grace: every watcher is told how stale it may be.
+            tokio::spawn(crate::source::cutoff::follow(
+                sources.state(),
+                hub.clone(),
+                stop.child_token(),
+            ));
             (router, hub, Some(sources))
         }
         (None, None, Some(settings)) => {

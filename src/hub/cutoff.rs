@@ -1,9 +1,12 @@
-//! A view cut off from its sources: a relay that lost its upstream keeps serving
-//! what it holds, and every watcher of the view is told since when, at once (a
-//! progress message) and on every message until the view is current again.
+//! A view cut off from its sources: a relay that lost its upstream (one view at a
+//! time), or an origin whose sources fail (every view at once), keeps serving what
+//! it holds, and every watcher of the view is told since when, at once (a progress
+//! message) and on every message until the view is current again. A view marked
+//! both ways reports the earlier time.
 //!
-//! Boundary: the mark and the wake-up. Who decides that a view is cut off (the
-//! relay's upstream watch) is outside the hub; what a watcher sends is the API's.
+//! Boundary: the marks and the wake-up. Who decides that a view is cut off (the
+//! relay's upstream watch, the sources' supervisor) is outside the hub; what a
+//! watcher sends is the API's.
 
 use std::sync::atomic::Ordering;
 
@@ -14,9 +17,28 @@ use crate::model::{Millis, Scope};
 impl ScopeView {
     /// Since when the view is cut off from its sources; `None` while current.
     pub fn disconnected_since(&self) -> Option<Millis> {
-        match self.cut_off.load(Ordering::Acquire) {
-            0 => None,
-            ms => Some(ms),
+        let own = self.cut_off.load(Ordering::Acquire);
+        let all = self.all_cut_off.load(Ordering::Acquire);
+        match (own, all) {
+            (0, 0) => None,
+            (0, ms) | (ms, 0) => Some(ms),
+            (a, b) => Some(a.min(b)),
+        }
+    }
+}
+
+/// A mark as kept: 0 means current, so a time at the epoch itself is 1 ms after.
+fn mark_of(since: Option<Millis>) -> i64 {
+    since.map_or(0, |ms| ms.max(1))
+}
+
+/// Wakes every watcher of `view`, so each says what changed.
+fn wake_all(view: &ScopeView) {
+    let st = lock(&view.state);
+    for w in &st.watchers {
+        let waker = lock(&w.pending).waker.take();
+        if let Some(waker) = waker {
+            waker.wake();
         }
     }
 }
@@ -30,17 +52,25 @@ impl Hub {
         let Some(view) = self.views.get(scope).map(|v| v.clone()) else {
             return false;
         };
-        // 0 means current: a cut-off time at the epoch itself is taken as 1 ms after.
-        let mark = since.map_or(0, |ms| ms.max(1));
+        let mark = mark_of(since);
         if view.cut_off.swap(mark, Ordering::AcqRel) == mark {
             return false;
         }
-        let st = lock(&view.state);
-        for w in &st.watchers {
-            let waker = lock(&w.pending).waker.take();
-            if let Some(waker) = waker {
-                waker.wake();
-            }
+        wake_all(&view);
+        true
+    }
+
+    /// Marks every view, loaded now or later, as cut off from the sources since
+    /// `since` (an origin whose sources fail), or as current with `None`. Returns
+    /// whether it changed.
+    pub fn set_all_disconnected(&self, since: Option<Millis>) -> bool {
+        let mark = mark_of(since);
+        if self.cut_off.swap(mark, Ordering::AcqRel) == mark {
+            return false;
+        }
+        let views: Vec<_> = self.views.iter().map(|v| v.value().clone()).collect();
+        for view in views {
+            wake_all(&view);
         }
         true
     }

@@ -123,6 +123,9 @@ pub struct Hub {
     fresh: Arc<fresh::Freshness>,
     /// What operators read (see `stats`); watch handles share it.
     counters: Arc<HubCounters>,
+    /// Since when every view is cut off from the sources (ms since the epoch; 0:
+    /// current), shared with the views (see `cutoff`).
+    cut_off: Arc<std::sync::atomic::AtomicI64>,
 }
 
 impl Hub {
@@ -138,6 +141,7 @@ impl Hub {
             retired: AtomicU64::new(0),
             fresh: Arc::default(),
             counters: Arc::default(),
+            cut_off: Arc::default(),
         }
     }
 

@@ -76,6 +76,8 @@ pub struct ScopeView {
     /// Since when the view is cut off from its sources, in ms since the epoch; 0
     /// while it is current (see `cutoff`).
     pub(super) cut_off: AtomicI64,
+    /// The same for every view of the hub (the hub's sources failing), shared.
+    pub(super) all_cut_off: Arc<AtomicI64>,
 }
 
 pub(super) struct ViewState {
@@ -123,6 +125,7 @@ impl Hub {
                     last_token: Mutex::new(None),
                     last_used: AtomicU64::new(self.now_ms()),
                     cut_off: AtomicI64::new(0),
+                    all_cut_off: self.cut_off.clone(),
                 })
             })
             .clone();

@@ -10,6 +10,7 @@
 //! it missed, it asks the hub to resync the affected scopes. Each task stops when
 //! the shutdown token is cancelled.
 
+pub mod cutoff;
 pub mod ddb_streams;
 pub mod health;
 pub mod reconcile;

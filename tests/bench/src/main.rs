@@ -21,19 +21,24 @@
 //!   the bytes on the wire, counted by a TCP relay in front of the server.
 //! - `slow` (W5): 10% of the watchers never read (their windows fill); the others'
 //!   latency and the server's RSS, against the same run without them.
+//! - `relay`: configwatch's relay tier against the same clients on the origin, in
+//!   one run: latency per relay hop, the origin's streams and CPU per change for a
+//!   tenant behind two relays, and a relay's RSS per idle client stream.
 //!
 //! All load goes to 127.0.0.1; every loop is bounded in count and time.
 //!
 //! The parts: this file is the driver and its flags; `workload/` holds each
 //! workload, written once against the [`peer::Peer`] abstraction; `peer/` maps it
-//! to configwatch (over its gRPC API, as any client) and to etcd; `process.rs`
-//! starts, measures and restarts the server processes; `relay.rs` counts bytes on
-//! the wire; `stats.rs` turns samples into percentiles.
+//! to configwatch (over its gRPC API, as any client) and to etcd, and starts
+//! configwatch relays; `process.rs` starts, measures and restarts the server
+//! processes; `wire_counter.rs` counts bytes on the wire; `metrics.rs` reads a
+//! server's `/metrics`; `stats.rs` turns samples into percentiles.
 
+mod metrics;
 mod peer;
 mod process;
-mod relay;
 mod stats;
+mod wire_counter;
 mod workload;
 
 use std::path::PathBuf;
@@ -45,6 +50,7 @@ use workload::fanout::FanoutArgs;
 use workload::get::GetArgs;
 use workload::memory::MemoryArgs;
 use workload::reconnect::ReconnectArgs;
+use workload::relay::RelayArgs;
 use workload::slow::SlowArgs;
 
 #[derive(Parser)]
@@ -110,6 +116,9 @@ enum Workload {
     Reconnect(ReconnectArgs),
     /// W5: slow consumers beside reading ones.
     Slow(SlowArgs),
+    /// Relays: latency per hop, the origin's cost of a tenant behind relays, memory
+    /// per stream on a relay (configwatch only; opt-in, not in the default suite).
+    Relay(RelayArgs),
 }
 
 #[tokio::main]
@@ -121,5 +130,6 @@ async fn main() -> Result<()> {
         Workload::Memory(a) => workload::memory::run_memory(&cli, a).await,
         Workload::Reconnect(a) => workload::reconnect::run_reconnect(&cli, a).await,
         Workload::Slow(a) => workload::slow::run_slow(&cli, a).await,
+        Workload::Relay(a) => workload::relay::run_relay(&cli, a).await,
     }
 }

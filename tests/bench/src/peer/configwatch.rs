@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 
@@ -21,7 +21,7 @@ use tonic::metadata::AsciiMetadataValue;
 use tonic::transport::Channel;
 
 use super::{Binaries, Event, Followed, MODES, Peer, PeerClient, Server, StartOptions, Unread};
-use crate::process::{Launch, Process, free_port, temp_dir};
+use crate::process::{Launch, Process, free_ports, temp_dir};
 
 /// The family of keys the workloads use.
 const FAMILY: &str = "tenant_config_";
@@ -33,6 +33,8 @@ const SIGNERS: usize = 8;
 
 pub struct Configwatch {
     server: Server,
+    /// The admin listener (metrics), when the binaries say to serve it.
+    admin: Option<SocketAddr>,
     tokens: Arc<Tokens>,
 }
 
@@ -50,83 +52,27 @@ impl Peer for Configwatch {
 
     async fn start(bins: &Binaries, opts: StartOptions) -> Result<Self> {
         let dir = temp_dir("configwatch")?;
-        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-        // An empty address turns the admin listener, and with it the metrics, off.
-        let admin = if bins.configwatch_metrics {
-            "127.0.0.1:0"
-        } else {
-            ""
+        let [addr, admin] = free_ports()?;
+        let admin = bins.configwatch_metrics.then_some(admin);
+        let extra = match opts.quiet {
+            true => vec!["--progress-interval".into(), "1h".into()],
+            false => Vec::new(),
         };
-        let mut args: Vec<OsString> = [
-            "serve",
-            "--listen",
-            &addr.to_string(),
-            "--admin-listen",
-            admin,
-            "--log",
-            "warn",
-        ]
-        .into_iter()
-        .map(OsString::from)
-        .collect();
-        if opts.quiet {
-            args.extend(["--progress-interval", "1h"].map(OsString::from));
-        }
-        args.push("--data-dir".into());
-        args.push(dir.clone().into());
-        let launch = Launch {
-            program: bins.configwatch.clone(),
-            args,
-            talks: true,
-            missing_hint: "build it: cargo build --release -p configwatch",
-        };
-        let mut peer = Configwatch {
-            server: Server {
-                process: Process::start(launch, dir)?,
-                addr,
-            },
-            tokens: Arc::new(Tokens {
-                readers: Vec::new(),
-                writers: Vec::new(),
-            }),
-        };
-        peer.ready().await?;
-        peer.tokens = Arc::new(Tokens {
-            readers: sign(
-                &bins.configwatch,
-                peer.server.process.dir(),
-                "reader",
-                opts.tenants,
-            )?,
-            writers: sign(
-                &bins.configwatch,
-                peer.server.process.dir(),
-                "writer",
-                opts.tenants,
-            )?,
+        let server = serve(bins, addr, admin, extra, dir).await?;
+        let dir = server.process.dir();
+        let tokens = Arc::new(Tokens {
+            readers: sign(&bins.configwatch, dir, "reader", opts.tenants)?,
+            writers: sign(&bins.configwatch, dir, "writer", opts.tenants)?,
         });
-        Ok(peer)
+        Ok(Configwatch {
+            server,
+            admin,
+            tokens,
+        })
     }
 
-    /// configwatch prints `listening on ADDR` once it accepts calls.
     async fn ready(&mut self) -> Result<()> {
-        use std::io::{BufRead, BufReader};
-        let stdout = self.server.process.take_stdout()?;
-        // A blocking read, off the runtime's workers (watchers keep running).
-        let line = tokio::task::spawn_blocking(move || {
-            let mut line = String::new();
-            BufReader::new(stdout).read_line(&mut line).map(|_| line)
-        })
-        .await??;
-        let addr: SocketAddr = line
-            .trim()
-            .strip_prefix("listening on ")
-            .ok_or_else(|| anyhow!("configwatch said {line:?}"))?
-            .parse()?;
-        if addr != self.server.addr {
-            bail!("configwatch listens on {addr}, not on {}", self.server.addr);
-        }
-        Ok(())
+        listening(&mut self.server).await
     }
 
     fn server(&self) -> &Server {
@@ -152,6 +98,69 @@ impl Peer for Configwatch {
             modes[InitialMode::Resumed as usize]
         )
     }
+}
+
+impl Configwatch {
+    /// The admin listener, where `/metrics` is served (with `--metrics`).
+    pub fn admin(&self) -> Option<SocketAddr> {
+        self.admin
+    }
+}
+
+/// Starts `configwatch serve` on `addr` with `extra` arguments, its admin listener
+/// on `admin` (none: off, and so no metrics) and its data in `dir`, which the
+/// process owns from now on; returns once it accepts calls.
+pub async fn serve(
+    bins: &Binaries,
+    addr: SocketAddr,
+    admin: Option<SocketAddr>,
+    extra: Vec<OsString>,
+    dir: PathBuf,
+) -> Result<Server> {
+    // An empty address turns the admin listener off.
+    let admin = admin.map(|a| a.to_string()).unwrap_or_default();
+    let mut args: Vec<OsString> = ["serve", "--listen", &addr.to_string()]
+        .into_iter()
+        .map(OsString::from)
+        .collect();
+    args.extend(["--admin-listen", &admin, "--log", "warn"].map(OsString::from));
+    args.extend(extra);
+    args.push("--data-dir".into());
+    args.push(dir.clone().into());
+    let launch = Launch {
+        program: bins.configwatch.clone(),
+        args,
+        talks: true,
+        missing_hint: "build it: cargo build --release -p configwatch",
+    };
+    let mut server = Server {
+        process: Process::start(launch, dir)?,
+        addr,
+    };
+    listening(&mut server).await?;
+    Ok(server)
+}
+
+/// Returns once a started configwatch server (an origin or a relay) accepts calls
+/// on its address: it prints `listening on ADDR` then.
+pub async fn listening(server: &mut Server) -> Result<()> {
+    use std::io::{BufRead, BufReader};
+    let stdout = server.process.take_stdout()?;
+    // A blocking read, off the runtime's workers (watchers keep running).
+    let line = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).map(|_| line)
+    })
+    .await??;
+    let addr: SocketAddr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .ok_or_else(|| anyhow!("configwatch said {line:?}"))?
+        .parse()?;
+    if addr != server.addr {
+        bail!("configwatch listens on {addr}, not on {}", server.addr);
+    }
+    Ok(())
 }
 
 /// Signs a token with `role` for each of `tenants` tenants, a few at a time.

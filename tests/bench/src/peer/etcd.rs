@@ -19,7 +19,7 @@ use super::{
     Binaries, Event, Followed, MODES, Peer, PeerClient, Server, StartOptions, Unread, Windows,
     connect,
 };
-use crate::process::{Launch, Process, free_port, temp_dir};
+use crate::process::{Launch, Process, free_ports, temp_dir};
 
 mod api {
     #![allow(clippy::all)]
@@ -50,8 +50,7 @@ impl Peer for Etcd {
     /// always quiet.
     async fn start(bins: &Binaries, _opts: StartOptions) -> Result<Self> {
         let dir = temp_dir("etcd")?;
-        let client = free_port()?;
-        let peer = free_port()?;
+        let [client, peer] = free_ports()?.map(|a| a.port());
         let mut args: Vec<OsString> = [
             "--name".to_string(),
             "bench".into(),

@@ -9,6 +9,7 @@
 //! nothing of the workloads.
 
 pub mod configwatch;
+pub mod configwatch_relay;
 pub mod etcd;
 
 use std::future::Future;

@@ -7,16 +7,21 @@
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Result, bail};
 use clap::Args;
 use tokio::sync::mpsc;
 
+pub use super::deliveries::Plan;
+use super::deliveries::{
+    Deliveries, FILL_BASE, Received, Tally, collect, drive_changes, padded_stamp, received,
+    spawn_readers, stamp,
+};
 use super::{Streams, wait_for};
 use crate::peer::configwatch::Configwatch;
 use crate::peer::etcd::Etcd;
-use crate::peer::{Binaries, Event, Peer, PeerClient, StartOptions, Windows, connect};
+use crate::peer::{Binaries, Peer, PeerClient, StartOptions, Windows, connect};
 use crate::stats::{Summary, median, now_us, ratio, summarize};
 use crate::{Against, Cli};
 
@@ -53,75 +58,6 @@ pub struct FanoutResult {
     pub rss_end_mib: f64,
 }
 
-/// What every watcher task reports: (change index, latency in µs).
-type Deliveries = mpsc::UnboundedSender<Vec<(u32, u64)>>;
-
-pub struct Plan {
-    pub watchers: usize,
-    pub tenants: usize,
-    pub changes: usize,
-}
-
-impl Plan {
-    fn tenant_of_watcher(&self, w: usize) -> usize {
-        w % self.tenants
-    }
-    fn tenant_of_change(&self, c: usize) -> usize {
-        c % self.tenants
-    }
-    fn watchers_of_tenant(&self, t: usize) -> usize {
-        self.watchers / self.tenants + usize::from(t < self.watchers % self.tenants)
-    }
-}
-
-async fn collect(
-    mut rx: mpsc::UnboundedReceiver<Vec<(u32, u64)>>,
-    plan: &Plan,
-) -> (Vec<u64>, Vec<f64>, u64) {
-    let mut all = Vec::new();
-    let mut last = vec![0u64; plan.changes];
-    while let Some(batch) = rx.recv().await {
-        for (c, lat) in batch {
-            all.push(lat);
-            let slot = &mut last[c as usize];
-            *slot = (*slot).max(lat);
-        }
-    }
-    let expected: u64 = (0..plan.changes)
-        .map(|c| plan.watchers_of_tenant(plan.tenant_of_change(c)) as u64)
-        .sum();
-    let missing = expected.saturating_sub(all.len() as u64);
-    (
-        all,
-        last.iter().map(|v| *v as f64 / 1000.0).collect(),
-        missing,
-    )
-}
-
-/// Runs the writer loop: change c goes to its tenant, and the next one waits until
-/// every watcher of that tenant has it (or the timeout).
-async fn drive_changes<F, Fut>(
-    plan: &Plan,
-    counts: &[AtomicUsize],
-    timeout: Duration,
-    mut write: F,
-) -> Result<()>
-where
-    F: FnMut(usize, usize) -> Fut,
-    Fut: std::future::Future<Output = Result<()>>,
-{
-    for (c, delivered) in counts.iter().enumerate().take(plan.changes) {
-        let t = plan.tenant_of_change(c);
-        write(c, t).await?;
-        let want = plan.watchers_of_tenant(t);
-        let deadline = Instant::now() + timeout;
-        while delivered.load(Ordering::Acquire) < want && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-    }
-    Ok(())
-}
-
 /// W5's additions to a fan-out run: watchers that never read (on connections of
 /// their own, with the HTTP/2 default windows of 64 KiB, so they fill), and large
 /// changes written to every tenant before the measured ones, which fill them.
@@ -132,45 +68,6 @@ pub struct SlowSpec {
     /// Changes per tenant before the measured ones (distinct keys).
     pub fill_changes: usize,
     pub fill_bytes: usize,
-}
-
-/// Change indexes from here on are fill changes, not measured.
-const FILL_BASE: usize = 1 << 30;
-
-/// The counters of one fan-out run, shared by its watcher tasks.
-struct Tally {
-    start: Instant,
-    /// Per measured change: watchers that have it.
-    counts: Vec<AtomicUsize>,
-    /// Fill changes received by the reading watchers.
-    fill: AtomicUsize,
-    ready: AtomicUsize,
-}
-
-impl Tally {
-    fn new(changes: usize) -> Arc<Tally> {
-        Arc::new(Tally {
-            start: Instant::now(),
-            counts: (0..changes).map(|_| AtomicUsize::new(0)).collect(),
-            fill: AtomicUsize::new(0),
-            ready: AtomicUsize::new(0),
-        })
-    }
-
-    /// Records a received value: a measured change's latency goes to `seen`.
-    fn record(&self, value: &[u8], now: u64, seen: &mut Vec<(u32, u64)>) {
-        let Some((c, sent)) = parse_stamp(value) else {
-            return;
-        };
-        if c as usize >= FILL_BASE {
-            self.fill.fetch_add(1, Ordering::Release);
-            return;
-        }
-        seen.push((c, now.saturating_sub(sent)));
-        if let Some(n) = self.counts.get(c as usize) {
-            n.fetch_add(1, Ordering::Release);
-        }
-    }
 }
 
 /// One fan-out run against a fresh `P`; `around` is the `--around-changes` hook.
@@ -193,34 +90,15 @@ pub async fn run<P: Peer>(
     let tally = Tally::new(plan.changes);
     let start = tally.start;
     let (tx, rx): (Deliveries, _) = mpsc::unbounded_channel();
-    let mut readers = Vec::with_capacity(plan.watchers);
-    for (conn, watchers) in streams.group(plan.watchers, clients.len()) {
-        let tenants: Vec<usize> = watchers
-            .iter()
-            .map(|w| plan.tenant_of_watcher(*w))
-            .collect();
-        let client = clients[conn].clone();
-        let (tx, tally) = (tx.clone(), tally.clone());
-        readers.push(tokio::spawn(async move {
-            let mut seen = Vec::new();
-            let reader = |event: Event<'_>| match event {
-                Event::Ready => {
-                    tally.ready.fetch_add(1, Ordering::Release);
-                }
-                Event::Values(values) => {
-                    let now = now_us(start);
-                    for value in values {
-                        tally.record(value, now, &mut seen);
-                    }
-                    if seen.len() >= 64 {
-                        let _ = tx.send(std::mem::take(&mut seen));
-                    }
-                }
-            };
-            let _ = client.watch(&tenants, reader).await;
-            let _ = tx.send(seen);
-        }));
-    }
+    let groups = streams.group(plan.watchers, clients.len());
+    let readers = spawn_readers(
+        groups.into_iter().map(|(conn, watchers)| {
+            let tenants = watchers.iter().map(|w| plan.tenant_of_watcher(*w));
+            (clients[conn].clone(), tenants.collect())
+        }),
+        &tally,
+        &tx,
+    );
     drop(tx);
     let limit = Duration::from_secs(120);
     let ready = "watchers became ready";
@@ -284,7 +162,12 @@ pub async fn run<P: Peer>(
     for r in readers {
         let _ = r.await;
     }
-    let (mut all, mut last, missing) = collect(rx, plan).await;
+    let per_change = collect(rx, plan.changes).await;
+    let Received {
+        mut all,
+        mut last,
+        missing,
+    } = received(plan, &per_change, |_| true);
     let deliveries = all.len() as u64;
     Ok(FanoutResult {
         system: streams.label::<P>(),
@@ -315,26 +198,6 @@ fn hook(cmd: Option<&str>, what: &str, pid: u32) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// The value a change carries: its index and when it was sent (µs since start).
-fn stamp(change: usize, sent_us: u64) -> String {
-    format!("[{change},{sent_us}]")
-}
-
-/// A stamp padded with a string to about `bytes` (still a JSON array).
-fn padded_stamp(change: usize, sent_us: u64, bytes: usize) -> String {
-    let pad = bytes.saturating_sub(32);
-    format!("[{change},{sent_us},\"{}\"]", "x".repeat(pad))
-}
-
-fn parse_stamp(value: &[u8]) -> Option<(u32, u64)> {
-    let value = std::str::from_utf8(value).ok()?;
-    let inner = value.trim().strip_prefix('[')?.strip_suffix(']')?;
-    let mut fields = inner.splitn(3, ',');
-    let c = fields.next()?.trim().parse().ok()?;
-    let t = fields.next()?.trim().parse().ok()?;
-    Some((c, t))
 }
 
 /// W1: configwatch, then (with `--peer etcd`) etcd with a stream per watcher and
@@ -412,37 +275,4 @@ pub async fn run_fanout(cli: &Cli, args: &FanoutArgs) -> Result<()> {
         ),
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stamps_round_trip() {
-        assert_eq!(parse_stamp(stamp(7, 1234).as_bytes()), Some((7, 1234)));
-        let padded = padded_stamp(FILL_BASE + 1, 99, 200);
-        assert_eq!(padded.len(), 200 - 32 + 18);
-        assert_eq!(
-            parse_stamp(padded.as_bytes()),
-            Some(((FILL_BASE + 1) as u32, 99))
-        );
-        assert_eq!(parse_stamp(b"{\"k\":1}"), None);
-    }
-
-    #[test]
-    fn changes_go_round_the_tenants() {
-        let plan = Plan {
-            watchers: 10,
-            tenants: 3,
-            changes: 6,
-        };
-        assert_eq!(
-            (0..3).map(|t| plan.watchers_of_tenant(t)).sum::<usize>(),
-            10
-        );
-        assert_eq!(plan.watchers_of_tenant(0), 4);
-        assert_eq!(plan.tenant_of_change(4), 1);
-        assert_eq!(plan.tenant_of_watcher(5), 2);
-    }
 }

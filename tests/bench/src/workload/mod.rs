@@ -5,11 +5,14 @@
 //! A workload knows no system by name: [`against_each`] (or, for W1 and W5, their
 //! `run_*`) picks the peers.
 
+pub mod deliveries;
 pub mod fanout;
 pub mod get;
 pub mod memory;
 pub mod reconnect;
+pub mod relay;
 pub mod slow;
+pub mod tree;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};

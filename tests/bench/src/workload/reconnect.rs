@@ -15,8 +15,8 @@ use configwatch_client::{Backoff, Retry};
 use super::{Workload, against_each, wait_for};
 use crate::Cli;
 use crate::peer::{Binaries, Followed, MODES, Peer, PeerClient, StartOptions, Windows, connect};
-use crate::relay::Relay;
 use crate::stats::{now_us, ratio};
+use crate::wire_counter::WireCounter;
 
 #[derive(Args, Clone)]
 pub struct ReconnectArgs {
@@ -109,12 +109,12 @@ pub struct StormResult {
     state_bytes: usize,
 }
 
-/// Runs the three phases against a server behind `relay`: the first connect, a
+/// Runs the three phases against a server behind `wire`: the first connect, a
 /// restart with resume, a restart with full resend. `storm` is shared with the
 /// watchers, which the caller started.
 async fn storm_phases<P: Peer>(
     peer: &mut P,
-    relay: &Relay,
+    wire: &WireCounter,
     storm: &Storm,
     watchers: usize,
     timeout: Duration,
@@ -130,7 +130,7 @@ async fn storm_phases<P: Peer>(
         }
     };
     wait_all(PHASE_FIRST).await?;
-    let (down, up) = relay.bytes();
+    let (down, up) = wire.bytes();
     out[PHASE_FIRST].down_bytes = down;
     out[PHASE_FIRST].up_bytes = up;
     out[PHASE_FIRST].converged = watchers;
@@ -139,12 +139,12 @@ async fn storm_phases<P: Peer>(
         tokio::time::sleep(Duration::from_millis(1000)).await;
         storm.forget.store(phase == PHASE_FULL, Ordering::Release);
         storm.phase.store(phase, Ordering::Release);
-        let (down0, up0) = relay.bytes();
+        let (down0, up0) = wire.bytes();
         let t_kill = now_us(storm.start);
         peer.restart().await?;
         let t_ready = now_us(storm.start);
         wait_all(phase).await?;
-        let (down1, up1) = relay.bytes();
+        let (down1, up1) = wire.bytes();
         let last = storm.last_us[phase].load(Ordering::Acquire);
         let r = &mut out[phase];
         r.converge_ms = last.saturating_sub(t_kill) as f64 / 1000.0;
@@ -187,9 +187,9 @@ async fn run<P: Peer>(bins: &Binaries, args: &ReconnectArgs) -> Result<StormResu
             }
         }
     }
-    let relay = Relay::start(peer.addr()).await?;
+    let wire = WireCounter::start(peer.addr()).await?;
     let clients = peer
-        .clients(relay.addr, args.connections, Windows::Large)
+        .clients(wire.addr, args.connections, Windows::Large)
         .await?;
     let storm = Storm::new();
     let mut tasks = Vec::with_capacity(args.watchers);
@@ -219,7 +219,7 @@ async fn run<P: Peer>(bins: &Binaries, args: &ReconnectArgs) -> Result<StormResu
             }
         }));
     }
-    let phases = storm_phases(&mut peer, &relay, &storm, args.watchers, args.timeout).await;
+    let phases = storm_phases(&mut peer, &wire, &storm, args.watchers, args.timeout).await;
     for t in tasks {
         t.abort();
     }

@@ -1,6 +1,7 @@
 //! A TCP relay in front of a server that counts the bytes it carries each way, so a
 //! workload can weigh what a reconnect costs on the wire whatever the protocol.
-//! Knows nothing above TCP.
+//! Knows nothing above TCP (and nothing of configwatch's relays, which are servers
+//! under test: `peer/configwatch_relay.rs`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use anyhow::Result;
 /// A TCP relay in front of a server that counts the bytes it carries each way
 /// (everything on the wire above TCP: HTTP/2 frames, headers, gRPC messages).
 /// When either side closes, the relay closes the other.
-pub struct Relay {
+pub struct WireCounter {
     pub addr: SocketAddr,
     /// Server to client.
     down: Arc<AtomicU64>,
@@ -21,8 +22,8 @@ pub struct Relay {
     task: tokio::task::JoinHandle<()>,
 }
 
-impl Relay {
-    pub async fn start(target: SocketAddr) -> Result<Relay> {
+impl WireCounter {
+    pub async fn start(target: SocketAddr) -> Result<WireCounter> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let down = Arc::new(AtomicU64::new(0));
@@ -51,7 +52,7 @@ impl Relay {
                 });
             }
         });
-        Ok(Relay {
+        Ok(WireCounter {
             addr,
             down,
             up,
@@ -68,7 +69,7 @@ impl Relay {
     }
 }
 
-impl Drop for Relay {
+impl Drop for WireCounter {
     fn drop(&mut self) {
         self.task.abort();
     }
