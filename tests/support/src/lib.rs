@@ -16,6 +16,11 @@
 //!   template itself deployed by moto's CloudFormation, its outputs and resources.
 //! - [`procfs`]: a process's resident memory and CPU time from `/proc`.
 //! - [`proxy`]: a TCP proxy a test can cut (resetting connections) and restore.
+//! - [`lossy`]: a TCP proxy that adds delay per direction, stalls (a lost segment's
+//!   retransmission timeout) and resets, as a bad network looks to TCP's users.
+//! - [`netns`]: network namespaces joined to the host by veth links, which a test
+//!   takes down to partition a namespace; skipped where the machine does not allow
+//!   them ([`Netns::available`]).
 //! - [`temp_dir`]: a temporary directory, removed when dropped.
 //!
 //! Boundary: this crate knows the binary's command line and output, the AWS SDK and
@@ -27,6 +32,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod http;
+pub mod lossy;
 pub mod metrics;
 #[cfg(feature = "moto")]
 pub mod moto;
@@ -34,6 +40,7 @@ pub mod moto;
 mod moto_fanout;
 #[cfg(feature = "moto")]
 pub mod moto_stack;
+pub mod netns;
 pub mod process;
 pub mod procfs;
 pub mod proxy;
@@ -41,7 +48,9 @@ pub mod token;
 pub mod wait;
 
 pub use http::{HttpAnswer, http_get};
+pub use lossy::{Lossy, LossyProxy};
 pub use metrics::{Scrape, promtool_check};
+pub use netns::{Link, Netns};
 pub use process::{ServerProcess, run_to_exit, serve_command, server_bin, under_file_limit};
 pub use proxy::CutProxy;
 pub use token::mint_token;
