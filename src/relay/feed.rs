@@ -16,6 +16,7 @@
 //! Boundary: the protocol with the upstream for one scope. Connections and the
 //! choice of upstream are `upstreams`; what the hub does with a change is the hub's.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -42,10 +43,12 @@ const LOADED_WAIT: Duration = Duration::from_secs(5);
 const MAX_MESSAGE_BYTES: usize = 16 << 20;
 
 /// What the first load of the scope waits for.
-#[derive(Clone, Default)]
+#[derive(Default)]
 pub(super) struct First {
-    /// The first complete state, once received, until the load takes it.
-    pub(super) ready: Option<Arc<Vec<Entry>>>,
+    /// The scope's complete state, once received, kept current with every change
+    /// that follows until a load takes it (a load that gave up before it came
+    /// leaves it for the next one, which then needs no new upstream Watch).
+    pub(super) ready: Option<HashMap<Arc<str>, Entry>>,
     /// Why every upstream failed, once each was tried.
     pub(super) failed: Option<String>,
 }
@@ -55,8 +58,9 @@ pub(super) struct Feed {
     pub(super) scope: Scope,
     pub(super) stop: CancellationToken,
     pub(super) first: watch::Sender<First>,
-    /// The first state was handed over (it is then the view's to hold).
-    delivered: std::sync::atomic::AtomicBool,
+    /// A load took the state: the view holds it from then on, and changes go to
+    /// the view (a later load needs a new feed: the view this one fed may be gone).
+    taken: std::sync::atomic::AtomicBool,
 }
 
 impl Feed {
@@ -65,31 +69,68 @@ impl Feed {
             scope,
             stop,
             first: watch::Sender::new(First::default()),
-            delivered: std::sync::atomic::AtomicBool::new(false),
+            taken: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
-    /// Hands the first complete state to the load waiting for it.
-    fn deliver(&self, state: Vec<Entry>) {
-        self.delivered.store(true, Ordering::Release);
-        self.first.send_modify(|f| f.ready = Some(Arc::new(state)));
+    /// Offers a complete state to the load waiting for it (replacing one no load
+    /// took, from an earlier stream).
+    fn offer(&self, state: Vec<Entry>) {
+        let state = state.into_iter().map(|e| (e.key.clone(), e)).collect();
+        self.first.send_modify(|f| f.ready = Some(state));
     }
 
-    /// The first state, taken by the load: the view holds it from then on, so the
-    /// feed does not keep a second copy.
-    pub(super) fn take_first(&self) -> Option<Arc<Vec<Entry>>> {
+    /// Keeps the offered state current with a change, while no load took it;
+    /// `Err` gives the change back once one did (it is the view's then).
+    fn keep_current(&self, entry: Entry) -> Result<(), Entry> {
+        let mut back = Some(entry);
+        self.first.send_if_modified(|f| {
+            // Taken only when there is a state to keep it in.
+            let Some(state) = &mut f.ready else {
+                return false;
+            };
+            if let Some(entry) = back.take()
+                && state
+                    .get(&entry.key)
+                    .is_none_or(|held| held.version < entry.version)
+            {
+                state.insert(entry.key.clone(), entry);
+            }
+            false
+        });
+        // Still here when nothing was offered, or a load took it.
+        match back {
+            None => Ok(()),
+            Some(entry) => Err(entry),
+        }
+    }
+
+    /// Withdraws a state no load took: its stream broke, so it may lack changes
+    /// made since (the next stream offers a fresh one).
+    fn withdraw(&self) {
+        self.first.send_if_modified(|f| {
+            f.ready = None;
+            false
+        });
+    }
+
+    /// The offered state, taken by a load: the view holds it from then on, so the
+    /// feed keeps no second copy.
+    pub(super) fn take_first(&self) -> Option<Vec<Entry>> {
         let mut taken = None;
         self.first.send_if_modified(|f| {
             taken = f.ready.take();
+            if taken.is_some() {
+                self.taken.store(true, Ordering::Release);
+            }
             false
         });
-        taken
+        taken.map(|state| state.into_values().collect())
     }
 
-    /// Whether the first state went to a load already (a later load needs a new
-    /// feed: this one serves a view that may be gone).
-    pub(super) fn delivered(&self) -> bool {
-        self.delivered.load(Ordering::Acquire)
+    /// Whether a load took the state.
+    pub(super) fn taken(&self) -> bool {
+        self.taken.load(Ordering::Acquire)
     }
 }
 
@@ -162,7 +203,8 @@ pub(super) async fn run(feed: Arc<Feed>, inner: Arc<Inner>) {
                 } else {
                     tracing::debug!(scope = %feed.scope, upstream = inner.upstreams.url(at), %reason, attempts = tried, "upstream watch failed again");
                 }
-                if feed.delivered() {
+                feed.withdraw();
+                if feed.taken() {
                     if state.own_cut.is_none() {
                         state.own_cut = Some(now_millis());
                     }
@@ -184,7 +226,7 @@ pub(super) async fn run(feed: Arc<Feed>, inner: Arc<Inner>) {
                 }
             }
         }
-        if feed.delivered() && !hub.has_view(&feed.scope) {
+        if !hub.has_view(&feed.scope) {
             break;
         }
     }
@@ -235,7 +277,7 @@ async fn session(
     with_versions: bool,
     failures: usize,
 ) -> Ended {
-    if feed.delivered() && !view_loaded(hub, &feed.scope, &feed.stop).await {
+    if feed.taken() && !view_loaded(hub, &feed.scope, &feed.stop).await {
         return Ended::Stop;
     }
     let lease = inner.upstreams.lease(at);
@@ -298,10 +340,11 @@ async fn session(
                 let mode = InitialMode::try_from(msg.initial_mode).unwrap_or(InitialMode::Full);
                 inner.counters.synced(mode);
                 let state_now = std::mem::take(&mut initial);
-                if !feed.delivered() {
-                    feed.deliver(state_now);
-                } else {
+                if feed.taken() {
                     sync(hub, &feed.scope, mode, state_now);
+                } else {
+                    // Nothing was known upstream: a full state.
+                    feed.offer(state_now);
                 }
                 served = true;
                 state.own_cut = None;
@@ -315,9 +358,10 @@ async fn session(
             }
             Kind::Delta => {
                 for entry in msg.changes {
-                    let entry = from_proto(entry);
-                    let origin = Origin::at_millis(ChangeSource::Upstream, entry.updated_at);
-                    hub.apply_from(&feed.scope, entry, origin);
+                    if let Err(entry) = feed.keep_current(from_proto(entry)) {
+                        let origin = Origin::at_millis(ChangeSource::Upstream, entry.updated_at);
+                        hub.apply_from(&feed.scope, entry, origin);
+                    }
                 }
             }
             Kind::Progress | Kind::Unspecified => {}
@@ -325,7 +369,7 @@ async fn session(
         if served {
             state.mark(hub, &feed.scope);
         }
-        if feed.delivered() && !hub.has_view(&feed.scope) {
+        if !hub.has_view(&feed.scope) {
             return Ended::Stop;
         }
     }
@@ -384,5 +428,63 @@ pub(super) struct OpenStream<'a>(pub(super) &'a std::sync::atomic::AtomicU64);
 impl Drop for OpenStream<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(key: &str, version: u64) -> Entry {
+        Entry::live(key, version, &version.to_string(), 1)
+    }
+
+    fn versions(mut state: Vec<Entry>) -> Vec<(String, u64, bool)> {
+        state.sort_by(|a, b| a.key.cmp(&b.key));
+        state
+            .into_iter()
+            .map(|e| (e.key.to_string(), e.version, e.deleted))
+            .collect()
+    }
+
+    /// A state no load took yet is kept current by the changes that follow it, so
+    /// a load that comes late gets it whole, without a new upstream Watch; once
+    /// taken, changes go to the view.
+    #[test]
+    fn an_offered_state_is_kept_current_until_a_load_takes_it() {
+        let scope = Scope::tenant("acme").unwrap_or_else(|e| panic!("{e}"));
+        let feed = Feed::new(scope, CancellationToken::new());
+        // Nothing offered yet: a change is not the feed's to keep.
+        assert!(feed.keep_current(entry("tenant_config_a", 1)).is_err());
+        feed.offer(vec![
+            entry("tenant_config_a", 1),
+            entry("tenant_config_b", 4),
+        ]);
+        assert!(feed.keep_current(entry("tenant_config_a", 2)).is_ok());
+        assert!(
+            feed.keep_current(entry("tenant_config_b", 3)).is_ok(),
+            "older: kept out"
+        );
+        let gone = Entry::tombstone("tenant_config_b", 5, 1);
+        assert!(feed.keep_current(gone).is_ok());
+        assert!(!feed.taken());
+        let state = feed.take_first().unwrap_or_default();
+        assert_eq!(
+            versions(state),
+            [
+                ("tenant_config_a".to_owned(), 2, false),
+                ("tenant_config_b".to_owned(), 5, true)
+            ]
+        );
+        assert!(feed.taken());
+        assert!(feed.take_first().is_none(), "taken once");
+        assert!(feed.keep_current(entry("tenant_config_a", 3)).is_err());
+
+        // A state withdrawn (its stream broke) is not taken by the next load.
+        let scope = Scope::tenant("acme").unwrap_or_else(|e| panic!("{e}"));
+        let feed = Feed::new(scope, CancellationToken::new());
+        feed.offer(vec![entry("tenant_config_a", 1)]);
+        feed.withdraw();
+        assert!(feed.take_first().is_none() && !feed.taken());
     }
 }

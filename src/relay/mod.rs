@@ -150,12 +150,13 @@ impl Inner {
         self.hub.get()?.upgrade()
     }
 
-    /// The scope's feed for a load: the running one while it has not served a
-    /// load yet, else a new one (the old one fed a view the hub dropped, or a load
-    /// that must read again).
+    /// The scope's feed for a load: the running one while no load has taken its
+    /// state (a load that gave up before the state came leaves it to this one),
+    /// else a new one (the old one fed a view the hub dropped, or a load that must
+    /// read again).
     fn feed_for(self: &Arc<Self>, scope: &Scope) -> Arc<Feed> {
         let (feed, start) = match self.feeds.entry(scope.clone()) {
-            Slot::Occupied(held) if !held.get().delivered() && !held.get().stop.is_cancelled() => {
+            Slot::Occupied(held) if !held.get().taken() && !held.get().stop.is_cancelled() => {
                 (held.get().clone(), false)
             }
             Slot::Occupied(mut held) => {
@@ -256,10 +257,10 @@ impl ScopeLoader for Relay {
             }
         };
         match feed.take_first() {
-            Some(state) => Ok(Arc::try_unwrap(state).unwrap_or_else(|shared| (*shared).clone())),
+            Some(state) => Ok(state),
             // Taken by a load before this one (which the hub then cancelled): the
             // next load starts a new feed.
-            None if feed.delivered() => Err(StoreError::Unavailable(format!(
+            None if feed.taken() => Err(StoreError::Unavailable(format!(
                 "the first load of {scope} was cancelled; retry"
             ))),
             None => Err(StoreError::Unavailable(failed.unwrap_or_default())),
