@@ -180,6 +180,20 @@ async fn three_tiers_serve_writes_reads_and_watches_with_one_upstream_watch_per_
         })
         .await;
     }
+    // A relay reads no AWS source: it exports its upstream's health, not the
+    // stream's or the queue's counters.
+    let relay_metrics = Scrape::take(r1.admin.unwrap()).await;
+    assert!(
+        relay_metrics
+            .series
+            .contains_key(r#"configwatch_source_up{source="upstream"}"#)
+    );
+    assert!(
+        !relay_metrics.text.contains("configwatch_stream_records")
+            && !relay_metrics.text.contains("configwatch_sqs_"),
+        "{}",
+        relay_metrics.text
+    );
     let origin_admin = origin.admin.unwrap();
     let streams = Scrape::take(origin_admin)
         .await

@@ -20,7 +20,9 @@ use crate::source::supervise::{SourceStatus, SourcesState};
 /// Exports the source counters and the supervisor's state.
 #[derive(Debug)]
 pub struct SourceMetrics {
-    pub counters: Arc<SourceCounters>,
+    /// The AWS sources' counters; `None` on a relay, whose one source (its
+    /// upstream) has only the supervisor's state.
+    pub counters: Option<Arc<SourceCounters>>,
     pub state: watch::Receiver<SourcesState>,
 }
 
@@ -92,18 +94,25 @@ fn counters(c: &SourceCounters) -> [(&'static str, &'static str, &AtomicU64); 12
 
 impl Collector for SourceMetrics {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        for (name, help, counter) in counters(&self.counters) {
-            let metric = ConstCounter::new(SourceCounters::get(counter));
-            metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)?;
+        if let Some(aws) = &self.counters {
+            for (name, help, counter) in counters(aws) {
+                let metric = ConstCounter::new(SourceCounters::get(counter));
+                metric.encode(encoder.encode_descriptor(
+                    name,
+                    help,
+                    None,
+                    metric.metric_type(),
+                )?)?;
+            }
+            let shards = SourceCounters::get(&aws.stream_shards);
+            let shards = ConstGauge::new(i64::try_from(shards).unwrap_or(i64::MAX));
+            shards.encode(encoder.encode_descriptor(
+                "configwatch_stream_shards",
+                "DynamoDB stream shards being read now (0 until the first listing).",
+                None,
+                shards.metric_type(),
+            )?)?;
         }
-        let shards = SourceCounters::get(&self.counters.stream_shards);
-        let shards = ConstGauge::new(i64::try_from(shards).unwrap_or(i64::MAX));
-        shards.encode(encoder.encode_descriptor(
-            "configwatch_stream_shards",
-            "DynamoDB stream shards being read now (0 until the first listing).",
-            None,
-            shards.metric_type(),
-        )?)?;
         let state = self.state.borrow().clone();
         let up = ConstGauge::<i64>::new(0);
         let mut family = encoder.encode_descriptor(

@@ -200,7 +200,7 @@ pub(super) async fn run_serve(args: ServeArgs) -> Result<(), Failure> {
             )
             .await;
             registry.register_collector(Box::new(SourceMetrics {
-                counters,
+                counters: Some(counters),
                 state: sources.state(),
             }));
             // Sources failing past the grace: every watcher is told how stale it may be.
@@ -218,7 +218,7 @@ pub(super) async fn run_serve(args: ServeArgs) -> Result<(), Failure> {
                 super::relay::start_relay(settings, hub_config, sources, stop.child_token())?;
             super::relay::register_relay(&mut registry, &started);
             registry.register_collector(Box::new(SourceMetrics {
-                counters: Arc::default(),
+                counters: None,
                 state: sources.state(),
             }));
             relay = Some(started);
