@@ -178,7 +178,12 @@ export class Harness {
     t.after(async () => {
       await Promise.all(this.clients.map((c) => c.close()));
       await Promise.all(this.servers.map((s) => s.kill()));
-      await Promise.all(this.dirs.map((d) => fs.rm(d, { recursive: true, force: true })));
+      // Retried: a `configwatch token` run that a client's token source started just
+      // before it closed may still be writing into a data directory being removed
+      // (ENOTEMPTY until it exits).
+      await Promise.all(
+        this.dirs.map((d) => fs.rm(d, { recursive: true, force: true, maxRetries: 10, retryDelay: 50 })),
+      );
     });
   }
 
