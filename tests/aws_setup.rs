@@ -388,3 +388,46 @@ async fn two_origins_started_from_the_outputs_each_apply_changes_from_their_own_
         );
     }
 }
+
+/// `cfn-lint`, the CloudFormation linter (PyPI): `tests/run` installs it beside moto
+/// and names it in `CONFIGWATCH_CFN_LINT`; otherwise one on the PATH.
+fn cfn_lint() -> Option<std::path::PathBuf> {
+    if let Some(path) = std::env::var_os("CONFIGWATCH_CFN_LINT") {
+        return Some(path.into());
+    }
+    let found = std::process::Command::new("cfn-lint")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    found.then(|| "cfn-lint".into())
+}
+
+#[test]
+fn every_template_passes_cfn_lint() {
+    let Some(lint) = cfn_lint() else {
+        eprintln!(
+            "aws_setup::every_template_passes_cfn_lint: SKIPPED: cfn-lint is not installed (tests/run installs it; or `pip install cfn-lint`)"
+        );
+        return;
+    };
+    let deploy = Path::new(TEMPLATE).parent().expect("the deploy directory");
+    let templates: Vec<_> = std::fs::read_dir(deploy)
+        .expect("deploy/")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.to_string_lossy().ends_with(".cfn.json"))
+        .collect();
+    assert!(!templates.is_empty(), "no template in {}", deploy.display());
+    for template in templates {
+        let out = std::process::Command::new(&lint)
+            .arg(&template)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", lint.display()));
+        assert!(
+            out.status.success(),
+            "cfn-lint finds problems in {}:\n{}{}",
+            template.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
