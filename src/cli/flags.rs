@@ -247,12 +247,9 @@ pub struct RelayArgs {
 
 impl RelayArgs {
     /// The relay's settings when `--upstream` is given, checked against the other
-    /// flags of `serve`; `None` for an origin.
-    pub fn settings(
-        &self,
-        aws: Option<&AwsSettings>,
-        new_store: bool,
-    ) -> Result<Option<RelaySettings>, Failure> {
+    /// flags of `serve` (`--backend aws` is refused by [`ServeArgs::check`]);
+    /// `None` for an origin.
+    pub fn settings(&self, new_store: bool) -> Result<Option<RelaySettings>, Failure> {
         let upstreams: Vec<String> = self
             .upstreams
             .iter()
@@ -266,11 +263,6 @@ impl RelayArgs {
                 ));
             }
             return Ok(None);
-        }
-        if aws.is_some() {
-            return Err(Failure::usage(
-                "--upstream makes a relay, which reads no store: leave out --backend aws (or --upstream)",
-            ));
         }
         if new_store {
             return Err(Failure::usage(

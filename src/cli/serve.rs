@@ -147,7 +147,7 @@ fn open_store(data_dir: &Path, new_store: bool) -> Result<EmbeddedStore, Failure
 pub(super) async fn run_serve(args: ServeArgs) -> Result<(), Failure> {
     init_logging(&args.log, args.log_format)?;
     let aws = args.check()?;
-    let relay_settings = args.relay.settings(aws.as_ref(), args.new_store)?;
+    let relay_settings = args.relay.settings(args.new_store)?;
     let connections = connection_limits(&args);
     // The root of every shutdown token: the server, each source task (and through
     // the server every Watch and background task) and the JWKS refresh take a
