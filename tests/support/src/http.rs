@@ -1,7 +1,9 @@
-//! A plain HTTP/1.1 GET, for the server's admin listener (`/healthz`, `/readyz`,
-//! `/metrics`): one request per connection, the whole answer read until the server
-//! closes it. Knows HTTP framing only as far as the status line and the blank line
-//! before the body; nothing of what the routes mean.
+//! Plain HTTP/1.1 requests: GET for the server's admin listener (`/healthz`,
+//! `/readyz`, `/metrics`), and any method with headers and a body for emulators
+//! reached without an SDK (moto's S3 and its state). One request per connection, the
+//! whole answer read until the server closes it. Knows HTTP framing only as far as
+//! the status line and the blank line before the body; nothing of what the routes
+//! mean.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -21,16 +23,43 @@ pub struct HttpAnswer {
 
 /// `GET path` on `addr`; panics (failing the test) when there is no HTTP answer.
 pub async fn http_get(addr: SocketAddr, path: &str) -> HttpAnswer {
-    match tokio::time::timeout(DEADLINE, try_get(addr, path)).await {
+    http_request(addr, "GET", path, &[], "").await
+}
+
+/// `method path` on `addr` with `headers` (name, value) and `body`; panics (failing
+/// the test) when there is no HTTP answer.
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> HttpAnswer {
+    let request = try_request(addr, method, path, headers, body);
+    match tokio::time::timeout(DEADLINE, request).await {
         Ok(Ok(answer)) => answer,
-        Ok(Err(e)) => panic!("GET http://{addr}{path}: {e}"),
-        Err(_) => panic!("GET http://{addr}{path}: no answer within {DEADLINE:?}"),
+        Ok(Err(e)) => panic!("{method} http://{addr}{path}: {e}"),
+        Err(_) => panic!("{method} http://{addr}{path}: no answer within {DEADLINE:?}"),
     }
 }
 
-async fn try_get(addr: SocketAddr, path: &str) -> Result<HttpAnswer, String> {
+async fn try_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Result<HttpAnswer, String> {
     let mut socket = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    if !body.is_empty() || method != "GET" {
+        request.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
     socket
         .write_all(request.as_bytes())
         .await

@@ -5,7 +5,7 @@
 //! - [`process`]: the `configwatch` binary as a child process on 127.0.0.1 port 0
 //!   (its address read from its first line), stopped with SIGTERM or `kill -9`;
 //!   commands that must exit by themselves.
-//! - [`http`]: a plain HTTP GET, for the admin listener.
+//! - [`http`]: a plain HTTP GET, for the admin listener, and other plain requests.
 //! - [`metrics`]: scrapes of `/metrics` and their deltas; `promtool check metrics`.
 //! - [`token`]: tokens minted by the binary's own `token` command.
 //! - [`wait`]: waiting for a condition by polling it against a deadline, never by a
@@ -13,7 +13,10 @@
 //! - `moto` (feature `moto`): a private moto server (AWS emulator) with the
 //!   resources of the CloudFormation template (and, for a second instance, one
 //!   more queue the rule feeds: `Moto::add_event_queue`); `moto_stack`: the
-//!   template itself deployed by moto's CloudFormation, its outputs and resources.
+//!   template itself deployed by moto's CloudFormation, its outputs and resources;
+//!   `moto_ecs`: the service template (ECS, load balancers, the data template
+//!   nested) deployed the way `aws cloudformation package` deploys it, and moto's
+//!   own state for what the suite has no SDK client for.
 //! - [`procfs`]: a process's resident memory and CPU time from `/proc`.
 //! - [`proxy`]: a TCP proxy a test can cut (resetting connections) and restore.
 //! - [`lossy`]: a TCP proxy that adds delay per direction, stalls (a lost segment's
@@ -37,6 +40,8 @@ pub mod metrics;
 #[cfg(feature = "moto")]
 pub mod moto;
 #[cfg(feature = "moto")]
+pub mod moto_ecs;
+#[cfg(feature = "moto")]
 mod moto_fanout;
 #[cfg(feature = "moto")]
 pub mod moto_stack;
@@ -47,7 +52,7 @@ pub mod proxy;
 pub mod token;
 pub mod wait;
 
-pub use http::{HttpAnswer, http_get};
+pub use http::{HttpAnswer, http_get, http_request};
 pub use lossy::{Lossy, LossyProxy};
 pub use metrics::{Scrape, promtool_check};
 pub use netns::{Link, Netns};

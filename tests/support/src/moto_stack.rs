@@ -74,22 +74,37 @@ impl Moto {
     /// reads its outputs and resources.
     pub async fn deploy_template(&self, name: &str, origins: Option<u8>) -> Stack {
         let body = std::fs::read_to_string(TEMPLATE).expect("read the template");
+        let origins = origins.map(|n| n.to_string());
+        let parameters: Vec<(&str, &str)> = origins
+            .iter()
+            .map(|n| ("OriginCount", n.as_str()))
+            .collect();
+        self.create_stack(name, &body, &parameters).await
+    }
+
+    /// Creates stack `name` from template `body` with `parameters` (name, value;
+    /// the others take their defaults), waits for it to be complete, and reads its
+    /// outputs and resources.
+    pub async fn create_stack(&self, name: &str, body: &str, parameters: &[(&str, &str)]) -> Stack {
         let cfn = self.cloudformation().await;
-        let parameters = origins.map(|n| {
-            Parameter::builder()
-                .parameter_key("OriginCount")
-                .parameter_value(n.to_string())
-                .build()
-        });
+        let parameters = parameters
+            .iter()
+            .map(|(key, value)| {
+                Parameter::builder()
+                    .parameter_key(*key)
+                    .parameter_value(*value)
+                    .build()
+            })
+            .collect();
         cfn.create_stack()
             .stack_name(name)
             .template_body(body)
-            .set_parameters(parameters.map(|p| vec![p]))
+            .set_parameters(Some(parameters))
             .capabilities(Capability::CapabilityIam)
             .send()
             .await
             .expect("create stack");
-        let stack = crate::eventually(
+        crate::eventually(
             crate::PATIENCE,
             || format!("stack {name} to be created"),
             || async {
@@ -101,7 +116,7 @@ impl Moto {
                     .expect("describe stacks");
                 let stack = described.stacks().first().cloned().expect("the stack");
                 match stack.stack_status() {
-                    Some(StackStatus::CreateComplete) => Some(stack),
+                    Some(StackStatus::CreateComplete) => Some(()),
                     Some(StackStatus::CreateInProgress) => None,
                     other => panic!(
                         "stack {name} is {other:?}: {:?}",
@@ -111,6 +126,20 @@ impl Moto {
             },
         )
         .await;
+        self.stack(name).await
+    }
+
+    /// Stack `name` as it is: its outputs and resources (a nested stack's name is
+    /// its physical id in its parent).
+    pub async fn stack(&self, name: &str) -> Stack {
+        let cfn = self.cloudformation().await;
+        let described = cfn
+            .describe_stacks()
+            .stack_name(name)
+            .send()
+            .await
+            .expect("describe stacks");
+        let stack = described.stacks().first().cloned().expect("the stack");
         let outputs = stack
             .outputs()
             .iter()
