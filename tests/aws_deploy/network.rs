@@ -289,9 +289,10 @@ fn tasks_are_drained_longer_than_the_servers_shutdown_grace() {
 }
 
 /// An origin is replaced by stopping its one task before starting the next, and
-/// origin 2 only once origin 1 is stable again: never two tasks on one queue (an
-/// SQS message goes to one consumer) nor three readers of the table's stream (two
-/// per shard at most), and always one origin serving the relays.
+/// origin 2 only once origin 1 is stable again (the relays last): never two tasks
+/// on one queue (an SQS message goes to one consumer) nor three readers of the
+/// table's stream (two per shard at most), and always one origin serving the
+/// relays.
 #[test]
 fn origins_are_replaced_one_at_a_time_and_relays_with_room_to_spare() {
     let template = service_template();
@@ -311,6 +312,12 @@ fn origins_are_replaced_one_at_a_time_and_relays_with_room_to_spare() {
     assert_eq!(
         resource(&template, "Origin2Service")["DependsOn"],
         json!(["Data", "Origin2Listener", "Origin1Service"])
+    );
+    // The relays start (and are updated) once both origins are stable, so they
+    // find an upstream ready and are never newer than the origins they read.
+    assert_eq!(
+        resource(&template, "RelayService")["DependsOn"],
+        json!(["ClientListener", "Origin2Service"])
     );
     assert_eq!(
         service("RelayService")["DeploymentConfiguration"],
