@@ -52,14 +52,8 @@ async fn the_template_rule_routes_parameter_changes_under_the_root_to_the_queue(
     assert_eq!(bodies[0]["detail"]["name"], format!("{ROOT}/acme/db/url"));
     assert_eq!(bodies[0]["detail"]["operation"], "Update");
 
-    let ddb = moto.dynamodb().await;
-    let table = ddb
-        .describe_table()
-        .table_name(&res.table)
-        .send()
-        .await
-        .unwrap();
-    assert!(table.table().and_then(|t| t.latest_stream_arn()).is_some());
+    let table = moto.describe_table(&res.table).await;
+    assert!(table.latest_stream_arn().is_some());
 }
 
 /// The template as JSON.
@@ -147,15 +141,8 @@ async fn assert_origins(moto: &Moto, stack: &Stack, origins: usize) -> Vec<Strin
     assert_eq!(targets, arns, "the rule feeds every origin's queue");
 
     assert_eq!(stack.output("TableName"), TABLE);
-    let table = moto
-        .dynamodb()
-        .await
-        .describe_table()
-        .table_name(TABLE)
-        .send()
-        .await
-        .unwrap();
-    let stream = table.table().and_then(|t| t.latest_stream_arn()).unwrap();
+    let table = moto.describe_table(TABLE).await;
+    let stream = table.latest_stream_arn().unwrap();
     assert_eq!(stack.output("StreamArn"), stream);
 
     let policy = moto.managed_policy(stack.output("ServerPolicyArn")).await;

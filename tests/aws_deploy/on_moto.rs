@@ -292,16 +292,7 @@ async fn the_service_stack_deploys_its_origins_relays_load_balancers_and_outputs
     // The data stack, nested: the table and each origin's queue it made are the
     // ones the origins are given and allowed to use.
     let data = moto.stack(stack.resource(DATA_STACK)).await;
-    let table = moto
-        .dynamodb()
-        .await
-        .describe_table()
-        .table_name(TABLE)
-        .send()
-        .await
-        .unwrap()
-        .table
-        .unwrap();
+    let table = moto.describe_table(TABLE).await;
     let stream = table.latest_stream_arn().unwrap();
     let role = |id: &str| {
         let role = state.resource("iam", "Role", stack.resource(id));

@@ -292,6 +292,19 @@ impl Moto {
         assert_eq!(out.failed_entry_count, 0, "event refused: {out:?}");
     }
 
+    /// Table `name` as DynamoDB describes it (its ARN, its stream's ARN).
+    pub async fn describe_table(&self, name: &str) -> aws_sdk_dynamodb::types::TableDescription {
+        self.dynamodb()
+            .await
+            .describe_table()
+            .table_name(name)
+            .send()
+            .await
+            .expect("describe table")
+            .table
+            .expect("the table")
+    }
+
     /// Writes a configuration item in `table` directly, as another tool would:
     /// tenant `tenant`, key `tenant_config_{name}`, value `true`, at `version`.
     pub async fn put_config_item(&self, table: &str, tenant: &str, name: &str, version: u64) {
