@@ -108,13 +108,7 @@ impl Moto {
             crate::PATIENCE,
             || format!("stack {name} to be created"),
             || async {
-                let described = cfn
-                    .describe_stacks()
-                    .stack_name(name)
-                    .send()
-                    .await
-                    .expect("describe stacks");
-                let stack = described.stacks().first().cloned().expect("the stack");
+                let stack = self.described(name).await;
                 match stack.stack_status() {
                     Some(StackStatus::CreateComplete) => Some(()),
                     Some(StackStatus::CreateInProgress) => None,
@@ -132,15 +126,9 @@ impl Moto {
     /// Stack `name` as it is: its outputs and resources (a nested stack's name is
     /// its physical id in its parent).
     pub async fn stack(&self, name: &str) -> Stack {
-        let cfn = self.cloudformation().await;
-        let described = cfn
-            .describe_stacks()
-            .stack_name(name)
-            .send()
+        let outputs = self
+            .described(name)
             .await
-            .expect("describe stacks");
-        let stack = described.stacks().first().cloned().expect("the stack");
-        let outputs = stack
             .outputs()
             .iter()
             .map(|o| {
@@ -149,7 +137,9 @@ impl Moto {
                 (key, value)
             })
             .collect();
-        let resources = cfn
+        let resources = self
+            .cloudformation()
+            .await
             .describe_stack_resources()
             .stack_name(name)
             .send()
@@ -169,6 +159,19 @@ impl Moto {
             outputs,
             resources,
         }
+    }
+
+    /// Stack `name` as CloudFormation describes it.
+    async fn described(&self, name: &str) -> aws_sdk_cloudformation::types::Stack {
+        let described = self
+            .cloudformation()
+            .await
+            .describe_stacks()
+            .stack_name(name)
+            .send()
+            .await
+            .expect("describe stacks");
+        described.stacks().first().cloned().expect("the stack")
     }
 
     /// Deletes stack `name` (resources with a `Retain` deletion policy stay).
