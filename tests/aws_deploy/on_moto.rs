@@ -36,8 +36,8 @@ const SECRET: &str =
     "arn:aws:secretsmanager:us-east-1:123456789012:secret:configwatch-relay-AbCdEf";
 const QUEUE: &str = "configwatch-parameter-changes";
 
-/// The parameters of a stack without a certificate: three relays at first, logs
-/// kept 14 days.
+/// The parameters of a stack without a certificate: logs kept 14 days, origins
+/// with 2 GiB.
 fn parameters() -> Vec<(&'static str, &'static str)> {
     vec![
         ("Image", IMAGE),
@@ -45,7 +45,6 @@ fn parameters() -> Vec<(&'static str, &'static str)> {
         ("CognitoAppClientIds", "appclient1,appclient2"),
         ("RelayCognitoClientId", "relayclient"),
         ("RelayRefreshTokenSecretArn", SECRET),
-        ("RelayMinCount", "3"),
         ("LogRetentionDays", "14"),
         ("OriginMemory", "2048"),
     ]
@@ -277,11 +276,13 @@ async fn the_service_stack_deploys_its_origins_relays_load_balancers_and_outputs
         assert_eq!(group["retention_in_days"], 14, "{service}");
     }
 
-    // The services, each running its task definition in the cluster.
+    // The services, each running its task definition in the cluster: one task per
+    // origin. The relay service names no count (autoscaling's minimum sets it, and
+    // moto makes no scalable target), which moto takes as none.
     for (id, task, count) in [
         ("Origin1Service", "Origin1TaskDefinition", 1),
         ("Origin2Service", "Origin2TaskDefinition", 1),
-        ("RelayService", "RelayTaskDefinition", 3),
+        ("RelayService", "RelayTaskDefinition", 0),
     ] {
         let service = state.resource("ecs", "Service", stack.resource(id));
         assert_eq!(service["cluster_name"], cluster);
