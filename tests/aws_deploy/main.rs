@@ -11,12 +11,16 @@
 //! - `network`: what moto cannot show, read from the template: the admin port never
 //!   open to clients, the listeners and target groups, how the services are
 //!   replaced and drained, the relays' autoscaling.
+//! - `tasks`: an origin's task definition run as a `configwatch serve` process
+//!   against moto, reading its own queue; every variable and flag a container sets
+//!   is one the server reads.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod network;
 mod on_moto;
 mod privilege;
+mod tasks;
 
 use serde_json::Value;
 

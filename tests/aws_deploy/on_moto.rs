@@ -50,8 +50,8 @@ fn parameters() -> Vec<(&'static str, &'static str)> {
     ]
 }
 
-/// A container's environment, by name.
-fn environment(container: &Value) -> BTreeMap<String, String> {
+/// A container's environment (as moto holds it), by name.
+pub(crate) fn environment(container: &Value) -> BTreeMap<String, String> {
     container["environment"]
         .as_array()
         .unwrap()
@@ -153,7 +153,12 @@ fn ingress(state: &MotoState, stack: &Stack) -> Vec<(String, u64, u64, String)> 
     rules
 }
 
-async fn deploy(moto: &Moto, extra: &[(&'static str, &'static str)]) -> (Network, Stack) {
+/// The stack deployed on `moto` in a network of its own, with the parameters above
+/// and `extra`.
+pub(crate) async fn deploy(
+    moto: &Moto,
+    extra: &[(&'static str, &'static str)],
+) -> (Network, Stack) {
     let network = moto.network().await;
     let mut parameters = parameters();
     parameters.extend_from_slice(extra);
