@@ -12,6 +12,8 @@
 //! loop of its own; what still fails is the caller's to handle: a request answers
 //! UNAVAILABLE, a source's poll loop tries again on its next round.
 
+pub mod cognito;
+
 use std::time::Duration;
 
 use aws_config::retry::RetryConfig;

@@ -283,9 +283,21 @@ async fn session(
     let lease = inner.upstreams.lease(at);
     let mut client = proto::config_service_client::ConfigServiceClient::new(lease.channel.clone())
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let header = tokio::select! {
+        () = feed.stop.cancelled() => return Ended::Stop,
+        header = inner.credential.header() => header,
+    };
+    let header = match header {
+        Ok(header) => header,
+        Err(e) => {
+            return Ended::Failed {
+                reason: e.to_string(),
+                served: false,
+            };
+        }
+    };
     let mut call = tonic::Request::new(request(hub, &feed.scope, state, with_versions));
-    call.metadata_mut()
-        .insert("authorization", inner.credential.header());
+    call.metadata_mut().insert("authorization", header);
     let opened = tokio::select! {
         () = feed.stop.cancelled() => return Ended::Stop,
         opened = client.watch(call) => opened,
@@ -398,6 +410,10 @@ fn sync(hub: &Hub, scope: &Scope, mode: InitialMode, entries: Vec<Entry>) {
 /// A failed call or stream: at once with the versions when the upstream asks. A
 /// refusal of the relay's token is kept for readiness (see `probe`).
 fn failed(inner: &Inner, status: Status, served: bool) -> Ended {
+    // A token refused: one from Cognito is refreshed at once.
+    if status.code() == Code::Unauthenticated {
+        inner.credential.rejected();
+    }
     // Refused at the start of a Watch (a stream that served and then ended so is a
     // token that expired meanwhile: the next attempt reads the file again).
     if !served
