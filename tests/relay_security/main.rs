@@ -7,7 +7,9 @@
 //!   read upstream at each Get and never pushed;
 //! - `credential`: the relay's own token rotated without a restart (before its first
 //!   use, and while its upstream Watch runs), and the relay configurations that
-//!   must not start.
+//!   must not start;
+//! - `cognito`: a relay whose token comes from Cognito (moto's user pool), with no
+//!   AWS credentials, and the Cognito flags' wrong combinations.
 //!
 //! This file: the two servers, their tokens, and the calls the suites ask of them.
 //!
@@ -16,6 +18,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod cognito;
 #[path = "../common/mod.rs"]
 mod common;
 mod credential;

@@ -150,7 +150,7 @@ impl RelayArgs {
                 "a relay taking its token from Cognito needs the refresh token of a user in the group 'relay': in {COGNITO_REFRESH_TOKEN_ENV} or --upstream-cognito-refresh-token-file"
             ))),
             (None, None) => Err(Failure::usage(format!(
-                "--upstream needs the relay's own token: --upstream-token-file (a file holding a token with the relay role: configwatch token --role relay), or a Cognito refresh token ({COGNITO_REFRESH_TOKEN_ENV} or --upstream-cognito-refresh-token-file, with --upstream-cognito-client-id)"
+                "--upstream needs --upstream-token-file (a file holding a token with the relay role: configwatch token --role relay), or a Cognito refresh token ({COGNITO_REFRESH_TOKEN_ENV} or --upstream-cognito-refresh-token-file, with --upstream-cognito-client-id)"
             ))),
             (None, Some(refresh_token)) => {
                 let Some(client_id) = client_id else {

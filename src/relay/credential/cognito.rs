@@ -198,8 +198,17 @@ impl CognitoToken {
 
     /// Asks the task to refresh now (it waits out [`MIN_REFRESH_GAP`] since the last
     /// exchange).
-    pub fn refresh_soon(&self) {
+    fn refresh_soon(&self) {
         self.wake.notify_one();
+    }
+
+    /// The upstream refused the token `sent`: refreshed soon, unless the token held
+    /// now is another (refreshed since it was sent).
+    pub fn rejected(&self, sent: &AsciiMetadataValue) {
+        let held = self.state.borrow().token.as_ref().map(|t| t.header.clone());
+        if held.is_none_or(|held| held == *sent) {
+            self.refresh_soon();
+        }
     }
 
     /// Why the credential fails: Cognito refuses the refresh token (the token held

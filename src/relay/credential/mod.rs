@@ -169,11 +169,12 @@ impl Credential {
         }
     }
 
-    /// The upstream refused the token: a Cognito token is refreshed at once
-    /// (rate limited); a file is read again anyway once it changes.
-    pub fn rejected(&self) {
+    /// The upstream refused the token `sent` (or it expired under a stream): a
+    /// Cognito token is refreshed at once (rate limited) unless a newer one is held
+    /// already; a file is read again anyway once it changes.
+    pub fn rejected(&self, sent: &AsciiMetadataValue) {
         if let Credential::Cognito(cognito) = self {
-            cognito.refresh_soon();
+            cognito.rejected(sent);
         }
     }
 

@@ -13,7 +13,8 @@
 //! - `moto` (feature `moto`): a private moto server (AWS emulator) with the
 //!   resources of the CloudFormation template (and, for a second instance, one
 //!   more queue the rule feeds: `Moto::add_event_queue`); `moto_stack`: the
-//!   template itself deployed by moto's CloudFormation, its outputs and resources.
+//!   template itself deployed by moto's CloudFormation, its outputs and resources;
+//!   `cognito`: a Cognito user pool on moto, its users and their tokens.
 //! - [`procfs`]: a process's resident memory and CPU time from `/proc`.
 //! - [`proxy`]: a TCP proxy a test can cut (resetting connections) and restore.
 //! - [`lossy`]: a TCP proxy that adds delay per direction, stalls (a lost segment's
@@ -31,6 +32,8 @@
 // Test support: a failed step is a failed test, so panicking is how it reports.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[cfg(feature = "moto")]
+pub mod cognito;
 pub mod http;
 pub mod lossy;
 pub mod metrics;

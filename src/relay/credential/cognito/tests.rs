@@ -217,20 +217,35 @@ async fn a_token_the_upstream_refuses_is_refreshed_at_once_but_not_more_often_th
     let clock = Clock::starting_at(UNIX_EPOCH + START);
     let fake = FakeCognito::new(clock, Duration::from_secs(3600));
     let (credential, stop) = start(&fake, value("rt-1"));
-    credential.header().await?;
+    let first = credential.header().await?;
     tokio::time::sleep(Duration::from_secs(60)).await;
-    credential.rejected();
+    credential.rejected(&first);
     tokio::time::sleep(Duration::from_millis(10)).await;
     assert_eq!(fake.calls(), 2, "refreshed at once");
-    // Refused again at once: the next exchange waits out the gap.
-    credential.rejected();
-    credential.rejected();
-    tokio::time::sleep(MIN_REFRESH_GAP - Duration::from_secs(1)).await;
+    // The old token refused again (a stream that used it ended): a newer one is
+    // held, nothing to do.
+    credential.rejected(&first);
+    tokio::time::sleep(Duration::from_secs(60)).await;
     assert_eq!(fake.calls(), 2);
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The new one refused at once, twice: the next exchange waits out the gap.
+    let second = credential.header().await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    credential.rejected(&second);
+    credential.rejected(&second);
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(
+        fake.calls(),
+        3,
+        "refreshed at once: the last exchange was a minute ago"
+    );
+    let third = credential.header().await?;
+    credential.rejected(&third);
+    tokio::time::sleep(MIN_REFRESH_GAP - Duration::from_secs(1)).await;
     assert_eq!(fake.calls(), 3);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(fake.calls(), 4);
     tokio::time::sleep(Duration::from_secs(600)).await;
-    assert_eq!(fake.calls(), 3, "then back on its schedule");
+    assert_eq!(fake.calls(), 4, "then back on its schedule");
     stop.cancel();
     Ok(())
 }
