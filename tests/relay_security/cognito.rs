@@ -2,8 +2,8 @@
 //! the pool's ID tokens, and a relay given only a refresh token of a user in the
 //! group `relay`, with no AWS credentials in its environment. Clients of the pool
 //! read, watch and write through it; a refused refresh token makes it not ready,
-//! saying so; neither token ever reaches its log; bad combinations of the flags
-//! exit 64.
+//! saying so, until a new one is written to its file; neither token ever reaches
+//! its log; bad combinations of the flags exit 64.
 //!
 //! The refresh before expiry is shown on paused time in the unit tests of
 //! `relay::credential::cognito` (moto's tokens live an hour, whatever the app
@@ -28,6 +28,8 @@ struct CognitoTier {
     relay_log: PathBuf,
     /// The refresh token the relay was given.
     refresh_token: String,
+    /// The file it was given in, when it was.
+    refresh_file: Option<PathBuf>,
     _origin: ServerProcess,
     _dirs: [tempfile::TempDir; 2],
     _moto: Moto,
@@ -76,8 +78,9 @@ fn without_credentials(command: &mut Command, moto: &Moto) {
 impl CognitoTier {
     /// Starts moto's pool (users: `edge-relay` in the group relay, `acme-writer`
     /// and `acme-reader` of tenant acme), the origin and the relay. The relay is
-    /// given `refresh_token`, or `edge-relay`'s own when `None`.
-    async fn start(refresh_token: Option<&str>) -> CognitoTier {
+    /// given `refresh_token`, or `edge-relay`'s own when `None`: in
+    /// CONFIGWATCH_UPSTREAM_COGNITO_REFRESH_TOKEN, or in a file when `in_file`.
+    async fn start(refresh_token: Option<&str>, in_file: bool) -> CognitoTier {
         let moto = Moto::start();
         let pool = CognitoPool::new(&moto).await;
         pool.user("edge-relay", &[], &["relay"]).await;
@@ -108,7 +111,19 @@ impl CognitoTier {
                 &pool.client,
             ],
         );
-        command.args(&flags).env(REFRESH_TOKEN_ENV, &refresh_token);
+        command.args(&flags);
+        let refresh_file = in_file.then(|| relay_dir.path().join("refresh-token"));
+        match &refresh_file {
+            Some(file) => {
+                std::fs::write(file, &refresh_token).expect("write the refresh token file");
+                command
+                    .arg("--upstream-cognito-refresh-token-file")
+                    .arg(file);
+            }
+            None => {
+                command.env(REFRESH_TOKEN_ENV, &refresh_token);
+            }
+        }
         without_credentials(&mut command, &moto);
         // Everything the relay logs, its dependencies' debug lines included.
         command.env("CONFIGWATCH_LOG", "debug");
@@ -120,10 +135,20 @@ impl CognitoTier {
             relay,
             relay_log,
             refresh_token,
+            refresh_file,
             _origin: origin,
             _dirs: [origin_dir, relay_dir],
             _moto: moto,
         }
+    }
+
+    /// Stops the relay (SIGTERM); what it logged.
+    async fn stop(self) -> String {
+        self.relay
+            .terminate(Duration::from_secs(20))
+            .await
+            .expect("the relay stops");
+        std::fs::read_to_string(&self.relay_log).expect("the relay's log")
     }
 
     fn admin(&self) -> SocketAddr {
@@ -139,7 +164,7 @@ fn refreshes(scrape: &Scrape, result: &str) -> f64 {
 
 #[tokio::test]
 async fn a_relay_with_only_a_cognito_refresh_token_serves_the_pools_users() {
-    let tier = CognitoTier::start(None).await;
+    let tier = CognitoTier::start(None, false).await;
     let (reader, _) = tier.pool.sign_in("acme-reader").await;
     let (writer, _) = tier.pool.sign_in("acme-writer").await;
 
@@ -162,47 +187,28 @@ async fn a_relay_with_only_a_cognito_refresh_token_serves_the_pools_users() {
     );
 
     let admin = tier.admin();
-    eventually(
-        Duration::from_secs(20),
-        || "the relay to be ready".to_owned(),
-        || async move { (http_get(admin, "/readyz").await.status == 200).then_some(()) },
-    )
-    .await;
+    readyz(admin, 200, "").await;
     let scrape = Scrape::take(admin).await;
     assert_eq!(refreshes(&scrape, "ok"), 1.0, "one exchange so far");
     assert_eq!(refreshes(&scrape, "refused"), 0.0);
     assert_eq!(refreshes(&scrape, "failed"), 0.0);
 
     // Neither the refresh token nor any token (a JWT starts "eyJ") is logged.
-    tier.relay
-        .terminate(Duration::from_secs(20))
-        .await
-        .expect("the relay stops");
-    let log = std::fs::read_to_string(&tier.relay_log).unwrap();
+    let refresh_token = tier.refresh_token.clone();
+    let log = tier.stop().await;
     assert!(
         log.contains("upstream token obtained from Cognito"),
         "the relay says where its token comes from: {log}"
     );
-    assert!(
-        !log.contains(&tier.refresh_token),
-        "the refresh token is logged"
-    );
+    assert!(!log.contains(&refresh_token), "the refresh token is logged");
     assert!(!log.contains("eyJ"), "a token is logged");
 }
 
 #[tokio::test]
 async fn a_refresh_token_cognito_refuses_makes_the_relay_not_ready_naming_cognito() {
-    let tier = CognitoTier::start(Some("revoked-or-never-issued")).await;
+    let tier = CognitoTier::start(Some("revoked-or-never-issued"), false).await;
     let admin = tier.admin();
-    let not_ready = eventually(
-        Duration::from_secs(20),
-        || "the relay to say it is not ready".to_owned(),
-        || async move {
-            let answer = http_get(admin, "/readyz").await;
-            (answer.status == 503).then_some(answer.body)
-        },
-    )
-    .await;
+    let not_ready = readyz(admin, 503, "Cognito refuses the relay's refresh token").await;
     assert!(
         not_ready.contains("Cognito refuses the relay's refresh token"),
         "{not_ready}"
@@ -218,16 +224,42 @@ async fn a_refresh_token_cognito_refuses_makes_the_relay_not_ready_naming_cognit
     let scrape = Scrape::take(admin).await;
     assert!(refreshes(&scrape, "refused") >= 1.0);
     assert_eq!(refreshes(&scrape, "ok"), 0.0);
-    tier.relay
-        .terminate(Duration::from_secs(20))
-        .await
-        .expect("the relay stops");
-    let log = std::fs::read_to_string(&tier.relay_log).unwrap();
+    let log = tier.stop().await;
     assert!(
         log.contains("Cognito refuses the relay's refresh token"),
         "{log}"
     );
     assert!(!log.contains("revoked-or-never-issued"), "{log}");
+}
+
+#[tokio::test]
+async fn a_new_refresh_token_written_to_the_file_is_used_without_a_restart() {
+    let tier = CognitoTier::start(Some("not-issued-yet"), true).await;
+    let admin = tier.admin();
+    let not_ready = readyz(admin, 503, "Cognito refuses the relay's refresh token").await;
+    assert!(not_ready.contains("Cognito refuses"), "{not_ready}");
+
+    // Rotated in place, as an operator would (or as a mounted secret changes).
+    let file = tier.refresh_file.clone().expect("the refresh token file");
+    std::fs::write(&file, tier.pool.refresh_token("edge-relay").await).unwrap();
+    readyz(admin, 200, "").await;
+    let (writer, _) = tier.pool.sign_in("acme-writer").await;
+    let relay_addr = tier.relay.addr;
+    eventually(
+        Duration::from_secs(30),
+        || "the relay to serve with its new refresh token".to_owned(),
+        || {
+            let writer = writer.clone();
+            async move {
+                let mut c = connect(relay_addr, Some(&writer)).await;
+                c.get(proto::GetRequest::default()).await.ok()
+            }
+        },
+    )
+    .await;
+    let scrape = Scrape::take(admin).await;
+    assert_eq!(refreshes(&scrape, "ok"), 1.0);
+    assert!(refreshes(&scrape, "refused") >= 1.0);
 }
 
 #[test]
@@ -340,17 +372,7 @@ fn a_relay_given_a_wrong_mix_of_credentials_exits_64_naming_the_fix() {
         if region {
             command.env("AWS_REGION", REGION);
         }
-        let out = run_to_exit(
-            command,
-            Duration::from_secs(20),
-            &format!("{what}: the relay did not exit"),
-        );
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(64), "{what}: {stderr}");
-        assert!(
-            stderr.contains(fix),
-            "{what}: the message names the fix: {stderr}"
-        );
+        let stderr = exits_64_naming(what, command, fix);
         assert!(!stderr.contains("a-refresh-token"), "{what}: {stderr}");
     }
 }

@@ -77,6 +77,12 @@ impl IdTokens for FakeCognito {
 
 const START: Duration = Duration::from_secs(1_800_000_000);
 
+/// A fake Cognito issuing tokens valid for `lifetime`, on a clock that follows
+/// tokio's (paused) time.
+fn cognito_issuing(lifetime: Duration) -> Arc<FakeCognito> {
+    FakeCognito::new(Clock::starting_at(UNIX_EPOCH + START), lifetime)
+}
+
 fn start(fake: &Arc<FakeCognito>, refresh: RefreshTokenSource) -> (Credential, CancellationToken) {
     let stop = CancellationToken::new();
     let settings = super::super::CognitoSettings {
@@ -125,8 +131,7 @@ fn the_expiry_is_read_from_the_token() {
 #[tokio::test(start_paused = true)]
 async fn the_relay_keeps_a_valid_token_across_many_lifetimes_with_one_exchange_each()
 -> Result<(), CredentialError> {
-    let clock = Clock::starting_at(UNIX_EPOCH + START);
-    let fake = FakeCognito::new(clock, Duration::from_secs(300));
+    let fake = cognito_issuing(Duration::from_secs(300));
     let (credential, stop) = start(&fake, value("rt-1"));
     let first = credential.header().await?;
     assert_eq!(fake.calls(), 1);
@@ -158,8 +163,7 @@ async fn the_relay_keeps_a_valid_token_across_many_lifetimes_with_one_exchange_e
 #[tokio::test(start_paused = true)]
 async fn a_failing_cognito_leaves_the_token_in_use_until_it_expires_then_says_why()
 -> Result<(), CredentialError> {
-    let clock = Clock::starting_at(UNIX_EPOCH + START);
-    let fake = FakeCognito::new(clock, Duration::from_secs(300));
+    let fake = cognito_issuing(Duration::from_secs(300));
     let (credential, stop) = start(&fake, value("rt-1"));
     let first = credential.header().await?;
     fake.answer(Answer::Fail);
@@ -193,8 +197,7 @@ async fn a_failing_cognito_leaves_the_token_in_use_until_it_expires_then_says_wh
 
 #[tokio::test(start_paused = true)]
 async fn a_refused_refresh_token_is_a_problem_at_once_and_never_repeated_in_a_message() {
-    let clock = Clock::starting_at(UNIX_EPOCH + START);
-    let fake = FakeCognito::new(clock, Duration::from_secs(300));
+    let fake = cognito_issuing(Duration::from_secs(300));
     fake.answer(Answer::Refuse);
     let (credential, stop) = start(&fake, value("rt-secret-value"));
     let err = credential.header().await.err().map(|e| e.to_string());
@@ -214,8 +217,7 @@ async fn a_refused_refresh_token_is_a_problem_at_once_and_never_repeated_in_a_me
 #[tokio::test(start_paused = true)]
 async fn a_token_the_upstream_refuses_is_refreshed_at_once_but_not_more_often_than_the_gap()
 -> Result<(), CredentialError> {
-    let clock = Clock::starting_at(UNIX_EPOCH + START);
-    let fake = FakeCognito::new(clock, Duration::from_secs(3600));
+    let fake = cognito_issuing(Duration::from_secs(3600));
     let (credential, stop) = start(&fake, value("rt-1"));
     let first = credential.header().await?;
     tokio::time::sleep(Duration::from_secs(60)).await;
@@ -256,8 +258,7 @@ async fn a_new_refresh_token_in_the_file_is_used_at_once() -> Result<(), Box<dyn
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("refresh-token");
     std::fs::write(&path, "rt-old\n")?;
-    let clock = Clock::starting_at(UNIX_EPOCH + START);
-    let fake = FakeCognito::new(clock, Duration::from_secs(3600));
+    let fake = cognito_issuing(Duration::from_secs(3600));
     fake.answer(Answer::Refuse);
     let (credential, stop) = start(&fake, RefreshTokenSource::File(path.clone()));
     assert!(credential.header().await.is_err());
