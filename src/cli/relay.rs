@@ -69,16 +69,7 @@ async fn cognito_region(
     if let Some(region) = &settings.region {
         return Ok(region.clone());
     }
-    let from_jwks = jwks_url
-        .and_then(super::serve::cognito_issuer)
-        .and_then(|issuer| {
-            let host = issuer.strip_prefix("https://")?.split('/').next()?;
-            let region = host
-                .strip_prefix("cognito-idp.")?
-                .strip_suffix(".amazonaws.com")?;
-            Some(region.to_owned())
-        });
-    if let Some(region) = from_jwks {
+    if let Some(region) = jwks_url.and_then(region_of_jwks) {
         return Ok(region);
     }
     crate::aws::cognito::region_from_environment().await.ok_or_else(|| {
@@ -86,6 +77,17 @@ async fn cognito_region(
             "cannot tell the Cognito user pool's region: give --upstream-cognito-region (or AWS_REGION, or a Cognito --jwks-url)",
         )
     })
+}
+
+/// The region of a Cognito user pool's JWKS URL
+/// (`https://cognito-idp.REGION.amazonaws.com/POOL/.well-known/jwks.json`).
+fn region_of_jwks(jwks_url: &str) -> Option<String> {
+    let issuer = super::serve::cognito_issuer(jwks_url)?;
+    let host = issuer.strip_prefix("https://")?.split('/').next()?;
+    let region = host
+        .strip_prefix("cognito-idp.")?
+        .strip_suffix(".amazonaws.com")?;
+    Some(region.to_owned())
 }
 
 /// The relay's own credential, as `settings` describe it.
@@ -157,5 +159,29 @@ pub(super) fn register_relay(registry: &mut Registry, relay: &Relay) {
             label: "result",
             read: Box::new(move || refreshes.by_result()),
         }));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pool_region_is_read_from_a_cognito_jwks_url() {
+        assert_eq!(
+            region_of_jwks(
+                "https://cognito-idp.eu-west-1.amazonaws.com/eu-west-1_abc/.well-known/jwks.json"
+            )
+            .as_deref(),
+            Some("eu-west-1")
+        );
+        assert_eq!(
+            region_of_jwks("http://127.0.0.1:5000/us-east-1_abc/.well-known/jwks.json"),
+            None
+        );
+        assert_eq!(
+            region_of_jwks("https://idp.example.com/.well-known/jwks.json"),
+            None
+        );
     }
 }

@@ -43,6 +43,10 @@ pub const RETRY_FIRST: Duration = Duration::from_secs(1);
 pub const RETRY_MAX: Duration = Duration::from_secs(60);
 /// How often the refresh token file is checked for a new token.
 const FILE_CHECK: Duration = Duration::from_secs(1);
+/// The longest an exchange may take, the SDK's retries included, before it counts
+/// as failed (and is retried): a Cognito that never answers must not leave the
+/// relay waiting past its token's expiry.
+pub const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Why an exchange gave no ID token.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -257,9 +261,14 @@ async fn exchange(
     clock: &Clock,
 ) -> Result<(Held, Duration), ExchangeError> {
     let secret = refresh.current();
-    let id_token = tokens
-        .exchange(&secret)
+    let id_token = tokio::time::timeout(EXCHANGE_TIMEOUT, tokens.exchange(&secret))
         .await
+        .map_err(|_| {
+            ExchangeError::Failed(format!(
+                "no answer within {}",
+                humantime::format_duration(EXCHANGE_TIMEOUT)
+            ))
+        })?
         .map_err(|e| without(e, &secret))?;
     let unusable =
         |why: &str| ExchangeError::Failed(format!("the ID token Cognito returned {why}"));

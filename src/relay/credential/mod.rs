@@ -21,10 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::metadata::AsciiMetadataValue;
 
 use crate::clock::Clock;
-pub use cognito::{
-    CognitoToken, ExchangeError, IdTokens, MIN_REFRESH_GAP, REFRESH_MARGIN, REFRESH_SHARE,
-    RETRY_FIRST, RETRY_MAX, RefreshCounters, refresh_after,
-};
+pub use cognito::{CognitoToken, ExchangeError, IdTokens, RefreshCounters};
 pub use file::{TokenFile, WatchedFile};
 
 /// Which file a token comes from, for the messages about it.

@@ -12,6 +12,7 @@ enum Answer {
     Issue,
     Refuse,
     Fail,
+    Never,
 }
 
 struct FakeCognito {
@@ -57,7 +58,9 @@ impl IdTokens for FakeCognito {
             seen.push(refresh_token.to_owned());
             seen.len()
         };
-        match *self.answer.lock().unwrap_or_else(|p| p.into_inner()) {
+        let answer = *self.answer.lock().unwrap_or_else(|p| p.into_inner());
+        match answer {
+            Answer::Never => std::future::pending().await,
             Answer::Refuse => Err(ExchangeError::Refused(format!(
                 "NotAuthorizedException: Invalid Refresh Token {refresh_token}"
             ))),
@@ -193,6 +196,24 @@ async fn a_failing_cognito_leaves_the_token_in_use_until_it_expires_then_says_wh
     assert!(failed.is_some_and(|n| n >= 3), "{failed:?}");
     stop.cancel();
     Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cognito_that_never_answers_is_given_up_on_and_asked_again() {
+    let fake = cognito_issuing(Duration::from_secs(300));
+    fake.answer(Answer::Never);
+    let (credential, stop) = start(&fake, value("rt-1"));
+    let err = credential.header().await.err().map(|e| e.to_string());
+    assert!(
+        err.as_deref()
+            .is_some_and(|e| e.contains("no answer within 30s")),
+        "{err:?}"
+    );
+    fake.answer(Answer::Issue);
+    tokio::time::sleep(RETRY_FIRST).await;
+    assert_eq!(fake.calls(), 2);
+    assert!(credential.header().await.is_ok());
+    stop.cancel();
 }
 
 #[tokio::test(start_paused = true)]
