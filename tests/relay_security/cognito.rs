@@ -35,15 +35,16 @@ struct CognitoTier {
     _moto: Moto,
 }
 
-/// The flags of a server accepting `pool`'s ID tokens.
-fn pool_flags(pool: &CognitoPool) -> Vec<String> {
+/// The flags of a server accepting `pool`'s ID tokens issued for app client
+/// `audience`.
+fn pool_flags(pool: &CognitoPool, audience: &str) -> Vec<String> {
     vec![
         "--jwks-url".into(),
         pool.jwks_url(),
         "--issuer".into(),
         pool.issuer(),
         "--audience".into(),
-        pool.client.clone(),
+        audience.to_owned(),
         "--token-use".into(),
         "id".into(),
     ]
@@ -75,12 +76,22 @@ fn without_credentials(command: &mut Command, moto: &Moto) {
         );
 }
 
+/// What a test changes in the tier.
+#[derive(Default)]
+struct Setup<'a> {
+    /// The relay's refresh token; `edge-relay`'s own when `None`.
+    refresh_token: Option<&'a str>,
+    /// Given in a file rather than in CONFIGWATCH_UPSTREAM_COGNITO_REFRESH_TOKEN.
+    in_file: bool,
+    /// The origin accepts this app client's tokens only (none of the pool's).
+    origin_audience: Option<&'a str>,
+}
+
 impl CognitoTier {
     /// Starts moto's pool (users: `edge-relay` in the group relay, `acme-writer`
-    /// and `acme-reader` of tenant acme), the origin and the relay. The relay is
-    /// given `refresh_token`, or `edge-relay`'s own when `None`: in
-    /// CONFIGWATCH_UPSTREAM_COGNITO_REFRESH_TOKEN, or in a file when `in_file`.
-    async fn start(refresh_token: Option<&str>, in_file: bool) -> CognitoTier {
+    /// and `acme-reader` of tenant acme), the origin and the relay, as `setup`
+    /// says.
+    async fn start(setup: Setup<'_>) -> CognitoTier {
         let moto = Moto::start();
         let pool = CognitoPool::new(&moto).await;
         pool.user("edge-relay", &[], &["relay"]).await;
@@ -88,15 +99,17 @@ impl CognitoTier {
             .await;
         pool.user("acme-reader", &[("custom:tenantId", "acme")], &["reader"])
             .await;
-        let refresh_token = match refresh_token {
+        let refresh_token = match setup.refresh_token {
             Some(token) => token.to_owned(),
             None => pool.refresh_token("edge-relay").await,
         };
-        let flags = pool_flags(&pool);
+        let flags = pool_flags(&pool, &pool.client);
         let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let origin_flags = pool_flags(&pool, setup.origin_audience.unwrap_or(&pool.client));
+        let origin_flags: Vec<&str> = origin_flags.iter().map(String::as_str).collect();
 
         let origin_dir = temp_dir();
-        let origin = ServerProcess::start(serve_command(origin_dir.path(), &flags)).await;
+        let origin = ServerProcess::start(serve_command(origin_dir.path(), &origin_flags)).await;
         let relay_dir = temp_dir();
         let mut command = serve_command(
             relay_dir.path(),
@@ -112,7 +125,9 @@ impl CognitoTier {
             ],
         );
         command.args(&flags);
-        let refresh_file = in_file.then(|| relay_dir.path().join("refresh-token"));
+        let refresh_file = setup
+            .in_file
+            .then(|| relay_dir.path().join("refresh-token"));
         match &refresh_file {
             Some(file) => {
                 std::fs::write(file, &refresh_token).expect("write the refresh token file");
@@ -164,7 +179,7 @@ fn refreshes(scrape: &Scrape, result: &str) -> f64 {
 
 #[tokio::test]
 async fn a_relay_with_only_a_cognito_refresh_token_serves_the_pools_users() {
-    let tier = CognitoTier::start(None, false).await;
+    let tier = CognitoTier::start(Setup::default()).await;
     let (reader, _) = tier.pool.sign_in("acme-reader").await;
     let (writer, _) = tier.pool.sign_in("acme-writer").await;
 
@@ -206,7 +221,11 @@ async fn a_relay_with_only_a_cognito_refresh_token_serves_the_pools_users() {
 
 #[tokio::test]
 async fn a_refresh_token_cognito_refuses_makes_the_relay_not_ready_naming_cognito() {
-    let tier = CognitoTier::start(Some("revoked-or-never-issued"), false).await;
+    let tier = CognitoTier::start(Setup {
+        refresh_token: Some("revoked-or-never-issued"),
+        ..Setup::default()
+    })
+    .await;
     let admin = tier.admin();
     let not_ready = readyz(admin, 503, "Cognito refuses the relay's refresh token").await;
     assert!(
@@ -234,7 +253,12 @@ async fn a_refresh_token_cognito_refuses_makes_the_relay_not_ready_naming_cognit
 
 #[tokio::test]
 async fn a_new_refresh_token_written_to_the_file_is_used_without_a_restart() {
-    let tier = CognitoTier::start(Some("not-issued-yet"), true).await;
+    let tier = CognitoTier::start(Setup {
+        refresh_token: Some("not-issued-yet"),
+        in_file: true,
+        ..Setup::default()
+    })
+    .await;
     let admin = tier.admin();
     let not_ready = readyz(admin, 503, "Cognito refuses the relay's refresh token").await;
     assert!(not_ready.contains("Cognito refuses"), "{not_ready}");
@@ -260,6 +284,46 @@ async fn a_new_refresh_token_written_to_the_file_is_used_without_a_restart() {
     let scrape = Scrape::take(admin).await;
     assert_eq!(refreshes(&scrape, "ok"), 1.0);
     assert!(refreshes(&scrape, "refused") >= 1.0);
+}
+
+#[tokio::test]
+async fn a_token_the_upstream_refuses_is_refreshed_at_once_and_the_refusal_explained() {
+    // The origin accepts another app client's tokens: the relay's ID tokens are
+    // refused (UNAUTHENTICATED, audience), each one asking for a new one.
+    let tier = CognitoTier::start(Setup {
+        origin_audience: Some("another-app-client"),
+        ..Setup::default()
+    })
+    .await;
+    let admin = tier.admin();
+    // Refreshed at once after the first refusal, then no more often than every 10s.
+    let (reader, _) = tier.pool.sign_in("acme-reader").await;
+    let relay_addr = tier.relay.addr;
+    let ok = r#"configwatch_relay_upstream_token_refreshes_total{result="ok"}"#;
+    let started = std::time::Instant::now();
+    eventually(
+        Duration::from_secs(30),
+        || "the relay to refresh the token the upstream refused".to_owned(),
+        || {
+            let reader = reader.clone();
+            async move {
+                // Each call makes the relay try its upstream again.
+                let _ = Call::get("", "").on(relay_addr, Some(&reader)).await;
+                (Scrape::take(admin).await.value(ok) >= 2.0).then_some(())
+            }
+        },
+    )
+    .await;
+    assert!(
+        started.elapsed() >= Duration::from_secs(5),
+        "the second refresh waits out the gap after the first: {:?}",
+        started.elapsed()
+    );
+    let not_ready = readyz(admin, 503, "refuses this relay's token").await;
+    assert!(
+        not_ready.contains("in the group 'relay'") && not_ready.contains("--audience"),
+        "says what to check: {not_ready}"
+    );
 }
 
 #[test]
