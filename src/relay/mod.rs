@@ -8,9 +8,9 @@
 //! carry across every instance of the tree. Below the hub, [`Relay`] is the
 //! [`ScopeLoader`]: a scope is loaded by watching it upstream, one Watch per scope
 //! whatever the number of its watchers here (`feed`), with the relay's own
-//! credential (`credential`: a token file, or an ID token from Cognito), over a few shared connections (`upstreams`). Writes
-//! and secrets' values are not the relay's to serve: `forward` sends them upstream
-//! with the caller's own token. `probe` reports whether an upstream answers, for
+//! credential (`credential`: a token file, or an ID token from Cognito), over a few
+//! shared connections (`upstreams`). Writes and secrets' values are not the relay's
+//! to serve: `forward` sends them upstream with the caller's own token. `probe` reports whether an upstream answers, for
 //! readiness, and keeps new work on one that does.
 //!
 //! Boundary: a gRPC client of the upstream and the hub's loader. It knows the
@@ -38,7 +38,7 @@ use crate::proto;
 use crate::proto::watch_response::InitialMode;
 use crate::source::health::SourceHealth;
 use crate::store::StoreError;
-use credential::{Credential, CredentialError, RefreshCounters, UpstreamCredential};
+use credential::{Credential, RefreshCounters, UpstreamCredential};
 use feed::Feed;
 use upstreams::{UpstreamError, Upstreams};
 
@@ -65,8 +65,6 @@ pub struct RelaySettings {
 pub enum RelayError {
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
-    #[error(transparent)]
-    Credential(#[from] CredentialError),
 }
 
 /// What a relay counts, for operators.
@@ -125,7 +123,7 @@ impl Inner {
         let mut held = self.refused.lock().unwrap_or_else(|p| p.into_inner());
         if held.is_none() {
             let check = self.credential.what_to_check();
-            tracing::error!(%reason, "the upstream refuses this relay's token; {check} (a token with the relay role, signed for the upstream, not expired)");
+            tracing::error!(%reason, "the upstream refuses this relay's token; {check}");
         }
         *held = Some(reason);
     }

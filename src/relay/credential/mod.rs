@@ -187,7 +187,9 @@ impl Credential {
     /// What to check when the upstream refuses the token.
     pub fn what_to_check(&self) -> &'static str {
         match self {
-            Credential::File(_) => "check --upstream-token-file",
+            Credential::File(_) => {
+                "check --upstream-token-file (a token with the relay role, signed for the upstream, not expired)"
+            }
             Credential::Cognito(_) => {
                 "check that the Cognito user of the refresh token is in the group 'relay' and that the upstream accepts the pool's ID tokens (--jwks-url, --issuer, --audience with this app client)"
             }
