@@ -49,6 +49,11 @@ pub(super) async fn run(
     stop: CancellationToken,
     health: SourceHealth,
 ) {
+    // Not ready before the relay has a token (or knows why it has none).
+    tokio::select! {
+        () = stop.cancelled() => return,
+        () = inner.credential.known() => {}
+    }
     loop {
         let first = inner.upstreams.preferred();
         let mut failures = Vec::new();

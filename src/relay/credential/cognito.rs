@@ -180,13 +180,19 @@ impl CognitoToken {
         self.counters.clone()
     }
 
+    /// Waits for Cognito's first answer (a token, or why not); `None` if the relay
+    /// stops first.
+    pub async fn first_answer(&self) -> Option<()> {
+        let mut answers = self.state.subscribe();
+        answers.wait_for(|s| s.answers > 0).await.ok().map(drop)
+    }
+
     /// The header of the valid token held, after Cognito's first answer.
     pub async fn header(&self) -> Result<AsciiMetadataValue, CredentialError> {
-        let mut answers = self.state.subscribe();
-        let state = match answers.wait_for(|s| s.answers > 0).await {
-            Ok(state) => state.clone(),
-            Err(_) => return Err(CredentialError::NoToken("the relay is stopping".to_owned())),
-        };
+        if self.first_answer().await.is_none() {
+            return Err(CredentialError::NoToken("the relay is stopping".to_owned()));
+        }
+        let state = self.state.borrow().clone();
         match (&state.token, &state.failure) {
             (Some(held), _) if held.expires > self.clock.now() => Ok(held.header.clone()),
             (_, Some(failure)) => Err(CredentialError::NoToken(describe(failure))),

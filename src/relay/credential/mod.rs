@@ -166,6 +166,14 @@ impl Credential {
         }
     }
 
+    /// Returns once the credential is known: at once for a file, after Cognito's
+    /// first answer (a token, or a failure) for a Cognito token.
+    pub async fn known(&self) {
+        if let Credential::Cognito(cognito) = self {
+            cognito.first_answer().await;
+        }
+    }
+
     /// The upstream refused the token `sent` (or it expired under a stream): a
     /// Cognito token is refreshed at once (rate limited) unless a newer one is held
     /// already; a file is read again anyway once it changes.

@@ -203,6 +203,15 @@ async fn a_cognito_that_never_answers_is_given_up_on_and_asked_again() {
     let fake = cognito_issuing(Duration::from_secs(300));
     fake.answer(Answer::Never);
     let (credential, stop) = start(&fake, value("rt-1"));
+    // Readiness waits for the first answer, which never comes: 30 s, then a failure.
+    let waited = tokio::time::timeout(Duration::from_secs(29), credential.known()).await;
+    assert!(waited.is_err(), "no answer yet");
+    credential.known().await;
+    assert!(
+        credential
+            .problem()
+            .is_some_and(|p| p.contains("no answer within 30s"))
+    );
     let err = credential.header().await.err().map(|e| e.to_string());
     assert!(
         err.as_deref()
