@@ -5,12 +5,17 @@
 //! `AWS_ENDPOINT_URL_DYNAMODB`, `..._DYNAMODB_STREAMS`, `..._SSM`, `..._SQS`, so the same
 //! binary runs against AWS or an emulator.
 //!
+//! `cognito`: the one call a relay makes to AWS, Cognito's unauthenticated
+//! `InitiateAuth`, for its upstream token.
+//!
 //! Retries: every AWS call is retried by the SDK itself, with the one policy set here
 //! ([`retry_config`]: standard mode, [`MAX_ATTEMPTS`] attempts, exponential backoff
 //! with full jitter from [`INITIAL_BACKOFF`] up to [`MAX_BACKOFF`], on throttling,
 //! 5xx, timeouts and connection failures). No module wraps a single call in a retry
 //! loop of its own; what still fails is the caller's to handle: a request answers
 //! UNAVAILABLE, a source's poll loop tries again on its next round.
+
+pub mod cognito;
 
 use std::time::Duration;
 

@@ -11,8 +11,10 @@ use clap::Args;
 use super::Failure;
 use crate::auth::{Role, TokenUse};
 use crate::aws::AwsSettings;
-use crate::relay::RelaySettings;
 use crate::{api, server};
+
+mod relay;
+pub use relay::{COGNITO_REFRESH_TOKEN_ENV, RelayArgs};
 
 /// The server's log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -224,70 +226,6 @@ impl ServeArgs {
             ));
         }
         Ok(aws)
-    }
-}
-
-/// Relay mode: the server's sources are other configwatch servers.
-#[derive(Debug, Args)]
-pub struct RelayArgs {
-    /// Run as a relay of these configwatch servers (`http://host:port`; repeatable,
-    /// or comma-separated): Get and Watch are served from views kept by one Watch
-    /// per scope on an upstream, writes are forwarded with the caller's token.
-    #[arg(long = "upstream", env = "CONFIGWATCH_UPSTREAM", value_delimiter = ',')]
-    pub upstreams: Vec<String>,
-    /// File holding the relay's token (role relay) for its upstream Watches; read
-    /// again when it changes, so it can be rotated.
-    #[arg(long, env = "CONFIGWATCH_UPSTREAM_TOKEN_FILE")]
-    pub upstream_token_file: Option<PathBuf>,
-    /// How long a first use of a scope waits for an upstream before the call fails
-    /// with UNAVAILABLE.
-    #[arg(long, env = "CONFIGWATCH_UPSTREAM_LOAD_TIMEOUT", default_value_t = crate::relay::DEFAULT_LOAD_TIMEOUT.into())]
-    pub upstream_load_timeout: humantime::Duration,
-}
-
-impl RelayArgs {
-    /// The relay's settings when `--upstream` is given, checked against the other
-    /// flags of `serve` (`--backend aws` is refused by [`ServeArgs::check`]);
-    /// `None` for an origin.
-    pub fn settings(&self, new_store: bool) -> Result<Option<RelaySettings>, Failure> {
-        let upstreams: Vec<String> = self
-            .upstreams
-            .iter()
-            .map(|u| u.trim().to_owned())
-            .filter(|u| !u.is_empty())
-            .collect();
-        if upstreams.is_empty() {
-            if self.upstream_token_file.is_some() {
-                return Err(Failure::usage(
-                    "--upstream-token-file is for a relay: give --upstream too",
-                ));
-            }
-            return Ok(None);
-        }
-        if new_store {
-            return Err(Failure::usage(
-                "--new-store is for the embedded store; a relay keeps none",
-            ));
-        }
-        let Some(token_file) = self.upstream_token_file.clone() else {
-            return Err(Failure::usage(
-                "--upstream needs --upstream-token-file: a file holding a token with the relay role (configwatch token --role relay)",
-            ));
-        };
-        if *self.upstream_load_timeout < Duration::from_secs(1) {
-            return Err(Failure::usage(
-                "--upstream-load-timeout must be at least 1s",
-            ));
-        }
-        let settings = RelaySettings {
-            upstreams,
-            token_file,
-            load_timeout: *self.upstream_load_timeout,
-        };
-        // The URLs are checked here, before any port is bound.
-        crate::relay::upstreams::Upstreams::new(&settings.upstreams)
-            .map_err(|e| Failure::usage(e.to_string()))?;
-        Ok(Some(settings))
     }
 }
 

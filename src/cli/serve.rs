@@ -31,7 +31,7 @@ use crate::store::embedded::{EmbeddedStore, OpenOptions};
 use crate::store::ssm::SsmBackend;
 
 /// The issuer of a Cognito user pool, from its JWKS URL.
-fn cognito_issuer(jwks_url: &str) -> Option<String> {
+pub(super) fn cognito_issuer(jwks_url: &str) -> Option<String> {
     let base = jwks_url.strip_suffix("/.well-known/jwks.json")?;
     let host = base.strip_prefix("https://")?.split('/').next()?;
     (host.starts_with("cognito-idp.") && host.ends_with(".amazonaws.com")).then(|| base.to_owned())
@@ -214,8 +214,14 @@ pub(super) async fn run_serve(args: ServeArgs) -> Result<(), Failure> {
         (None, None, Some(settings)) => {
             let sources = Supervisor::new(stop.child_token(), SOURCE_RESTART)
                 .with_down_grace(*args.aws.source_down_grace);
-            let (router, hub, sources, started) =
-                super::relay::start_relay(settings, hub_config, sources, stop.child_token())?;
+            let (router, hub, sources, started) = super::relay::start_relay(
+                settings,
+                args.identity.jwks_url.as_deref(),
+                hub_config,
+                sources,
+                stop.child_token(),
+            )
+            .await?;
             super::relay::register_relay(&mut registry, &started);
             registry.register_collector(Box::new(SourceMetrics {
                 counters: None,

@@ -24,6 +24,7 @@ use std::time::Duration;
 use configwatch_client::{Backoff, Retry};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use tonic::metadata::AsciiMetadataValue;
 use tonic::{Code, Status};
 
 use super::{Inner, from_proto, millis_of};
@@ -283,16 +284,28 @@ async fn session(
     let lease = inner.upstreams.lease(at);
     let mut client = proto::config_service_client::ConfigServiceClient::new(lease.channel.clone())
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let header = tokio::select! {
+        () = feed.stop.cancelled() => return Ended::Stop,
+        header = inner.credential.header() => header,
+    };
+    let header = match header {
+        Ok(header) => header,
+        Err(e) => {
+            return Ended::Failed {
+                reason: e.to_string(),
+                served: false,
+            };
+        }
+    };
     let mut call = tonic::Request::new(request(hub, &feed.scope, state, with_versions));
-    call.metadata_mut()
-        .insert("authorization", inner.credential.header());
+    call.metadata_mut().insert("authorization", header.clone());
     let opened = tokio::select! {
         () = feed.stop.cancelled() => return Ended::Stop,
         opened = client.watch(call) => opened,
     };
     let mut stream = match opened {
         Ok(response) => response.into_inner(),
-        Err(status) => return failed(inner, status, false),
+        Err(status) => return failed(inner, &header, status, false),
     };
     let _open = inner.counters.stream_opened();
     let mut initial: Vec<Entry> = Vec::new();
@@ -310,7 +323,7 @@ async fn session(
                     served,
                 };
             }
-            Err(status) => return failed(inner, status, served),
+            Err(status) => return failed(inner, &header, status, served),
         };
         if !msg.resume_token.is_empty() {
             state.resume.clone_from(&msg.resume_token);
@@ -397,7 +410,12 @@ fn sync(hub: &Hub, scope: &Scope, mode: InitialMode, entries: Vec<Entry>) {
 
 /// A failed call or stream: at once with the versions when the upstream asks. A
 /// refusal of the relay's token is kept for readiness (see `probe`).
-fn failed(inner: &Inner, status: Status, served: bool) -> Ended {
+fn failed(inner: &Inner, sent: &AsciiMetadataValue, status: Status, served: bool) -> Ended {
+    // The token sent refused (or expired under the stream): one from Cognito is
+    // refreshed at once, unless a newer one is held already.
+    if status.code() == Code::Unauthenticated {
+        inner.credential.rejected(sent);
+    }
     // Refused at the start of a Watch (a stream that served and then ended so is a
     // token that expired meanwhile: the next attempt reads the file again).
     if !served

@@ -8,9 +8,9 @@
 //! carry across every instance of the tree. Below the hub, [`Relay`] is the
 //! [`ScopeLoader`]: a scope is loaded by watching it upstream, one Watch per scope
 //! whatever the number of its watchers here (`feed`), with the relay's own
-//! credential (`credential`), over a few shared connections (`upstreams`). Writes
-//! and secrets' values are not the relay's to serve: `forward` sends them upstream
-//! with the caller's own token. `probe` reports whether an upstream answers, for
+//! credential (`credential`: a token file, or an ID token from Cognito), over a few
+//! shared connections (`upstreams`). Writes and secrets' values are not the relay's
+//! to serve: `forward` sends them upstream with the caller's own token. `probe` reports whether an upstream answers, for
 //! readiness, and keeps new work on one that does.
 //!
 //! Boundary: a gRPC client of the upstream and the hub's loader. It knows the
@@ -22,7 +22,6 @@ mod forward;
 mod probe;
 pub mod upstreams;
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
@@ -39,7 +38,7 @@ use crate::proto;
 use crate::proto::watch_response::InitialMode;
 use crate::source::health::SourceHealth;
 use crate::store::StoreError;
-use credential::{Credential, CredentialError};
+use credential::{Credential, RefreshCounters, UpstreamCredential};
 use feed::Feed;
 use upstreams::{UpstreamError, Upstreams};
 
@@ -54,8 +53,8 @@ pub const DEFAULT_LOAD_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct RelaySettings {
     /// The upstream servers, tried in this order.
     pub upstreams: Vec<String>,
-    /// The file holding the relay's token (role relay).
-    pub token_file: PathBuf,
+    /// Where the relay's own token comes from: a file, or Cognito.
+    pub credential: UpstreamCredential,
     /// How long a first load of a scope waits for an upstream before the call that
     /// asked for it fails with UNAVAILABLE.
     pub load_timeout: Duration,
@@ -66,8 +65,6 @@ pub struct RelaySettings {
 pub enum RelayError {
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
-    #[error(transparent)]
-    Credential(#[from] CredentialError),
 }
 
 /// What a relay counts, for operators.
@@ -125,7 +122,8 @@ impl Inner {
     fn credential_refused(&self, reason: String) {
         let mut held = self.refused.lock().unwrap_or_else(|p| p.into_inner());
         if held.is_none() {
-            tracing::error!(%reason, "the upstream refuses this relay's token; check --upstream-token-file (a token with the relay role, signed for the upstream, not expired)");
+            let check = self.credential.what_to_check();
+            tracing::error!(%reason, "the upstream refuses this relay's token; {check}");
         }
         *held = Some(reason);
     }
@@ -189,11 +187,16 @@ impl Inner {
 pub struct Relay(Arc<Inner>);
 
 impl Relay {
-    /// Checks the settings and reads the credential; nothing is contacted yet.
-    pub fn new(settings: &RelaySettings, stop: CancellationToken) -> Result<Relay, RelayError> {
+    /// Checks the settings; the credential is the one `settings` describe, opened
+    /// by the caller. No upstream is contacted yet.
+    pub fn new(
+        settings: &RelaySettings,
+        credential: Credential,
+        stop: CancellationToken,
+    ) -> Result<Relay, RelayError> {
         Ok(Relay(Arc::new(Inner {
             upstreams: Upstreams::new(&settings.upstreams)?,
-            credential: Credential::open(&settings.token_file)?,
+            credential,
             feeds: DashMap::new(),
             hub: OnceLock::new(),
             counters: Arc::default(),
@@ -211,6 +214,12 @@ impl Relay {
 
     pub fn counters(&self) -> Arc<RelayCounters> {
         self.0.counters.clone()
+    }
+
+    /// The exchanges of a refresh token for an upstream token, by result, when the
+    /// token comes from Cognito.
+    pub fn token_refreshes(&self) -> Option<Arc<RefreshCounters>> {
+        self.0.credential.refreshes()
     }
 
     /// Where the API sends writes and secret reads, with the caller's token.
@@ -270,7 +279,12 @@ impl ScopeLoader for Relay {
     /// Asked when a client holds a key this relay's view does not know (it comes
     /// from an instance that is ahead): the upstream is asked, as the relay.
     async fn read_key(&self, scope: &Scope, key: &str) -> Result<Option<Entry>, StoreError> {
-        let header = self.0.credential.header();
+        let header = self
+            .0
+            .credential
+            .header()
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         forward::read_upstream(&self.0, &header, scope, key)
             .await
             .map(|e| e.map(Entry::without_secret))

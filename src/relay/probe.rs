@@ -3,7 +3,8 @@
 //! upstream that is not ready, because its own sources fail, makes the relay not
 //! ready too, after the same grace), and new work starts on the upstream that last
 //! answered. Health needs no token, so an upstream that refused the relay's token
-//! (as the feeds report it) counts as failing too, until one accepts it.
+//! (as the feeds report it) counts as failing too, until one accepts it, and so
+//! does a credential that cannot be renewed (Cognito refuses the refresh token).
 //!
 //! Boundary: the check and what it reports. The streams fail over on their own.
 
@@ -48,6 +49,11 @@ pub(super) async fn run(
     stop: CancellationToken,
     health: SourceHealth,
 ) {
+    // Not ready before the relay has a token (or knows why it has none).
+    tokio::select! {
+        () = stop.cancelled() => return,
+        () = inner.credential.known() => {}
+    }
     loop {
         let first = inner.upstreams.preferred();
         let mut failures = Vec::new();
@@ -62,10 +68,14 @@ pub(super) async fn run(
                 Err(reason) => failures.push(format!("{}: {reason}", inner.upstreams.url(at))),
             }
         }
-        if let Some(refusal) = inner.refusal() {
+        if let Some(problem) = inner.credential.problem() {
+            // No token to load anything new with, or none once this one expires.
+            health.failing(problem);
+        } else if let Some(refusal) = inner.refusal() {
             // Reachable, but nothing new can be loaded with this token.
             health.failing(format!(
-                "the upstream refuses this relay's token ({refusal}); check --upstream-token-file"
+                "the upstream refuses this relay's token ({refusal}); {}",
+                inner.credential.what_to_check()
             ));
         } else if failures.is_empty() {
             health.succeeded();

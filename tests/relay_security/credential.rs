@@ -21,15 +21,7 @@ async fn a_rotated_upstream_token_file_is_used_without_a_restart() {
     assert!(refused.message().contains("Unauthenticated"), "{refused:?}");
     // Its health check needs no token, but readiness knows the token is refused.
     let admin = tier.relay.admin.expect("the relay's admin listener");
-    let not_ready = eventually(
-        Duration::from_secs(20),
-        || "the relay to say it is not ready".to_owned(),
-        || async move {
-            let answer = http_get(admin, "/readyz").await;
-            (answer.status == 503).then_some(answer.body)
-        },
-    )
-    .await;
+    let not_ready = readyz(admin, 503, "refuses this relay's token").await;
     assert!(
         not_ready.contains("refuses this relay's token"),
         "{not_ready}"
@@ -55,12 +47,7 @@ async fn a_rotated_upstream_token_file_is_used_without_a_restart() {
         summary(&got.entries),
         [("tenant_config_a".to_owned(), 1, false)]
     );
-    eventually(
-        Duration::from_secs(20),
-        || "the relay to be ready with its new token".to_owned(),
-        || async move { (http_get(admin, "/readyz").await.status == 200).then_some(()) },
-    )
-    .await;
+    readyz(admin, 200, "").await;
 }
 
 #[test]
@@ -150,17 +137,7 @@ fn a_relay_that_cannot_work_exits_64_naming_the_fix() {
         ),
     ];
     for (what, dir, args, fix) in cases {
-        let out = run_to_exit(
-            serve_command(dir, &args),
-            Duration::from_secs(20),
-            &format!("{what}: the relay did not exit"),
-        );
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(64), "{what}: {stderr}");
-        assert!(
-            stderr.contains(fix),
-            "{what}: the message names the fix: {stderr}"
-        );
+        exits_64_naming(what, serve_command(dir, &args), fix);
     }
 }
 

@@ -7,7 +7,9 @@
 //!   read upstream at each Get and never pushed;
 //! - `credential`: the relay's own token rotated without a restart (before its first
 //!   use, and while its upstream Watch runs), and the relay configurations that
-//!   must not start.
+//!   must not start;
+//! - `cognito`: a relay whose token comes from Cognito (moto's user pool), with no
+//!   AWS credentials, and the Cognito flags' wrong combinations.
 //!
 //! This file: the two servers, their tokens, and the calls the suites ask of them.
 //!
@@ -16,6 +18,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod cognito;
 #[path = "../common/mod.rs"]
 mod common;
 mod credential;
@@ -109,6 +112,37 @@ fn relay_command(dir: &Path, upstream: &str, token_file: &Path) -> std::process:
     );
     command.arg("--upstream-token-file").arg(token_file);
     command
+}
+
+/// Waits until `/readyz` on `admin` answers `status` with a body that says
+/// `saying`; the body.
+async fn readyz(admin: SocketAddr, status: u16, saying: &str) -> String {
+    eventually(
+        Duration::from_secs(20),
+        || format!("the relay's /readyz to answer {status} saying {saying:?}"),
+        || async move {
+            let answer = http_get(admin, "/readyz").await;
+            (answer.status == status && answer.body.contains(saying)).then_some(answer.body)
+        },
+    )
+    .await
+}
+
+/// Runs a `serve` command that must refuse to start: exit 64, with a message that
+/// names `fix`. Its stderr.
+fn exits_64_naming(what: &str, command: std::process::Command, fix: &str) -> String {
+    let out = run_to_exit(
+        command,
+        Duration::from_secs(20),
+        &format!("{what}: the relay did not exit"),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(64), "{what}: {stderr}");
+    assert!(
+        stderr.contains(fix),
+        "{what}: the message names the fix: {stderr}"
+    );
+    stderr
 }
 
 /// One call a test asks of both servers.

@@ -16,7 +16,8 @@
 //!   template itself deployed by moto's CloudFormation, its outputs and resources;
 //!   `moto_ecs`: the service template (ECS, load balancers, the data template
 //!   nested) deployed the way `aws cloudformation package` deploys it, and moto's
-//!   own state for what the suite has no SDK client for.
+//!   own state for what the suite has no SDK client for;
+//!   `cognito`: a Cognito user pool on moto, its users and their tokens.
 //! - [`procfs`]: a process's resident memory and CPU time from `/proc`.
 //! - [`proxy`]: a TCP proxy a test can cut (resetting connections) and restore.
 //! - [`lossy`]: a TCP proxy that adds delay per direction, stalls (a lost segment's
@@ -34,6 +35,8 @@
 // Test support: a failed step is a failed test, so panicking is how it reports.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[cfg(feature = "moto")]
+pub mod cognito;
 pub mod http;
 pub mod lossy;
 pub mod metrics;
