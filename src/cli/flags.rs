@@ -415,7 +415,7 @@ fn parse_role(s: &str) -> Result<Role, String> {
 
 #[derive(Debug, Args)]
 pub struct ClientArgs {
-    /// Server URL.
+    /// Server URL: `http://`, or `https://` (verified with the platform's root certificates).
     #[arg(
         long,
         env = "CONFIGWATCH_SERVER",
