@@ -251,17 +251,18 @@ async fn metrics_count_exactly_the_calls_made() {
     promtool_check(&last.text);
 }
 
-#[tokio::test]
-async fn readyz_is_503_while_the_jwks_has_not_been_fetched() {
-    // A JWKS URL on a port nothing listens on: the first fetch fails, the server
-    // starts and says why it is not ready.
+/// A port on 127.0.0.1 that nothing listens on.
+fn closed_port() -> u16 {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = closed.local_addr().unwrap().port();
-    drop(closed);
-    let dir = temp_dir();
-    let url = format!("http://127.0.0.1:{port}/.well-known/jwks.json");
-    let server = ServerProcess::start(serve_command(
-        dir.path(),
+    closed.local_addr().unwrap().port()
+}
+
+/// A server (with an admin listener) whose JWKS URL is on a port nothing listens
+/// on: the first fetch fails, the server starts and says why it is not ready.
+async fn without_token_keys(dir: &std::path::Path) -> ServerProcess {
+    let url = format!("http://127.0.0.1:{}/.well-known/jwks.json", closed_port());
+    ServerProcess::start(serve_command(
+        dir,
         &[
             "--admin-listen",
             "127.0.0.1:0",
@@ -273,7 +274,13 @@ async fn readyz_is_503_while_the_jwks_has_not_been_fetched() {
             "https://idp.example.com",
         ],
     ))
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn readyz_is_503_while_the_jwks_has_not_been_fetched() {
+    let dir = temp_dir();
+    let server = without_token_keys(dir.path()).await;
     let admin = server.admin.expect("an admin address");
     let ready = http_get(admin, "/readyz").await;
     assert_eq!(ready.status, 503, "{ready:?}");
@@ -389,10 +396,7 @@ async fn health_reaches_an_unspecified_admin_address_on_loopback() {
 
 #[tokio::test]
 async fn health_exits_1_saying_why_when_nothing_listens_or_the_server_is_not_ready() {
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = closed.local_addr().unwrap().port();
-    drop(closed);
-    let nobody = format!("127.0.0.1:{port}");
+    let nobody = format!("127.0.0.1:{}", closed_port());
     let (code, stderr) = health(&["--admin", &nobody], &[]);
     assert_eq!(code, Some(1), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
@@ -403,21 +407,7 @@ async fn health_exits_1_saying_why_when_nothing_listens_or_the_server_is_not_rea
 
     // Alive but not ready: its token keys (a JWKS nobody serves) never arrive.
     let dir = temp_dir();
-    let url = format!("http://{nobody}/.well-known/jwks.json");
-    let server = ServerProcess::start(serve_command(
-        dir.path(),
-        &[
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--jwks-url",
-            &url,
-            "--audience",
-            "app",
-            "--issuer",
-            "https://idp.example.com",
-        ],
-    ))
-    .await;
+    let server = without_token_keys(dir.path()).await;
     let admin = server.admin.expect("an admin address").to_string();
     assert_eq!(health(&["--admin", &admin], &[]).0, Some(0), "alive");
     let (code, stderr) = health(&["--admin", &admin, "--ready"], &[]);
