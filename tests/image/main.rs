@@ -9,9 +9,9 @@
 //! SIGTERM that drains and exits 0.
 //!
 //! Slow (a release build in a container: minutes on both cores), so it is
-//! `#[ignore]`d and run on its own: `cargo test --test image -- --ignored`, as root
-//! with `buildah` and `debootstrap` installed (tests/run does, after everything
-//! else). `CONFIGWATCH_SKIP_IMAGE_TEST=1` skips it. Root filesystems and buildah's
+//! `#[ignore]`d and run on its own, as root with `buildah` and `debootstrap`
+//! installed: `cargo test --workspace --test image -- --ignored --nocapture`
+//! (which shows its timings), as tests/run does after everything else. `CONFIGWATCH_SKIP_IMAGE_TEST=1` skips it. Root filesystems and buildah's
 //! cache mounts are kept under `~/.cache/configwatch/image/`, so a second run
 //! compiles only what changed; everything else is removed at the end.
 
@@ -41,7 +41,7 @@ const USER: &str = "65532:65532";
 pub const DATA_DIR: &str = "/var/lib/configwatch";
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "slow: builds the image (a release build, minutes); run alone with `cargo test --test image -- --ignored` as root with buildah and debootstrap"]
+#[ignore = "slow: builds the image (a release build, minutes); run alone with `cargo test --workspace --test image -- --ignored --nocapture` as root with buildah and debootstrap"]
 async fn the_image_builds_and_its_command_serves_as_its_user() {
     if std::env::var(SKIP).is_ok_and(|v| v == "1") {
         eprintln!("SKIPPED: the image test ({SKIP}=1); it did not run");
