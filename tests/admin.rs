@@ -1,6 +1,7 @@
 //! The admin listener as operators use it: the binary started with
 //! `--admin-listen 127.0.0.1:0`, its `/healthz`, `/readyz` and `/metrics` read over
-//! HTTP; the flag off or wrong.
+//! HTTP; the flag off or wrong; `configwatch health`, a container's health check,
+//! run against it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -250,17 +251,18 @@ async fn metrics_count_exactly_the_calls_made() {
     promtool_check(&last.text);
 }
 
-#[tokio::test]
-async fn readyz_is_503_while_the_jwks_has_not_been_fetched() {
-    // A JWKS URL on a port nothing listens on: the first fetch fails, the server
-    // starts and says why it is not ready.
+/// A port on 127.0.0.1 that nothing listens on.
+fn closed_port() -> u16 {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = closed.local_addr().unwrap().port();
-    drop(closed);
-    let dir = temp_dir();
-    let url = format!("http://127.0.0.1:{port}/.well-known/jwks.json");
-    let server = ServerProcess::start(serve_command(
-        dir.path(),
+    closed.local_addr().unwrap().port()
+}
+
+/// A server (with an admin listener) whose JWKS URL is on a port nothing listens
+/// on: the first fetch fails, the server starts and says why it is not ready.
+async fn without_token_keys(dir: &std::path::Path) -> ServerProcess {
+    let url = format!("http://127.0.0.1:{}/.well-known/jwks.json", closed_port());
+    ServerProcess::start(serve_command(
+        dir,
         &[
             "--admin-listen",
             "127.0.0.1:0",
@@ -272,7 +274,13 @@ async fn readyz_is_503_while_the_jwks_has_not_been_fetched() {
             "https://idp.example.com",
         ],
     ))
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn readyz_is_503_while_the_jwks_has_not_been_fetched() {
+    let dir = temp_dir();
+    let server = without_token_keys(dir.path()).await;
     let admin = server.admin.expect("an admin address");
     let ready = http_get(admin, "/readyz").await;
     assert_eq!(ready.status, 503, "{ready:?}");
@@ -338,4 +346,87 @@ async fn idle_connections_holding_every_slot_do_not_keep_a_probe_out() {
         );
     }
     drop(idle);
+}
+
+/// `configwatch health ARGS` run to its end: its exit code and stderr.
+fn health(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_configwatch"));
+    command
+        .arg("health")
+        .args(args)
+        .env_remove("CONFIGWATCH_ADMIN_LISTEN");
+    command.envs(env.iter().copied());
+    let out = configwatch_test_support::run_to_exit(
+        command,
+        std::time::Duration::from_secs(20),
+        "configwatch health did not exit",
+    );
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn health_exits_0_on_healthz_and_on_readyz_when_ready() {
+    let dir = temp_dir();
+    let (_server, admin) = start_with_admin(dir.path()).await;
+    let admin = admin.to_string();
+    assert_eq!(health(&["--admin", &admin], &[]), (Some(0), String::new()));
+    // The embedded store is ready as soon as the server says its address.
+    assert_eq!(
+        health(&["--admin", &admin, "--ready"], &[]),
+        (Some(0), String::new())
+    );
+}
+
+/// As in a container: the server listens on 0.0.0.0 by `CONFIGWATCH_ADMIN_LISTEN`,
+/// and `health` with the same environment (no flag) reaches it on loopback.
+#[tokio::test]
+async fn health_reaches_an_unspecified_admin_address_on_loopback() {
+    let dir = temp_dir();
+    let server =
+        ServerProcess::start(serve_command(dir.path(), &["--admin-listen", "0.0.0.0:0"])).await;
+    let admin = server.admin.expect("an admin address");
+    assert!(admin.ip().is_unspecified(), "{admin}");
+    let env = admin.to_string();
+    let (code, stderr) = health(&[], &[("CONFIGWATCH_ADMIN_LISTEN", &env)]);
+    assert_eq!(code, Some(0), "{stderr}");
+}
+
+#[tokio::test]
+async fn health_exits_1_saying_why_when_nothing_listens_or_the_server_is_not_ready() {
+    let nobody = format!("127.0.0.1:{}", closed_port());
+    let (code, stderr) = health(&["--admin", &nobody], &[]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    assert!(
+        stderr.contains(&format!("http://{nobody}/healthz: cannot connect")),
+        "{stderr}"
+    );
+
+    // Alive but not ready: its token keys (a JWKS nobody serves) never arrive.
+    let dir = temp_dir();
+    let server = without_token_keys(dir.path()).await;
+    let admin = server.admin.expect("an admin address").to_string();
+    assert_eq!(health(&["--admin", &admin], &[]).0, Some(0), "alive");
+    let (code, stderr) = health(&["--admin", &admin, "--ready"], &[]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    assert!(
+        stderr.contains(&format!("http://{admin}/readyz: 503 ")) && stderr.contains("token keys"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn health_with_a_bad_address_or_timeout_exits_64() {
+    for args in [
+        &["--admin", "localhost:nine"][..],
+        &["--admin", ""],
+        &["--admin", "127.0.0.1:9", "--timeout", "0s"],
+    ] {
+        let (code, stderr) = health(args, &[]);
+        assert_eq!(code, Some(64), "{args:?}: {stderr}");
+    }
 }

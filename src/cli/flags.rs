@@ -478,3 +478,17 @@ pub struct WatchArgs {
     #[command(flatten)]
     pub client: ClientArgs,
 }
+
+#[derive(Debug, Args)]
+pub struct HealthArgs {
+    /// The server's admin listener; an unspecified host (0.0.0.0, [::]) is reached
+    /// on loopback, so the server's own `--admin-listen` value works here.
+    #[arg(long, env = "CONFIGWATCH_ADMIN_LISTEN", default_value = crate::admin::DEFAULT_ADMIN_LISTEN)]
+    pub admin: String,
+    /// Check readiness (/readyz) instead of liveness (/healthz).
+    #[arg(long, env = "CONFIGWATCH_HEALTH_READY")]
+    pub ready: bool,
+    /// How long the check may take in all.
+    #[arg(long, env = "CONFIGWATCH_HEALTH_TIMEOUT", default_value_t = super::health::DEFAULT_TIMEOUT.into())]
+    pub timeout: humantime::Duration,
+}

@@ -1,5 +1,6 @@
-//! The `configwatch` command line: `serve`, `token`, and the client commands `get`,
-//! `put`, `delete` and `watch`. Every flag can also be set by environment variable.
+//! The `configwatch` command line: `serve`, `token`, the client commands `get`,
+//! `put`, `delete` and `watch`, and `health`. Every flag can also be set by
+//! environment variable.
 //!
 //! Exit codes: 0 success; 1 an error from the server (printed as its gRPC status and
 //! message) or a key not found; 64 bad usage or configuration, detected before any
@@ -9,12 +10,14 @@
 //! any port is bound), [`serve`] (the composition root: the only code that knows
 //! every part of the server and wires them; `admin` its half that registers the
 //! metrics and starts the admin listener, `counters` the parts' counters and gauges), and the client commands in
-//! [`commands`] (`token`, `get`, `put`, `delete`) and [`watch`].
+//! [`commands`] (`token`, `get`, `put`, `delete`) and [`watch`]; [`health`] checks a
+//! running server's admin listener (a container's health check).
 
 mod admin;
 pub mod commands;
 mod counters;
 pub mod flags;
+pub mod health;
 mod relay;
 pub mod serve;
 pub mod watch;
@@ -55,6 +58,9 @@ pub enum Command {
     Delete(DeleteArgs),
     /// Print one JSON object per line for every change under the prefixes.
     Watch(WatchArgs),
+    /// Check a running server's admin listener (/healthz, or /readyz with --ready):
+    /// exit 0 when it answers 200, 1 otherwise.
+    Health(HealthArgs),
 }
 
 /// A command's failure: what to print and the exit code.
@@ -95,6 +101,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Put(args) => commands::run_put(args).await,
         Command::Delete(args) => commands::run_delete(args).await,
         Command::Watch(args) => watch::run_watch(args).await,
+        Command::Health(args) => health::run_health(args).await,
     }
 }
 

@@ -179,6 +179,15 @@ impl ServerProcess {
         self.child.kill().await.expect("SIGKILL");
     }
 
+    /// Waits up to `within` for the process to exit by itself (stopped by a signal
+    /// sent to another process, such as the server inside a container's runner).
+    pub async fn exited(mut self, within: Duration) -> Result<ExitStatus, String> {
+        tokio::time::timeout(within, self.child.wait())
+            .await
+            .map_err(|_| format!("the process did not exit within {within:?}"))?
+            .map_err(|e| e.to_string())
+    }
+
     /// SIGTERM (graceful shutdown), and wait up to `within` for the process to exit.
     pub async fn terminate(mut self, within: Duration) -> Result<ExitStatus, String> {
         let pid = self
