@@ -12,6 +12,7 @@ use tonic::Status;
 use super::ConfigApi;
 use crate::hub::{ChangeSource, Hub, Origin, ScopeView};
 use crate::model::{Entry, Scope};
+use crate::store::history::Audit;
 use crate::store::{StoreError, Write};
 
 impl ConfigApi {
@@ -28,11 +29,12 @@ impl ConfigApi {
         key: String,
         write: Write,
         expected: Option<u64>,
+        audit: Audit,
     ) -> Result<Entry, Status> {
         let backend = self.router.route(&key)?.1.clone();
         let hub = self.hub.clone();
         let task = tokio::spawn(async move {
-            let entry = backend.write(&scope, &key, write, expected).await?;
+            let entry = backend.write(&scope, &key, write, expected, &audit).await?;
             let entry = apply(&hub, &scope, entry);
             drop(view);
             Ok::<_, StoreError>(entry)

@@ -32,6 +32,7 @@ use crate::keys::{self, PrefixSet};
 use crate::model::{Entry, Scope};
 use crate::proto;
 use crate::proto::config_service_server::ConfigService;
+use crate::store::history::Audit;
 use crate::store::{Router, Write};
 
 pub use conn::ConnInfo;
@@ -266,6 +267,14 @@ fn caller<T>(
         }
     }
     Ok((id, scope))
+}
+
+/// What history records of a write's caller: the token's subject (never the token).
+fn audit_of(id: &Identity) -> Audit {
+    Audit {
+        subject: id.subject.clone(),
+        ..Audit::default()
+    }
 }
 
 fn require_writer(id: &Identity) -> Result<(), Status> {
@@ -578,7 +587,8 @@ impl ConfigService for ConfigApi {
                     value,
                     secret: req.secret,
                 };
-                self.commit(view, scope, req.key, write, req.expected_version)
+                let audit = audit_of(&id);
+                self.commit(view, scope, req.key, write, req.expected_version, audit)
                     .await?
             }
         };
@@ -603,8 +613,16 @@ impl ConfigService for ConfigApi {
             }
             None => {
                 let req = request.into_inner();
-                self.commit(view, scope, req.key, Write::Delete, req.expected_version)
-                    .await?
+                let audit = audit_of(&id);
+                self.commit(
+                    view,
+                    scope,
+                    req.key,
+                    Write::Delete,
+                    req.expected_version,
+                    audit,
+                )
+                .await?
             }
         };
         Ok(Response::new(proto::DeleteResponse {

@@ -59,6 +59,7 @@ impl From<StoreError> for Status {
                 Status::internal(e.to_string())
             }
             StoreError::Damaged(_) => Status::data_loss(e.to_string()),
+            StoreError::NoHistory(_) => Status::unimplemented(e.to_string()),
         }
     }
 }

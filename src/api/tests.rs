@@ -12,6 +12,7 @@ use tokio::sync::{Notify, Semaphore};
 use super::*;
 use crate::auth::Role;
 use crate::hub::HubConfig;
+use crate::store::history::Audit;
 use crate::store::{Backend, StoreError};
 
 /// A store whose writes wait for the test: each says it began, then commits once
@@ -46,6 +47,7 @@ impl Backend for Gated {
         key: &str,
         write: Write,
         _: Option<u64>,
+        _: &Audit,
     ) -> Result<Entry, StoreError> {
         self.began.notify_one();
         let _permit = self.release.acquire().await;

@@ -9,10 +9,12 @@
 //! Backends, each a folder whose `mod.rs` names its parts: [`embedded`] the redb
 //! store (records, recovery from I/O errors), [`dynamodb`] the table (item encoding
 //! shared with the stream reader, conditional writes), [`ssm`] Parameter Store;
-//! [`identity`] the store identity. Each keeps its SDK or database types inside it.
+//! [`identity`] the store identity; [`history`] what a write records of its writer
+//! and what a history read returns. Each keeps its SDK or database types inside it.
 
 pub mod dynamodb;
 pub mod embedded;
+pub mod history;
 pub mod identity;
 pub mod ssm;
 
@@ -22,6 +24,7 @@ use async_trait::async_trait;
 
 use crate::keys::{self, KeyError, KeyFamily};
 use crate::model::{Entry, Scope};
+use history::{Audit, HistoryPage, HistoryQuery};
 
 /// What a backend reports when an operation fails.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -47,6 +50,9 @@ pub enum StoreError {
     /// and never taken for a deletion.
     #[error("stored data is damaged: {0}")]
     Damaged(String),
+    /// The backend keeps no history of its keys.
+    #[error("the {0} backend keeps no history of its keys")]
+    NoHistory(&'static str),
 }
 
 /// Whether a backend can currently do its work, for the health service.
@@ -99,14 +105,28 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Applies a write. With `expected` set, it succeeds only when the key's current
     /// version equals it (0: the key must not exist or be deleted). Returns the new
-    /// entry (secret values withheld) with its new version.
+    /// entry (secret values withheld) with its new version. A backend that keeps
+    /// history records the new version with `audit`, as one change with the write.
     async fn write(
         &self,
         scope: &Scope,
         key: &str,
         write: Write,
         expected: Option<u64>,
+        audit: &Audit,
     ) -> Result<Entry, StoreError>;
+
+    /// The versions of one key, newest first, within the backend's retention (the
+    /// current version always among them). A key never written gives an empty page.
+    async fn history(
+        &self,
+        scope: &Scope,
+        key: &str,
+        query: &HistoryQuery,
+    ) -> Result<HistoryPage, StoreError> {
+        let _ = (scope, key, query);
+        Err(StoreError::NoHistory(self.name()))
+    }
 
     /// Reads one key's current state from the source of truth: the entry, a
     /// tombstone, or `None` if the backend has no record of it. A secret's value is

@@ -11,6 +11,7 @@ fn value_of(t: usize, k: usize) -> String {
 
 async fn write_reference(dir: &Path, tenants: usize, per: usize) -> String {
     let store = EmbeddedStore::open(dir).unwrap();
+    use configwatch::store::history::Audit;
     use configwatch::store::{Backend, Write};
     for t in 0..tenants {
         let scope = Scope::tenant(&format!("t{t}")).unwrap();
@@ -24,6 +25,7 @@ async fn write_reference(dir: &Path, tenants: usize, per: usize) -> String {
                         secret: false,
                     },
                     None,
+                    &Audit::default(),
                 )
                 .await
                 .unwrap();

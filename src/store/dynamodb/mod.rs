@@ -46,6 +46,7 @@ pub use item::{
 use item::{PK, SK, SK_PREFIX, item_key, partition_key};
 pub use write::VersionWriter;
 
+use super::history::Audit;
 use super::{Backend, StoreError, Write, check_expected, live_version};
 use crate::json::{self, Json};
 use crate::keys::TENANT_CONFIG;
@@ -153,6 +154,7 @@ impl Backend for DynamoBackend {
         key: &str,
         write: Write,
         expected: Option<u64>,
+        _audit: &Audit,
     ) -> Result<Entry, StoreError> {
         let config = match &write {
             Write::Put { secret: true, .. } => {

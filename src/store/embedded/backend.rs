@@ -14,6 +14,7 @@ use super::record::{decode, encode};
 use super::recovery::db_err;
 use super::{ENTRIES, EmbeddedStore, scope_parts};
 use crate::model::{Entry, Scope, now_millis};
+use crate::store::history::Audit;
 use crate::store::{Backend, StoreError, StoreHealth, Write, check_expected, live_version};
 
 #[async_trait]
@@ -59,6 +60,7 @@ impl Backend for EmbeddedStore {
         key: &str,
         write: Write,
         expected: Option<u64>,
+        _audit: &Audit,
     ) -> Result<Entry, StoreError> {
         let (tenant, service) = scope_parts(scope);
         let key = key.to_owned();

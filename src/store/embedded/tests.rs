@@ -4,6 +4,7 @@
 
 use super::record::RECORD_V1;
 use super::*;
+use crate::store::history::Audit;
 use crate::store::identity;
 use crate::store::{Backend, Write};
 
@@ -22,13 +23,17 @@ async fn versions_grow_through_deletes_and_survive_reopen() -> Result<(), Box<dy
     let b = Scope::tenant("b")?;
     {
         let store = EmbeddedStore::open(dir.path())?;
-        let e1 = store.write(&a, "tenant_config_x", put("1"), None).await?;
+        let e1 = store
+            .write(&a, "tenant_config_x", put("1"), None, &Audit::default())
+            .await?;
         assert_eq!(e1.version, 1);
         let e2 = store
-            .write(&a, "tenant_config_x", put("2"), Some(1))
+            .write(&a, "tenant_config_x", put("2"), Some(1), &Audit::default())
             .await?;
         assert_eq!(e2.version, 2);
-        let conflict = store.write(&a, "tenant_config_x", put("3"), Some(1)).await;
+        let conflict = store
+            .write(&a, "tenant_config_x", put("3"), Some(1), &Audit::default())
+            .await;
         assert_eq!(
             conflict,
             Err(StoreError::Conflict {
@@ -38,22 +43,34 @@ async fn versions_grow_through_deletes_and_survive_reopen() -> Result<(), Box<dy
             })
         );
         let gone = store
-            .write(&a, "tenant_config_x", Write::Delete, None)
+            .write(
+                &a,
+                "tenant_config_x",
+                Write::Delete,
+                None,
+                &Audit::default(),
+            )
             .await?;
         assert!(gone.deleted && gone.version == 3);
         assert_eq!(
             store
-                .write(&a, "tenant_config_x", Write::Delete, None)
+                .write(
+                    &a,
+                    "tenant_config_x",
+                    Write::Delete,
+                    None,
+                    &Audit::default()
+                )
                 .await,
             Err(StoreError::NotFound("tenant_config_x".into()))
         );
         // A deleted key counts as absent for compare-and-set, and keeps counting up.
         let again = store
-            .write(&a, "tenant_config_x", put("4"), Some(0))
+            .write(&a, "tenant_config_x", put("4"), Some(0), &Audit::default())
             .await?;
         assert_eq!(again.version, 4);
         store
-            .write(&b, "tenant_config_x", put("\"b\""), None)
+            .write(&b, "tenant_config_x", put("\"b\""), None, &Audit::default())
             .await?;
     }
     let store = EmbeddedStore::open(dir.path())?;
@@ -76,7 +93,9 @@ async fn secrets_are_withheld_except_on_demand() -> Result<(), Box<dyn std::erro
         value: "\"hunter2\"".into(),
         secret: true,
     };
-    let e = store.write(&s, "param_config_db/password", w, None).await?;
+    let e = store
+        .write(&s, "param_config_db/password", w, None, &Audit::default())
+        .await?;
     assert!(e.secret && e.value.is_none());
     assert!(store.load(&s, "").await?[0].value.is_none());
     let read = store.read(&s, "param_config_db/password", true).await?;
@@ -105,7 +124,9 @@ async fn a_data_directory_that_lost_its_database_is_refused()
     let s = Scope::tenant("a")?;
     let first_id = {
         let store = EmbeddedStore::open(dir.path())?;
-        store.write(&s, "tenant_config_x", put("1"), None).await?;
+        store
+            .write(&s, "tenant_config_x", put("1"), None, &Audit::default())
+            .await?;
         store.id().to_owned()
     };
     assert_eq!(
@@ -219,7 +240,13 @@ async fn a_store_from_before_identities_adopts_one_and_keeps_its_records()
     assert_eq!(loaded[0].value.as_deref(), Some("\"old\""));
     // Written again, it continues its versions in format 2.
     let e = store
-        .write(&s, "tenant_config_x", put("\"new\""), Some(2))
+        .write(
+            &s,
+            "tenant_config_x",
+            put("\"new\""),
+            Some(2),
+            &Audit::default(),
+        )
         .await?;
     assert_eq!(e.version, 3);
     drop(store);

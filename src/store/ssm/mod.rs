@@ -59,6 +59,7 @@ use names::{key_under, locate, parameter_name, scope_path};
 pub use value::served_version;
 use value::{parameter_version, to_entry, to_parameter_value};
 
+use super::history::Audit;
 use super::{Backend, StoreError, Write, check_expected};
 use crate::model::{Entry, Scope, now_millis};
 
@@ -281,6 +282,7 @@ impl Backend for SsmBackend {
         key: &str,
         write: Write,
         expected: Option<u64>,
+        _audit: &Audit,
     ) -> Result<Entry, StoreError> {
         let name = self.name_for(scope, key)?;
         match write {
