@@ -71,6 +71,7 @@ fn origin_statements(queue: &str) -> Value {
             "Action": [
                 "ssm:GetParametersByPath",
                 "ssm:GetParameter",
+                "ssm:GetParameterHistory",
                 "ssm:PutParameter",
                 "ssm:DeleteParameter"
             ],
