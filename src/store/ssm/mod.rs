@@ -39,10 +39,18 @@
 //!   (passing) or [`StoreError::Internal`], and the client decides whether to try
 //!   again with its expected version.
 //!
+//! History: Parameter Store's own parameter history (`GetParameterHistory`), with
+//! each write's audit in the version's `Description`; see `history` and `audit`.
+//! configwatch's [`Retention`] can only show fewer versions than the 100 Parameter
+//! Store keeps.
+//!
 //! Parts: `names` maps scopes and keys to parameter names and back; `value` turns a
 //! parameter into an entry (type, value, served version) and a value into a
-//! parameter; this file the client calls and the [`Backend`].
+//! parameter; `audit` a writer into a description and back; `history` a parameter's
+//! history into versions; this file the client calls and the [`Backend`].
 
+mod audit;
+mod history;
 mod names;
 mod value;
 
@@ -59,7 +67,7 @@ use names::{key_under, locate, parameter_name, scope_path};
 pub use value::served_version;
 use value::{parameter_version, to_entry, to_parameter_value};
 
-use super::history::Audit;
+use super::history::{Audit, HistoryPage, HistoryQuery, Retention};
 use super::{Backend, StoreError, Write, check_expected};
 use crate::model::{Entry, Scope, now_millis};
 
@@ -80,6 +88,7 @@ const PASSING_CODES: [&str; 6] = [
 pub struct SsmBackend {
     client: aws_sdk_ssm::Client,
     root: String,
+    retention: Retention,
 }
 impl SsmBackend {
     /// `root` is the Parameter Store path the tenants live under, e.g.
@@ -88,7 +97,16 @@ impl SsmBackend {
         SsmBackend {
             client,
             root: root.into(),
+            retention: Retention::default(),
         }
+    }
+
+    /// How much of Parameter Store's history a history read shows (default
+    /// [`Retention::default`]). Parameter Store itself keeps the last 100 versions
+    /// of a parameter; this can only show fewer.
+    pub fn with_retention(mut self, retention: Retention) -> Self {
+        self.retention = retention;
+        self
     }
 
     pub fn root(&self) -> &str {
@@ -132,9 +150,15 @@ impl SsmBackend {
 
     /// The served version of the parameter now, 0 when it does not exist.
     async fn current_version(&self, name: &str) -> Result<u64, StoreError> {
+        Ok(self.current(name).await?.1)
+    }
+
+    /// The parameter's Parameter Store `Version` and served version now, (0, 0)
+    /// when it does not exist.
+    async fn current(&self, name: &str) -> Result<(i64, u64), StoreError> {
         match self.get(name, false).await? {
-            Some(p) => parameter_version(name, &p),
-            None => Ok(0),
+            Some(p) => Ok((p.version(), parameter_version(name, &p)?)),
+            None => Ok((0, 0)),
         }
     }
 
@@ -145,14 +169,20 @@ impl SsmBackend {
         value: &str,
         secret: bool,
         expected: Option<u64>,
+        audit: &Audit,
     ) -> Result<Entry, StoreError> {
         let (text, kind) = to_parameter_value(key, value, secret)?;
+        // The version this write replaces, for its audit (and the check).
+        let (ssm_version, served) = match expected {
+            Some(0) => (0, 0),
+            _ => self.current(name).await?,
+        };
         let overwrite = match expected {
             None => true,
             // Overwrite=false: Parameter Store refuses atomically if it exists.
             Some(0) => false,
             Some(expected) => {
-                check_expected(key, Some(expected), self.current_version(name).await?)?;
+                check_expected(key, Some(expected), served)?;
                 // No conditional write exists: another writer may change the parameter
                 // between the check above and the write below, and is then
                 // overwritten (see the module documentation).
@@ -166,6 +196,8 @@ impl SsmBackend {
             .value(text)
             .r#type(kind.clone())
             .overwrite(overwrite)
+            // The writer, kept by Parameter Store with this version (see `audit`).
+            .description(audit::encode(audit, ssm_version + 1, served))
             // Standard parameters hold 4 KB, advanced ones 8 KB (the family's limit):
             // let Parameter Store pick, and never fail on a downgrade.
             .tier(ParameterTier::IntelligentTiering)
@@ -282,13 +314,46 @@ impl Backend for SsmBackend {
         key: &str,
         write: Write,
         expected: Option<u64>,
-        _audit: &Audit,
+        audit: &Audit,
     ) -> Result<Entry, StoreError> {
         let name = self.name_for(scope, key)?;
         match write {
-            Write::Put { value, secret } => self.put(&name, key, &value, secret, expected).await,
-            Write::Delete => self.delete(&name, key, expected).await,
+            Write::Put { value, secret } => {
+                self.put(&name, key, &value, secret, expected, audit).await
+            }
+            // Parameter Store forgets a deleted parameter's history: nothing keeps the
+            // delete's writer but this log line.
+            Write::Delete => {
+                let entry = self.delete(&name, key, expected).await?;
+                tracing::info!(
+                    parameter = %name,
+                    subject = %audit.subject,
+                    client_id = audit.client_id.as_deref().unwrap_or(""),
+                    reason = audit.reason.as_deref().unwrap_or(""),
+                    version = entry.version,
+                    "parameter deleted; Parameter Store keeps none of its history"
+                );
+                Ok(entry)
+            }
         }
+    }
+
+    /// Parameter Store's versions of the key (see `history`): after a delete, none.
+    async fn history(
+        &self,
+        scope: &Scope,
+        key: &str,
+        query: &HistoryQuery,
+    ) -> Result<HistoryPage, StoreError> {
+        let name = self.name_for(scope, key)?;
+        let raw = self.parameter_history(&name, query.with_secret).await?;
+        let versions = history::to_versions(key, &name, raw, query.with_secret);
+        Ok(history::select(
+            versions,
+            query,
+            &self.retention,
+            now_millis(),
+        ))
     }
 
     async fn read(
