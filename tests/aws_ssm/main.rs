@@ -1,13 +1,15 @@
 //! Parameter Store on moto: parameters changed in SSM reach watchers through
 //! EventBridge events on SQS, reconciliation repairs lost events, bad messages are
-//! counted and left to the dead-letter queue, and writes through configwatch land in
-//! SSM with versions and compare-and-set.
+//! counted and left to the dead-letter queue, writes through configwatch land in
+//! SSM with versions and compare-and-set, and a key's history comes from the
+//! parameter's own versions.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "../common/mod.rs"]
 mod common;
 mod events;
+mod history;
 mod writes;
 
 use std::cell::RefCell;
