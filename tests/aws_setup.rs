@@ -157,6 +157,17 @@ async fn assert_origins(moto: &Moto, stack: &Stack, origins: usize) -> Vec<Strin
     };
     assert_eq!(statement("ChangeQueues")["Resource"], json!(arns));
     assert_eq!(statement("TenantTableStream")["Resource"], stream);
+    // The parameters under the root, their history included.
+    assert_eq!(
+        statement("Parameters")["Action"],
+        json!([
+            "ssm:GetParametersByPath",
+            "ssm:GetParameter",
+            "ssm:GetParameterHistory",
+            "ssm:PutParameter",
+            "ssm:DeleteParameter"
+        ])
+    );
     queues
 }
 
