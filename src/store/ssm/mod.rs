@@ -1,10 +1,11 @@
 //! The Parameter Store backend for `param_config_*`: one parameter per key.
 //!
 //! Job: load a scope's parameters, write Put/Delete with compare-and-set on the served
-//! version, read one parameter (a SecureString decrypted only on demand), and map
-//! parameter names to scopes and keys for [`crate::source::sqs_events`]. Boundary: AWS
-//! SDK types stay in this module and the SQS source; the hub and the API see only
-//! [`Scope`], [`Entry`] and [`StoreError`].
+//! version, read one parameter (a SecureString decrypted only on demand), read one
+//! parameter's history with each version's writer, and map parameter names to scopes
+//! and keys for [`crate::source::sqs_events`]. Boundary: AWS SDK types stay in this
+//! module and the SQS source; the hub and the API see only [`Scope`], [`Entry`],
+//! [`StoreError`] and the history types.
 //!
 //! Layout: key `param_config_<path>` of tenant T is parameter `{root}/T/<path>`; of a
 //! service scope S of T, `{root}/T/S/<path>`. A tenant-wide load reads everything under
@@ -26,13 +27,17 @@
 //! version is checked with `GetParameter` and then written: a writer that slips in
 //! between the check and the write is overwritten without a conflict. This window is a
 //! known limitation of the backend (it lasts one round trip).
+//! Every overwrite reads the parameter first (unconditional ones too): the write's
+//! audit names the Parameter Store version it makes and the served version it
+//! replaces.
 //!
 //! Retry policy, per operation. Every call goes through the SDK's standard retry, set
 //! once for all AWS calls ([`crate::aws::retry_config`]: attempts with jittered
 //! exponential backoff on throttling, 5xx, timeouts and connection failures); this
 //! module adds no retry loop of its own.
-//! - `GetParametersByPath` (load, per page) and `GetParameter` (read, compare-and-set
-//!   checks, reading back a write): idempotent reads, the standard retry fits
+//! - `GetParametersByPath` (load, per page), `GetParameter` (read, compare-and-set
+//!   checks and the version a write replaces, reading back a write) and
+//!   `GetParameterHistory` (history, per page): idempotent reads, the standard retry fits
 //!   (Parameter Store's request rate limits are low, and a reconciliation pass over
 //!   many tenants can reach them); what still fails is [`StoreError::Unavailable`].
 //! - `PutParameter` and `DeleteParameter`: a failure is [`StoreError::Unavailable`]
