@@ -89,7 +89,12 @@ pub(super) fn to_versions(
         let entry = match to_entry(key, &as_parameter(name, h), with_secret) {
             Ok(entry) => entry,
             Err(e) => {
-                tracing::warn!(parameter = name, version = h.version(), error = %e, "parameter version skipped in its history");
+                tracing::warn!(
+                    parameter = name,
+                    version = h.version(),
+                    error = %e,
+                    "parameter version skipped in its history"
+                );
                 continue;
             }
         };
