@@ -11,7 +11,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 
 use super::DynamoBackend;
 use super::audit::{expires_at, history_sort_key, parse_history_item};
-use super::item::{Item, PK, SK, parse_item, partition_key};
+use super::item::{PK, SK, parse_item, partition_key};
 use crate::model::Scope;
 use crate::store::StoreError;
 use crate::store::history::{HistoryPage, HistoryQuery, MAX_PAGE_VERSIONS, Source, Version};
@@ -94,51 +94,40 @@ impl DynamoBackend {
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs();
+        let query = self
+            .client
+            .query()
+            .table_name(self.table.as_ref())
+            .key_condition_expression("#pk = :pk AND #sk BETWEEN :low AND :high")
+            .expression_attribute_names("#pk", PK)
+            .expression_attribute_names("#sk", SK)
+            .expression_attribute_values(":pk", AttributeValue::S(partition_key(scope)))
+            .expression_attribute_values(":low", AttributeValue::S(history_sort_key(key, 0)?))
+            .expression_attribute_values(
+                ":high",
+                AttributeValue::S(history_sort_key(key, highest)?),
+            )
+            .scan_index_forward(false)
+            .limit(i32::try_from(want).unwrap_or(i32::MAX))
+            .consistent_read(true);
         let mut out = Vec::new();
-        let mut start: Option<Item> = None;
-        loop {
-            let page = self
-                .client
-                .query()
-                .table_name(self.table.as_ref())
-                .key_condition_expression("#pk = :pk AND #sk BETWEEN :low AND :high")
-                .expression_attribute_names("#pk", PK)
-                .expression_attribute_names("#sk", SK)
-                .expression_attribute_values(":pk", AttributeValue::S(partition_key(scope)))
-                .expression_attribute_values(":low", AttributeValue::S(history_sort_key(key, 0)?))
-                .expression_attribute_values(
-                    ":high",
-                    AttributeValue::S(history_sort_key(key, highest)?),
-                )
-                .scan_index_forward(false)
-                .limit(i32::try_from(want).unwrap_or(i32::MAX))
-                .consistent_read(true)
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .map_err(|e| self.error("Query (history)", e))?;
-            for item in page.items() {
-                if expires_at(item).ok().flatten().is_some_and(|at| at <= now) {
-                    continue;
-                }
-                match parse_history_item(item) {
-                    Ok((_, version)) => out.push(version),
-                    Err(e) => tracing::warn!(
-                        table = %self.table,
-                        %scope,
-                        sk = ?item.get(SK),
-                        error = %e,
-                        "skipping a history item that cannot be read"
-                    ),
-                }
-                if out.len() >= want {
-                    return Ok(out);
-                }
+        self.query_each("Query (history)", query, |item| {
+            if expires_at(item).ok().flatten().is_some_and(|at| at <= now) {
+                return true;
             }
-            match page.last_evaluated_key {
-                Some(key) if !key.is_empty() => start = Some(key),
-                _ => return Ok(out),
+            match parse_history_item(item) {
+                Ok((_, version)) => out.push(version),
+                Err(e) => tracing::warn!(
+                    table = %self.table,
+                    %scope,
+                    sk = ?item.get(SK),
+                    error = %e,
+                    "skipping a history item that cannot be read"
+                ),
             }
-        }
+            out.len() < want
+        })
+        .await?;
+        Ok(out)
     }
 }

@@ -54,6 +54,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
+use aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder;
 use aws_sdk_dynamodb::types::AttributeValue;
 
 pub use audit::{is_history_item, is_history_sort_key};
@@ -133,6 +134,34 @@ impl DynamoBackend {
         &self.table
     }
 
+    /// Runs `query` page by page, handing each item to `each` until it returns
+    /// false or the pages end.
+    async fn query_each(
+        &self,
+        operation: &str,
+        query: QueryFluentBuilder,
+        mut each: impl FnMut(&Item) -> bool + Send,
+    ) -> Result<(), StoreError> {
+        let mut start: Option<Item> = None;
+        loop {
+            let page = query
+                .clone()
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| self.error(operation, e))?;
+            for item in page.items() {
+                if !each(item) {
+                    return Ok(());
+                }
+            }
+            match page.last_evaluated_key {
+                Some(key) if !key.is_empty() => start = Some(key),
+                _ => return Ok(()),
+            }
+        }
+    }
+
     async fn get_item(&self, scope: &Scope, key: &str) -> Result<Option<Item>, StoreError> {
         let out = self
             .client
@@ -168,44 +197,35 @@ impl Backend for DynamoBackend {
         } else {
             return Ok(Vec::new());
         };
-        let pk = partition_key(scope);
+        let query = self
+            .client
+            .query()
+            .table_name(self.table.as_ref())
+            .key_condition_expression("#pk = :pk AND begins_with(#sk, :sk)")
+            .expression_attribute_names("#pk", PK)
+            .expression_attribute_names("#sk", SK)
+            .expression_attribute_values(":pk", AttributeValue::S(partition_key(scope)))
+            .expression_attribute_values(
+                ":sk",
+                AttributeValue::S(format!("{SK_PREFIX}{name_prefix}")),
+            )
+            .consistent_read(true);
         let mut out = Vec::new();
-        let mut start: Option<Item> = None;
-        loop {
-            let page = self
-                .client
-                .query()
-                .table_name(self.table.as_ref())
-                .key_condition_expression("#pk = :pk AND begins_with(#sk, :sk)")
-                .expression_attribute_names("#pk", PK)
-                .expression_attribute_names("#sk", SK)
-                .expression_attribute_values(":pk", AttributeValue::S(pk.clone()))
-                .expression_attribute_values(
-                    ":sk",
-                    AttributeValue::S(format!("{SK_PREFIX}{name_prefix}")),
-                )
-                .consistent_read(true)
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .map_err(|e| self.error("Query", e))?;
-            for item in page.items() {
-                match parse_item(item) {
-                    Ok(parsed) => out.push(parsed.entry),
-                    Err(e) => tracing::warn!(
-                        table = %self.table,
-                        %scope,
-                        sk = ?item.get(SK),
-                        error = %e,
-                        "skipping an item that is not valid configuration"
-                    ),
-                }
+        self.query_each("Query", query, |item| {
+            match parse_item(item) {
+                Ok(parsed) => out.push(parsed.entry),
+                Err(e) => tracing::warn!(
+                    table = %self.table,
+                    %scope,
+                    sk = ?item.get(SK),
+                    error = %e,
+                    "skipping an item that is not valid configuration"
+                ),
             }
-            match page.last_evaluated_key {
-                Some(key) if !key.is_empty() => start = Some(key),
-                _ => return Ok(out),
-            }
-        }
+            true
+        })
+        .await?;
+        Ok(out)
     }
 
     async fn write(

@@ -16,7 +16,7 @@ use aws_sdk_dynamodb::types::{AttributeValue, Delete, Put, TransactWriteItem, Up
 use super::DynamoBackend;
 use super::audit::{EXPIRES_AT, Recorded, history_item, history_key, history_prefix};
 use super::item::{
-    AUDITED, CONFIG, CREATED_AT, IS_ACTIVE, Item, PK, SK, UPDATED_AT, VERSION, item_key, now_text,
+    AUDITED, CONFIG, CREATED_AT, IS_ACTIVE, PK, SK, UPDATED_AT, VERSION, item_key, now_text,
     partition_key,
 };
 use crate::model::{Entry, Scope};
@@ -105,44 +105,36 @@ impl DynamoBackend {
     ) -> Result<Vec<Kept>, StoreError> {
         let pk = partition_key(scope);
         let prefix = history_prefix(key)?;
+        let query = self
+            .client
+            .query()
+            .table_name(self.table.as_ref())
+            .key_condition_expression("#pk = :pk AND begins_with(#sk, :prefix)")
+            .projection_expression("#sk, #version, #exp")
+            .expression_attribute_names("#pk", PK)
+            .expression_attribute_names("#sk", SK)
+            .expression_attribute_names("#version", VERSION)
+            .expression_attribute_names("#exp", EXPIRES_AT)
+            .expression_attribute_values(":pk", AttributeValue::S(pk))
+            .expression_attribute_values(":prefix", AttributeValue::S(prefix))
+            .scan_index_forward(false)
+            .consistent_read(true);
         let mut kept = Vec::new();
-        let mut start: Option<Item> = None;
-        loop {
-            let page = self
-                .client
-                .query()
-                .table_name(self.table.as_ref())
-                .key_condition_expression("#pk = :pk AND begins_with(#sk, :prefix)")
-                .projection_expression("#sk, #version, #exp")
-                .expression_attribute_names("#pk", PK)
-                .expression_attribute_names("#sk", SK)
-                .expression_attribute_names("#version", VERSION)
-                .expression_attribute_names("#exp", EXPIRES_AT)
-                .expression_attribute_values(":pk", AttributeValue::S(pk.clone()))
-                .expression_attribute_values(":prefix", AttributeValue::S(prefix.clone()))
-                .scan_index_forward(false)
-                .consistent_read(true)
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .map_err(|e| self.error("Query (history)", e))?;
-            for item in page.items() {
-                let version = match item.get(VERSION) {
-                    Some(AttributeValue::N(v)) => v.trim().parse().ok(),
-                    _ => None,
-                };
-                if let Some(version) = version {
-                    kept.push(Kept {
-                        version,
-                        expires: item.contains_key(EXPIRES_AT),
-                    });
-                }
+        self.query_each("Query (history)", query, |item| {
+            let version = match item.get(VERSION) {
+                Some(AttributeValue::N(v)) => v.trim().parse().ok(),
+                _ => None,
+            };
+            if let Some(version) = version {
+                kept.push(Kept {
+                    version,
+                    expires: item.contains_key(EXPIRES_AT),
+                });
             }
-            match page.last_evaluated_key {
-                Some(key) if !key.is_empty() => start = Some(key),
-                _ => return Ok(kept),
-            }
-        }
+            true
+        })
+        .await?;
+        Ok(kept)
     }
 
     /// One transactional write attempt on an item read at version `seen` (`None`:
