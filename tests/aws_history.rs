@@ -460,6 +460,33 @@ async fn seven_versions_five_through_configwatch_and_two_by_another_tool_are_all
         .map(|r| read(&r.counters.stream_history_recorded))
         .sum();
     assert_eq!(recorded, 2);
+
+    // An edit that does not raise the version (the console): the item is
+    // re-versioned, and that version recorded as external, replacing 7.
+    env.ddb
+        .update_item()
+        .table_name(&env.table)
+        .key("pk", s("TENANT#acme"))
+        .key("sk", s("CONFIG#flags"))
+        .update_expression("SET config = :c")
+        .expression_attribute_values(":c", s("edited"))
+        .send()
+        .await
+        .unwrap();
+    let page = eventually(
+        PATIENCE,
+        || "the re-versioned edit recorded".into(),
+        || async {
+            let page = env.history(&acme, KEY).await;
+            let newest = page.versions.first()?;
+            let recorded = matches!(&newest.source, Source::External { instance, .. } if ORIGINS.contains(&instance.as_str()));
+            (newest.entry.version == 8 && recorded).then_some(page)
+        },
+    )
+    .await;
+    assert_eq!(versions(&page), [8, 7, 6, 5, 4, 3, 2, 1]);
+    assert_eq!(page.versions[0].previous, 7);
+    assert_eq!(page.versions[0].entry.value.as_deref(), Some("\"edited\""));
     env.stop().await;
 }
 
