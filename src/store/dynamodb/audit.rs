@@ -19,10 +19,9 @@ use aws_sdk_dynamodb::types::AttributeValue;
 
 use super::item::{
     CONFIG, IS_ACTIVE, Item, ItemError, PK, SK, SK_PREFIX, UPDATED_AT, VERSION, json_to_attr,
-    parse_item,
+    key_name, parse_item,
 };
 use crate::json::{self, Json};
-use crate::keys::TENANT_CONFIG;
 use crate::model::{Entry, Scope};
 use crate::store::StoreError;
 use crate::store::history::{Audit, Source, Version};
@@ -42,14 +41,7 @@ const VERSION_DIGITS: usize = 20;
 /// The part of a history sort key before the version: `AUDIT#{name}#`. Names hold
 /// no `#`, so one key's prefix never starts another's.
 pub(crate) fn history_prefix(key: &str) -> Result<String, StoreError> {
-    key.strip_prefix(TENANT_CONFIG.prefix)
-        .map(|name| format!("{AUDIT_PREFIX}{name}#"))
-        .ok_or_else(|| {
-            StoreError::Internal(format!(
-                "key '{key}' does not belong to the DynamoDB backend ({}*)",
-                TENANT_CONFIG.prefix
-            ))
-        })
+    Ok(format!("{AUDIT_PREFIX}{}#", key_name(key)?))
 }
 
 /// The sort key of `key`'s history item for `version`.

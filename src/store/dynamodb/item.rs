@@ -99,16 +99,19 @@ pub(crate) fn parse_partition(pk: &str) -> Result<Scope, ItemError> {
     Scope::new(tenant, service).map_err(|_| bad())
 }
 
+/// The name of a `tenant_config_*` key: what its sort keys hold.
+pub(super) fn key_name(key: &str) -> Result<&str, StoreError> {
+    key.strip_prefix(TENANT_CONFIG.prefix).ok_or_else(|| {
+        StoreError::Internal(format!(
+            "key '{key}' does not belong to the DynamoDB backend ({}*)",
+            TENANT_CONFIG.prefix
+        ))
+    })
+}
+
 /// The sort key of a `tenant_config_*` key.
 pub(super) fn sort_key(key: &str) -> Result<String, StoreError> {
-    key.strip_prefix(TENANT_CONFIG.prefix)
-        .map(|name| format!("{SK_PREFIX}{name}"))
-        .ok_or_else(|| {
-            StoreError::Internal(format!(
-                "key '{key}' does not belong to the DynamoDB backend ({}*)",
-                TENANT_CONFIG.prefix
-            ))
-        })
+    Ok(format!("{SK_PREFIX}{}", key_name(key)?))
 }
 
 /// The primary key (`pk`, `sk`) of the item holding `key` of `scope`.
