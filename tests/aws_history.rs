@@ -607,3 +607,56 @@ async fn history_keeps_the_newest_versions_within_the_limits_and_the_current_one
     assert_eq!((versions(&page), page.versions[0].previous), (vec![4], 3));
     env.stop().await;
 }
+
+/// A write never lands without its history item: when the history item's condition
+/// refuses (here, an item at its sort key that is not a version, written by hand),
+/// the transaction is cancelled whole, the config item is not written, and after
+/// its tries the write is refused as passing. (moto cannot race writers: it runs
+/// requests on threads without isolating transactions.)
+#[tokio::test]
+async fn a_write_whose_history_item_is_refused_is_not_written_at_all() {
+    let env = Env::start(Retention::default(), &[]).await;
+    let acme = Scope::tenant("acme").unwrap();
+    let squatter = Item::from([
+        ("pk".to_owned(), s("TENANT#acme")),
+        ("sk".to_owned(), s("AUDIT#flags#00000000000000000001")),
+        ("note".to_owned(), s("not a version")),
+    ]);
+    env.ddb
+        .put_item()
+        .table_name(&env.table)
+        .set_item(Some(squatter))
+        .send()
+        .await
+        .unwrap();
+    let refused = env
+        .backend
+        .write(&acme, KEY, put("1"), None, &audit("alice", None))
+        .await;
+    assert!(
+        matches!(
+            &refused,
+            Err(configwatch::store::StoreError::Unavailable(_))
+        ),
+        "{refused:?}"
+    );
+    assert_eq!(env.backend.read(&acme, KEY, false).await.unwrap(), None);
+    assert_eq!(env.history(&acme, KEY).await, HistoryPage::default());
+
+    env.ddb
+        .delete_item()
+        .table_name(&env.table)
+        .key("pk", s("TENANT#acme"))
+        .key("sk", s("AUDIT#flags#00000000000000000001"))
+        .send()
+        .await
+        .unwrap();
+    let entry = env
+        .backend
+        .write(&acme, KEY, put("1"), None, &audit("alice", None))
+        .await
+        .unwrap();
+    assert_eq!(entry.version, 1);
+    assert_eq!(versions(&env.history(&acme, KEY).await), [1]);
+    env.stop().await;
+}
