@@ -72,12 +72,14 @@ async fn every_counter_moves_by_exactly_what_happened() {
     // What arrives asynchronously: the stream records of the four writes, the
     // message, and the end of the Watch as the server sees it. moto streams an
     // UpdateItem that creates an item as two records, the key alone and then the
-    // item (AWS streams one): the API's three puts are six records, three of them
-    // skipped as not configuration, and three the hub already holds.
+    // item (AWS streams one): the API's three puts are six records of their items,
+    // three of them skipped as not configuration, and three the hub already holds,
+    // and three of their history items, passed over. The direct write is another
+    // tool's: the server records it in history, one more record.
     let watch_ended = r#"configwatch_rpc_calls_total{method="Watch",code="CANCELLED"}"#;
     let gone = r#"configwatch_watch_streams_ended_total{reason="client_gone"}"#;
     let after = scrape_when(admin, "the records, the message and the Watch's end", |s| {
-        s.delta(&before, "configwatch_stream_records_read_total") == 7.0
+        s.delta(&before, "configwatch_stream_records_read_total") == 11.0
             && s.delta(&before, "configwatch_sqs_messages_malformed_total") == 1.0
             && s.delta(&before, watch_ended) == 1.0
             && s.delta(&before, gone) == 1.0
@@ -118,9 +120,12 @@ async fn every_counter_moves_by_exactly_what_happened() {
             ("configwatch_views_dropped_total", 0.0),
             ("configwatch_views", 1.0),
             ("configwatch_hub_resyncs_total", 0.0),
-            // The stream: seven records (three of them not configuration).
-            ("configwatch_stream_records_read_total", 7.0),
+            // The stream: eleven records (three of them not configuration, four
+            // history items), and the direct write recorded in history.
+            ("configwatch_stream_records_read_total", 11.0),
             ("configwatch_stream_records_skipped_total", 3.0),
+            ("configwatch_stream_history_recorded_total", 1.0),
+            ("configwatch_stream_history_failed_total", 0.0),
             ("configwatch_stream_gaps_total", 0.0),
             ("configwatch_stream_reversioned_total", 0.0),
             ("configwatch_stream_iterator_renewals_total", 0.0),

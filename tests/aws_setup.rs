@@ -84,7 +84,8 @@ async fn arn_of(moto: &Moto, queue_url: &str) -> String {
 /// origin a queue whose redrive policy sends to its own dead-letter queue and a
 /// serve command with its queue, no other queue; the rule with the template's
 /// pattern targeting exactly the origins' queues; the table's stream; and the
-/// managed policy reading exactly the origins' queues and the stream. Returns each
+/// managed policy reading exactly the origins' queues and the stream, and
+/// doing exactly the table actions configwatch uses. Returns each
 /// origin's queue URL.
 async fn assert_origins(moto: &Moto, stack: &Stack, origins: usize) -> Vec<String> {
     let mut queues = Vec::new();
@@ -156,6 +157,18 @@ async fn assert_origins(moto: &Moto, stack: &Stack, origins: usize) -> Vec<Strin
             .clone()
     };
     assert_eq!(statement("ChangeQueues")["Resource"], json!(arns));
+    assert_eq!(
+        statement("TenantTable")["Action"],
+        json!([
+            "dynamodb:DescribeTable",
+            "dynamodb:Query",
+            "dynamodb:GetItem",
+            "dynamodb:PutItem",
+            "dynamodb:UpdateItem",
+            "dynamodb:DeleteItem"
+        ]),
+        "the table's item actions, TransactWriteItems' included, and no more"
+    );
     assert_eq!(statement("TenantTableStream")["Resource"], stream);
     // The parameters under the root, their history included.
     assert_eq!(
@@ -257,6 +270,19 @@ async fn deleting_the_stack_keeps_the_table_and_its_configuration() {
         moto.queue_urls().await,
         Vec::<String>::new(),
         "the queues go"
+    );
+}
+
+/// moto's CloudFormation does not apply a table's `TimeToLiveSpecification`, so it
+/// is read from the template: history items expire by DynamoDB's TTL on
+/// `expiresAt`, which configwatch sets on versions once they are superseded.
+#[test]
+fn the_table_expires_history_items_by_ttl_on_expires_at() {
+    let template = template();
+    let table = &template["Resources"]["ConfigTable"]["Properties"];
+    assert_eq!(
+        table["TimeToLiveSpecification"],
+        json!({ "AttributeName": "expiresAt", "Enabled": true })
     );
 }
 

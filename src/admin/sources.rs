@@ -27,7 +27,7 @@ pub struct SourceMetrics {
 }
 
 /// Each counter's metric name (without `_total`, which the encoder adds) and help.
-fn counters(c: &SourceCounters) -> [(&'static str, &'static str, &AtomicU64); 12] {
+fn counters(c: &SourceCounters) -> [(&'static str, &'static str, &AtomicU64); 14] {
     [
         (
             "configwatch_stream_records_read",
@@ -53,6 +53,16 @@ fn counters(c: &SourceCounters) -> [(&'static str, &'static str, &AtomicU64); 12
             "configwatch_stream_reversioned",
             "Items rewritten with a higher version (a change arrived without one).",
             &c.stream_reversioned,
+        ),
+        (
+            "configwatch_stream_history_recorded",
+            "Versions other tools made (seen on the DynamoDB stream) recorded in the keys' history.",
+            &c.stream_history_recorded,
+        ),
+        (
+            "configwatch_stream_history_failed",
+            "Versions other tools made that could not be recorded in history (applied all the same).",
+            &c.stream_history_failed,
         ),
         (
             "configwatch_stream_iterator_renewals",

@@ -38,6 +38,11 @@ pub struct SourceCounters {
     /// Items rewritten with a higher version because a change arrived without one
     /// (a tool that did not bump `version`).
     pub stream_reversioned: AtomicU64,
+    /// Versions other tools made (seen on the stream) recorded in the keys' history.
+    pub stream_history_recorded: AtomicU64,
+    /// Versions other tools made that could not be recorded in history (the
+    /// change itself is applied all the same).
+    pub stream_history_failed: AtomicU64,
     /// Shard iterators got again for a shard already read (renewed before they
     /// expire, or after one expired or failed).
     pub stream_iterator_renewals: AtomicU64,

@@ -50,7 +50,8 @@ fn origin_statements(queue: &str) -> Value {
                 "dynamodb:Query",
                 "dynamodb:GetItem",
                 "dynamodb:PutItem",
-                "dynamodb:UpdateItem"
+                "dynamodb:UpdateItem",
+                "dynamodb:DeleteItem"
             ],
             "Resource": arn("dynamodb:${AWS::Region}:${AWS::AccountId}:table/${TableName}")
         },

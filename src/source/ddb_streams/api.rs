@@ -1,7 +1,7 @@
 //! What the stream reader needs from the outside, as traits and plain records: the
 //! stream operations ([`StreamApi`]: shards, iterators, records) with the records and
-//! errors they carry, and the one table write ([`VersionWriter`], which the store
-//! defines and implements; re-exported here).
+//! errors they carry, and the table writes ([`VersionWriter`] and [`HistoryWriter`],
+//! which the store defines and implements; re-exported here).
 //!
 //! Boundary: no SDK calls here; [`super::sdk`] implements these on AWS and
 //! `super::fake` in memory for the tests.
@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::AttributeValue;
 
-pub use crate::store::dynamodb::VersionWriter;
+pub use crate::store::dynamodb::{ExternalChange, HistoryWriter, VersionWriter};
 
 /// An item image from a stream record.
 pub type Image = HashMap<String, AttributeValue>;

@@ -12,8 +12,8 @@ use async_trait::async_trait;
 use aws_sdk_dynamodb::types::AttributeValue;
 
 use super::api::{
-    ChangeKind, ChangeRecord, Image, IteratorStart, RecordPage, ShardInfo, StreamApi, StreamError,
-    VersionWriter,
+    ChangeKind, ChangeRecord, ExternalChange, HistoryWriter, Image, IteratorStart, RecordPage,
+    ShardInfo, StreamApi, StreamError, VersionWriter,
 };
 use super::sdk::lock;
 use crate::hub::ScopeLoader;
@@ -192,9 +192,32 @@ impl StreamApi for Fake {
 /// A re-versioning asked for: key, version seen, new version.
 type Bump = (String, Option<u64>, u64);
 
-/// Records the re-versioning asked for.
+/// Records the re-versioning and the history records asked for.
 #[derive(Clone, Default)]
-pub(super) struct Versions(pub(super) Arc<Mutex<Vec<Bump>>>);
+pub(super) struct Versions(
+    pub(super) Arc<Mutex<Vec<Bump>>>,
+    pub(super) Arc<Mutex<Vec<(ExternalChange, String)>>>,
+);
+
+#[async_trait]
+impl HistoryWriter for Versions {
+    async fn record_external(
+        &self,
+        change: &ExternalChange,
+        instance: &str,
+    ) -> Result<bool, StoreError> {
+        let mut recorded = lock(&self.1);
+        if recorded.iter().any(|(c, _)| {
+            c.scope == change.scope
+                && c.entry.key == change.entry.key
+                && c.entry.version == change.entry.version
+        }) {
+            return Ok(false);
+        }
+        recorded.push((change.clone(), instance.to_owned()));
+        Ok(true)
+    }
+}
 
 #[async_trait]
 impl VersionWriter for Versions {

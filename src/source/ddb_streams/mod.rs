@@ -16,7 +16,8 @@
 //! Parts: `api` the [`StreamApi`] and [`VersionWriter`] traits with the records and
 //! errors they carry; `sdk` their AWS implementation ([`SdkStream`], [`stream_arn`]);
 //! `reader` the shard state machine (listing, iterators, gaps, one round of reads);
-//! `record` what one record does to the hub (reversioning, removals); `fake` the
+//! `record` what one record does to the hub (reversioning, removals); `history` the
+//! recording of other tools' changes; `fake` the
 //! in-memory stream the tests run the reader on; this file [`run`] and [`run_with`].
 //!
 //! Shards. Each listed shard is tracked. A child is read only once its parent has
@@ -31,6 +32,13 @@
 //! iterator replaced before any record was handled, and a shard that vanished before
 //! it was read to its end, may each hide changes: the loaded scopes are then
 //! resynced from the table ([`Hub::resync`](crate::hub::Hub::resync)) and `stream_gaps` counts it.
+//!
+//! History. Every record of a history item (`AUDIT#` sort key) is passed over:
+//! it is never configuration, never skipped-as-bad, drift or a gap. A change
+//! another tool made (a versioned item whose `auditedVersion` is not its `version`,
+//! or a REMOVE of a live item) is applied to the hub first and then offered to
+//! `history`, which records it in the table as `external` with
+//! [`StreamSettings::instance`], best effort (see `history`).
 //!
 //! Tools that do not bump `version` (the console): a record for a loaded scope whose
 //! content differs from what the hub holds, at a version not above the held one (or
@@ -70,27 +78,32 @@
 mod api;
 #[cfg(test)]
 mod fake;
+mod history;
 mod reader;
 mod record;
 mod sdk;
 #[cfg(test)]
 mod tests;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
 pub use api::{
-    ChangeKind, ChangeRecord, Image, IteratorStart, RecordPage, ShardInfo, StreamApi, StreamError,
-    VersionWriter,
+    ChangeKind, ChangeRecord, ExternalChange, HistoryWriter, Image, IteratorStart, RecordPage,
+    ShardInfo, StreamApi, StreamError, VersionWriter,
 };
+pub use history::HISTORY_QUEUE;
 pub use record::{Removal, removal};
 pub use sdk::{SdkStream, SetupError, convert_record, stream_arn};
 
 use super::SourceContext;
 use super::health::SourceHealth;
 use crate::store::dynamodb::DynamoBackend;
+use crate::store::history::Retention;
 use configwatch_client::{Backoff, Retry};
+use history::{HistorySink, record_changes};
 use reader::Reader;
 
 /// Time between GetRecords calls on each shard, unless configured.
@@ -107,6 +120,12 @@ pub struct StreamSettings {
     pub iterator_max_age: Duration,
     /// Longest wait between tries after errors or throttling.
     pub max_backoff: Duration,
+    /// The name this server records in history as the instance that saw another
+    /// tool's change.
+    pub instance: String,
+    /// The table's history retention (the expiry set on a version superseded by
+    /// another tool's change).
+    pub retention: Retention,
 }
 
 impl Default for StreamSettings {
@@ -116,8 +135,19 @@ impl Default for StreamSettings {
             rediscover_interval: Duration::from_secs(60),
             iterator_max_age: Duration::from_secs(12 * 60),
             max_backoff: Duration::from_secs(30),
+            instance: default_instance(),
+            retention: Retention::default(),
         }
     }
+}
+
+/// This machine's host name, or "unknown".
+pub fn default_instance() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_owned())
+        .ok()
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "unknown".to_owned())
 }
 
 /// Reads the table's stream into the hub until `shutdown`. Waits (retrying with
@@ -152,12 +182,12 @@ pub async fn run(
     };
     tracing::info!(%table, stream = %arn, "reading the DynamoDB stream");
     let api = SdkStream::new(streams, dynamodb.clone(), table.clone(), arn);
-    let versions = DynamoBackend::new(dynamodb, table);
+    let versions = DynamoBackend::new(dynamodb, table).with_retention(settings.retention);
     run_with(ctx, settings, api, versions, health, shutdown).await;
 }
 
-/// The reader over any [`StreamApi`] and [`VersionWriter`] (the fake in tests).
-pub async fn run_with<S: StreamApi, V: VersionWriter>(
+/// The reader over any [`StreamApi`] and table writer (the fakes in tests).
+pub async fn run_with<S: StreamApi, V: VersionWriter + HistoryWriter>(
     ctx: SourceContext,
     settings: StreamSettings,
     api: S,
@@ -170,7 +200,16 @@ pub async fn run_with<S: StreamApi, V: VersionWriter>(
         settings.max_backoff,
     ));
     let poll = settings.poll_interval;
-    let mut reader = Reader::new(ctx, settings, api, versions);
+    let versions = Arc::new(versions);
+    let (sink, changes) = HistorySink::new(ctx.counters.clone());
+    let recorder = tokio::spawn(record_changes(
+        changes,
+        versions.clone(),
+        settings.instance.clone(),
+        ctx.counters.clone(),
+        shutdown.child_token(),
+    ));
+    let mut reader = Reader::new(ctx, settings, api, versions, sink);
     loop {
         let trouble = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -191,6 +230,10 @@ pub async fn run_with<S: StreamApi, V: VersionWriter>(
             () = shutdown.cancelled() => break,
             () = tokio::time::sleep(wait) => {}
         }
+    }
+    drop(reader);
+    if let Err(e) = recorder.await {
+        tracing::warn!(error = %e, "the history recorder of the DynamoDB stream ended abnormally");
     }
     tracing::debug!("DynamoDB stream reader stopped");
 }

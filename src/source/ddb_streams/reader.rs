@@ -7,11 +7,13 @@
 //! the hub is [`super::record`]'s.
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 
 use tokio::time::Instant;
 
 use super::StreamSettings;
 use super::api::{IteratorStart, RecordPage, ShardInfo, StreamApi, StreamError, VersionWriter};
+use super::history::HistorySink;
 use crate::hub::Hub;
 use crate::source::{SourceContext, SourceCounters};
 
@@ -41,7 +43,8 @@ pub(super) struct Reader<S, V> {
     pub(super) ctx: SourceContext,
     settings: StreamSettings,
     api: S,
-    pub(super) versions: V,
+    pub(super) versions: Arc<V>,
+    pub(super) history: HistorySink,
     shards: BTreeMap<String, ShardState>,
     /// A listing has succeeded: shards found from now on are new.
     listed: bool,
@@ -52,12 +55,19 @@ pub(super) struct Reader<S, V> {
 }
 
 impl<S: StreamApi, V: VersionWriter> Reader<S, V> {
-    pub(super) fn new(ctx: SourceContext, settings: StreamSettings, api: S, versions: V) -> Self {
+    pub(super) fn new(
+        ctx: SourceContext,
+        settings: StreamSettings,
+        api: S,
+        versions: Arc<V>,
+        history: HistorySink,
+    ) -> Self {
         Reader {
             ctx,
             settings,
             api,
             versions,
+            history,
             shards: BTreeMap::new(),
             listed: false,
             next_listing: Instant::now(),

@@ -1,19 +1,22 @@
 //! Record handling: what one stream record does to the hub. A new image is applied
 //! by its version (or the item re-versioned when it changed without a version bump);
 //! a REMOVE becomes a tombstone; a record that is not valid configuration is logged,
-//! counted and skipped.
+//! counted and skipped; a record of a history item is passed over. A change another
+//! tool made is offered to history once applied.
 //!
 //! Boundary: reads items only through [`crate::store::dynamodb::item`]; writes to the
-//! table only through [`VersionWriter`].
+//! table only through [`VersionWriter`] and the history sink.
 
-use super::api::{ChangeKind, ChangeRecord, StreamApi, VersionWriter};
+use super::api::{ChangeKind, ChangeRecord, ExternalChange, Image, StreamApi, VersionWriter};
 use super::reader::Reader;
 use crate::hub::{ChangeSource, Origin};
 use crate::model::{Entry, Scope, now_millis};
 use crate::source::SourceCounters;
 use crate::store::StoreError;
+use crate::store::dynamodb::is_history_item;
 use crate::store::dynamodb::item::{
-    ItemError, ParsedItem, item_active, item_version, parse_item, parse_item_keys, same_json,
+    ItemError, ParsedItem, item_active, item_audited, item_version, parse_item, parse_item_keys,
+    same_json,
 };
 
 /// What a REMOVE record asks of the hub.
@@ -65,6 +68,11 @@ pub fn removal(record: &ChangeRecord) -> Result<Removal, ItemError> {
 impl<S: StreamApi, V: VersionWriter> Reader<S, V> {
     /// Applies one record. Returns false when it must be read again later.
     pub(super) async fn handle_record(&self, record: &ChangeRecord) -> bool {
+        // A history item (written with a change, its expiry set, deleted by the
+        // retention or TTL) is never configuration.
+        if is_history_item(&record.keys) {
+            return true;
+        }
         let origin = record
             .created
             .and_then(|at| Origin::at_millis(ChangeSource::DynamodbStream, at));
@@ -82,7 +90,10 @@ impl<S: StreamApi, V: VersionWriter> Reader<S, V> {
                     return true;
                 };
                 match parse_item(image) {
-                    Ok(parsed) => self.apply_image(parsed, origin).await,
+                    Ok(parsed) => {
+                        let previous = external_previous(&parsed, image, record);
+                        self.apply_image(parsed, origin, previous).await
+                    }
                     Err(e) => {
                         tracing::warn!(
                             sequence = %record.sequence,
@@ -111,7 +122,19 @@ impl<S: StreamApi, V: VersionWriter> Reader<S, V> {
                 version,
             }) => {
                 let tombstone = Entry::tombstone(&key, version, now_millis());
-                self.hub().apply_from(&scope, tombstone, origin)
+                let applied = self.hub().apply_from(&scope, tombstone.clone(), origin);
+                // A live item removed: its removal is a version of its own.
+                let old = record.old_image.as_ref();
+                if let Some(Ok(Some(previous))) = old.map(item_version)
+                    && old.map(item_active) == Some(Ok(true))
+                {
+                    self.history.offer(ExternalChange {
+                        scope,
+                        entry: tombstone,
+                        previous,
+                    });
+                }
+                applied
             }
             Ok(Removal::AboveServed { scope, key }) => {
                 self.hub().remove_if_live(&scope, &key, origin)
@@ -128,8 +151,15 @@ impl<S: StreamApi, V: VersionWriter> Reader<S, V> {
     }
 
     /// Applies a new image, or re-versions the item when it changed without a
-    /// version bump. Returns false when the table was unavailable for that.
-    async fn apply_image(&self, parsed: ParsedItem, origin: Option<Origin>) -> bool {
+    /// version bump. Returns false when the table was unavailable for that. An
+    /// image applied with `previous` set is offered to history (the re-versioned
+    /// image comes back through the stream and is offered then).
+    async fn apply_image(
+        &self,
+        parsed: ParsedItem,
+        origin: Option<Origin>,
+        previous: Option<u64>,
+    ) -> bool {
         let ParsedItem {
             scope,
             entry,
@@ -165,11 +195,33 @@ impl<S: StreamApi, V: VersionWriter> Reader<S, V> {
                 };
             }
         }
+        let change = previous.map(|previous| ExternalChange {
+            scope: scope.clone(),
+            entry: entry.clone(),
+            previous,
+        });
         if self.hub().apply_from(&scope, entry, origin).is_some() {
             SourceCounters::add(&self.ctx.counters.stream_records_applied, 1);
         }
+        if let Some(change) = change {
+            self.history.offer(change);
+        }
         true
     }
+}
+
+/// For a new image another tool made (versioned, and not written by configwatch
+/// with its history item), the version it replaced (the old image's; 0: none).
+/// `None` for images history holds already, or cannot hold (no version).
+fn external_previous(parsed: &ParsedItem, image: &Image, record: &ChangeRecord) -> Option<u64> {
+    if !parsed.versioned || parsed.entry.version == 0 || item_audited(image) {
+        return None;
+    }
+    let old = record.old_image.as_ref().map(item_version);
+    Some(match old {
+        Some(Ok(Some(version))) => version,
+        _ => 0,
+    })
 }
 
 /// Whether a record shows a change that came without a version bump: different

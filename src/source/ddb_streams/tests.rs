@@ -21,6 +21,7 @@ fn settings() -> StreamSettings {
     StreamSettings {
         poll_interval: Duration::from_millis(100),
         rediscover_interval: Duration::from_millis(100),
+        instance: "origin-a".into(),
         ..StreamSettings::default()
     }
 }
@@ -301,5 +302,79 @@ async fn changes_without_a_version_bump_are_re_versioned_and_bad_records_skipped
     );
     assert!(s.held("fresh").is_none());
     assert!(s.held("b").is_some_and(|e| e.deleted && e.version == 2));
+    s.stop().await
+}
+
+#[tokio::test(start_paused = true)]
+async fn history_items_are_passed_over_and_other_tools_changes_are_recorded() -> TestResult {
+    let fake = Fake::new(10);
+    fake.add_shard("s", None);
+    let s = start(&fake).await?;
+    until("the first start", || fake.requests().len() == 1).await?;
+    let skipped_before = get(&s.counters.stream_records_skipped);
+
+    // A write through configwatch: its history item and its config item, marked
+    // as recorded.
+    let mut history = put_record("00000200", "a", Some(1), "1");
+    if let Some(image) = history.new_image.as_mut() {
+        let sk = AttributeValue::S("AUDIT#a#00000000000000000001".into());
+        image.insert("sk".into(), sk.clone());
+        history.keys.insert("sk".into(), sk);
+    }
+    fake.push("s", history.clone());
+    let mut written = put_record("00000201", "a", Some(1), "1");
+    if let Some(image) = written.new_image.as_mut() {
+        image.insert("auditedVersion".into(), AttributeValue::N("1".into()));
+    }
+    fake.push("s", written);
+    // Its history item expired by TTL.
+    let mut expired = history;
+    expired.sequence = "00000202".into();
+    expired.kind = ChangeKind::Remove;
+    expired.old_image = expired.new_image.take();
+    fake.push("s", expired);
+    // Another tool raises b from 1 to 2, and removes c (live at version 4).
+    let mut external = put_record("00000203", "b", Some(2), "2");
+    external.old_image = put_record("0", "b", Some(1), "1").new_image;
+    fake.push("s", external);
+    let mut remove = put_record("00000204", "c", Some(4), "4");
+    remove.kind = ChangeKind::Remove;
+    remove.old_image = remove.new_image.take();
+    fake.push("s", remove);
+    fake.append("s", &[("after", 1, "1")]);
+    until("the record after them", || s.held("after").is_some()).await?;
+    until("the changes recorded", || {
+        get(&s.counters.stream_history_recorded) == 3
+    })
+    .await?;
+
+    assert_eq!(
+        get(&s.counters.stream_records_skipped),
+        skipped_before,
+        "a history item is not a bad record"
+    );
+    assert!(s.held("a").is_some_and(|e| e.version == 1));
+    let recorded: Vec<(String, u64, bool, u64, String)> = lock(&s.versions.1)
+        .iter()
+        .map(|(c, instance)| {
+            (
+                c.entry.key.to_string(),
+                c.entry.version,
+                c.entry.deleted,
+                c.previous,
+                instance.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        recorded,
+        [
+            ("tenant_config_b".into(), 2, false, 1, "origin-a".into()),
+            ("tenant_config_c".into(), 5, true, 4, "origin-a".into()),
+            ("tenant_config_after".into(), 1, false, 0, "origin-a".into()),
+        ],
+        "only other tools' changes, each with the version it replaced"
+    );
+    assert_eq!(get(&s.counters.stream_history_failed), 0);
     s.stop().await
 }

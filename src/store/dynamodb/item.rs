@@ -16,6 +16,10 @@
 //! | `isActive` | BOOL; missing means true; false is a soft delete, served as a tombstone |
 //! | `version` | N; grows with every write, deletes included; missing reads as 0 |
 //! | `createdAt`, `updatedAt` | RFC 3339 UTC text |
+//! | `auditedVersion` | N; written by configwatch with `version`: the version whose history item the same transaction wrote. A `version` other than it was made by another tool |
+//!
+//! The same partition holds the keys' history items (`sk` `AUDIT#...`, see
+//! [`super::audit`]); nothing here reads them as configuration.
 //!
 //! An item whose `sk` does not name a valid key, or whose attributes have the wrong
 //! types, is skipped with a warning by `load`: one bad item written by hand never
@@ -43,6 +47,7 @@ pub(crate) const IS_ACTIVE: &str = "isActive";
 pub(crate) const VERSION: &str = "version";
 pub(crate) const CREATED_AT: &str = "createdAt";
 pub(crate) const UPDATED_AT: &str = "updatedAt";
+pub(crate) const AUDITED: &str = "auditedVersion";
 const TENANT_PREFIX: &str = "TENANT#";
 const SERVICE_SEPARATOR: &str = "|SERVICE#";
 pub(crate) const SK_PREFIX: &str = "CONFIG#";
@@ -94,16 +99,19 @@ pub(crate) fn parse_partition(pk: &str) -> Result<Scope, ItemError> {
     Scope::new(tenant, service).map_err(|_| bad())
 }
 
+/// The name of a `tenant_config_*` key: what its sort keys hold.
+pub(super) fn key_name(key: &str) -> Result<&str, StoreError> {
+    key.strip_prefix(TENANT_CONFIG.prefix).ok_or_else(|| {
+        StoreError::Internal(format!(
+            "key '{key}' does not belong to the DynamoDB backend ({}*)",
+            TENANT_CONFIG.prefix
+        ))
+    })
+}
+
 /// The sort key of a `tenant_config_*` key.
 pub(super) fn sort_key(key: &str) -> Result<String, StoreError> {
-    key.strip_prefix(TENANT_CONFIG.prefix)
-        .map(|name| format!("{SK_PREFIX}{name}"))
-        .ok_or_else(|| {
-            StoreError::Internal(format!(
-                "key '{key}' does not belong to the DynamoDB backend ({}*)",
-                TENANT_CONFIG.prefix
-            ))
-        })
+    Ok(format!("{SK_PREFIX}{}", key_name(key)?))
 }
 
 /// The primary key (`pk`, `sk`) of the item holding `key` of `scope`.
@@ -220,6 +228,25 @@ pub(super) fn now_text() -> String {
     DateTime::from(SystemTime::now())
         .fmt(Format::DateTime)
         .unwrap_or_else(|_| "1970-01-01T00:00:00Z".to_owned())
+}
+
+/// Unix milliseconds as RFC 3339 UTC text; now when 0 (unknown).
+pub(super) fn time_text(at: Millis) -> String {
+    if at <= 0 {
+        return now_text();
+    }
+    DateTime::from_millis(at)
+        .fmt(Format::DateTime)
+        .unwrap_or_else(|_| now_text())
+}
+
+/// Whether an item's `version` was written by configwatch together with its
+/// history item (`auditedVersion` equals it).
+pub fn item_audited(item: &Item) -> bool {
+    matches!(
+        (item.get(AUDITED), item.get(VERSION)),
+        (Some(AttributeValue::N(a)), Some(AttributeValue::N(v))) if a.trim() == v.trim()
+    )
 }
 
 /// A JSON value as an attribute. Numbers keep their text as written, so DynamoDB

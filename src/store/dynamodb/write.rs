@@ -1,21 +1,18 @@
-//! Conditional writes on the table: Put and Delete as one `UpdateItem` with
-//! compare-and-set on `version`, and the re-versioning of an item that changed
-//! without a version bump.
+//! The re-versioning of an item that changed without a version bump: one
+//! `UpdateItem` conditional on the version seen.
 //!
-//! Boundary: builds the requests and reads their answers; the retry on a vanished
-//! conflict is the backend's ([`super`]).
+//! Boundary: builds the request and reads its answer; Put and Delete (with their
+//! history) are [`super::transact`]'s.
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::config::http::HttpResponse;
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder;
-use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
+use aws_sdk_dynamodb::types::AttributeValue;
 
 use super::DynamoBackend;
-use super::item::{
-    CONFIG, CREATED_AT, IS_ACTIVE, Item, PK, UPDATED_AT, VERSION, item_key, now_text,
-};
+use super::item::{PK, VERSION, item_key};
 use crate::model::Scope;
 use crate::store::StoreError;
 
@@ -79,82 +76,5 @@ impl DynamoBackend {
             .update_item()
             .table_name(self.table.as_ref())
             .set_key(Some(item_key(scope, key)?)))
-    }
-
-    /// One conditional write attempt. `Ok(None)`: the condition refused it.
-    pub(super) async fn try_write(
-        &self,
-        scope: &Scope,
-        key: &str,
-        config: Option<&AttributeValue>,
-        expected: Option<u64>,
-    ) -> Result<Option<Item>, StoreError> {
-        let mut request = self
-            .update(scope, key)?
-            .expression_attribute_names("#version", VERSION)
-            .expression_attribute_names("#active", IS_ACTIVE)
-            .expression_attribute_names("#updated", UPDATED_AT)
-            .expression_attribute_values(":now", AttributeValue::S(now_text()))
-            .expression_attribute_values(":zero", AttributeValue::N("0".into()))
-            .expression_attribute_values(":one", AttributeValue::N("1".into()))
-            .return_values(ReturnValue::AllNew);
-        let live = "(attribute_not_exists(#active) OR #active = :true)";
-        let at_version = |n: u64| {
-            if n == 0 {
-                "(attribute_not_exists(#version) OR #version = :zero)"
-            } else {
-                "#version = :expected"
-            }
-        };
-        let condition = match config {
-            Some(config) => {
-                request = request
-                    .update_expression(
-                        "SET #config = :config, #active = :true, #updated = :now, \
-                         #created = if_not_exists(#created, :now), \
-                         #version = if_not_exists(#version, :zero) + :one",
-                    )
-                    .expression_attribute_names("#config", CONFIG)
-                    .expression_attribute_names("#created", CREATED_AT)
-                    .expression_attribute_values(":config", config.clone())
-                    .expression_attribute_values(":true", AttributeValue::Bool(true));
-                match expected {
-                    None => None,
-                    // Absent, soft-deleted, or live without a version.
-                    Some(0) => {
-                        request = request
-                            .expression_attribute_values(":false", AttributeValue::Bool(false));
-                        Some(format!("{} OR #active = :false", at_version(0)))
-                    }
-                    Some(n) => Some(format!("{} AND {live}", at_version(n))),
-                }
-            }
-            None => {
-                request = request
-                    .update_expression(
-                        "SET #active = :false, #updated = :now, \
-                         #version = if_not_exists(#version, :zero) + :one",
-                    )
-                    .expression_attribute_names("#pk", PK)
-                    .expression_attribute_values(":true", AttributeValue::Bool(true))
-                    .expression_attribute_values(":false", AttributeValue::Bool(false));
-                Some(match expected {
-                    None => format!("attribute_exists(#pk) AND {live}"),
-                    Some(n) => format!("attribute_exists(#pk) AND {live} AND {}", at_version(n)),
-                })
-            }
-        };
-        if let Some(n) = expected.filter(|n| *n > 0) {
-            request =
-                request.expression_attribute_values(":expected", AttributeValue::N(n.to_string()));
-        }
-        if let Some(condition) = condition {
-            request = request.condition_expression(condition);
-        }
-        match request.send().await {
-            Ok(out) => Ok(Some(out.attributes.unwrap_or_default())),
-            Err(e) if refused(&e) => Ok(None),
-            Err(e) => Err(self.error("UpdateItem", e)),
-        }
     }
 }

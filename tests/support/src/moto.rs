@@ -167,6 +167,19 @@ impl Moto {
             .send()
             .await
             .expect("create table");
+        // As the template: history items expire by TTL on `expiresAt`.
+        ddb.update_time_to_live()
+            .table_name(TABLE)
+            .time_to_live_specification(
+                aws_sdk_dynamodb::types::TimeToLiveSpecification::builder()
+                    .attribute_name("expiresAt")
+                    .enabled(true)
+                    .build()
+                    .unwrap(),
+            )
+            .send()
+            .await
+            .expect("enable TTL");
 
         let sqs = self.sqs().await;
         let dlq_url = sqs
