@@ -12,10 +12,11 @@ use redb::{Database, ReadableTable};
 
 use super::recovery::{DbError, db_err, guarded, panic_text};
 use super::{
-    DAMAGED_LOGGED, DB_FILE, ENTRIES, EmbeddedStore, FORMAT, FORMAT_KEY, Inner, LEGACY_KEY, META,
-    META_TEXT, STORE_ID_KEY, State, VerifyReport,
+    DAMAGED_LOGGED, DB_FILE, ENTRIES, EmbeddedStore, FORMAT, FORMAT_KEY, HISTORY, Inner,
+    LEGACY_KEY, META, META_TEXT, STORE_ID_KEY, State, VerifyReport,
 };
 use crate::store::StoreHealth;
+use crate::store::history::Retention;
 use crate::store::identity::{self, MarkerError, StoreId};
 
 /// Why the store could not be opened.
@@ -202,6 +203,7 @@ impl EmbeddedStore {
                     .map_err(db_err)?
                     .map(|v| v.value().to_owned());
                 txn.open_table(ENTRIES).map_err(db_err)?;
+                txn.open_table(HISTORY).map_err(db_err)?;
                 (found, legacy, held)
             };
             // Commit only when nothing is refused below: a replaced database
@@ -283,6 +285,7 @@ impl EmbeddedStore {
             inner,
             store_id: Arc::from(store_id.as_str()),
             report,
+            retention: Retention::default(),
         })
     }
 }

@@ -19,7 +19,7 @@ const RECORD_V2: u8 = 2;
 const FLAG_DELETED: u8 = 1;
 const FLAG_SECRET: u8 = 2;
 const HEADER_V1: usize = 18;
-const CHECKSUM: usize = 8;
+pub(super) const CHECKSUM: usize = 8;
 const HEADER: usize = HEADER_V1 + CHECKSUM;
 
 /// One record that failed its check at start-up.
@@ -84,7 +84,13 @@ impl Inner {
     }
 }
 
-fn checksum(tenant: &str, service: &str, key: &str, head: &[u8], value: &[u8]) -> [u8; CHECKSUM] {
+pub(super) fn checksum(
+    tenant: &str,
+    service: &str,
+    key: &str,
+    head: &[u8],
+    value: &[u8],
+) -> [u8; CHECKSUM] {
     let mut h = Sha256::new();
     for part in [tenant, service, key] {
         h.update((part.len() as u64).to_be_bytes());
