@@ -11,6 +11,7 @@ mod conn;
 pub mod fair;
 pub mod forward;
 pub mod frame;
+mod history;
 pub mod page;
 pub mod status;
 #[cfg(test)]
@@ -32,11 +33,12 @@ use crate::keys::{self, PrefixSet};
 use crate::model::{Entry, Scope};
 use crate::proto;
 use crate::proto::config_service_server::ConfigService;
-use crate::store::history::Audit;
+use crate::store::history::{Audit, validate_reason};
 use crate::store::{Router, Write};
 
 pub use conn::ConnInfo;
 pub use forward::{Bearer, Forward};
+pub use history::DEFAULT_HISTORY_PAGE;
 pub use watch::{EndLine, WatchCalls, WatchEnds, WatchStream};
 
 /// Prefixes in one Get or Watch, unless configured.
@@ -173,6 +175,8 @@ pub struct ConfigApi {
     /// A relay's upstream, which writes and secret reads go to with the caller's
     /// token; `None` on an origin, which writes through `router`.
     forward: Option<Arc<dyn Forward>>,
+    /// The name recorded with each write this instance accepts.
+    instance: Arc<str>,
     /// The runtime serving the calls: a Watch (started on threads of its own, see
     /// `server`) loads a tenant's view here, so the sources' connections live here.
     main: tokio::runtime::Handle,
@@ -199,6 +203,7 @@ impl ConfigApi {
             initial_states,
             replies,
             forward: None,
+            instance: Arc::from("configwatch"),
             main: tokio::runtime::Handle::current(),
         }
     }
@@ -208,6 +213,12 @@ impl ConfigApi {
     /// them).
     pub fn forwarding(mut self, forward: Option<Arc<dyn Forward>>) -> Self {
         self.forward = forward;
+        self
+    }
+
+    /// Names this instance in the history of the writes it accepts.
+    pub fn instance(mut self, name: Arc<str>) -> Self {
+        self.instance = name;
         self
     }
 
@@ -269,12 +280,18 @@ fn caller<T>(
     Ok((id, scope))
 }
 
-/// What history records of a write's caller: the token's subject (never the token).
-fn audit_of(id: &Identity) -> Audit {
-    Audit {
+/// What history records of a write: the caller's subject and app client (never
+/// the token), the instance that accepted it, and the request's reason (checked:
+/// INVALID_ARGUMENT naming the limit).
+fn audit_of(id: &Identity, instance: &str, reason: &str) -> Result<Audit, Status> {
+    let reason =
+        validate_reason(reason).map_err(|e| Status::invalid_argument(format!("reason: {e}")))?;
+    Ok(Audit {
         subject: id.subject.clone(),
-        ..Audit::default()
-    }
+        client_id: id.client_id.clone(),
+        instance: instance.to_owned(),
+        reason,
+    })
 }
 
 fn require_writer(id: &Identity) -> Result<(), Status> {
@@ -583,11 +600,11 @@ impl ConfigService for ConfigApi {
             }
             None => {
                 let req = request.into_inner();
+                let audit = audit_of(&id, &self.instance, &req.reason)?;
                 let write = Write::Put {
                     value,
                     secret: req.secret,
                 };
-                let audit = audit_of(&id);
                 self.commit(view, scope, req.key, write, req.expected_version, audit)
                     .await?
             }
@@ -613,7 +630,7 @@ impl ConfigService for ConfigApi {
             }
             None => {
                 let req = request.into_inner();
-                let audit = audit_of(&id);
+                let audit = audit_of(&id, &self.instance, &req.reason)?;
                 self.commit(
                     view,
                     scope,
@@ -628,5 +645,12 @@ impl ConfigService for ConfigApi {
         Ok(Response::new(proto::DeleteResponse {
             entry: Some(to_proto(&entry)),
         }))
+    }
+
+    async fn history(
+        &self,
+        request: Request<proto::HistoryRequest>,
+    ) -> Result<Response<proto::HistoryResponse>, Status> {
+        self.history_call(request).await
     }
 }

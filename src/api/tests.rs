@@ -95,6 +95,7 @@ async fn a_put_dropped_while_the_store_commits_it_still_reaches_the_view()
         scope: Some(scope.clone()),
         role: Role::Writer,
         subject: "test".into(),
+        client_id: None,
         expires_at: None,
     });
     let call = tokio::spawn(async move { api.put(request).await.map(|_| ()) });

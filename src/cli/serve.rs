@@ -28,6 +28,7 @@ use crate::source::{SourceContext, SourceCounters, ddb_streams, reconcile, sqs_e
 use crate::store::Router;
 use crate::store::dynamodb::DynamoBackend;
 use crate::store::embedded::{EmbeddedStore, OpenOptions};
+use crate::store::history::Retention;
 use crate::store::ssm::SsmBackend;
 
 /// The issuer of a Cognito user pool, from its JWKS URL.
@@ -99,13 +100,18 @@ async fn authenticator(
 
 /// Opens the embedded store in `data_dir`, refusing a directory that lost its
 /// database unless `new_store`, and reports what the check of every record found.
-fn open_store(data_dir: &Path, new_store: bool) -> Result<EmbeddedStore, Failure> {
+fn open_store(
+    data_dir: &Path,
+    new_store: bool,
+    retention: Retention,
+) -> Result<EmbeddedStore, Failure> {
     let options = OpenOptions {
         new_store,
         initialised_by: vec![data_dir.join(crate::auth::local::KEY_FILE)],
     };
     let store = EmbeddedStore::open_with(data_dir, &options)
-        .map_err(|e| Failure::error(format!("cannot start: {e}")))?;
+        .map_err(|e| Failure::error(format!("cannot start: {e}")))?
+        .with_retention(retention);
     let report = store.verify_report();
     if report.is_clean() {
         tracing::info!(
@@ -156,7 +162,11 @@ pub(super) async fn run_serve(args: ServeArgs) -> Result<(), Failure> {
     // The store first: the signing key beside a missing database shows that the
     // directory lost its data (the authenticator would create a key).
     let embedded = match (&aws, &relay_settings) {
-        (None, None) => Some(open_store(&args.data_dir, args.new_store)?),
+        (None, None) => Some(open_store(
+            &args.data_dir,
+            args.new_store,
+            args.keep.retention()?,
+        )?),
         (None, Some(_)) => {
             super::relay::check_key(&args.data_dir, args.identity.jwks_url.is_some())?;
             None
@@ -273,6 +283,7 @@ pub(super) async fn run_serve(args: ServeArgs) -> Result<(), Failure> {
         sources: sources.as_ref().map(Supervisor::state),
         // Without an admin listener nobody reads the call counts: no layer counts them.
         rpc_metrics: metrics_on.then_some(rpc_metrics),
+        instance: Arc::from(args.keep.instance()?),
     };
     // Started before the ports open, where they open now: the first scrape or
     // readiness check already sees the server.

@@ -75,6 +75,27 @@ impl Forward for Forwarder {
         entry_of(reply.into_inner().entry)
     }
 
+    async fn history(
+        &self,
+        caller: &Bearer,
+        request: proto::HistoryRequest,
+    ) -> Result<proto::HistoryResponse, Status> {
+        let first = self.0.upstreams.preferred();
+        let mut last = None;
+        for step in 0..self.0.upstreams.len() {
+            let at = (first + step) % self.0.upstreams.len();
+            let mut client = ConfigServiceClient::new(self.0.upstreams.channel(at));
+            match client.history(call(request.clone(), &caller.0)).await {
+                Ok(reply) => return Ok(reply.into_inner()),
+                Err(status) if status.code() == tonic::Code::Unavailable => {
+                    last = Some(upstream_status(&self.0, at, status));
+                }
+                Err(status) => return Err(status),
+            }
+        }
+        Err(last.unwrap_or_else(|| Status::unavailable("this relay has no upstream; retry")))
+    }
+
     async fn read(
         &self,
         caller: &Bearer,

@@ -133,6 +133,7 @@ impl TestServer {
             max_request_bytes: options.max_request_bytes,
             grace: Duration::from_secs(2),
             connections: options.connections.clone(),
+            instance: Arc::from("cw-test"),
             sources: None,
             rpc_metrics: Default::default(),
         };
