@@ -140,6 +140,16 @@ pub fn entry_json(e: &proto::Entry) -> String {
     out
 }
 
+/// The line printed for a write's result: key and new version, and `deleted` for a
+/// delete.
+pub(super) fn written_json(e: &proto::Entry) -> String {
+    if e.deleted {
+        json!({ "key": e.key, "version": e.version, "deleted": true }).to_string()
+    } else {
+        json!({ "key": e.key, "version": e.version }).to_string()
+    }
+}
+
 /// Times a paged Get starts again when the tenant changes while it pages.
 const GET_ATTEMPTS: usize = 5;
 
@@ -210,7 +220,7 @@ pub(super) async fn run_put(args: PutArgs) -> Result<(), Failure> {
         .await?
         .into_inner();
     if let Some(e) = resp.entry {
-        println!("{}", json!({ "key": e.key, "version": e.version }));
+        println!("{}", written_json(&e));
     }
     Ok(())
 }
@@ -227,10 +237,7 @@ pub(super) async fn run_delete(args: DeleteArgs) -> Result<(), Failure> {
         .await?
         .into_inner();
     if let Some(e) = resp.entry {
-        println!(
-            "{}",
-            json!({ "key": e.key, "version": e.version, "deleted": true })
-        );
+        println!("{}", written_json(&e));
     }
     Ok(())
 }

@@ -8,10 +8,9 @@
 use std::time::{Duration, UNIX_EPOCH};
 
 use serde::Serialize;
-use serde_json::json;
 use serde_json::value::RawValue;
 
-use super::commands::{Client, connect, json_value};
+use super::commands::{Client, connect, json_value, written_json};
 use super::{Failure, HistoryArgs, RollbackArgs};
 use crate::proto;
 use crate::store::history::MAX_PAGE_VERSIONS;
@@ -137,45 +136,33 @@ pub(super) async fn run_rollback(args: RollbackArgs) -> Result<(), Failure> {
     let reason = args
         .reason
         .unwrap_or_else(|| format!("rollback to version {}", args.to_version));
-    if target.deleted {
-        let entry = client
-            .delete(proto::DeleteRequest {
-                key: args.key,
-                expected_version: Some(expected),
-                reason,
-                ..Default::default()
-            })
-            .await?
-            .into_inner()
-            .entry;
-        if let Some(e) = entry {
-            println!(
-                "{}",
-                json!({ "key": e.key, "version": e.version, "deleted": true })
-            );
-        }
-        return Ok(());
-    }
-    if target.secret && target.value.is_empty() {
+    if target.secret && !target.deleted && target.value.is_empty() {
         return Err(Failure::error(format!(
             "version {} of '{}' is a secret whose value this token may not read; roll it back with a token of its tenant",
             args.to_version, args.key
         )));
     }
-    let entry = client
-        .put(proto::PutRequest {
+    let entry = if target.deleted {
+        let request = proto::DeleteRequest {
+            key: args.key,
+            expected_version: Some(expected),
+            reason,
+            ..Default::default()
+        };
+        client.delete(request).await?.into_inner().entry
+    } else {
+        let request = proto::PutRequest {
             key: args.key,
             value: target.value,
             expected_version: Some(expected),
             secret: target.secret,
             reason,
             ..Default::default()
-        })
-        .await?
-        .into_inner()
-        .entry;
+        };
+        client.put(request).await?.into_inner().entry
+    };
     if let Some(e) = entry {
-        println!("{}", json!({ "key": e.key, "version": e.version }));
+        println!("{}", written_json(&e));
     }
     Ok(())
 }

@@ -17,7 +17,7 @@
 
 use std::sync::Arc;
 
-use super::record::{CHECKSUM, checksum};
+use super::record::{CHECKSUM, checksum, damaged};
 use crate::model::{Entry, Millis};
 use crate::store::StoreError;
 use crate::store::history::{Audit, Source, Version};
@@ -118,16 +118,7 @@ pub(super) fn decode(
     bytes: &[u8],
     with_secret: bool,
 ) -> Result<Version, StoreError> {
-    let damaged = |why: &str| {
-        StoreError::Damaged(format!(
-            "a history record of '{key}' (tenant '{tenant}'{}) {why}; it is not served",
-            if service.is_empty() {
-                String::new()
-            } else {
-                format!(", service '{service}'")
-            }
-        ))
-    };
+    let damaged = |why: &str| damaged("a history record", tenant, service, key, why);
     if bytes.first() != Some(&HISTORY_V1) || bytes.len() < BODY {
         return Err(damaged("is of an unknown format"));
     }

@@ -36,6 +36,36 @@ fn all(limit: usize) -> HistoryQuery {
     }
 }
 
+type HistoryTable<'t> =
+    redb::Table<'t, (&'static str, &'static str, &'static str, u64), &'static [u8]>;
+
+/// Changes the history table of the closed store in `dir` behind its back.
+fn change_history(
+    dir: &std::path::Path,
+    change: impl FnOnce(&mut HistoryTable<'_>) -> Result<(), redb::Error>,
+) -> TestResult {
+    let db = redb::Database::create(dir.join(DB_FILE))?;
+    let txn = db.begin_write()?;
+    change(&mut txn.open_table(HISTORY)?)?;
+    txn.commit()?;
+    Ok(())
+}
+
+/// Writes each of `values` to `tenant_config_x` in turn.
+async fn write_values(
+    store: &EmbeddedStore,
+    scope: &Scope,
+    values: std::ops::RangeInclusive<u32>,
+) -> TestResult {
+    for n in values {
+        let value = put(&n.to_string());
+        store
+            .write(scope, "tenant_config_x", value, None, &by("a", "r"))
+            .await?;
+    }
+    Ok(())
+}
+
 fn versions(page: &crate::store::history::HistoryPage) -> Vec<u64> {
     page.versions.iter().map(|v| v.entry.version).collect()
 }
@@ -112,17 +142,7 @@ async fn retention_trims_on_write_and_keeps_the_current_version() -> TestResult 
         max_age: Duration::from_secs(3600),
     });
     let s = Scope::tenant("a")?;
-    for n in 1..=6 {
-        store
-            .write(
-                &s,
-                "tenant_config_x",
-                put(&n.to_string()),
-                None,
-                &by("a", "r"),
-            )
-            .await?;
-    }
+    write_values(&store, &s, 1..=6).await?;
     let page = store.history(&s, "tenant_config_x", &all(10)).await?;
     assert_eq!(versions(&page), vec![6, 5, 4]);
 
@@ -174,34 +194,19 @@ async fn a_damaged_history_record_fails_the_read() -> TestResult {
     let s = Scope::tenant("a")?;
     {
         let store = EmbeddedStore::open(dir.path())?;
-        for n in 1..=2 {
-            store
-                .write(
-                    &s,
-                    "tenant_config_x",
-                    put(&n.to_string()),
-                    None,
-                    &by("a", "r"),
-                )
-                .await?;
-        }
+        write_values(&store, &s, 1..=2).await?;
     }
-    {
-        let db = redb::Database::create(dir.path().join(DB_FILE))?;
-        let txn = db.begin_write()?;
-        {
-            let mut table = txn.open_table(HISTORY)?;
-            let id = ("a", "", "tenant_config_x", 1u64);
-            let mut bytes = table
-                .get(id)?
-                .map(|v| v.value().to_vec())
-                .unwrap_or_default();
-            let last = bytes.len() - 1;
-            bytes[last] ^= 1;
-            table.insert(id, bytes.as_slice())?;
-        }
-        txn.commit()?;
-    }
+    change_history(dir.path(), |table| {
+        let id = ("a", "", "tenant_config_x", 1u64);
+        let mut bytes = table
+            .get(id)?
+            .map(|v| v.value().to_vec())
+            .unwrap_or_default();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        table.insert(id, bytes.as_slice())?;
+        Ok(())
+    })?;
     let store = EmbeddedStore::open(dir.path())?;
     let got = store.history(&s, "tenant_config_x", &all(10)).await;
     assert!(matches!(got, Err(StoreError::Damaged(_))), "{got:?}");
@@ -223,14 +228,11 @@ async fn a_key_from_before_history_shows_its_current_version() -> TestResult {
             .write(&s, "tenant_config_x", put("1"), None, &by("a", "r"))
             .await?;
     }
-    {
-        // As if written by a configwatch that kept no history.
-        let db = redb::Database::create(dir.path().join(DB_FILE))?;
-        let txn = db.begin_write()?;
-        txn.open_table(HISTORY)?
-            .remove(("a", "", "tenant_config_x", 1u64))?;
-        txn.commit()?;
-    }
+    // As if written by a configwatch that kept no history.
+    change_history(dir.path(), |table| {
+        table.remove(("a", "", "tenant_config_x", 1u64))?;
+        Ok(())
+    })?;
     let store = EmbeddedStore::open(dir.path())?;
     let page = store.history(&s, "tenant_config_x", &all(10)).await?;
     assert_eq!(versions(&page), vec![1]);

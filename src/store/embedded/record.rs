@@ -104,6 +104,19 @@ pub(super) fn checksum(
     out
 }
 
+/// A record of `key` that failed its check: `what` names the record, `why` what
+/// failed.
+pub(super) fn damaged(what: &str, tenant: &str, service: &str, key: &str, why: &str) -> StoreError {
+    let service = if service.is_empty() {
+        String::new()
+    } else {
+        format!(", service '{service}'")
+    };
+    StoreError::Damaged(format!(
+        "{what} of '{key}' (tenant '{tenant}'{service}) {why}; it is not served"
+    ))
+}
+
 pub(super) fn encode(tenant: &str, service: &str, entry: &Entry, value: Option<&str>) -> Vec<u8> {
     let value = value.unwrap_or("");
     let mut out = Vec::with_capacity(HEADER + value.len());
@@ -134,16 +147,7 @@ pub(super) fn decode(
     with_secret: bool,
     legacy: bool,
 ) -> Result<Entry, StoreError> {
-    let damaged = |why: &str| {
-        StoreError::Damaged(format!(
-            "the record of '{key}' (tenant '{tenant}'{}) {why}; it is not served",
-            if service.is_empty() {
-                String::new()
-            } else {
-                format!(", service '{service}'")
-            }
-        ))
-    };
+    let damaged = |why: &str| damaged("the record", tenant, service, key, why);
     let value_at = match bytes.first() {
         Some(&RECORD_V2) if bytes.len() >= HEADER => {
             let sum = checksum(tenant, service, key, &bytes[..HEADER_V1], &bytes[HEADER..]);
