@@ -107,3 +107,52 @@ pub struct RollbackArgs {
     #[command(flatten)]
     pub client: ClientArgs,
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        keep: RetentionArgs,
+    }
+
+    fn parse(args: &[&str]) -> RetentionArgs {
+        let argv = std::iter::once("serve").chain(args.iter().copied());
+        match Flags::try_parse_from(argv) {
+            Ok(flags) => flags.keep,
+            Err(e) => panic!("{args:?}: {e}"),
+        }
+    }
+
+    #[test]
+    fn the_instance_is_named_by_the_flag_or_else_the_host() {
+        let named = parse(&["--instance-name", " cw-7 "]).instance();
+        assert_eq!(named.ok().as_deref(), Some("cw-7"));
+        let host = parse(&[]).instance().ok().unwrap_or_default();
+        assert!(!host.is_empty());
+        assert!(parse(&["--instance-name", ""]).instance().is_err());
+        assert!(
+            parse(&["--instance-name", &"x".repeat(129)])
+                .instance()
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn retention_defaults_to_the_stores_and_keeps_at_least_one_version() {
+        assert_eq!(parse(&[]).retention().ok(), Some(Retention::default()));
+        let short = parse(&["--retain-versions", "3", "--retain-for", "2h"]).retention();
+        assert_eq!(
+            short.ok(),
+            Some(Retention {
+                max_versions: 3,
+                max_age: Duration::from_secs(7200)
+            })
+        );
+        assert!(parse(&["--retain-versions", "0"]).retention().is_err());
+    }
+}
