@@ -117,13 +117,15 @@ fn open_store(
         tracing::info!(
             store_id = store.id(),
             records = report.records,
+            history_records = report.history_records,
             "store checked"
         );
     } else {
         // Named one by one in the log above; this line sums them up for operators.
         eprintln!(
-            "configwatch: the store has {} damaged record(s){}; their scopes answer DATA_LOSS until restored: {}",
+            "configwatch: the store has {} damaged record(s) and {} damaged history record(s){}; their scopes (and those versions) answer DATA_LOSS until restored: {}",
             report.damaged.len(),
+            report.damaged_history.len(),
             if report.unreadable.is_some() {
                 " and could not be read to the end"
             } else {

@@ -208,6 +208,12 @@ async fn a_damaged_history_record_fails_the_read() -> TestResult {
         Ok(())
     })?;
     let store = EmbeddedStore::open(dir.path())?;
+    // The check at open names it; the entries are intact.
+    let report = store.verify_report();
+    assert_eq!((report.history_records, report.damaged.len()), (2, 0));
+    assert_eq!(report.damaged_history.len(), 1);
+    assert!(report.damaged_history[0].reason.starts_with("version 1:"));
+    assert!(!report.is_clean());
     let got = store.history(&s, "tenant_config_x", &all(10)).await;
     assert!(matches!(got, Err(StoreError::Damaged(_))), "{got:?}");
     // The page that does not reach it is served.

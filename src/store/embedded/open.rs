@@ -300,6 +300,15 @@ fn log_report(path: &Path, report: &VerifyReport) {
             "damaged record: this key is not served (its scope answers DATA_LOSS) until it is restored"
         );
     }
+    for d in report.damaged_history.iter().take(DAMAGED_LOGGED) {
+        tracing::error!(
+            tenant = %d.tenant,
+            service = %d.service,
+            key = %d.key,
+            reason = %d.reason,
+            "damaged history record: that version is not served (History answers DATA_LOSS when it reaches it); the key's current state is not affected"
+        );
+    }
     if report.damaged.len() > DAMAGED_LOGGED {
         tracing::error!(
             more = report.damaged.len() - DAMAGED_LOGGED,

@@ -1,6 +1,6 @@
 //! Records: the format of one stored entry (flags, version, time, checksum, value),
-//! its checksum bound to the tenant, service and key, and the check of every record
-//! ([`VerifyReport`]).
+//! its checksum bound to the tenant, service and key, and the check of every record,
+//! history records included ([`VerifyReport`]).
 //!
 //! Boundary: bytes in and out; the only code that knows the record layout.
 
@@ -10,7 +10,7 @@ use redb::{ReadableDatabase, ReadableTable};
 use sha2::{Digest, Sha256};
 
 use super::recovery::{DbError, db_err, guarded};
-use super::{ENTRIES, Inner, lock};
+use super::{ENTRIES, HISTORY, Inner, history_record, lock};
 use crate::model::{Entry, Millis};
 use crate::store::StoreError;
 
@@ -38,13 +38,18 @@ pub struct VerifyReport {
     pub records: usize,
     /// Records that failed their check.
     pub damaged: Vec<DamagedKey>,
+    /// History records read.
+    pub history_records: usize,
+    /// History records that failed their check (`reason` names the version): those
+    /// versions are not served; the keys' current state is not affected.
+    pub damaged_history: Vec<DamagedKey>,
     /// Set when the table itself could not be read to the end (a damaged page).
     pub unreadable: Option<String>,
 }
 
 impl VerifyReport {
     pub fn is_clean(&self) -> bool {
-        self.damaged.is_empty() && self.unreadable.is_none()
+        self.damaged.is_empty() && self.damaged_history.is_empty() && self.unreadable.is_none()
     }
 }
 
@@ -70,6 +75,20 @@ impl Inner {
                         service: service.to_owned(),
                         key: key.to_owned(),
                         reason: e.to_string(),
+                    });
+                }
+            }
+            let history = txn.open_table(HISTORY).map_err(db_err)?;
+            for row in history.iter().map_err(db_err)? {
+                let (k, v) = row.map_err(db_err)?;
+                let (tenant, service, key, version) = k.value();
+                report.history_records += 1;
+                if let Err(e) = history_record::decode(tenant, service, key, v.value(), true) {
+                    report.damaged_history.push(DamagedKey {
+                        tenant: tenant.to_owned(),
+                        service: service.to_owned(),
+                        key: key.to_owned(),
+                        reason: format!("version {version}: {e}"),
                     });
                 }
             }
