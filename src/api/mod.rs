@@ -1,8 +1,9 @@
 //! The gRPC API: converts protobuf to domain calls and back, and validates requests.
 //!
-//! Every handler starts from the [`Identity`] the auth layer attached to the request;
-//! a tenant named in a request is only compared with it. Domain errors become
-//! statuses in [`status`].
+//! Every handler starts from the [`Identity`](crate::auth::Identity) the auth layer
+//! attached to the request (`rights` turns it into the call's scope and a write's
+//! audit); a tenant named in a request is only compared with it. Domain errors
+//! become statuses in [`status`]. `history` is the History call.
 
 pub mod budget;
 pub mod codec;
@@ -13,6 +14,7 @@ pub mod forward;
 pub mod frame;
 mod history;
 pub mod page;
+mod rights;
 pub mod status;
 #[cfg(test)]
 mod tests;
@@ -26,19 +28,18 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use crate::auth::Identity;
 use crate::clock::Clock;
 use crate::hub::{Hub, Known, PageRequest, ResumeToken, StateDigest};
 use crate::keys::{self, PrefixSet};
-use crate::model::{Entry, Scope};
+use crate::model::Entry;
 use crate::proto;
 use crate::proto::config_service_server::ConfigService;
-use crate::store::history::{Audit, validate_reason};
 use crate::store::{Router, Write};
 
 pub use conn::ConnInfo;
 pub use forward::{Bearer, Forward};
 pub use history::DEFAULT_HISTORY_PAGE;
+use rights::{audit_of, caller, require_writer};
 pub use watch::{EndLine, WatchCalls, WatchEnds, WatchStream};
 
 /// Prefixes in one Get or Watch, unless configured.
@@ -228,80 +229,6 @@ impl ConfigApi {
             Some(_) => Ok(keys::validate_key(key)?),
             None => Ok(self.router.route(key)?.0),
         }
-    }
-}
-
-/// The caller, and the scope the request acts on: the token's own, or for a relay
-/// the tenant (and service) the request names. Naming another tenant or service is
-/// refused otherwise.
-fn caller<T>(
-    request: &Request<T>,
-    requested_tenant: &str,
-    requested_service: &str,
-) -> Result<(Identity, Scope), Status> {
-    let id = request
-        .extensions()
-        .get::<Identity>()
-        .cloned()
-        .ok_or_else(|| Status::unauthenticated("request was not authenticated"))?;
-    let scope = match (&id.scope, requested_tenant) {
-        (_, named) if id.role.crosses_tenants() && !named.is_empty() => {
-            let service = Some(requested_service).filter(|s| !s.is_empty());
-            return Ok((id, Scope::new(named, service)?));
-        }
-        (Some(own), "") => own.clone(),
-        (Some(own), named) if named == own.tenant_id() => own.clone(),
-        (None, _) => {
-            return Err(Status::invalid_argument(
-                "this token names no tenant: set the request's tenant field",
-            ));
-        }
-        (Some(own), named) => {
-            return Err(Status::permission_denied(format!(
-                "request names tenant '{named}' but the token is for tenant '{}'; the tenant always comes from the token",
-                own.tenant_id()
-            )));
-        }
-    };
-    match (scope.service(), requested_service) {
-        (_, "") => {}
-        (Some(own), named) if named == own => {}
-        (Some(own), named) => {
-            return Err(Status::permission_denied(format!(
-                "request names service '{named}' but the token is for service '{own}'; the service always comes from the token"
-            )));
-        }
-        (None, named) => {
-            return Err(Status::permission_denied(format!(
-                "request names service '{named}' but the token is for the tenant-wide configuration only; leave service empty"
-            )));
-        }
-    }
-    Ok((id, scope))
-}
-
-/// What history records of a write: the caller's subject and app client (never
-/// the token), the instance that accepted it, and the request's reason (checked:
-/// INVALID_ARGUMENT naming the limit).
-fn audit_of(id: &Identity, instance: &str, reason: &str) -> Result<Audit, Status> {
-    let reason =
-        validate_reason(reason).map_err(|e| Status::invalid_argument(format!("reason: {e}")))?;
-    Ok(Audit {
-        subject: id.subject.clone(),
-        client_id: id.client_id.clone(),
-        instance: instance.to_owned(),
-        reason,
-    })
-}
-
-fn require_writer(id: &Identity) -> Result<(), Status> {
-    if id.role.can_write() {
-        Ok(())
-    } else {
-        Err(Status::permission_denied(format!(
-            "role '{}' may not write; Put and Delete need the writer or admin role",
-            id.role.as_str()
-        )))
     }
 }
 

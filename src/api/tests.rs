@@ -10,8 +10,9 @@ use async_trait::async_trait;
 use tokio::sync::{Notify, Semaphore};
 
 use super::*;
-use crate::auth::Role;
+use crate::auth::{Identity, Role};
 use crate::hub::HubConfig;
+use crate::model::Scope;
 use crate::store::history::Audit;
 use crate::store::{Backend, StoreError};
 
