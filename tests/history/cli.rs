@@ -162,3 +162,32 @@ async fn the_commands_exit_codes() {
         "{out:?}"
     );
 }
+
+#[tokio::test]
+async fn a_secret_rolls_back_to_its_old_value_and_stays_secret() {
+    let dir = temp_dir();
+    let server = server(dir.path(), &[]).await;
+    let writer = token_of(dir.path(), "acme", None, Role::Writer, "w");
+    let mut c = client_of(&server, &writer).await;
+    for value in ["\"old-pass\"", "\"new-pass\""] {
+        c.put(proto::PutRequest {
+            key: "param_config_db/pass".into(),
+            value: value.into(),
+            secret: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    let out = cli(
+        &server,
+        &writer,
+        &["rollback", "param_config_db/pass", "--to-version", "1"],
+    );
+    assert_eq!(lines(&out)[0]["version"], 3, "{out:?}");
+    let got = get_keys(&mut c, &["param_config_db/pass"]).await;
+    assert_eq!(got.entries[0].value, "\"old-pass\"");
+    assert!(got.entries[0].secret);
+    // The rollback's output names no value.
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("old-pass"));
+}
