@@ -53,19 +53,13 @@ async fn client_of(server: &ServerProcess, token: &str) -> Client {
 
 /// A Put with a reason; the new version.
 async fn put_because(client: &mut Client, key: &str, value: &str, reason: &str) -> u64 {
-    client
-        .put(proto::PutRequest {
-            key: key.into(),
-            value: value.into(),
-            reason: reason.into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap_or_else(|s| panic!("put {key}: {s:?}"))
-        .into_inner()
-        .entry
-        .expect("entry")
-        .version
+    let request = proto::PutRequest {
+        key: key.into(),
+        value: value.into(),
+        reason: reason.into(),
+        ..Default::default()
+    };
+    put_request(client, request).await.version
 }
 
 /// A History call.

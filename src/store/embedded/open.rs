@@ -291,29 +291,32 @@ impl EmbeddedStore {
 }
 
 fn log_report(path: &Path, report: &VerifyReport) {
-    for d in report.damaged.iter().take(DAMAGED_LOGGED) {
-        tracing::error!(
-            tenant = %d.tenant,
-            service = %d.service,
-            key = %d.key,
-            reason = %d.reason,
-            "damaged record: this key is not served (its scope answers DATA_LOSS) until it is restored"
-        );
-    }
-    for d in report.damaged_history.iter().take(DAMAGED_LOGGED) {
-        tracing::error!(
-            tenant = %d.tenant,
-            service = %d.service,
-            key = %d.key,
-            reason = %d.reason,
-            "damaged history record: that version is not served (History answers DATA_LOSS when it reaches it); the key's current state is not affected"
-        );
-    }
-    if report.damaged.len() > DAMAGED_LOGGED {
-        tracing::error!(
-            more = report.damaged.len() - DAMAGED_LOGGED,
-            "more damaged records not listed"
-        );
+    let lists = [
+        (
+            &report.damaged,
+            "damaged record: this key is not served (its scope answers DATA_LOSS) until it is restored",
+        ),
+        (
+            &report.damaged_history,
+            "damaged history record: that version is not served (History answers DATA_LOSS when it reaches it); the key's current state is not affected",
+        ),
+    ];
+    for (damaged, what) in lists {
+        for d in damaged.iter().take(DAMAGED_LOGGED) {
+            tracing::error!(
+                tenant = %d.tenant,
+                service = %d.service,
+                key = %d.key,
+                reason = %d.reason,
+                "{what}"
+            );
+        }
+        if damaged.len() > DAMAGED_LOGGED {
+            tracing::error!(
+                more = damaged.len() - DAMAGED_LOGGED,
+                "more damaged records not listed"
+            );
+        }
     }
     if let Some(why) = &report.unreadable {
         tracing::error!(path = %path.display(), reason = %why, records_read = report.records, "the database could not be read to the end: some scopes will answer DATA_LOSS; restore it from a backup");
