@@ -228,3 +228,45 @@ async fn escaping_keys_and_bad_reasons_are_refused() {
     // Nothing was written.
     assert!(all_versions(&mut c, KEY).await.is_empty());
 }
+
+#[tokio::test]
+async fn history_calls_are_counted_by_status() {
+    let dir = temp_dir();
+    let server = server(dir.path(), &["--admin-listen", "127.0.0.1:0"]).await;
+    let admin = server.admin.expect("admin listener");
+    let mut c = client_of(
+        &server,
+        &token_of(dir.path(), "acme", None, Role::Reader, "r"),
+    )
+    .await;
+    let before = configwatch_test_support::Scrape::take(admin).await;
+    all_versions(&mut c, KEY).await;
+    let missing = history(
+        &mut c,
+        proto::HistoryRequest {
+            key: KEY.into(),
+            version: 1,
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(missing.unwrap_err().code(), tonic::Code::NotFound);
+    let after = configwatch_test_support::Scrape::take(admin).await;
+    after.assert_moved(
+        &before,
+        &[
+            (
+                r#"configwatch_rpc_calls_total{method="History",code="OK"}"#,
+                1.0,
+            ),
+            (
+                r#"configwatch_rpc_calls_total{method="History",code="NOT_FOUND"}"#,
+                1.0,
+            ),
+            (
+                r#"configwatch_rpc_latency_seconds_count{method="History"}"#,
+                2.0,
+            ),
+        ],
+    );
+}
