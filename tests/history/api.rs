@@ -81,28 +81,10 @@ async fn every_write_is_listed_with_its_writer_reason_instance_and_previous_vers
     assert_eq!(pages, vec![vec![5, 4], vec![3, 2], vec![1]]);
 
     // One version; one that was never written.
-    let one = history(
-        &mut reader,
-        proto::HistoryRequest {
-            key: KEY.into(),
-            version: 2,
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let one = one_version(&mut reader, KEY, 2).await.unwrap();
     assert_eq!(numbers(&one.versions), vec![2]);
     assert_eq!(one.versions[0].value, "{\"max\":2}");
-    let missing = history(
-        &mut reader,
-        proto::HistoryRequest {
-            key: KEY.into(),
-            version: 9,
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap_err();
+    let missing = one_version(&mut reader, KEY, 9).await.unwrap_err();
     assert_eq!(missing.code(), tonic::Code::NotFound, "{missing:?}");
     assert!(missing.message().contains("version 9"), "{missing:?}");
 
@@ -133,16 +115,7 @@ async fn another_tenants_or_services_history_is_never_readable() {
         &token_of(dir.path(), "globex", None, Role::Admin, "g"),
     )
     .await;
-    let refused = history(
-        &mut other,
-        proto::HistoryRequest {
-            tenant: "acme".into(),
-            key: KEY.into(),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap_err();
+    let refused = named(&mut other, "acme", "", KEY).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::PermissionDenied);
     assert!(refused.message().contains("'acme'"), "{refused:?}");
     // Its own tenant's key of the same name is another key: nothing there.
@@ -160,16 +133,7 @@ async fn another_tenants_or_services_history_is_never_readable() {
         (numbers(&own), own[0].reason.as_str()),
         (vec![1], "billing's own")
     );
-    let refused = history(
-        &mut billing,
-        proto::HistoryRequest {
-            service: "shipping".into(),
-            key: KEY.into(),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap_err();
+    let refused = named(&mut billing, "", "shipping", KEY).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::PermissionDenied);
     assert!(refused.message().contains("'shipping'"), "{refused:?}");
 }
@@ -241,15 +205,7 @@ async fn history_calls_are_counted_by_status() {
     .await;
     let before = configwatch_test_support::Scrape::take(admin).await;
     all_versions(&mut c, KEY).await;
-    let missing = history(
-        &mut c,
-        proto::HistoryRequest {
-            key: KEY.into(),
-            version: 1,
-            ..Default::default()
-        },
-    )
-    .await;
+    let missing = one_version(&mut c, KEY, 1).await;
     assert_eq!(missing.unwrap_err().code(), tonic::Code::NotFound);
     let after = configwatch_test_support::Scrape::take(admin).await;
     after.assert_moved(

@@ -73,6 +73,36 @@ async fn history(
         .map(tonic::Response::into_inner)
 }
 
+/// Version `version` of `key` alone.
+async fn one_version(
+    client: &mut Client,
+    key: &str,
+    version: u64,
+) -> Result<proto::HistoryResponse, tonic::Status> {
+    let request = proto::HistoryRequest {
+        key: key.into(),
+        version,
+        ..Default::default()
+    };
+    history(client, request).await
+}
+
+/// The history of `key` asked for with a tenant and a service named.
+async fn named(
+    client: &mut Client,
+    tenant: &str,
+    service: &str,
+    key: &str,
+) -> Result<proto::HistoryResponse, tonic::Status> {
+    let request = proto::HistoryRequest {
+        tenant: tenant.into(),
+        service: service.into(),
+        key: key.into(),
+        ..Default::default()
+    };
+    history(client, request).await
+}
+
 /// Every kept version of `key`, newest first.
 async fn all_versions(client: &mut Client, key: &str) -> Vec<proto::KeyVersion> {
     history(

@@ -59,26 +59,12 @@ async fn a_relay_forwards_history_and_answers_as_its_origin() {
     // Refusals come back as the origin gives them.
     let other = token_of(&origin_dir, "globex", None, Role::Reader, "g");
     let mut other = client_of(&relay, &other).await;
-    let refused = history(
-        &mut other,
-        proto::HistoryRequest {
-            tenant: "acme".into(),
-            key: "tenant_config_k".into(),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap_err();
+    let refused = named(&mut other, "acme", "", "tenant_config_k")
+        .await
+        .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::PermissionDenied);
-    let missing = history(
-        &mut at_relay,
-        proto::HistoryRequest {
-            key: "tenant_config_k".into(),
-            version: 7,
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap_err();
+    let missing = one_version(&mut at_relay, "tenant_config_k", 7)
+        .await
+        .unwrap_err();
     assert_eq!(missing.code(), tonic::Code::NotFound);
 }

@@ -22,16 +22,7 @@ async fn retain_versions_keeps_the_newest_and_the_current() {
         numbers(&all_versions(&mut c, "tenant_config_k").await),
         vec![5, 4, 3]
     );
-    let gone = history(
-        &mut c,
-        proto::HistoryRequest {
-            key: "tenant_config_k".into(),
-            version: 1,
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap_err();
+    let gone = one_version(&mut c, "tenant_config_k", 1).await.unwrap_err();
     assert_eq!(gone.code(), tonic::Code::NotFound);
 }
 

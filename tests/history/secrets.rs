@@ -57,17 +57,10 @@ async fn a_secrets_values_reach_only_its_own_tenants_history() {
     let (key, _) = LocalKey::load_or_create(dir.path()).unwrap();
     let relay_token = key.issue_relay(Duration::from_secs(600), "relay").unwrap();
     let mut relay = client_of(&server, &relay_token).await;
-    let versions = history(
-        &mut relay,
-        proto::HistoryRequest {
-            tenant: "acme".into(),
-            key: SECRET.into(),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap()
-    .versions;
+    let versions = named(&mut relay, "acme", "", SECRET)
+        .await
+        .unwrap()
+        .versions;
     assert_eq!(numbers(&versions), vec![2, 1]);
     assert!(versions.iter().all(|v| v.secret && v.value.is_empty()));
 

@@ -171,6 +171,7 @@ pub(super) fn decode(
 
 #[cfg(test)]
 mod tests {
+    use super::super::record::{every_flip_is_damaged, others_are_damaged};
     use super::*;
 
     fn version(entry: Entry, previous: u64, source: Source) -> Version {
@@ -234,27 +235,8 @@ mod tests {
             &version(e.clone(), 1, audited()),
             e.value.as_deref(),
         );
-        for i in 0..bytes.len() {
-            for bit in 0..8 {
-                let mut bad = bytes.clone();
-                bad[i] ^= 1 << bit;
-                let got = decode("t", "", "tenant_config_a", &bad, true);
-                assert!(
-                    matches!(got, Err(StoreError::Damaged(_))),
-                    "byte {i} bit {bit}: {got:?}"
-                );
-            }
-        }
-        for (t, s, k) in [
-            ("t", "", "tenant_config_b"),
-            ("u", "", "tenant_config_a"),
-            ("t", "svc", "tenant_config_a"),
-        ] {
-            assert!(matches!(
-                decode(t, s, k, &bytes, true),
-                Err(StoreError::Damaged(_))
-            ));
-        }
+        every_flip_is_damaged(&bytes, |bad| decode("t", "", "tenant_config_a", bad, true));
+        others_are_damaged(|t, s, k| decode(t, s, k, &bytes, true));
         let mut short = bytes.clone();
         short.truncate(bytes.len() - 1);
         assert!(matches!(

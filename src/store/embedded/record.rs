@@ -218,6 +218,44 @@ pub(super) fn decode(
     })
 }
 
+/// Asserts that every single-bit flip of `bytes` makes `decode` find damage.
+#[cfg(test)]
+pub(super) fn every_flip_is_damaged<T: std::fmt::Debug>(
+    bytes: &[u8],
+    decode: impl Fn(&[u8]) -> Result<T, StoreError>,
+) {
+    for i in 0..bytes.len() {
+        for bit in 0..8 {
+            let mut bad = bytes.to_vec();
+            bad[i] ^= 1 << bit;
+            let got = decode(&bad);
+            assert!(
+                matches!(got, Err(StoreError::Damaged(_))),
+                "byte {i} bit {bit}: {got:?}"
+            );
+        }
+    }
+}
+
+/// Asserts that a record of tenant `t`, key `tenant_config_a` read as another
+/// key's, tenant's or service's is damaged.
+#[cfg(test)]
+pub(super) fn others_are_damaged<T: std::fmt::Debug>(
+    decode: impl Fn(&str, &str, &str) -> Result<T, StoreError>,
+) {
+    for (t, s, k) in [
+        ("t", "", "tenant_config_b"),
+        ("u", "", "tenant_config_a"),
+        ("t", "svc", "tenant_config_a"),
+    ] {
+        let got = decode(t, s, k);
+        assert!(
+            matches!(got, Err(StoreError::Damaged(_))),
+            "{t}/{s}/{k}: {got:?}"
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -229,28 +267,11 @@ mod tests {
         let back = decode("t", "", "tenant_config_a", &bytes, false, false);
         assert_eq!(back.map(|b| (b.version, b.value)), Ok((7, e.value.clone())));
         // Every single-bit flip anywhere in the record is caught.
-        for i in 0..bytes.len() {
-            for bit in 0..8 {
-                let mut bad = bytes.clone();
-                bad[i] ^= 1 << bit;
-                let got = decode("t", "", "tenant_config_a", &bad, false, true);
-                assert!(
-                    matches!(got, Err(StoreError::Damaged(_))),
-                    "byte {i} bit {bit}: {got:?}"
-                );
-            }
-        }
+        every_flip_is_damaged(&bytes, |bad| {
+            decode("t", "", "tenant_config_a", bad, false, true)
+        });
         // The same bytes under another key, tenant or service fail too.
-        for (t, s, k) in [
-            ("t", "", "tenant_config_b"),
-            ("u", "", "tenant_config_a"),
-            ("t", "svc", "tenant_config_a"),
-        ] {
-            assert!(matches!(
-                decode(t, s, k, &bytes, false, false),
-                Err(StoreError::Damaged(_))
-            ));
-        }
+        others_are_damaged(|t, s, k| decode(t, s, k, &bytes, false, false));
         assert!(matches!(
             decode("t", "", "k", &[], false, true),
             Err(StoreError::Damaged(_))
