@@ -23,7 +23,8 @@
 //! checksum; a record that fails is [`StoreError::Damaged`], never served and never
 //! taken for a deletion: a scope load that meets one fails (the scope's Get and Watch
 //! answer DATA_LOSS, and clients keep what they hold) and a write to that key is
-//! refused. [`EmbeddedStore::open`] checks every record and reports the damaged ones.
+//! refused. [`EmbeddedStore::open`] checks every record (history records included)
+//! and reports the damaged ones.
 //!
 //! Tombstones are kept so a re-created key continues its version sequence.
 //!
