@@ -45,6 +45,14 @@ pub trait Forward: Send + Sync + 'static {
     async fn delete(&self, caller: &Bearer, request: proto::DeleteRequest)
     -> Result<Entry, Status>;
 
+    /// Sends a History call upstream as the caller (relays keep no history); the
+    /// reply as the upstream gave it.
+    async fn history(
+        &self,
+        caller: &Bearer,
+        request: proto::HistoryRequest,
+    ) -> Result<proto::HistoryResponse, Status>;
+
     /// Reads one key of `scope` upstream as the caller, a secret's value included;
     /// `None` when it does not exist there.
     async fn read(

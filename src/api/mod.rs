@@ -1,8 +1,9 @@
 //! The gRPC API: converts protobuf to domain calls and back, and validates requests.
 //!
-//! Every handler starts from the [`Identity`] the auth layer attached to the request;
-//! a tenant named in a request is only compared with it. Domain errors become
-//! statuses in [`status`].
+//! Every handler starts from the [`Identity`](crate::auth::Identity) the auth layer
+//! attached to the request (`rights` turns it into the call's scope and a write's
+//! audit); a tenant named in a request is only compared with it. Domain errors
+//! become statuses in [`status`]. `history` is the History call.
 
 pub mod budget;
 pub mod codec;
@@ -11,7 +12,9 @@ mod conn;
 pub mod fair;
 pub mod forward;
 pub mod frame;
+mod history;
 pub mod page;
+mod rights;
 pub mod status;
 #[cfg(test)]
 mod tests;
@@ -25,18 +28,18 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use crate::auth::Identity;
 use crate::clock::Clock;
 use crate::hub::{Hub, Known, PageRequest, ResumeToken, StateDigest};
 use crate::keys::{self, PrefixSet};
-use crate::model::{Entry, Scope};
+use crate::model::Entry;
 use crate::proto;
 use crate::proto::config_service_server::ConfigService;
-use crate::store::history::Audit;
 use crate::store::{Router, Write};
 
 pub use conn::ConnInfo;
 pub use forward::{Bearer, Forward};
+pub use history::DEFAULT_HISTORY_PAGE;
+use rights::{audit_of, caller, require_writer};
 pub use watch::{EndLine, WatchCalls, WatchEnds, WatchStream};
 
 /// Prefixes in one Get or Watch, unless configured.
@@ -173,6 +176,8 @@ pub struct ConfigApi {
     /// A relay's upstream, which writes and secret reads go to with the caller's
     /// token; `None` on an origin, which writes through `router`.
     forward: Option<Arc<dyn Forward>>,
+    /// The name recorded with each write this instance accepts.
+    instance: Arc<str>,
     /// The runtime serving the calls: a Watch (started on threads of its own, see
     /// `server`) loads a tenant's view here, so the sources' connections live here.
     main: tokio::runtime::Handle,
@@ -199,6 +204,7 @@ impl ConfigApi {
             initial_states,
             replies,
             forward: None,
+            instance: Arc::from("configwatch"),
             main: tokio::runtime::Handle::current(),
         }
     }
@@ -211,80 +217,18 @@ impl ConfigApi {
         self
     }
 
+    /// Names this instance in the history of the writes it accepts.
+    pub fn instance(mut self, name: Arc<str>) -> Self {
+        self.instance = name;
+        self
+    }
+
     /// Checks a key's form, and on an origin that a backend holds its family.
     fn family(&self, key: &str) -> Result<&'static keys::KeyFamily, Status> {
         match &self.forward {
             Some(_) => Ok(keys::validate_key(key)?),
             None => Ok(self.router.route(key)?.0),
         }
-    }
-}
-
-/// The caller, and the scope the request acts on: the token's own, or for a relay
-/// the tenant (and service) the request names. Naming another tenant or service is
-/// refused otherwise.
-fn caller<T>(
-    request: &Request<T>,
-    requested_tenant: &str,
-    requested_service: &str,
-) -> Result<(Identity, Scope), Status> {
-    let id = request
-        .extensions()
-        .get::<Identity>()
-        .cloned()
-        .ok_or_else(|| Status::unauthenticated("request was not authenticated"))?;
-    let scope = match (&id.scope, requested_tenant) {
-        (_, named) if id.role.crosses_tenants() && !named.is_empty() => {
-            let service = Some(requested_service).filter(|s| !s.is_empty());
-            return Ok((id, Scope::new(named, service)?));
-        }
-        (Some(own), "") => own.clone(),
-        (Some(own), named) if named == own.tenant_id() => own.clone(),
-        (None, _) => {
-            return Err(Status::invalid_argument(
-                "this token names no tenant: set the request's tenant field",
-            ));
-        }
-        (Some(own), named) => {
-            return Err(Status::permission_denied(format!(
-                "request names tenant '{named}' but the token is for tenant '{}'; the tenant always comes from the token",
-                own.tenant_id()
-            )));
-        }
-    };
-    match (scope.service(), requested_service) {
-        (_, "") => {}
-        (Some(own), named) if named == own => {}
-        (Some(own), named) => {
-            return Err(Status::permission_denied(format!(
-                "request names service '{named}' but the token is for service '{own}'; the service always comes from the token"
-            )));
-        }
-        (None, named) => {
-            return Err(Status::permission_denied(format!(
-                "request names service '{named}' but the token is for the tenant-wide configuration only; leave service empty"
-            )));
-        }
-    }
-    Ok((id, scope))
-}
-
-/// What history records of a write's caller: the token's subject (never the token).
-fn audit_of(id: &Identity) -> Audit {
-    Audit {
-        subject: id.subject.clone(),
-        ..Audit::default()
-    }
-}
-
-fn require_writer(id: &Identity) -> Result<(), Status> {
-    if id.role.can_write() {
-        Ok(())
-    } else {
-        Err(Status::permission_denied(format!(
-            "role '{}' may not write; Put and Delete need the writer or admin role",
-            id.role.as_str()
-        )))
     }
 }
 
@@ -583,11 +527,11 @@ impl ConfigService for ConfigApi {
             }
             None => {
                 let req = request.into_inner();
+                let audit = audit_of(&id, &self.instance, &req.reason)?;
                 let write = Write::Put {
                     value,
                     secret: req.secret,
                 };
-                let audit = audit_of(&id);
                 self.commit(view, scope, req.key, write, req.expected_version, audit)
                     .await?
             }
@@ -613,7 +557,7 @@ impl ConfigService for ConfigApi {
             }
             None => {
                 let req = request.into_inner();
-                let audit = audit_of(&id);
+                let audit = audit_of(&id, &self.instance, &req.reason)?;
                 self.commit(
                     view,
                     scope,
@@ -628,5 +572,12 @@ impl ConfigService for ConfigApi {
         Ok(Response::new(proto::DeleteResponse {
             entry: Some(to_proto(&entry)),
         }))
+    }
+
+    async fn history(
+        &self,
+        request: Request<proto::HistoryRequest>,
+    ) -> Result<Response<proto::HistoryResponse>, Status> {
+        self.history_call(request).await
     }
 }

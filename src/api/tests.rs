@@ -10,8 +10,9 @@ use async_trait::async_trait;
 use tokio::sync::{Notify, Semaphore};
 
 use super::*;
-use crate::auth::Role;
+use crate::auth::{Identity, Role};
 use crate::hub::HubConfig;
+use crate::model::Scope;
 use crate::store::history::Audit;
 use crate::store::{Backend, StoreError};
 
@@ -95,6 +96,7 @@ async fn a_put_dropped_while_the_store_commits_it_still_reaches_the_view()
         scope: Some(scope.clone()),
         role: Role::Writer,
         subject: "test".into(),
+        client_id: None,
         expires_at: None,
     });
     let call = tokio::spawn(async move { api.put(request).await.map(|_| ()) });

@@ -182,7 +182,9 @@ impl TokenCache {
 
     /// Remembers a successful verification.
     pub fn insert(&self, digest: TokenDigest, verified: Verified) {
-        if self.generation == 0 || verified.identity.subject.len() > MAX_SUBJECT_BYTES {
+        let id = &verified.identity;
+        let named = id.subject.len() + id.client_id.as_ref().map_or(0, String::len);
+        if self.generation == 0 || named > MAX_SUBJECT_BYTES {
             return;
         }
         lock(self.shard(&digest)).put(digest, Arc::new(verified), self.generation);
@@ -224,6 +226,7 @@ mod tests {
                 scope: Scope::tenant("acme").ok(),
                 role: Role::Reader,
                 subject: "s".into(),
+                client_id: None,
                 expires_at: None,
             },
             exp,

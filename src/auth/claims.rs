@@ -190,6 +190,10 @@ impl ClaimRules {
                 .and_then(Value::as_str)
                 .unwrap_or("")
                 .to_owned(),
+            client_id: match signer {
+                Signer::ThisServer => None,
+                Signer::IdentityProvider => client_id(claims),
+            },
             expires_at: Some(expiry_time(exp, self.leeway)),
         })
     }
@@ -323,6 +327,21 @@ pub(super) fn numeric_date(v: &Value) -> Option<u64> {
     }
     let f = v.as_f64()?;
     (f.is_finite() && f >= 0.0 && f < u64::MAX as f64).then(|| f.round() as u64)
+}
+
+/// The app client an identity provider's token was issued to: `client_id` of an
+/// access token, else `aud` (its first entry when it is a list).
+fn client_id(claims: &HashMap<String, Value>) -> Option<String> {
+    let claim = match claims.get("token_use") {
+        Some(Value::String(u)) if u == "access" => "client_id",
+        _ => "aud",
+    };
+    let id = match claims.get(claim)? {
+        Value::String(a) => a.as_str(),
+        Value::Array(items) => items.iter().find_map(Value::as_str)?,
+        _ => return None,
+    };
+    (!id.is_empty()).then(|| clip(id))
 }
 
 #[cfg(test)]

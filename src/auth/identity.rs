@@ -109,8 +109,12 @@ pub struct Identity {
     /// tenant claim: it names the tenant in each request.
     pub scope: Option<Scope>,
     pub role: Role,
-    /// The token's `sub`, for logs.
+    /// The token's `sub`, for logs and a write's history.
     pub subject: String,
+    /// The app client the token was issued to, for a write's history: `aud` of an
+    /// identity provider's ID token, `client_id` of its access token (the first,
+    /// when `aud` lists several). `None` for the server's own tokens.
+    pub client_id: Option<String>,
     /// When the token stops being accepted (exp plus the allowed clock skew); a
     /// watch ends then.
     pub expires_at: Option<SystemTime>,

@@ -50,7 +50,7 @@ pub(super) fn run_token(args: TokenArgs) -> Result<(), Failure> {
 /// Adds the bearer token to every call.
 type AuthInterceptor =
     Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send>;
-type Client = ConfigServiceClient<InterceptedService<Channel, AuthInterceptor>>;
+pub(super) type Client = ConfigServiceClient<InterceptedService<Channel, AuthInterceptor>>;
 
 /// The bearer token the flags give, and its `authorization` header value; a
 /// missing or unusable token is a usage error.
@@ -66,7 +66,7 @@ pub(super) fn bearer(args: &ClientArgs) -> Result<(&str, MetadataValue<Ascii>), 
     Ok((token, header))
 }
 
-async fn connect(args: &ClientArgs) -> Result<Client, Failure> {
+pub(super) async fn connect(args: &ClientArgs) -> Result<Client, Failure> {
     let (_, header) = bearer(args)?;
     // Several servers (comma-separated): the first that answers.
     let mut endpoints = Vec::new();
@@ -110,7 +110,7 @@ async fn connect(args: &ClientArgs) -> Result<Client, Failure> {
 /// A value as JSON for output: the parsed value, or the raw text if it is not JSON.
 /// A value's JSON text as it goes into a printed line: verbatim (every digit of every
 /// number as the server holds it), or as a JSON string if it is not JSON.
-fn json_value(text: &str) -> String {
+pub(super) fn json_value(text: &str) -> String {
     match serde_json::from_str::<&serde_json::value::RawValue>(text) {
         Ok(raw) => raw.get().to_owned(),
         Err(_) => Value::String(text.to_owned()).to_string(),
@@ -138,6 +138,16 @@ pub fn entry_json(e: &proto::Entry) -> String {
     }
     out.push('}');
     out
+}
+
+/// The line printed for a write's result: key and new version, and `deleted` for a
+/// delete.
+pub(super) fn written_json(e: &proto::Entry) -> String {
+    if e.deleted {
+        json!({ "key": e.key, "version": e.version, "deleted": true }).to_string()
+    } else {
+        json!({ "key": e.key, "version": e.version }).to_string()
+    }
 }
 
 /// Times a paged Get starts again when the tenant changes while it pages.
@@ -205,11 +215,12 @@ pub(super) async fn run_put(args: PutArgs) -> Result<(), Failure> {
             expected_version: args.expect_version,
             secret: args.secret,
             tenant: String::new(),
+            reason: args.reason,
         })
         .await?
         .into_inner();
     if let Some(e) = resp.entry {
-        println!("{}", json!({ "key": e.key, "version": e.version }));
+        println!("{}", written_json(&e));
     }
     Ok(())
 }
@@ -221,14 +232,12 @@ pub(super) async fn run_delete(args: DeleteArgs) -> Result<(), Failure> {
             key: args.key,
             expected_version: args.expect_version,
             tenant: String::new(),
+            reason: args.reason,
         })
         .await?
         .into_inner();
     if let Some(e) = resp.entry {
-        println!(
-            "{}",
-            json!({ "key": e.key, "version": e.version, "deleted": true })
-        );
+        println!("{}", written_json(&e));
     }
     Ok(())
 }

@@ -13,7 +13,9 @@ use crate::auth::{Role, TokenUse};
 use crate::aws::AwsSettings;
 use crate::{api, server};
 
+mod history;
 mod relay;
+pub use history::{HistoryArgs, RetentionArgs, RollbackArgs};
 pub use relay::{COGNITO_REFRESH_TOKEN_ENV, RelayArgs};
 
 /// The server's log line format.
@@ -127,6 +129,8 @@ pub struct ServeArgs {
     pub aws: AwsArgs,
     #[command(flatten)]
     pub relay: RelayArgs,
+    #[command(flatten)]
+    pub keep: RetentionArgs,
 }
 
 impl ServeArgs {
@@ -147,6 +151,8 @@ impl ServeArgs {
     /// returns the AWS settings for `--backend aws`, `None` for the embedded store.
     pub fn check(&self) -> Result<Option<AwsSettings>, Failure> {
         self.admin_addr()?;
+        self.keep.retention()?;
+        self.keep.instance()?;
         if self.history == 0 {
             return Err(Failure::usage("--history must be at least 1"));
         }
@@ -454,6 +460,9 @@ pub struct PutArgs {
     /// Store as a secret (param_config_ keys only).
     #[arg(long, env = "CONFIGWATCH_SECRET")]
     pub secret: bool,
+    /// Why, kept in the key's history (at most 256 bytes).
+    #[arg(long, env = "CONFIGWATCH_REASON", default_value = "")]
+    pub reason: String,
     #[command(flatten)]
     pub client: ClientArgs,
 }
@@ -464,6 +473,9 @@ pub struct DeleteArgs {
     /// Delete only if the key is at this version.
     #[arg(long, env = "CONFIGWATCH_EXPECT_VERSION")]
     pub expect_version: Option<u64>,
+    /// Why, kept in the key's history (at most 256 bytes).
+    #[arg(long, env = "CONFIGWATCH_REASON", default_value = "")]
+    pub reason: String,
     #[command(flatten)]
     pub client: ClientArgs,
 }

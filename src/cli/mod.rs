@@ -1,5 +1,5 @@
 //! The `configwatch` command line: `serve`, `token`, the client commands `get`,
-//! `put`, `delete` and `watch`, and `health`. Every flag can also be set by
+//! `put`, `delete`, `history`, `rollback` and `watch`, and `health`. Every flag can also be set by
 //! environment variable.
 //!
 //! Exit codes: 0 success; 1 an error from the server (printed as its gRPC status and
@@ -10,7 +10,8 @@
 //! any port is bound), [`serve`] (the composition root: the only code that knows
 //! every part of the server and wires them; `admin` its half that registers the
 //! metrics and starts the admin listener, `counters` the parts' counters and gauges), and the client commands in
-//! [`commands`] (`token`, `get`, `put`, `delete`) and [`watch`]; [`health`] checks a
+//! [`commands`] (`token`, `get`, `put`, `delete`), `history` (`history`,
+//! `rollback`) and [`watch`]; [`health`] checks a
 //! running server's admin listener (a container's health check).
 
 mod admin;
@@ -18,6 +19,7 @@ pub mod commands;
 mod counters;
 pub mod flags;
 pub mod health;
+mod history;
 mod relay;
 pub mod serve;
 pub mod watch;
@@ -56,6 +58,12 @@ pub enum Command {
     Put(PutArgs),
     /// Delete a key.
     Delete(DeleteArgs),
+    /// Print the versions of a key the store keeps, newest first, one JSON object
+    /// per line.
+    History(HistoryArgs),
+    /// Write a key's earlier version again as a new version (compare-and-set on
+    /// the current one).
+    Rollback(RollbackArgs),
     /// Print one JSON object per line for every change under the prefixes.
     Watch(WatchArgs),
     /// Check a running server's admin listener (/healthz, or /readyz with --ready):
@@ -100,6 +108,8 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Get(args) => commands::run_get(args).await,
         Command::Put(args) => commands::run_put(args).await,
         Command::Delete(args) => commands::run_delete(args).await,
+        Command::History(args) => history::run_history(args).await,
+        Command::Rollback(args) => history::run_rollback(args).await,
         Command::Watch(args) => watch::run_watch(args).await,
         Command::Health(args) => health::run_health(args).await,
     }

@@ -28,6 +28,7 @@ use crate::source::{SourceContext, SourceCounters, ddb_streams, reconcile, sqs_e
 use crate::store::Router;
 use crate::store::dynamodb::DynamoBackend;
 use crate::store::embedded::{EmbeddedStore, OpenOptions};
+use crate::store::history::Retention;
 use crate::store::ssm::SsmBackend;
 
 /// The issuer of a Cognito user pool, from its JWKS URL.
@@ -99,25 +100,32 @@ async fn authenticator(
 
 /// Opens the embedded store in `data_dir`, refusing a directory that lost its
 /// database unless `new_store`, and reports what the check of every record found.
-fn open_store(data_dir: &Path, new_store: bool) -> Result<EmbeddedStore, Failure> {
+fn open_store(
+    data_dir: &Path,
+    new_store: bool,
+    retention: Retention,
+) -> Result<EmbeddedStore, Failure> {
     let options = OpenOptions {
         new_store,
         initialised_by: vec![data_dir.join(crate::auth::local::KEY_FILE)],
     };
     let store = EmbeddedStore::open_with(data_dir, &options)
-        .map_err(|e| Failure::error(format!("cannot start: {e}")))?;
+        .map_err(|e| Failure::error(format!("cannot start: {e}")))?
+        .with_retention(retention);
     let report = store.verify_report();
     if report.is_clean() {
         tracing::info!(
             store_id = store.id(),
             records = report.records,
+            history_records = report.history_records,
             "store checked"
         );
     } else {
         // Named one by one in the log above; this line sums them up for operators.
         eprintln!(
-            "configwatch: the store has {} damaged record(s){}; their scopes answer DATA_LOSS until restored: {}",
+            "configwatch: the store has {} damaged record(s) and {} damaged history record(s){}; their scopes (and those versions) answer DATA_LOSS until restored: {}",
             report.damaged.len(),
+            report.damaged_history.len(),
             if report.unreadable.is_some() {
                 " and could not be read to the end"
             } else {
@@ -156,7 +164,11 @@ pub(super) async fn run_serve(args: ServeArgs) -> Result<(), Failure> {
     // The store first: the signing key beside a missing database shows that the
     // directory lost its data (the authenticator would create a key).
     let embedded = match (&aws, &relay_settings) {
-        (None, None) => Some(open_store(&args.data_dir, args.new_store)?),
+        (None, None) => Some(open_store(
+            &args.data_dir,
+            args.new_store,
+            args.keep.retention()?,
+        )?),
         (None, Some(_)) => {
             super::relay::check_key(&args.data_dir, args.identity.jwks_url.is_some())?;
             None
@@ -273,6 +285,7 @@ pub(super) async fn run_serve(args: ServeArgs) -> Result<(), Failure> {
         sources: sources.as_ref().map(Supervisor::state),
         // Without an admin listener nobody reads the call counts: no layer counts them.
         rpc_metrics: metrics_on.then_some(rpc_metrics),
+        instance: Arc::from(args.keep.instance()?),
     };
     // Started before the ports open, where they open now: the first scrape or
     // readiness check already sees the server.

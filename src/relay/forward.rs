@@ -2,6 +2,8 @@
 //! [`Forward`]): the upstream decides with the caller's rights, and its answer,
 //! refusals included, reaches the caller as it was given.
 //!
+//! History is a read: relays keep none, and the upstream answers it as the caller.
+//!
 //! A write goes to the preferred upstream only: a write whose answer was lost may
 //! have been applied, and sending it again elsewhere could apply it twice (or fail
 //! a compare-and-set that had succeeded). The caller retries, as with any
@@ -12,6 +14,7 @@
 use async_trait::async_trait;
 use tonic::Status;
 use tonic::metadata::AsciiMetadataValue;
+use tonic::transport::Channel;
 
 use super::{Inner, from_proto};
 use crate::api::{Bearer, Forward};
@@ -75,6 +78,18 @@ impl Forward for Forwarder {
         entry_of(reply.into_inner().entry)
     }
 
+    async fn history(
+        &self,
+        caller: &Bearer,
+        request: proto::HistoryRequest,
+    ) -> Result<proto::HistoryResponse, Status> {
+        on_each_upstream(&self.0, |mut client| {
+            let request = call(request.clone(), &caller.0);
+            async move { client.history(request).await }
+        })
+        .await
+    }
+
     async fn read(
         &self,
         caller: &Bearer,
@@ -93,26 +108,37 @@ pub(super) async fn read_upstream(
     scope: &Scope,
     key: &str,
 ) -> Result<Option<Entry>, Status> {
+    let request = proto::GetRequest {
+        keys: vec![key.to_owned()],
+        tenant: scope.tenant_id().to_owned(),
+        service: scope.service().unwrap_or("").to_owned(),
+        ..Default::default()
+    };
+    let reply = on_each_upstream(inner, |mut client| {
+        let request = call(request.clone(), authorization);
+        async move { client.get(request).await }
+    })
+    .await?;
+    Ok(reply
+        .entries
+        .into_iter()
+        .find(|e| e.key == key)
+        .map(from_proto))
+}
+
+/// A read made on each upstream in turn, from the preferred one, while they cannot
+/// be reached; the first answer (or refusal) that is not UNAVAILABLE.
+async fn on_each_upstream<T, F, Fut>(inner: &Inner, mut read: F) -> Result<T, Status>
+where
+    F: FnMut(ConfigServiceClient<Channel>) -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
+{
     let first = inner.upstreams.preferred();
     let mut last = None;
     for step in 0..inner.upstreams.len() {
         let at = (first + step) % inner.upstreams.len();
-        let mut client = ConfigServiceClient::new(inner.upstreams.channel(at));
-        let request = proto::GetRequest {
-            keys: vec![key.to_owned()],
-            tenant: scope.tenant_id().to_owned(),
-            service: scope.service().unwrap_or("").to_owned(),
-            ..Default::default()
-        };
-        match client.get(call(request, authorization)).await {
-            Ok(reply) => {
-                let reply = reply.into_inner();
-                return Ok(reply
-                    .entries
-                    .into_iter()
-                    .find(|e| e.key == key)
-                    .map(from_proto));
-            }
+        match read(ConfigServiceClient::new(inner.upstreams.channel(at))).await {
+            Ok(reply) => return Ok(reply.into_inner()),
             Err(status) if status.code() == tonic::Code::Unavailable => {
                 last = Some(upstream_status(inner, at, status));
             }

@@ -89,6 +89,8 @@ pub struct App {
     /// the counts (no admin listener): the layer that wraps every reply is then not
     /// installed at all.
     pub rpc_metrics: Option<Arc<RpcMetrics>>,
+    /// The name this instance records with each write it accepts (history).
+    pub instance: Arc<str>,
 }
 
 impl App {
@@ -168,7 +170,8 @@ pub async fn serve(
         app.watch.clone(),
         stop.clone(),
     )
-    .forwarding(app.forward.clone());
+    .forwarding(app.forward.clone())
+    .instance(app.instance.clone());
     let config = ConfigServiceServer::new(api)
         .max_decoding_message_size(app.max_request_bytes)
         .max_encoding_message_size(usize::MAX);

@@ -25,7 +25,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use tower::{Layer, Service};
 
 /// The ConfigService's methods, as labels; any other path is `Health` or `other`.
-const METHODS: [&str; 4] = ["Get", "Watch", "Put", "Delete"];
+const METHODS: [&str; 5] = ["Get", "Watch", "Put", "Delete", "History"];
 const SERVICE: &str = "/configwatch.v1.ConfigService/";
 const HEALTH: &str = "/grpc.health.v1.Health/";
 
@@ -280,6 +280,10 @@ mod tests {
     #[test]
     fn labels_are_bounded() {
         assert_eq!(method_of("/configwatch.v1.ConfigService/Put"), "Put");
+        assert_eq!(
+            method_of("/configwatch.v1.ConfigService/History"),
+            "History"
+        );
         assert_eq!(method_of("/configwatch.v1.ConfigService/Nope"), "other");
         assert_eq!(method_of("/grpc.health.v1.Health/Check"), "Health");
         assert_eq!(method_of("/anything"), "other");

@@ -133,6 +133,7 @@ impl TestServer {
             max_request_bytes: options.max_request_bytes,
             grace: Duration::from_secs(2),
             connections: options.connections.clone(),
+            instance: Arc::from("cw-test"),
             sources: None,
             rpc_metrics: Default::default(),
         };
@@ -215,12 +216,22 @@ pub async fn small_window_client(addr: SocketAddr, token: &str) -> Client {
 }
 
 pub async fn put(client: &mut Client, key: &str, value: &str) -> proto::Entry {
-    client
-        .put(proto::PutRequest {
+    put_request(
+        client,
+        proto::PutRequest {
             key: key.into(),
             value: value.into(),
             ..Default::default()
-        })
+        },
+    )
+    .await
+}
+
+/// A Put as given (a reason, a secret); the entry written.
+pub async fn put_request(client: &mut Client, request: proto::PutRequest) -> proto::Entry {
+    let key = request.key.clone();
+    client
+        .put(request)
         .await
         .unwrap_or_else(|s| panic!("put {key}: {s:?}"))
         .into_inner()

@@ -330,3 +330,51 @@ async fn a_key_dropped_from_the_jwks_stops_verifying_cached_tokens() {
     let failed = configwatch::auth::KeyFetches { made: 4, failed: 1 };
     assert_eq!(auth.key_fetches(), failed);
 }
+
+#[tokio::test]
+async fn a_write_records_the_app_client_of_a_providers_token() {
+    let dir = temp_dir();
+    let jwks = jwks_server(JWKS.into()).await;
+    let (server, _) = jwks_server_with_rules(dir.path(), &jwks, TokenUse::Any).await;
+    let mut id_token = connect(server.addr, Some(&rs256(&good_claims(), KID))).await;
+    let mut access_claims = good_claims();
+    access_claims["token_use"] = json!("access");
+    access_claims["client_id"] = json!(CLIENT);
+    access_claims["sub"] = json!("user-2");
+    access_claims.as_object_mut().map(|c| c.remove("aud"));
+    let mut access = connect(server.addr, Some(&rs256(&access_claims, KID))).await;
+    for (client, reason) in [
+        (&mut id_token, "by ID token"),
+        (&mut access, "by access token"),
+    ] {
+        client
+            .put(proto::PutRequest {
+                key: "tenant_config_plan".into(),
+                value: "1".into(),
+                reason: reason.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    let versions = id_token
+        .history(proto::HistoryRequest {
+            key: "tenant_config_plan".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .versions;
+    let seen: Vec<(&str, &str, &str)> = versions
+        .iter()
+        .map(|v| (v.subject.as_str(), v.client_id.as_str(), v.reason.as_str()))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            ("user-2", CLIENT, "by access token"),
+            ("user-1", CLIENT, "by ID token")
+        ]
+    );
+}

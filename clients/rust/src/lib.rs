@@ -31,9 +31,10 @@
 //! The parts:
 //!
 //! - [`Client`] and [`ClientBuilder`] (`client/`): reads, status, change
-//!   notifications, `read_secret`, `close`. Clones share one cache. The handle and
+//!   notifications, `read_secret`, `history`, `close`. Clones share one cache. The handle and
 //!   its reads in `mod.rs`; the settings and the start in `builder.rs`; [`Status`]
-//!   in `status.rs`; `read_secret` in `secrets.rs`; the state shared with the
+//!   in `status.rs`; `read_secret` in `secrets.rs`; `history` in `history.rs`;
+//!   their failover over the servers in `reads.rs`; the state shared with the
 //!   background task in `shared.rs`; the channel in `connection.rs`.
 //! - the background task (`watch.rs`): one Watch at a time; reconnects with
 //!   jittered exponential [`Backoff`] (to the next server when given several, the
@@ -78,7 +79,9 @@ mod wire;
 pub use backoff::{Backoff, Retry};
 pub use cache::{Cause, Change, ChangeKind, SyncMode};
 pub use changes::ChangeStream;
-pub use client::{Client, ClientBuilder, Entry, SnapshotStatus, Source, State, Status, Versioned};
+pub use client::{
+    Client, ClientBuilder, Entry, KeyVersion, SnapshotStatus, Source, State, Status, Versioned,
+};
 pub use error::{BoxError, Error};
 pub use guard::{MassRemoval, StoreChange};
 pub use token::{TokenFuture, TokenSource, static_token};

@@ -210,3 +210,34 @@ fn the_time_rule_refuses_at_the_same_edges() {
     // Both wrong: expiry is reported, as jsonwebtoken does.
     assert_eq!(check_time(10, Some(100), 50, 0), Err(AuthError::Expired));
 }
+
+#[tokio::test]
+async fn the_app_client_comes_from_aud_or_client_id_and_never_from_own_tokens() -> TestResult {
+    let keys = TestKeys::signed_by(Signer::IdentityProvider)?;
+    let rules = ClaimRules {
+        audiences: vec!["app-web".into()],
+        ..provider_rules()
+    };
+    let auth = provider_auth(&keys, rules);
+    let mut id_token = provider_claims(now() + 600);
+    id_token["aud"] = json!("app-web");
+    let id = auth.verify(&keys.sign(&id_token)?).await?;
+    assert_eq!(id.client_id.as_deref(), Some("app-web"));
+    let mut access = provider_claims(now() + 600);
+    access["token_use"] = json!("access");
+    access["client_id"] = json!("app-web");
+    access["aud"] = json!("something-else");
+    let id = auth.verify(&keys.sign(&access)?).await?;
+    assert_eq!(id.client_id.as_deref(), Some("app-web"));
+
+    let keys = TestKeys::signed_by(Signer::ThisServer)?;
+    let id = auth_of_own(&keys)
+        .verify(&keys.sign(&claims(now() + 600))?)
+        .await?;
+    assert_eq!(id.client_id, None);
+    Ok(())
+}
+
+fn auth_of_own(keys: &std::sync::Arc<TestKeys>) -> Authenticator {
+    auth(keys, 5, 100)
+}

@@ -1,6 +1,8 @@
 //! Reads and writes: the [`Backend`] on the embedded store. A scope's load is one
 //! range of the `entries` table; a write is one transaction that checks the expected
-//! version and commits with fsync before it answers.
+//! version, records the new version in the `history` table (trimming the key's
+//! history to the retention) and commits with fsync before it answers; a history
+//! read is one read transaction over both tables.
 //!
 //! Boundary: every database call goes through [`EmbeddedStore::blocking`] (a blocking
 //! thread, the failing state, panics caught).
@@ -10,11 +12,12 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use redb::{ReadableDatabase, ReadableTable};
 
+use super::history::{self, KeyRef};
 use super::record::{decode, encode};
 use super::recovery::db_err;
-use super::{ENTRIES, EmbeddedStore, scope_parts};
+use super::{ENTRIES, EmbeddedStore, HISTORY, scope_parts};
 use crate::model::{Entry, Scope, now_millis};
-use crate::store::history::Audit;
+use crate::store::history::{Audit, HistoryPage, HistoryQuery};
 use crate::store::{Backend, StoreError, StoreHealth, Write, check_expected, live_version};
 
 #[async_trait]
@@ -60,10 +63,12 @@ impl Backend for EmbeddedStore {
         key: &str,
         write: Write,
         expected: Option<u64>,
-        _audit: &Audit,
+        audit: &Audit,
     ) -> Result<Entry, StoreError> {
         let (tenant, service) = scope_parts(scope);
         let key = key.to_owned();
+        let audit = audit.clone();
+        let retention = self.retention;
         self.blocking(move |db, legacy| {
             let txn = db.begin_write().map_err(db_err)?;
             let entry = {
@@ -95,10 +100,60 @@ impl Backend for EmbeddedStore {
                         encode(&tenant, &service, &entry, value.as_deref()).as_slice(),
                     )
                     .map_err(db_err)?;
+                let mut versions = txn.open_table(HISTORY).map_err(db_err)?;
+                let at = KeyRef {
+                    tenant: &tenant,
+                    service: &service,
+                    key: &key,
+                };
+                history::record(
+                    &mut versions,
+                    at,
+                    &entry,
+                    value.as_deref(),
+                    last_version,
+                    &audit,
+                    &retention,
+                )?;
                 entry
             };
             txn.commit().map_err(db_err)?;
             Ok(entry.without_secret())
+        })
+        .await
+    }
+
+    async fn history(
+        &self,
+        scope: &Scope,
+        key: &str,
+        query: &HistoryQuery,
+    ) -> Result<HistoryPage, StoreError> {
+        let (tenant, service) = scope_parts(scope);
+        let key = key.to_owned();
+        let query = *query;
+        self.blocking(move |db, legacy| {
+            let txn = db.begin_read().map_err(db_err)?;
+            let entries = txn.open_table(ENTRIES).map_err(db_err)?;
+            let id = (tenant.as_str(), service.as_str(), key.as_str());
+            let current = match entries.get(id).map_err(db_err)? {
+                Some(v) => Some(decode(
+                    &tenant,
+                    &service,
+                    &key,
+                    v.value(),
+                    query.with_secret,
+                    legacy,
+                )?),
+                None => None,
+            };
+            let versions = txn.open_table(HISTORY).map_err(db_err)?;
+            let at = KeyRef {
+                tenant: &tenant,
+                service: &service,
+                key: &key,
+            };
+            history::page(&versions, at, &query, current)
         })
         .await
     }

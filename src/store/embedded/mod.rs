@@ -23,9 +23,16 @@
 //! checksum; a record that fails is [`StoreError::Damaged`], never served and never
 //! taken for a deletion: a scope load that meets one fails (the scope's Get and Watch
 //! answer DATA_LOSS, and clients keep what they hold) and a write to that key is
-//! refused. [`EmbeddedStore::open`] checks every record and reports the damaged ones.
+//! refused. [`EmbeddedStore::open`] checks every record (history records included)
+//! and reports the damaged ones.
 //!
 //! Tombstones are kept so a re-created key continues its version sequence.
+//!
+//! History: table `history`, key `(tenant, service or "", config key, version)`,
+//! one record per kept version (`history_record`), written in the same transaction
+//! as the entry, so no version exists without its history record. Each write of a
+//! key trims that key's history to the store's [`Retention`] (the current version is
+//! always kept). A damaged history record fails the history read that meets it.
 //!
 //! Identity (see [`super::identity`]): table `meta_text` holds the store's identity,
 //! and the marker file beside the database repeats it. [`EmbeddedStore::open_with`]
@@ -45,9 +52,14 @@
 //! lost or replaced one); `record` the record format, its checksum and the check of
 //! every record; `recovery` how a redb failure is sorted (I/O, damage) and the
 //! reopening after an I/O error; `backend` the reads and writes of the [`Backend`](super::Backend);
+//! `history` the history table and its retention, `history_record` its record format;
 //! this file the schema and the store's handle.
 
 mod backend;
+mod history;
+mod history_record;
+#[cfg(test)]
+mod history_tests;
 mod open;
 mod record;
 mod recovery;
@@ -64,10 +76,12 @@ pub use open::{OpenError, OpenOptions};
 pub use record::{DamagedKey, VerifyReport};
 use recovery::DbError;
 
+use super::history::Retention;
 use super::{StoreError, StoreHealth};
 use crate::model::Scope;
 
 const ENTRIES: TableDefinition<(&str, &str, &str), &[u8]> = TableDefinition::new("entries");
+const HISTORY: TableDefinition<(&str, &str, &str, u64), &[u8]> = TableDefinition::new("history");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const META_TEXT: TableDefinition<&str, &str> = TableDefinition::new("meta_text");
 const FORMAT_KEY: &str = "format";
@@ -91,6 +105,7 @@ pub struct EmbeddedStore {
     inner: Arc<Inner>,
     store_id: Arc<str>,
     report: VerifyReport,
+    retention: Retention,
 }
 
 struct Inner {
@@ -112,6 +127,12 @@ impl EmbeddedStore {
     /// The store's identity.
     pub fn id(&self) -> &str {
         &self.store_id
+    }
+
+    /// Keeps `retention` of each key's history (applied on each write of the key).
+    pub fn with_retention(mut self, retention: Retention) -> Self {
+        self.retention = retention;
+        self
     }
 
     /// What the check of every record at open found.

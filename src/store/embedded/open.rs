@@ -12,10 +12,11 @@ use redb::{Database, ReadableTable};
 
 use super::recovery::{DbError, db_err, guarded, panic_text};
 use super::{
-    DAMAGED_LOGGED, DB_FILE, ENTRIES, EmbeddedStore, FORMAT, FORMAT_KEY, Inner, LEGACY_KEY, META,
-    META_TEXT, STORE_ID_KEY, State, VerifyReport,
+    DAMAGED_LOGGED, DB_FILE, ENTRIES, EmbeddedStore, FORMAT, FORMAT_KEY, HISTORY, Inner,
+    LEGACY_KEY, META, META_TEXT, STORE_ID_KEY, State, VerifyReport,
 };
 use crate::store::StoreHealth;
+use crate::store::history::Retention;
 use crate::store::identity::{self, MarkerError, StoreId};
 
 /// Why the store could not be opened.
@@ -202,6 +203,7 @@ impl EmbeddedStore {
                     .map_err(db_err)?
                     .map(|v| v.value().to_owned());
                 txn.open_table(ENTRIES).map_err(db_err)?;
+                txn.open_table(HISTORY).map_err(db_err)?;
                 (found, legacy, held)
             };
             // Commit only when nothing is refused below: a replaced database
@@ -283,25 +285,38 @@ impl EmbeddedStore {
             inner,
             store_id: Arc::from(store_id.as_str()),
             report,
+            retention: Retention::default(),
         })
     }
 }
 
 fn log_report(path: &Path, report: &VerifyReport) {
-    for d in report.damaged.iter().take(DAMAGED_LOGGED) {
-        tracing::error!(
-            tenant = %d.tenant,
-            service = %d.service,
-            key = %d.key,
-            reason = %d.reason,
-            "damaged record: this key is not served (its scope answers DATA_LOSS) until it is restored"
-        );
-    }
-    if report.damaged.len() > DAMAGED_LOGGED {
-        tracing::error!(
-            more = report.damaged.len() - DAMAGED_LOGGED,
-            "more damaged records not listed"
-        );
+    let lists = [
+        (
+            &report.damaged,
+            "damaged record: this key is not served (its scope answers DATA_LOSS) until it is restored",
+        ),
+        (
+            &report.damaged_history,
+            "damaged history record: that version is not served (History answers DATA_LOSS when it reaches it); the key's current state is not affected",
+        ),
+    ];
+    for (damaged, what) in lists {
+        for d in damaged.iter().take(DAMAGED_LOGGED) {
+            tracing::error!(
+                tenant = %d.tenant,
+                service = %d.service,
+                key = %d.key,
+                reason = %d.reason,
+                "{what}"
+            );
+        }
+        if damaged.len() > DAMAGED_LOGGED {
+            tracing::error!(
+                more = damaged.len() - DAMAGED_LOGGED,
+                "more damaged records not listed"
+            );
+        }
     }
     if let Some(why) = &report.unreadable {
         tracing::error!(path = %path.display(), reason = %why, records_read = report.records, "the database could not be read to the end: some scopes will answer DATA_LOSS; restore it from a backup");

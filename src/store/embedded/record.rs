@@ -1,6 +1,6 @@
 //! Records: the format of one stored entry (flags, version, time, checksum, value),
-//! its checksum bound to the tenant, service and key, and the check of every record
-//! ([`VerifyReport`]).
+//! its checksum bound to the tenant, service and key, and the check of every record,
+//! history records included ([`VerifyReport`]).
 //!
 //! Boundary: bytes in and out; the only code that knows the record layout.
 
@@ -10,7 +10,7 @@ use redb::{ReadableDatabase, ReadableTable};
 use sha2::{Digest, Sha256};
 
 use super::recovery::{DbError, db_err, guarded};
-use super::{ENTRIES, Inner, lock};
+use super::{ENTRIES, HISTORY, Inner, history_record, lock};
 use crate::model::{Entry, Millis};
 use crate::store::StoreError;
 
@@ -19,7 +19,7 @@ const RECORD_V2: u8 = 2;
 const FLAG_DELETED: u8 = 1;
 const FLAG_SECRET: u8 = 2;
 const HEADER_V1: usize = 18;
-const CHECKSUM: usize = 8;
+pub(super) const CHECKSUM: usize = 8;
 const HEADER: usize = HEADER_V1 + CHECKSUM;
 
 /// One record that failed its check at start-up.
@@ -38,13 +38,18 @@ pub struct VerifyReport {
     pub records: usize,
     /// Records that failed their check.
     pub damaged: Vec<DamagedKey>,
+    /// History records read.
+    pub history_records: usize,
+    /// History records that failed their check (`reason` names the version): those
+    /// versions are not served; the keys' current state is not affected.
+    pub damaged_history: Vec<DamagedKey>,
     /// Set when the table itself could not be read to the end (a damaged page).
     pub unreadable: Option<String>,
 }
 
 impl VerifyReport {
     pub fn is_clean(&self) -> bool {
-        self.damaged.is_empty() && self.unreadable.is_none()
+        self.damaged.is_empty() && self.damaged_history.is_empty() && self.unreadable.is_none()
     }
 }
 
@@ -73,6 +78,20 @@ impl Inner {
                     });
                 }
             }
+            let history = txn.open_table(HISTORY).map_err(db_err)?;
+            for row in history.iter().map_err(db_err)? {
+                let (k, v) = row.map_err(db_err)?;
+                let (tenant, service, key, version) = k.value();
+                report.history_records += 1;
+                if let Err(e) = history_record::decode(tenant, service, key, v.value(), true) {
+                    report.damaged_history.push(DamagedKey {
+                        tenant: tenant.to_owned(),
+                        service: service.to_owned(),
+                        key: key.to_owned(),
+                        reason: format!("version {version}: {e}"),
+                    });
+                }
+            }
             Ok(())
         });
         if let Err(DbError::Io(why) | DbError::Damaged(why)) = result {
@@ -84,7 +103,13 @@ impl Inner {
     }
 }
 
-fn checksum(tenant: &str, service: &str, key: &str, head: &[u8], value: &[u8]) -> [u8; CHECKSUM] {
+pub(super) fn checksum(
+    tenant: &str,
+    service: &str,
+    key: &str,
+    head: &[u8],
+    value: &[u8],
+) -> [u8; CHECKSUM] {
     let mut h = Sha256::new();
     for part in [tenant, service, key] {
         h.update((part.len() as u64).to_be_bytes());
@@ -96,6 +121,19 @@ fn checksum(tenant: &str, service: &str, key: &str, head: &[u8], value: &[u8]) -
     let mut out = [0u8; CHECKSUM];
     out.copy_from_slice(&digest[..CHECKSUM]);
     out
+}
+
+/// A record of `key` that failed its check: `what` names the record, `why` what
+/// failed.
+pub(super) fn damaged(what: &str, tenant: &str, service: &str, key: &str, why: &str) -> StoreError {
+    let service = if service.is_empty() {
+        String::new()
+    } else {
+        format!(", service '{service}'")
+    };
+    StoreError::Damaged(format!(
+        "{what} of '{key}' (tenant '{tenant}'{service}) {why}; it is not served"
+    ))
 }
 
 pub(super) fn encode(tenant: &str, service: &str, entry: &Entry, value: Option<&str>) -> Vec<u8> {
@@ -128,16 +166,7 @@ pub(super) fn decode(
     with_secret: bool,
     legacy: bool,
 ) -> Result<Entry, StoreError> {
-    let damaged = |why: &str| {
-        StoreError::Damaged(format!(
-            "the record of '{key}' (tenant '{tenant}'{}) {why}; it is not served",
-            if service.is_empty() {
-                String::new()
-            } else {
-                format!(", service '{service}'")
-            }
-        ))
-    };
+    let damaged = |why: &str| damaged("the record", tenant, service, key, why);
     let value_at = match bytes.first() {
         Some(&RECORD_V2) if bytes.len() >= HEADER => {
             let sum = checksum(tenant, service, key, &bytes[..HEADER_V1], &bytes[HEADER..]);
@@ -189,6 +218,44 @@ pub(super) fn decode(
     })
 }
 
+/// Asserts that every single-bit flip of `bytes` makes `decode` find damage.
+#[cfg(test)]
+pub(super) fn every_flip_is_damaged<T: std::fmt::Debug>(
+    bytes: &[u8],
+    decode: impl Fn(&[u8]) -> Result<T, StoreError>,
+) {
+    for i in 0..bytes.len() {
+        for bit in 0..8 {
+            let mut bad = bytes.to_vec();
+            bad[i] ^= 1 << bit;
+            let got = decode(&bad);
+            assert!(
+                matches!(got, Err(StoreError::Damaged(_))),
+                "byte {i} bit {bit}: {got:?}"
+            );
+        }
+    }
+}
+
+/// Asserts that a record of tenant `t`, key `tenant_config_a` read as another
+/// key's, tenant's or service's is damaged.
+#[cfg(test)]
+pub(super) fn others_are_damaged<T: std::fmt::Debug>(
+    decode: impl Fn(&str, &str, &str) -> Result<T, StoreError>,
+) {
+    for (t, s, k) in [
+        ("t", "", "tenant_config_b"),
+        ("u", "", "tenant_config_a"),
+        ("t", "svc", "tenant_config_a"),
+    ] {
+        let got = decode(t, s, k);
+        assert!(
+            matches!(got, Err(StoreError::Damaged(_))),
+            "{t}/{s}/{k}: {got:?}"
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -200,28 +267,11 @@ mod tests {
         let back = decode("t", "", "tenant_config_a", &bytes, false, false);
         assert_eq!(back.map(|b| (b.version, b.value)), Ok((7, e.value.clone())));
         // Every single-bit flip anywhere in the record is caught.
-        for i in 0..bytes.len() {
-            for bit in 0..8 {
-                let mut bad = bytes.clone();
-                bad[i] ^= 1 << bit;
-                let got = decode("t", "", "tenant_config_a", &bad, false, true);
-                assert!(
-                    matches!(got, Err(StoreError::Damaged(_))),
-                    "byte {i} bit {bit}: {got:?}"
-                );
-            }
-        }
+        every_flip_is_damaged(&bytes, |bad| {
+            decode("t", "", "tenant_config_a", bad, false, true)
+        });
         // The same bytes under another key, tenant or service fail too.
-        for (t, s, k) in [
-            ("t", "", "tenant_config_b"),
-            ("u", "", "tenant_config_a"),
-            ("t", "svc", "tenant_config_a"),
-        ] {
-            assert!(matches!(
-                decode(t, s, k, &bytes, false, false),
-                Err(StoreError::Damaged(_))
-            ));
-        }
+        others_are_damaged(|t, s, k| decode(t, s, k, &bytes, false, false));
         assert!(matches!(
             decode("t", "", "k", &[], false, true),
             Err(StoreError::Damaged(_))

@@ -4,11 +4,16 @@
 //! - `builder.rs`: [`ClientBuilder`], the settings, their validation, and the start.
 //! - `status.rs`: [`State`], [`Source`], [`Status`]: how current the cache is.
 //! - `secrets.rs`: [`Client::read_secret`], a `Get` on demand, never cached.
+//! - `history.rs`: [`Client::history`], a key's kept versions ([`KeyVersion`]), on
+//!   demand, never cached.
+//! - `reads.rs`: how those on-demand reads move through the servers' list.
 //! - `shared.rs`: the state the handle shares with the background watch task.
 //! - `connection.rs`: the channel to the server in use and the `authorization` header.
 
 mod builder;
 mod connection;
+mod history;
+mod reads;
 mod secrets;
 mod shared;
 mod status;
@@ -27,6 +32,7 @@ use crate::error::Error;
 use crate::token::TokenSource;
 
 pub use builder::ClientBuilder;
+pub use history::KeyVersion;
 pub(crate) use shared::{Shared, SnapshotConfig};
 pub use status::{SnapshotStatus, Source, State, Status};
 

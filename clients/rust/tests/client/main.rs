@@ -6,6 +6,7 @@ mod cache;
 #[path = "../common/mod.rs"]
 mod common;
 mod failures;
+mod history;
 mod lifecycle;
 mod relay;
 mod servers;

@@ -181,6 +181,7 @@ impl Writer {
 
     async fn put_raw(&mut self, key: &str, value: &str, secret: bool) -> u64 {
         let r = self.request(proto::PutRequest {
+            reason: String::new(),
             key: key.into(),
             value: value.into(),
             expected_version: None,
@@ -200,6 +201,7 @@ impl Writer {
     /// Deletes; returns the tombstone's version.
     pub async fn delete(&mut self, key: &str) -> u64 {
         let r = self.request(proto::DeleteRequest {
+            reason: String::new(),
             key: key.into(),
             expected_version: None,
             tenant: String::new(),

@@ -239,6 +239,7 @@ impl Writer {
             let answer = match &op {
                 Op::Put { value, secret } => {
                     let r = self.request(proto::PutRequest {
+                        reason: String::new(),
                         key: key.into(),
                         value: value.to_string(),
                         expected_version: Some(expected),
@@ -251,6 +252,7 @@ impl Writer {
                 }
                 Op::Delete => {
                     let r = self.request(proto::DeleteRequest {
+                        reason: String::new(),
                         key: key.into(),
                         expected_version: Some(expected),
                         tenant: String::new(),

@@ -50,6 +50,12 @@ where
     ) -> Result<Response<api::DeleteResponse>, Status> {
         Err(Status::unimplemented("fake"))
     }
+    async fn history(
+        &self,
+        _: Request<api::HistoryRequest>,
+    ) -> Result<Response<api::HistoryResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
 }
 
 /// Serves `service` on 127.0.0.1 port 0 until the test ends; returns its URL.
