@@ -9,7 +9,9 @@
 //! The parts: [`flags`] (the clap structs, value parsers and the checks made before
 //! any port is bound), [`serve`] (the composition root: the only code that knows
 //! every part of the server and wires them; `admin` its half that registers the
-//! metrics and starts the admin listener, `counters` the parts' counters and gauges), and the client commands in
+//! metrics and starts the admin listener, `counters` the parts' counters and gauges,
+//! `origin` the AWS backends and sources of an origin, `relay` a relay's parts), and
+//! the client commands in
 //! [`commands`] (`token`, `get`, `put`, `delete`), `history` (`history`,
 //! `rollback`) and [`watch`]; [`health`] checks a
 //! running server's admin listener (a container's health check).
@@ -20,6 +22,7 @@ mod counters;
 pub mod flags;
 pub mod health;
 mod history;
+mod origin;
 mod relay;
 pub mod serve;
 pub mod watch;

@@ -12,24 +12,20 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::admin::{admin_started, open_admin, register_metrics};
-use super::{AwsArgs, Failure, IdentityArgs, LogFormat, ServeArgs, open_key};
+use super::origin::{History, start_aws};
+use super::{Failure, IdentityArgs, LogFormat, ServeArgs, open_key};
 use crate::admin::Admin;
 use crate::admin::sources::SourceMetrics;
 use crate::api::{Limits, WatchEnds, WatchSettings};
 use crate::auth::jwks::{JwksKeySource, JwksSettings};
 use crate::auth::{Authenticator, ClaimRules};
-use crate::aws::AwsSettings;
 use crate::hub::{Hub, HubConfig};
-use crate::keys;
 use crate::server::{App, ConnectionLimits, MaxConnectionAge, RpcMetrics, serve};
-use crate::source::health::Awaited;
+use crate::source::SourceCounters;
 use crate::source::supervise::Supervisor;
-use crate::source::{SourceContext, SourceCounters, ddb_streams, reconcile, sqs_events};
 use crate::store::Router;
-use crate::store::dynamodb::DynamoBackend;
 use crate::store::embedded::{EmbeddedStore, OpenOptions};
 use crate::store::history::Retention;
-use crate::store::ssm::SsmBackend;
 
 /// The issuer of a Cognito user pool, from its JWKS URL.
 pub(super) fn cognito_issuer(jwks_url: &str) -> Option<String> {
@@ -203,9 +199,14 @@ pub(super) async fn run_serve(args: ServeArgs) -> Result<(), Failure> {
         }
         (None, Some(settings), _) => {
             let counters = Arc::new(SourceCounters::default());
+            let history = History {
+                retention: args.keep.retention()?,
+                instance: args.keep.instance()?,
+            };
             let (router, hub, sources) = start_aws(
                 settings,
                 &args.aws,
+                &history,
                 hub_config,
                 counters.clone(),
                 stop.child_token(),
@@ -377,106 +378,8 @@ fn connection_limits(args: &ServeArgs) -> ConnectionLimits {
     limits
 }
 
-/// Builds the AWS backends and starts the sources that bring outside changes in: the
-/// table's stream, the Parameter Store event queue (when given) and reconciliation.
-/// They run, supervised, until `stop`.
-async fn start_aws(
-    settings: &AwsSettings,
-    args: &AwsArgs,
-    hub_config: HubConfig,
-    counters: Arc<SourceCounters>,
-    stop: CancellationToken,
-) -> (Arc<Router>, Arc<Hub>, Supervisor) {
-    let sdk = crate::aws::sdk_config(args.region.clone()).await;
-    let dynamodb = aws_sdk_dynamodb::Client::new(&sdk);
-    // The identity comes from the table: wait for it as the stream reader would.
-    let mut backoff = configwatch_client::Retry::new(configwatch_client::Backoff::doubling(
-        Duration::from_millis(500),
-        Duration::from_secs(30),
-    ));
-    let store_id = loop {
-        match crate::store::identity::aws_store_id(&dynamodb, &settings.table, &settings.ssm_root)
-            .await
-        {
-            Ok(id) => break id,
-            Err(e) => tracing::error!(error = %e, "cannot derive the store identity yet; retrying"),
-        }
-        tokio::time::sleep(backoff.failed()).await;
-    };
-    tracing::info!(%store_id, "store identity derived from the table and the Parameter Store root");
-    let ssm = Arc::new(SsmBackend::new(
-        aws_sdk_ssm::Client::new(&sdk),
-        settings.ssm_root.clone(),
-    ));
-    let router = Arc::new(
-        Router::new(vec![
-            (
-                &keys::TENANT_CONFIG,
-                Arc::new(DynamoBackend::new(dynamodb.clone(), settings.table.clone())),
-            ),
-            (&keys::PARAM_CONFIG, ssm.clone()),
-        ])
-        .with_store_id(store_id.as_str()),
-    );
-    let hub = Arc::new(Hub::new(router.clone(), hub_config));
-    let ctx = SourceContext {
-        hub: hub.clone(),
-        counters,
-    };
-    let streams = ddb_streams::StreamSettings {
-        poll_interval: *args.stream_poll_interval,
-        ..ddb_streams::StreamSettings::default()
-    };
-    let mut sources =
-        Supervisor::new(stop, SOURCE_RESTART).with_down_grace(*args.source_down_grace);
-    let (stream_ctx, stream_client, table) = (
-        ctx.clone(),
-        aws_sdk_dynamodbstreams::Client::new(&sdk),
-        settings.table.clone(),
-    );
-    sources.spawn_reporting("dynamodb-stream", Awaited::Success, move |stop, health| {
-        ddb_streams::run(
-            stream_ctx.clone(),
-            streams.clone(),
-            dynamodb.clone(),
-            stream_client.clone(),
-            table.clone(),
-            health,
-            stop,
-        )
-    });
-    match &settings.queue_url {
-        Some(queue_url) => {
-            let (sqs_ctx, sqs, queue_url) = (
-                ctx.clone(),
-                aws_sdk_sqs::Client::new(&sdk),
-                queue_url.clone(),
-            );
-            sources.spawn_reporting("sqs-events", Awaited::Success, move |stop, health| {
-                sqs_events::run(
-                    sqs_ctx.clone(),
-                    sqs.clone(),
-                    queue_url.clone(),
-                    ssm.clone(),
-                    sqs_events::SqsSettings::default(),
-                    health,
-                    stop,
-                )
-            });
-        }
-        None => tracing::warn!(
-            "no --queue-url: Parameter Store changes made outside configwatch arrive only by reconciliation"
-        ),
-    }
-    let interval = settings.reconcile_interval;
-    sources.spawn_reporting("reconcile", Awaited::TaskOnly, move |stop, health| {
-        reconcile::run(ctx.clone(), interval, health, stop)
-    });
-    (router, hub, sources)
-}
-
 /// Delays before a source task that ended or panicked is started again.
-const SOURCE_RESTART: configwatch_client::Backoff = configwatch_client::Backoff {
+pub(super) const SOURCE_RESTART: configwatch_client::Backoff = configwatch_client::Backoff {
     initial: Duration::from_secs(1),
     max: Duration::from_secs(60),
     multiplier: 2.0,
