@@ -35,6 +35,10 @@ pub struct StateDigest(pub [u8; 16]);
 impl StateDigest {
     pub const LEN: usize = 16;
 
+    /// The digest of the empty state: what a watcher that holds nothing under its
+    /// prefixes sends.
+    pub const EMPTY: StateDigest = StateDigest([0; 16]);
+
     pub fn of<'a>(entries: impl IntoIterator<Item = (&'a str, u64)>) -> Self {
         use sha2::Digest as _;
         let mut acc = [0u8; 16];

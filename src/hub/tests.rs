@@ -186,6 +186,35 @@ async fn a_slow_watcher_holds_one_change_per_key_in_revision_order()
     Ok(())
 }
 
+/// A watcher that was sent an empty state and cannot be resumed by token sends the
+/// empty digest: it gets every live entry as a difference at once, not a request
+/// for its versions (an empty list, which would say nothing) and a full state.
+#[tokio::test]
+async fn the_empty_digest_gets_every_entry_as_a_difference()
+-> Result<(), Box<dyn std::error::Error>> {
+    let scope = Scope::tenant("t").map_err(|e| StoreError::Internal(e.to_string()))?;
+    let hub = hub(vec![
+        e("tenant_config_a", 3, "1"),
+        e("tenant_config_b", 1, "1"),
+        Entry::tombstone("tenant_config_c", 2, 0),
+    ]);
+    let empty = Known::Digest(StateDigest::of([]));
+    assert_eq!(empty, Known::Digest(StateDigest::EMPTY));
+    let sub = hub
+        .subscribe(&scope, PrefixSet::everything(), None, &empty)
+        .await?;
+    assert_eq!(sub.mode, InitialMode::Diff);
+    let mut sent: Vec<(&str, u64)> = sub.initial.iter().map(|e| (&*e.key, e.version)).collect();
+    sent.sort();
+    assert_eq!(sent, [("tenant_config_a", 3), ("tenant_config_b", 1)]);
+    // Under prefixes that hold nothing the empty digest matches: nothing is sent.
+    let none = PrefixSet::new(vec!["param_config_".into()]);
+    let sub = hub.subscribe(&scope, none, None, &empty).await?;
+    assert_eq!(sub.mode, InitialMode::Diff);
+    assert!(sub.initial.is_empty());
+    Ok(())
+}
+
 /// A watcher that cannot be resumed by token but sends the digest of what it
 /// holds gets nothing when nothing changed, and is asked for its versions when
 /// anything did: a new version, a deletion, a new key, or a secret.

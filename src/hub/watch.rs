@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
-use super::digest::Known;
+use super::digest::{Known, StateDigest};
 use super::fresh::Freshness;
 use super::idle::touch_at;
 use super::pending::Pending;
@@ -22,6 +22,10 @@ use super::{Hub, HubCounters, lock};
 use crate::keys::PrefixSet;
 use crate::model::{Millis, Scope};
 use crate::store::StoreError;
+
+/// The versions of a watcher that holds nothing (see [`StateDigest::EMPTY`]).
+static NO_VERSIONS: std::sync::LazyLock<HashMap<String, u64>> =
+    std::sync::LazyLock::new(HashMap::new);
 
 /// How a watch's initial state was built.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,10 +134,17 @@ impl Hub {
             {
                 Plan::Diff(versions)
             } else if let Known::Digest(digest) = known {
-                if *digest != st.digest(&slot.prefixes) {
+                if *digest == st.digest(&slot.prefixes) {
+                    Plan::Ready(InitialMode::Diff, Vec::new())
+                } else if *digest == StateDigest::EMPTY {
+                    // It holds nothing under its prefixes (an empty state it was
+                    // sent): the difference is every live entry. Asking for its
+                    // versions would only get an empty list back, which says
+                    // nothing, and the answer would be a full state again.
+                    Plan::Diff(&NO_VERSIONS)
+                } else {
                     return Err(SubscribeError::DigestDiffers);
                 }
-                Plan::Ready(InitialMode::Diff, Vec::new())
             } else {
                 Plan::Full
             };
