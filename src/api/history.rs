@@ -46,7 +46,7 @@ pub(crate) fn version_to_proto(v: &Version) -> proto::KeyVersion {
         value: e.value.as_deref().unwrap_or("").to_owned(),
         deleted: e.deleted,
         secret: e.secret,
-        written_at: Some(frame::timestamp(e.updated_at)),
+        written_at: (e.updated_at > 0).then(|| frame::timestamp(e.updated_at)),
         previous_version: v.previous,
         ..Default::default()
     };

@@ -24,7 +24,9 @@ struct Line<'a> {
     value: Option<Box<RawValue>>,
     deleted: bool,
     secret: bool,
-    written_at: String,
+    /// Absent when the store does not know.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    written_at: Option<String>,
     previous_version: u64,
     source: &'a str,
     subject: &'a str,
@@ -34,10 +36,7 @@ struct Line<'a> {
     modified_by: &'a str,
 }
 
-fn rfc3339(t: Option<&prost_types::Timestamp>) -> String {
-    let Some(t) = t else {
-        return String::new();
-    };
+fn rfc3339(t: &prost_types::Timestamp) -> String {
     let since = Duration::new(
         u64::try_from(t.seconds).unwrap_or(0),
         u32::try_from(t.nanos).unwrap_or(0),
@@ -55,7 +54,7 @@ pub fn version_json(v: &proto::KeyVersion) -> String {
         value,
         deleted: v.deleted,
         secret: v.secret,
-        written_at: rfc3339(v.written_at.as_ref()),
+        written_at: v.written_at.as_ref().map(rfc3339),
         previous_version: v.previous_version,
         source: &v.source,
         subject: &v.subject,

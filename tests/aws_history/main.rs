@@ -2,7 +2,8 @@
 //! version with its writer (AUDIT# items, one transaction with the change), changes
 //! by another tool are recorded from the stream as external (once, with two
 //! origins reading), superseded versions expire by TTL, the count limit holds, and
-//! neither a load nor a watcher ever sees a history item.
+//! neither a load nor a watcher ever sees a history item; and through a server
+//! process, the command line's history and rollback (`rollback.rs`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -10,6 +11,7 @@
 mod common;
 mod external;
 mod retention;
+mod rollback;
 
 use std::collections::HashMap;
 use std::sync::Arc;
