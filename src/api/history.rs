@@ -100,15 +100,22 @@ impl ConfigApi {
                 }
                 .min(MAX_PAGE_VERSIONS),
                 with_secret,
+                max_bytes: self.limits.page_bytes,
             },
             n => HistoryQuery {
                 before: Some(n.saturating_add(1)),
                 limit: 1,
                 with_secret,
+                max_bytes: self.limits.page_bytes,
             },
         };
         let (_, backend) = self.router.route(&req.key)?;
-        let page = backend.history(&scope, &req.key, &query).await?;
+        // A page of large values stays within a Get page's bytes, whatever the
+        // backend read (it stops there itself where it can).
+        let page = backend
+            .history(&scope, &req.key, &query)
+            .await?
+            .cut_to(self.limits.page_bytes);
         if req.version != 0 {
             return match page.versions.first() {
                 Some(v) if v.entry.version == req.version => {

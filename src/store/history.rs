@@ -74,6 +74,9 @@ pub struct HistoryQuery {
     /// Secret values included (a Get-style read by the key's own tenant); never for
     /// anything pushed to watchers.
     pub with_secret: bool,
+    /// Stop once the values returned reach this many bytes (at least one version is
+    /// returned): a page of large values stays within a reply's size.
+    pub max_bytes: usize,
 }
 
 /// Versions of one key, newest first.
@@ -83,6 +86,33 @@ pub struct HistoryPage {
     /// Pass as [`HistoryQuery::before`] for the next page; `None` when this page
     /// reaches the oldest version kept.
     pub next_before: Option<u64>,
+}
+
+impl HistoryPage {
+    /// Keeps the versions whose values fit in `max_bytes` (at least one); the next
+    /// page then starts after the last one kept.
+    pub fn cut_to(mut self, max_bytes: usize) -> HistoryPage {
+        let mut bytes = 0usize;
+        let keep = self
+            .versions
+            .iter()
+            .position(|v| {
+                let full = bytes >= max_bytes;
+                bytes += value_bytes(v);
+                full
+            })
+            .unwrap_or(self.versions.len());
+        if keep < self.versions.len() {
+            self.versions.truncate(keep.max(1));
+            self.next_before = self.versions.last().map(|v| v.entry.version);
+        }
+        self
+    }
+}
+
+/// What a version's value weighs in a reply.
+pub fn value_bytes(v: &Version) -> usize {
+    v.entry.value.as_deref().map_or(0, str::len)
 }
 
 /// How much history a backend keeps per key. The current version is always kept,
@@ -149,6 +179,27 @@ mod tests {
             Err(ReasonError::TooLong(MAX_REASON_BYTES + 1))
         );
         assert_eq!(validate_reason("two\nlines"), Err(ReasonError::Control));
+    }
+
+    #[test]
+    fn a_page_is_cut_after_the_version_that_reaches_the_bytes() {
+        let v = |version: u64, len: usize| Version {
+            entry: Entry::live("tenant_config_k", version, &"x".repeat(len), 0),
+            previous: version - 1,
+            source: Source::Api(Audit::default()),
+        };
+        let page = || HistoryPage {
+            versions: vec![v(4, 10), v(3, 10), v(2, 10), v(1, 10)],
+            next_before: None,
+        };
+        let cut = page().cut_to(15);
+        assert_eq!(cut.versions.len(), 2);
+        assert_eq!(cut.next_before, Some(3));
+        // One version always goes, however large.
+        let one = page().cut_to(0);
+        assert_eq!((one.versions.len(), one.next_before), (1, Some(4)));
+        // A page within the bytes is left as it is.
+        assert_eq!(page().cut_to(40), page());
     }
 
     #[test]

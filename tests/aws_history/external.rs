@@ -168,6 +168,7 @@ async fn seven_versions_five_through_configwatch_and_two_by_another_tool_are_all
                 before: None,
                 limit: 3,
                 with_secret: false,
+                max_bytes: usize::MAX,
             },
         )
         .await
@@ -185,6 +186,7 @@ async fn seven_versions_five_through_configwatch_and_two_by_another_tool_are_all
                 before: Some(5),
                 limit: 10,
                 with_secret: false,
+                max_bytes: usize::MAX,
             },
         )
         .await

@@ -71,6 +71,7 @@ fn all() -> HistoryQuery {
         before: None,
         limit: 1000,
         with_secret: false,
+        max_bytes: usize::MAX,
     }
 }
 

@@ -43,6 +43,7 @@ fn all(with_secret: bool) -> HistoryQuery {
         before: None,
         limit: MAX_PAGE_VERSIONS,
         with_secret,
+        max_bytes: usize::MAX,
     }
 }
 
@@ -243,6 +244,7 @@ async fn history_pages_through_the_last_100_versions_parameter_store_keeps() {
             before,
             limit: 40,
             with_secret: false,
+            max_bytes: usize::MAX,
         };
         let page = history(&env.backend, KEY, query).await;
         assert!(page.versions.len() <= 40);

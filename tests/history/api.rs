@@ -226,3 +226,62 @@ async fn history_calls_are_counted_by_status() {
         ],
     );
 }
+
+/// A page of large values is cut at the reply's bytes (`--get-page-bytes`), as a
+/// Get page is, whatever `page_size` asks: the next page token goes on from there,
+/// and every version is still listed once.
+#[tokio::test]
+async fn a_page_of_large_values_stays_within_the_reply_bytes() {
+    let dir = temp_dir();
+    let server = server(dir.path(), &["--get-page-bytes", "65536"]).await;
+    let mut alice = client_of(
+        &server,
+        &token_of(dir.path(), "acme", None, Role::Writer, "alice"),
+    )
+    .await;
+    let big = |n: u64| format!("\"{}{n}\"", "x".repeat(30_000));
+    for n in 1..=6u64 {
+        assert_eq!(put_because(&mut alice, KEY, &big(n), "big").await, n);
+    }
+    let first = history(
+        &mut alice,
+        proto::HistoryRequest {
+            key: KEY.into(),
+            page_size: 100,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let bytes: usize = first.versions.iter().map(|v| v.value.len()).sum();
+    assert!(
+        first.versions.len() < 6 && bytes < 100_000,
+        "{} versions, {bytes} bytes",
+        first.versions.len()
+    );
+    assert!(!first.next_page_token.is_empty());
+    let mut versions = first.versions;
+    let mut token = first.next_page_token;
+    while !token.is_empty() {
+        let page = history(
+            &mut alice,
+            proto::HistoryRequest {
+                key: KEY.into(),
+                page_size: 100,
+                page_token: token,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        versions.extend(page.versions);
+        token = page.next_page_token;
+    }
+    assert_eq!(numbers(&versions), vec![6, 5, 4, 3, 2, 1]);
+    assert!(
+        versions
+            .iter()
+            .zip((1..=6u64).rev())
+            .all(|(v, n)| v.value == big(n))
+    );
+}

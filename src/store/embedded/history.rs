@@ -14,7 +14,9 @@ use redb::{ReadableTable, Table};
 use super::history_record::{decode, encode};
 use super::recovery::{DbError, db_err};
 use crate::model::{Entry, Millis};
-use crate::store::history::{Audit, HistoryPage, HistoryQuery, Retention, Source, Version};
+use crate::store::history::{
+    Audit, HistoryPage, HistoryQuery, Retention, Source, Version, value_bytes,
+};
 
 /// Where `written at` sits in a history record (see `history_record`).
 const WRITTEN_AT: std::ops::Range<usize> = 10..18;
@@ -100,22 +102,19 @@ pub(super) fn page(
     let limit = query.limit.max(1);
     let mut versions = Vec::with_capacity(limit.min(64));
     let mut more = false;
+    let mut bytes = 0usize;
     let rows = table.range(at.at(0)..at.at(before)).map_err(db_err)?;
     let mut newest_recorded = None;
     for row in rows.rev() {
         let (k, v) = row.map_err(db_err)?;
         newest_recorded.get_or_insert(k.value().3);
-        if versions.len() == limit {
+        if versions.len() == limit || bytes >= query.max_bytes {
             more = true;
             break;
         }
-        versions.push(decode(
-            at.tenant,
-            at.service,
-            at.key,
-            v.value(),
-            query.with_secret,
-        )?);
+        let version = decode(at.tenant, at.service, at.key, v.value(), query.with_secret)?;
+        bytes += value_bytes(&version);
+        versions.push(version);
     }
     if let Some(entry) = current
         .filter(|e| e.version < before && newest_recorded.is_none_or(|newest| newest < e.version))

@@ -33,6 +33,7 @@ fn all(limit: usize) -> HistoryQuery {
         before: None,
         limit,
         with_secret: false,
+        max_bytes: usize::MAX,
     }
 }
 
@@ -178,6 +179,7 @@ async fn a_secrets_history_shows_values_only_when_asked() -> TestResult {
     assert!(hidden.versions[0].entry.secret);
     let query = HistoryQuery {
         with_secret: true,
+        max_bytes: usize::MAX,
         ..all(10)
     };
     let shown = store.history(&s, "param_config_db", &query).await?;

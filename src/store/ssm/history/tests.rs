@@ -190,6 +190,7 @@ fn query(before: Option<u64>, limit: usize) -> HistoryQuery {
         before,
         limit,
         with_secret: false,
+        max_bytes: usize::MAX,
     }
 }
 
