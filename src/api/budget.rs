@@ -1,4 +1,4 @@
-//! A budget of reply bytes in flight: what Get replies a client has not read yet
+//! A budget of reply bytes in flight: what Get (and History) replies a client has not read yet
 //! may hold of the server's memory, per connection and in total.
 //!
 //! Without it, a reply nobody reads stays whole in the HTTP/2 layer's send buffer:

@@ -88,6 +88,10 @@ impl ConfigApi {
             req.service = scope.service().unwrap_or("").to_owned();
             return Ok(Response::new(upstream.history(&bearer, req).await?));
         }
+        let connection = request
+            .extensions()
+            .get::<super::ConnInfo>()
+            .map(|c| c.replies.clone());
         let req = request.into_inner();
         // As Get: a relay's own token never opens a secret's value.
         let with_secret = id.role != Role::Relay;
@@ -109,31 +113,46 @@ impl ConfigApi {
                 max_bytes: self.limits.page_bytes,
             },
         };
-        let (_, backend) = self.router.route(&req.key)?;
+        let (family, backend) = self.router.route(&req.key)?;
+        // As a Get's: the reply counts against the budget of replies clients have
+        // not read, reserved before it is read (a page's bytes and the one value
+        // that may cross them), then cut to what it is.
+        let hold = self
+            .replies
+            .reserve(
+                self.limits.page_bytes + family.max_value_bytes + super::REPLY_OVERHEAD,
+                connection.as_ref(),
+            )
+            .await?;
         // A page of large values stays within a Get page's bytes, whatever the
         // backend read (it stops there itself where it can).
         let page = backend
             .history(&scope, &req.key, &query)
             .await?
             .cut_to(self.limits.page_bytes);
-        if req.version != 0 {
-            return match page.versions.first() {
-                Some(v) if v.entry.version == req.version => {
-                    Ok(Response::new(proto::HistoryResponse {
-                        versions: vec![version_to_proto(v)],
-                        next_page_token: String::new(),
-                    }))
+        let reply = if req.version != 0 {
+            match page.versions.first() {
+                Some(v) if v.entry.version == req.version => proto::HistoryResponse {
+                    versions: vec![version_to_proto(v)],
+                    next_page_token: String::new(),
+                },
+                _ => {
+                    return Err(Status::not_found(format!(
+                        "version {} of '{}' is not kept (it was never written, or is older than the store's retention)",
+                        req.version, req.key
+                    )));
                 }
-                _ => Err(Status::not_found(format!(
-                    "version {} of '{}' is not kept (it was never written, or is older than the store's retention)",
-                    req.version, req.key
-                ))),
-            };
-        }
-        Ok(Response::new(proto::HistoryResponse {
-            versions: page.versions.iter().map(version_to_proto).collect(),
-            next_page_token: encode_token(page.next_before),
-        }))
+            }
+        } else {
+            proto::HistoryResponse {
+                versions: page.versions.iter().map(version_to_proto).collect(),
+                next_page_token: encode_token(page.next_before),
+            }
+        };
+        hold.shrink_to(prost::Message::encoded_len(&reply));
+        let mut response = Response::new(reply);
+        response.extensions_mut().insert(hold);
+        Ok(response)
     }
 }
 

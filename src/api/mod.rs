@@ -251,7 +251,7 @@ pub fn check_prefixes(prefixes: &[String], limits: &Limits) -> Result<(), Status
 /// revision, flags and field tags), rounded up.
 const ENTRY_OVERHEAD: usize = 64;
 /// Bytes of a Get reply beyond its entries (revision, tokens, store id).
-const REPLY_OVERHEAD: usize = 512;
+pub(super) const REPLY_OVERHEAD: usize = 512;
 
 pub(crate) fn to_proto(e: &Entry) -> proto::Entry {
     proto::Entry {

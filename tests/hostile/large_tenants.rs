@@ -270,3 +270,76 @@ async fn unread_watches_of_a_large_tenant_stay_bounded() {
     );
     drop(started);
 }
+
+/// History replies count against the same budget: 300 unread History calls for a
+/// key with 100 versions of 100 KB (a 10 MB history) on one connection answer only
+/// what fits its budget, the server's memory stays bounded, and a bystander on
+/// another connection is not slowed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unread_history_replies_stay_bounded() {
+    let dir = temp_dir();
+    let log = dir.path().join("server.log");
+    let server = start(dir.path(), &[], None, &log).await;
+    let writer = token(dir.path(), "acme", Role::Writer);
+    let mut bystander = Bystander::new(server.addr, &writer).await;
+    let mut c = connect(server.addr, Some(&writer)).await;
+    for i in 0..100 {
+        let big = format!("\"{i}{}\"", "v".repeat(100_000));
+        put(&mut c, "tenant_config_big", &big).await;
+    }
+    let baseline = bystander.probe(20).await;
+    let before = rss(server.pid());
+
+    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let (mut send, conn) = h2::client::Builder::new()
+        .initial_window_size(1)
+        .initial_connection_window_size(1 << 16)
+        .handshake::<_, Bytes>(tcp)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let request = frame(&proto::HistoryRequest {
+        key: "tenant_config_big".into(),
+        page_size: 1000,
+        ..Default::default()
+    });
+    let mut unread = Vec::new();
+    for _ in 0..300 {
+        send = send.ready().await.unwrap();
+        let (resp, mut body) = send
+            .send_request(grpc_request(server.addr, "History", &writer), false)
+            .unwrap();
+        body.send_data(request.clone(), true).unwrap();
+        unread.push(resp);
+    }
+    let mut answered = 0;
+    let deadline = Instant::now() + Duration::from_secs(3);
+    for resp in unread.iter_mut() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if tokio::time::timeout(left, resp).await.is_ok() {
+            answered += 1;
+        }
+    }
+    assert!(
+        answered < 20,
+        "{answered} unread History replies were built"
+    );
+    let during = bystander.probe(20).await;
+    let after = rss(server.pid());
+    eprintln!(
+        "unread History calls: {answered} of 300 answered; RSS {} MB -> {} MB; bystander p99 {baseline:?} -> {during:?}",
+        before >> 20,
+        after >> 20
+    );
+    assert!(
+        after < before + (64 << 20),
+        "300 unread History calls of a 10 MB history took RSS from {} MB to {} MB",
+        before >> 20,
+        after >> 20
+    );
+    assert!(
+        during <= allowed(baseline),
+        "bystander p99 {baseline:?} -> {during:?}"
+    );
+    drop(unread);
+}
